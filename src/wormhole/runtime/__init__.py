@@ -1,0 +1,23 @@
+"""The wormhole runtime: the code that runs next to the data.
+
+Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
+code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
+confined worker process. Nothing here imports ``plpy``: the host passes it in.
+"""
+
+# Load order for the embedded copy (dependencies first). schema.py reads this list.
+MODULES = (
+    "errors",
+    "rows",
+    "codec",
+    "pgtypes",
+    "sqltext",
+    "policy",
+    "namespace",
+    "engine",
+    "spi",
+    "channel",
+    "sandbox",
+    "host",
+)
+WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")

@@ -1,0 +1,52 @@
+"""Exceptions raised inside the runtime.
+
+These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
+and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
+"""
+
+from __future__ import annotations
+
+
+class DatabaseError(Exception):
+    """A SQL statement run by ``query()`` failed. ``sqlstate`` is PostgreSQL's error code.
+
+    The same name is exported client-side (``wormhole.DatabaseError``), so user code can write
+    ``except DatabaseError as e: if e.sqlstate == "23505": ...`` and run it on either side.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        sqlstate: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
+
+
+class Interrupted(BaseException):
+    """The backend was cancelled, terminated or timed out while user code ran.
+
+    A ``BaseException`` on purpose: user code's ``except Exception`` must not swallow it (the
+    policy rejects bare ``except:`` and ``BaseException``). ``cause`` is the host's original
+    error, re-raised once the user code is unwound.
+    """
+
+    def __init__(self, cause: BaseException | None = None, message: str = "interrupted") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class LimitExceeded(Exception):
+    """A wormhole limit (time, memory, rows, result size, output size) was exceeded."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class PolicyViolation(Exception):
+    """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
