@@ -5,6 +5,9 @@ code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and
 confined worker process. Nothing here imports ``plpy``: the host passes it in.
 """
 
+#: the runtime version; the schema version is the same number.
+VERSION = "0.1.0"
+
 # Load order for the embedded copy (dependencies first). schema.py reads this list.
 MODULES = (
     "errors",
@@ -17,6 +20,7 @@ MODULES = (
     "engine",
     "spi",
     "channel",
+    "worker",
     "sandbox",
     "host",
 )

@@ -1,0 +1,41 @@
+"""The driver seam: one Protocol, implemented per client library, chosen in one place.
+
+A driver turns a user's connection object into the few operations wormhole needs. The
+async drivers (psycopg ``AsyncConnection``, asyncpg) will implement an ``AsyncDriver`` twin of
+this Protocol; nothing above this layer touches a driver module directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Protocol, runtime_checkable
+
+from ..runtime.rows import Rows
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """What wormhole needs from a client connection."""
+
+    #: the user's connection object (psycopg.Connection, psycopg2 connection, ...)
+    connection: object
+
+    def query(self, sql: str, params: Sequence[object]) -> Rows:
+        """Run one statement with ``$n`` parameters (sent as text of unknown type)."""
+        ...
+
+    def call_text(self, sql: str, params: Sequence[str | None]) -> str | None:
+        """Run ``sql`` (a ``SELECT public.wormhole_*(...)``) and return its single text value.
+
+        Outside a transaction the statement runs on its own (autocommit for that one
+        statement: one round trip, no BEGIN/COMMIT); inside one it joins it.
+        """
+        ...
+
+    def in_transaction(self) -> bool:
+        """True when the connection has a transaction open (ours or the user's)."""
+        ...
+
+    def database_key(self) -> Hashable:
+        """Identifies the database (host, port, dbname) for the per-database install cache."""
+        ...

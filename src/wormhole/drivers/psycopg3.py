@@ -1,0 +1,77 @@
+"""The psycopg 3 driver: ``RawCursor`` speaks ``$n`` natively, so SQL passes unchanged."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg.rows import dict_row
+
+from ..runtime.rows import Rows
+from ._common import text_params, translate
+
+_keys: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
+
+
+def _translate(exc: psycopg.Error) -> Exception:
+    diag = exc.diag
+    return translate(exc, exc.sqlstate, diag.message_primary, diag.message_detail,
+                     diag.message_hint)
+
+
+class Psycopg3Driver:
+    """``Driver`` for ``psycopg.Connection``."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+
+    def query(self, sql: str, params: Sequence[object]) -> Rows:
+        args = text_params(sql, params)
+        cur = psycopg.RawCursor(self.connection, row_factory=dict_row)
+        try:
+            cur.execute(sql, args)
+            if cur.description is None:
+                return Rows((), cur.rowcount)
+            return Rows(cur.fetchall(), cur.rowcount)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            cur.close()
+
+    def call_text(self, sql: str, params: Sequence[str | None]) -> str | None:
+        conn = self.connection
+        standalone = (
+            not conn.autocommit
+            and conn.info.transaction_status == pq.TransactionStatus.IDLE
+        )
+        cur = psycopg.RawCursor(conn)
+        try:
+            if standalone:
+                # one statement on its own: autocommit for its duration (a client-side switch,
+                # no round trip), instead of BEGIN + SELECT + COMMIT
+                conn.autocommit = True
+            try:
+                cur.execute(sql, params)
+                row = cur.fetchone()
+            finally:
+                if standalone:
+                    conn.autocommit = False
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            cur.close()
+        return None if row is None else row[0]
+
+    def in_transaction(self) -> bool:
+        return self.connection.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def database_key(self) -> Hashable:
+        key = _keys.get(self.connection)
+        if key is None:
+            info = self.connection.info
+            key = ("pg", info.host, info.port, info.dbname)
+            _keys[self.connection] = key
+        return key

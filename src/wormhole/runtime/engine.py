@@ -1,0 +1,270 @@
+"""Run one remote call: the code every executor shares.
+
+``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
+check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
+function, encode the result, and turn any exception into the error payload the client
+understands. It runs unchanged inside a backend (in-process executor) and inside the confined
+worker; the only thing that differs is the ``QueryPort`` that ``query()`` talks to and the
+``tick`` hook that notices interrupts.
+
+The payload (JSON text, see docs/architecture.md):
+``{"ok": <codec value>, "out": [...]}`` or ``{"err": {...}, "out": [...]}``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import codec, namespace, policy
+from .errors import DatabaseError, Interrupted, LimitExceeded
+from .rows import Rows
+
+#: the filename the policy compiles user code under; frames with it are the user's own.
+USER_FILENAME = "<wormhole>"
+
+
+class QueryPort(Protocol):
+    """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a worker."""
+
+    def query(self, sql: str, params: Sequence[object]) -> Rows: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-call limits, set by the DBA in ``wormhole_limits`` (never by a user GUC)."""
+
+    timeout_ms: int = 0  # 0: only statement_timeout applies
+    memory_mb: int = 512  # worker address space
+    cpu_seconds: int = 60  # worker CPU time
+    max_output_bytes: int = 65536  # print() output returned to the client
+    max_result_bytes: int = 256 * 1024 * 1024  # encoded result
+    max_args_bytes: int = 64 * 1024 * 1024  # encoded arguments
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> Limits:
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in known and value is not None:
+                kwargs[key] = int(value)  # type: ignore[call-overload]
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass
+class Call:
+    """One call as the host hands it to an executor."""
+
+    source_hash: str
+    source: str
+    args_json: str
+    modules: Mapping[str, frozenset[str] | None]
+    modules_key: str = ""  # changes whenever the whitelist changes (compile cache key)
+    limits: Limits = field(default_factory=Limits)
+
+
+class BadArguments(DatabaseError):
+    """The argument payload is not what the client library sends (WH005)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sqlstate="WH005")
+
+
+class HashMismatch(DatabaseError):
+    """The stored source does not hash to the requested hash (WH004)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sqlstate="WH004")
+
+
+def source_hash(source: str) -> str:
+    """The function's identity: sha256 of its shipped source text (content addressing)."""
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# hash + whitelist key -> checked code. Per process (a backend or a worker), never shared.
+_COMPILED: dict[tuple[str, str], policy.Checked] = {}
+_MAX_COMPILED = 512
+
+
+def checked_code(call: Call) -> policy.Checked:
+    """Return the checked, compiled code for ``call``; check and compile only on a miss.
+
+    The source is re-hashed and re-checked against the *current* whitelist before its first
+    run in this process, so a stored row that was edited behind wormhole's back, or a module
+    the DBA has since forbidden, is refused at run time too.
+    """
+    key = (call.source_hash, call.modules_key)
+    hit = _COMPILED.get(key)
+    if hit is not None:
+        return hit
+    actual = source_hash(call.source)
+    if actual != call.source_hash:
+        raise HashMismatch(
+            f"stored source for {call.source_hash[:12]}... hashes to {actual[:12]}...; "
+            "refusing to run it (was wormhole_functions edited by hand?)"
+        )
+    checked = policy.check(call.source, call.modules)
+    if len(_COMPILED) >= _MAX_COMPILED:
+        _COMPILED.clear()
+    _COMPILED[key] = checked
+    return checked
+
+
+def decode_args(args_json: str, limits: Limits) -> tuple[list[Any], dict[str, Any]]:
+    """Decode ``[[positional...], {keyword: value}]`` as the client library encodes it."""
+    if not isinstance(args_json, str):
+        raise BadArguments("arguments must be text (JSON produced by the wormhole client)")
+    if len(args_json) > limits.max_args_bytes:
+        raise BadArguments(
+            f"arguments are {len(args_json)} bytes; the limit is {limits.max_args_bytes}"
+        )
+    try:
+        value = codec.decode(args_json)
+    except codec.CodecError as exc:
+        raise BadArguments(f"malformed arguments: {exc}") from None
+    if (
+        type(value) is not list
+        or len(value) != 2
+        or type(value[0]) is not list
+        or type(value[1]) is not dict
+        or not all(type(k) is str for k in value[1])
+    ):
+        raise BadArguments(
+            "arguments must be [[positional, ...], {keyword: value, ...}] "
+            "as produced by the wormhole client"
+        )
+    return value[0], value[1]
+
+
+class _Output:
+    """Collects ``print()`` output, capped so a loop of prints cannot exhaust memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.limit = limit
+        self.truncated = False
+
+    def write(self, text: str) -> None:
+        if self.truncated:
+            return
+        if self.size + len(text) > self.limit:
+            text = text[: max(0, self.limit - self.size)]
+            self.truncated = True
+        self.size += len(text)
+        if text:
+            self.parts.append(text)
+
+    def lines(self) -> list[str]:
+        out = "".join(self.parts)
+        result = out.splitlines()
+        if self.truncated:
+            result.append(f"[wormhole: output truncated at {self.limit} bytes]")
+        return result
+
+
+def _noop() -> None:
+    return None
+
+
+def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> str:
+    """Run ``call`` and return the payload text. Never raises, except for interrupts.
+
+    ``Interrupted`` (cancel, timeout, termination noticed by ``tick`` or by the port) is
+    re-raised so the host can end the statement with PostgreSQL's own error. Everything else
+    (the user's exceptions, database errors, policy refusals, bad arguments) becomes an
+    ``err`` payload, so the host can roll back the call's subtransaction and still return
+    normally: the client's transaction stays usable.
+    """
+    out = _Output(call.limits.max_output_bytes)
+    try:
+        checked = checked_code(call)
+        args, kwargs = decode_args(call.args_json, call.limits)
+        glb = namespace.build_globals(
+            modules=call.modules, query=port.query, print_fn=out.write, tick=tick
+        )
+        exec(checked.code, glb)  # defines the function; the policy allows nothing else
+        function = glb[checked.name]
+        result = function(*args, **kwargs)
+        try:
+            value = codec.encode_value(result)
+        except codec.CodecError as exc:
+            raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
+        text = json.dumps({"ok": value, "out": out.lines()}, ensure_ascii=False,
+                          allow_nan=False, separators=(",", ":"))
+        if len(text) > call.limits.max_result_bytes:
+            raise LimitExceeded(
+                "max_result_bytes",
+                f"the result is {len(text)} bytes; the DBA's limit is "
+                f"{call.limits.max_result_bytes} (wormhole_limits.max_result_bytes)",
+            )
+        return text
+    except Interrupted:
+        raise
+    except RecursionError as exc:
+        return error_payload(exc, out)
+    except Exception as exc:  # noqa: BLE001 - every user error becomes a payload
+        return error_payload(exc, out)
+
+
+_BUILTIN_EXCEPTIONS = frozenset(
+    name
+    for name, obj in vars(builtins).items()
+    if isinstance(obj, type) and issubclass(obj, BaseException)
+)
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Describe ``exc`` as plain data (no objects cross back to the client)."""
+    etype = type(exc)
+    name = etype.__name__
+    builtin = etype.__module__ == "builtins" and name in _BUILTIN_EXCEPTIONS
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a user __str__ that raises must not lose the error
+        message = f"<{name}: str() failed>"
+    if len(message) > 8192:
+        message = message[:8192] + "... [truncated]"
+    info: dict[str, Any] = {"type": name, "builtin": builtin, "message": message}
+    if isinstance(exc, policy.PolicyError):
+        info["type"] = "RejectedFunction"
+        info["builtin"] = False
+        info["findings"] = [
+            [f.lineno, f.col, f.rule, f.message] for f in exc.findings
+        ]
+        info["sqlstate"] = "WH002"
+    elif isinstance(exc, DatabaseError):
+        info["sqlstate"] = exc.sqlstate
+        info["detail"] = exc.detail
+        info["hint"] = exc.hint
+        if type(exc) is DatabaseError or isinstance(exc, (BadArguments, HashMismatch)):
+            info["type"] = "DatabaseError"
+            info["builtin"] = False
+    elif isinstance(exc, LimitExceeded):
+        info["type"] = "LimitExceeded"
+        info["builtin"] = False
+        info["sqlstate"] = "WH006"
+        info["limit"] = exc.limit
+    tb = []
+    frame_tb = exc.__traceback__
+    while frame_tb is not None:
+        code = frame_tb.tb_frame.f_code
+        if code.co_filename == USER_FILENAME:
+            tb.append([frame_tb.tb_lineno, code.co_name])
+        frame_tb = frame_tb.tb_next
+    info["tb"] = tb[-50:]
+    return info
+
+
+def error_payload(exc: BaseException, out: _Output | None = None) -> str:
+    lines = out.lines() if out is not None else []
+    return json.dumps({"err": error_info(exc), "out": lines}, ensure_ascii=False,
+                      separators=(",", ":"))

@@ -1,0 +1,446 @@
+"""The backend side: what the SQL functions call.
+
+Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
+(loading it once per backend) and calls one function here with the real ``plpy``. Everything
+about *where* user code runs is decided in one place, :func:`choose_executor`:
+
+* DBA-approved hashes (``wormhole_approve``) and roles the DBA trusts run in-process: fastest,
+  no OS boundary, still behind the policy, loops still interruptible;
+* everybody else runs in the confined worker (``sandbox.WorkerExecutor``), or not at all when the
+  DBA has not enabled it (``wormhole_settings.untrusted_execution``).
+
+In plain CPython (tests) ``plpy`` is ``wormhole.testing.PlpyShim`` over a real connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import VERSION, WORKER_MODULES, codec, engine, policy, sandbox
+from .errors import DatabaseError, Interrupted, LimitExceeded
+from .spi import SpiPort
+
+#: SQLSTATEs wormhole raises itself (class WH is unused by PostgreSQL).
+WH_REJECTED = "WH002"
+WH_BAD_INPUT = "WH005"
+WH_UNAVAILABLE = "WH008"
+WH_ROLE_CHANGED = "WH009"
+
+MAX_SOURCE_BYTES = 256 * 1024
+MAX_HASH_LEN = 64
+
+
+class Backend:
+    """Per-backend state, kept in ``GD`` for the life of the session."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self.sources = dict(sources)
+        self.plans: dict[str, Any] = {}
+        self.cfgver: int | None = None
+        self.modules: dict[str, frozenset[str] | None] = {}
+        self.limits = engine.Limits()
+        self.settings: dict[str, str] = {}
+        self.source_cache: dict[str, str] = {}
+        self.worker: sandbox.WorkerExecutor | None = None
+        self.interrupt_flag: Any = _interrupt_flag()
+        self.user_ids: Any = _user_id_functions()
+        self.pid = os.getpid()
+
+
+def backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:
+    state = GD.get("wormhole.backend/" + VERSION)
+    if state is None or state.pid != os.getpid():
+        state = Backend(sources)
+        GD["wormhole.backend/" + VERSION] = state
+    return state  # type: ignore[no-any-return]
+
+
+def _interrupt_flag() -> Any:
+    """PostgreSQL's ``InterruptPending`` flag, read through ctypes; None outside a backend.
+
+    PL/Python never reaches ``CHECK_FOR_INTERRUPTS`` while Python runs, so cancel, timeouts and
+    terminate go unnoticed. Reading the flag (a ``volatile sig_atomic_t`` in the postgres
+    executable) tells us when to run any SPI statement, which then raises PostgreSQL's own error.
+    """
+    try:
+        import ctypes
+
+        return ctypes.c_int.in_dll(ctypes.CDLL(None), "InterruptPending")
+    except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)
+        return None
+
+
+def _user_id_functions() -> Any:
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL(None)
+        get_user, get_session = lib.GetUserId, lib.GetSessionUserId
+        get_user.restype = get_session.restype = ctypes.c_uint
+        get_user.argtypes = get_session.argtypes = []
+        return (get_user, get_session)
+    except Exception:  # noqa: BLE001 - not inside a backend
+        return None
+
+
+def _error(plpy: Any, message: str, sqlstate: str, detail: str | None = None,
+           hint: str | None = None) -> BaseException:
+    """An exception that ends the SQL statement with ``sqlstate`` (plpy.error keywords)."""
+    try:
+        plpy.error(message, detail=detail, hint=hint, sqlstate=sqlstate)
+    except BaseException as exc:  # noqa: BLE001 - plpy.error always raises
+        return exc
+    raise AssertionError("plpy.error returned")  # pragma: no cover
+
+
+def _audit_log(plpy: Any, event: dict[str, Any]) -> None:
+    """Write an audit line to the server log. Not transactional: survives any rollback."""
+    try:
+        plpy.log("wormhole audit: " + json.dumps(event, default=str, sort_keys=True))
+    except Exception:  # noqa: BLE001 - auditing must never turn success into failure
+        pass
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+def _refresh_config(plpy: Any, state: Backend, cfgver: int) -> None:
+    if state.cfgver == cfgver:
+        return
+    row = plpy.execute("SELECT public._wormhole_config() AS c")[0]["c"]
+    cfg = json.loads(row)
+    modules: dict[str, frozenset[str] | None] = {}
+    for name, names in cfg["modules"].items():
+        modules[name] = None if names is None else frozenset(names)
+    state.modules = modules
+    state.limits = engine.Limits.from_mapping(cfg["limits"])
+    state.settings = dict(cfg["settings"])
+    state.cfgver = cfgver
+
+
+def _lookup(plpy: Any, state: Backend, function_hash: str) -> tuple[bool, bool, bool]:
+    plan = state.plans.get("\0lookup")
+    if plan is None:
+        plan = plpy.prepare(
+            "SELECT found, approved, trusted, cfgver "
+            "FROM public._wormhole_lookup($1, current_user::name)",
+            ["text"],
+        )
+        state.plans["\0lookup"] = plan
+    row = plpy.execute(plan, [function_hash])[0]
+    _refresh_config(plpy, state, int(row["cfgver"]))
+    return bool(row["found"]), bool(row["approved"]), bool(row["trusted"])
+
+
+def _source(plpy: Any, state: Backend, function_hash: str) -> str | None:
+    src = state.source_cache.get(function_hash)
+    if src is None:
+        rows = plpy.execute(
+            plpy.prepare("SELECT public._wormhole_source($1) AS s", ["text"]), [function_hash]
+        )
+        src = rows[0]["s"] if rows else None
+        if src is not None:
+            if len(state.source_cache) > 1024:
+                state.source_cache.clear()
+            state.source_cache[function_hash] = src
+    return src
+
+
+def _check_hash(plpy: Any, function_hash: object) -> str:
+    if function_hash is None:
+        raise _error(plpy, "wormhole_execute: function hash is NULL", WH_BAD_INPUT,
+                     hint="pass the sha256 hex digest returned by wormhole_install()")
+    if (
+        not isinstance(function_hash, str)
+        or len(function_hash) != MAX_HASH_LEN
+        or any(c not in "0123456789abcdef" for c in function_hash)
+    ):
+        raise _error(
+            plpy,
+            "wormhole_execute: malformed function hash",
+            WH_BAD_INPUT,
+            detail=f"got {str(function_hash)[:80]!r}",
+            hint="pass the 64-character lowercase sha256 hex digest returned by wormhole_install()",
+        )
+    return function_hash
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: object) -> str:
+    """``wormhole_install(source)``: check the function and cache it. Returns its hash.
+
+    Runs as the schema's owner (SECURITY DEFINER) so it can write ``wormhole_functions``; it
+    never runs user code, it only parses, checks and compiles it.
+    """
+    state = backend(GD, sources)
+    who = plpy.execute("SELECT session_user::text AS u")[0]["u"]
+    if source is None:
+        raise _error(plpy, "wormhole_install: source is NULL", WH_BAD_INPUT,
+                     hint="pass the text of one function definition")
+    if not isinstance(source, str):
+        raise _error(plpy, "wormhole_install: source must be text", WH_BAD_INPUT)
+    size = len(source.encode("utf-8", "surrogatepass"))
+    function_hash = engine.source_hash(source)
+    event: dict[str, Any] = {"event": "install", "role": who, "hash": function_hash}
+    if size > MAX_SOURCE_BYTES:
+        event.update(verdict="rejected", reason="too large")
+        _audit_log(plpy, event)
+        raise _error(plpy, f"wormhole_install: source is {size} bytes; the limit is "
+                     f"{MAX_SOURCE_BYTES}", WH_REJECTED)
+    cfg = plpy.execute("SELECT cfgver FROM public._wormhole_lookup('', NULL)")[0]
+    _refresh_config(plpy, state, int(cfg["cfgver"]))
+    try:
+        checked = policy.check(source, state.modules)
+    except policy.PolicyError as exc:
+        findings = [[f.lineno, f.col, f.rule, f.message] for f in exc.findings]
+        event.update(verdict="rejected", reason=str(exc), source=source)
+        _audit_log(plpy, event)
+        raise _error(
+            plpy,
+            "wormhole: function rejected by policy: " + "; ".join(
+                f"line {f.lineno}: {f.message}" for f in exc.findings[:5]
+            ),
+            WH_REJECTED,
+            detail=json.dumps({"findings": findings}),
+            hint="see the findings; modules are allowed by a DBA in wormhole_allowed_modules",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a validator failure is a rejection (fail closed)
+        event.update(verdict="rejected", reason=f"validator error: {exc!r}", source=source)
+        _audit_log(plpy, event)
+        raise _error(plpy, f"wormhole: function rejected (validator error: {exc!r})",
+                     WH_REJECTED) from None
+    plan = plpy.prepare(
+        "WITH ins AS ("
+        " INSERT INTO public.wormhole_functions (hash, name, source, installed_by)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
+        " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"
+        " SELECT $4, 'install', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"
+        "   THEN 'accepted' ELSE 'accepted (already installed)' END",
+        ["text", "text", "text", "name"],
+    )
+    plpy.execute(plan, [checked.source_hash, checked.name, source, who])
+    event.update(verdict="accepted", name=checked.name)
+    _audit_log(plpy, event)
+    return checked.source_hash
+
+
+class _Rollback(Exception):
+    """Raised inside the call's subtransaction to undo its writes; carries the payload."""
+
+
+def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
+            function_hash: object, args_json: object) -> str:
+    """``wormhole_execute(hash, args)``: run an installed function; return the payload text.
+
+    The call runs in a subtransaction: if user code raises, its writes are rolled back and the
+    error comes back as an ``err`` payload, so the statement itself succeeds and the client's
+    transaction stays usable. Cancel, statement_timeout and terminate end the statement with
+    PostgreSQL's own error.
+    """
+    state = backend(GD, sources)
+    function_hash = _check_hash(plpy, function_hash)
+    if args_json is None or not isinstance(args_json, str):
+        raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
+                     hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
+    found, approved, trusted = _lookup(plpy, state, function_hash)
+    if not found:
+        return '{"missing":true}'
+    source = _source(plpy, state, function_hash)
+    if source is None:
+        return '{"missing":true}'
+    call = engine.Call(
+        source_hash=function_hash,
+        source=source,
+        args_json=args_json,
+        modules=state.modules,
+        modules_key=str(state.cfgver),
+        limits=state.limits,
+    )
+    executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
+    port = SpiPort(plpy, state.plans)
+    roles_before = _roles(plpy, state)
+    try:
+        with plpy.subtransaction():
+            payload = executor(call, port)
+            if _roles(plpy, state) != roles_before:
+                raise _error(
+                    plpy,
+                    "wormhole: the remote function changed the session's role; refused",
+                    WH_ROLE_CHANGED,
+                    hint="query() runs as the calling role; SET ROLE and friends are refused",
+                )
+            if payload.startswith('{"err"'):
+                raise _Rollback(payload)
+    except _Rollback as rb:
+        payload = rb.args[0]
+        _audit_log(plpy, {"event": "call-failed", "hash": function_hash,
+                          "error": payload[:2000]})
+    except Interrupted as exc:
+        cause = exc.cause
+        if isinstance(cause, LimitExceeded):
+            payload = engine.error_payload(cause)
+            _audit_log(plpy, {"event": "call-limit", "hash": function_hash,
+                              "limit": cause.limit})
+        elif isinstance(cause, BaseException):
+            _audit_log(plpy, {"event": "call-interrupted", "hash": function_hash})
+            raise cause from None
+        else:
+            raise _error(plpy, str(exc), "57014") from None
+    return payload
+
+
+def _roles(plpy: Any, state: Backend) -> tuple[object, ...]:
+    """(current user, session user) of this backend, cheaply.
+
+    ``query()`` refuses SET ROLE and friends lexically, but a PL/pgSQL function could still run
+    one dynamically; comparing before and after the call catches it, and the error that follows
+    undoes the GUC change. Inside a backend the ids come from ``GetUserId()`` and
+    ``GetSessionUserId()`` through ctypes (no SPI round); elsewhere from a query.
+    """
+    ids = state.user_ids
+    if ids is not None:
+        return (ids[0](), ids[1]())
+    row = plpy.execute("SELECT current_user::text AS c, session_user::text AS s")[0]
+    return (row["c"], row["s"])
+
+
+Executor = Callable[[engine.Call, Any], str]
+
+
+def choose_executor(plpy: Any, state: Backend, *, approved: bool, trusted: bool) -> Executor:
+    """THE selection point: in-process for vetted code, the confined worker for the rest."""
+    if approved or trusted:
+        return _in_process(plpy, state)
+    mode = state.settings.get("untrusted_execution", "unavailable")
+    if mode == "worker":
+        return _in_worker(plpy, state)
+    if mode == "disabled":
+        hint = ("a DBA disabled untrusted execution (wormhole_settings.untrusted_execution); "
+                "they can approve this function: wormhole approve HASH")
+    else:
+        hint = ("the confined worker does not work on this server: install bubblewrap "
+                "(apt-get install bubblewrap), then run `wormhole install` again; or a DBA "
+                "can approve this function: wormhole approve HASH")
+    raise _error(plpy, "wormhole: this function is not approved and untrusted execution "
+                 "is not available", WH_UNAVAILABLE, hint=hint)
+
+
+def _interrupt_check(plpy: Any, state: Backend) -> Callable[[], None]:
+    flag = state.interrupt_flag
+
+    def check() -> None:
+        if flag is not None and flag.value:
+            try:
+                plpy.execute("SELECT 1")  # CHECK_FOR_INTERRUPTS raises the real error
+            except plpy.SPIError as exc:
+                raise Interrupted(exc, str(exc)) from None
+
+    return check
+
+
+def _in_process(plpy: Any, state: Backend) -> Executor:
+    check = _interrupt_check(plpy, state)
+
+    def run(call: engine.Call, port: Any) -> str:
+        deadline = (
+            time.monotonic() + call.limits.timeout_ms / 1000.0 if call.limits.timeout_ms else None
+        )
+        fired: list[BaseException] = []
+
+        def tick() -> None:
+            if fired:
+                raise Interrupted(fired[0])
+            if deadline is not None and time.monotonic() > deadline:
+                fired.append(LimitExceeded(
+                    "timeout_ms",
+                    f"the call ran longer than the DBA's limit of {call.limits.timeout_ms} ms "
+                    "(wormhole_limits.timeout_ms)",
+                ))
+                raise Interrupted(fired[0])
+            try:
+                check()
+            except Interrupted as exc:
+                fired.append(exc.cause if exc.cause is not None else exc)
+                raise
+
+        return engine.run_call(call, port, tick)
+
+    return run
+
+
+def _in_worker(plpy: Any, state: Backend) -> Executor:
+    check = _interrupt_check(plpy, state)
+    if state.worker is None:
+        state.worker = sandbox.WorkerExecutor(
+            {name: state.sources[name] for name in WORKER_MODULES}
+        )
+    worker = state.worker
+
+    def run(call: engine.Call, port: Any) -> str:
+        try:
+            return worker.run(call, port, check)
+        except LimitExceeded as exc:
+            return engine.error_payload(exc)
+        except sandbox.WorkerCrashed as exc:
+            return engine.error_payload(exc)
+
+    return run
+
+
+def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:
+    """Check the OS boundary from inside this backend; enable or disable the worker to match.
+
+    Called by the schema script and ``wormhole install``. A DBA's explicit ``disabled`` stays.
+    """
+    state = backend(GD, sources)
+    ok, reason = sandbox.available()
+    rows = plpy.execute("SELECT value FROM public.wormhole_settings "
+                        "WHERE name = 'untrusted_execution'")
+    current = rows[0]["value"] if rows else None
+    if ok and current in (None, "unavailable"):
+        wanted: str | None = "worker"
+    elif not ok and current in (None, "worker"):
+        wanted = "unavailable"
+    else:
+        wanted = None
+    if wanted is not None:
+        plan = plpy.prepare(
+            "INSERT INTO public.wormhole_settings (name, value) VALUES ('untrusted_execution', $1)"
+            " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            ["text"],
+        )
+        plpy.execute(plan, [wanted])
+        current = wanted
+    state.cfgver = None
+    if ok:
+        return f"confined worker: ok ({reason}); untrusted execution: {current}"
+    return (f"confined worker unavailable: {reason}; untrusted execution: {current} "
+            "(install bubblewrap and run `wormhole install` again)")
+
+
+def query(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], sql: object,
+          params_json: object) -> str:
+    """``wormhole_query(sql, params)``: ``query()`` from SQL; returns the rows as codec text."""
+    state = backend(GD, sources)
+    if not isinstance(sql, str):
+        raise _error(plpy, "wormhole_query: sql is NULL", WH_BAD_INPUT)
+    try:
+        params = codec.decode(params_json if isinstance(params_json, str) else "[]")
+    except codec.CodecError as exc:
+        raise _error(plpy, f"wormhole_query: malformed parameters: {exc}", WH_BAD_INPUT) from None
+    if type(params) is not list:
+        raise _error(plpy, "wormhole_query: parameters must be a JSON array", WH_BAD_INPUT)
+    port = SpiPort(plpy, state.plans)
+    try:
+        rows = port.query(sql, params)
+    except DatabaseError as exc:
+        raise _error(plpy, str(exc), exc.sqlstate or "XX000", exc.detail, exc.hint) from None
+    except Interrupted as exc:
+        if isinstance(exc.cause, BaseException):
+            raise exc.cause from None
+        raise
+    return codec.encode({"rows": list(rows), "rowcount": rows.rowcount})

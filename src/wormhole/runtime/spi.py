@@ -1,0 +1,155 @@
+"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+
+The same class serves user code in-process and the worker's ``query`` messages, so both modes
+run SQL through one path:
+
+* the statement is checked (one statement; no transaction control, role changes,
+  ``set_config``...: ``sqltext.check_statement``);
+* parameter types are inferred by PostgreSQL itself, once per backend and SQL text, by
+  ``PREPARE``-ing the statement and reading ``pg_prepared_statements`` (``plpy.prepare`` needs
+  explicit types: ``["unknown"]`` fails and ``["text"]`` breaks ``int_col = $1``). The plan is
+  then prepared with those types and reused;
+* rows are converted by column type OID so they equal what psycopg returns client-side.
+
+``plpy`` is passed in: the real module inside PostgreSQL, or ``wormhole.testing.PlpyShim`` (a
+small implementation of the same interface over a real psycopg connection) in plain CPython.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import pgtypes, sqltext
+from .errors import DatabaseError, Interrupted
+from .rows import Rows
+
+#: SQLSTATEs that mean "stop now": user code must not be able to catch and continue.
+INTERRUPT_SQLSTATES = frozenset(
+    {
+        "57014",  # query_canceled: cancel, statement_timeout
+        "57P01",  # admin_shutdown: terminate
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+    }
+)
+
+_INFER_NAME = "_wormhole_infer"
+
+
+class _Plan:
+    __slots__ = ("plan", "typnames", "nparams", "converters", "has_rows")
+
+    def __init__(self, plan: Any, typnames: list[str], nparams: int) -> None:
+        self.plan = plan
+        self.typnames = typnames
+        self.nparams = nparams
+        self.converters: Any = None
+        self.has_rows: bool | None = None
+
+
+class SpiPort:
+    """A ``QueryPort`` that runs statements with SPI as the calling role."""
+
+    def __init__(self, plpy: Any, plans: dict[str, Any] | None = None, max_plans: int = 1024):
+        self.plpy = plpy
+        # plans are per backend (prepared statements live there); the host keeps this dict
+        # in its per-backend state so every call in the session reuses them.
+        self.plans: dict[str, Any] = plans if plans is not None else {}
+        self.max_plans = max_plans
+
+    # -- QueryPort ---------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[object]) -> Rows:
+        if type(sql) is not str:
+            raise DatabaseError("query() needs the SQL text as a str", sqlstate="WH005")
+        entry = self.plans.get(sql)
+        if entry is None:
+            entry = self._prepare(sql)
+        if len(params) != entry.nparams:
+            raise DatabaseError(
+                f"the statement has {entry.nparams} parameter(s) but {len(params)} "
+                f"argument(s) were given",
+                sqlstate="08P01",
+            )
+        try:
+            args = [pgtypes.to_plpy_param(v, t) for v, t in zip(params, entry.typnames)]
+        except (TypeError, ValueError) as exc:
+            raise DatabaseError(f"cannot send parameter: {exc}", sqlstate="22023") from None
+        result = self._run(entry.plan, args)
+        return self._rows(entry, result)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _run(self, plan: Any, args: list[object]) -> Any:
+        plpy = self.plpy
+        try:
+            return plpy.execute(plan, args) if args else plpy.execute(plan)
+        except plpy.SPIError as exc:
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: Any) -> BaseException:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate in INTERRUPT_SQLSTATES:
+            return Interrupted(exc, str(exc))
+        return DatabaseError(
+            _message(exc), sqlstate, getattr(exc, "detail", None), getattr(exc, "hint", None)
+        )
+
+    def _prepare(self, sql: str) -> _Plan:
+        plpy = self.plpy
+        sqltext.check_statement(sql)
+        numbers = sqltext.param_numbers(sql)
+        nparams = max(numbers) if numbers else 0
+        typnames: list[str] = []
+        try:
+            if nparams:
+                typnames = self._infer(sql, nparams)
+                plan = plpy.prepare(sql, typnames)
+            else:
+                plan = plpy.prepare(sql)
+        except plpy.SPIError as exc:
+            raise self._translate(exc) from None
+        entry = _Plan(plan, typnames, nparams)
+        if len(self.plans) >= self.max_plans:
+            self.plans.clear()
+        self.plans[sql] = entry
+        return entry
+
+    def _infer(self, sql: str, nparams: int) -> list[str]:
+        """Ask PostgreSQL which types it infers for ``$1..$n`` (as the client's server would)."""
+        plpy = self.plpy
+        plpy.execute(f"PREPARE {_INFER_NAME} AS {sql}")
+        try:
+            rows = plpy.execute(
+                "SELECT parameter_types::text[] AS t FROM pg_catalog.pg_prepared_statements "
+                f"WHERE name = '{_INFER_NAME}'"
+            )
+        finally:
+            plpy.execute(f"DEALLOCATE {_INFER_NAME}")
+        types = list(rows[0]["t"])
+        if len(types) < nparams:
+            types += ["text"] * (nparams - len(types))
+        return types
+
+    def _rows(self, entry: _Plan, result: Any) -> Rows:
+        nrows = result.nrows()
+        if entry.has_rows is None:
+            try:
+                names = result.colnames()
+                types = result.coltypes()
+            except Exception:  # noqa: BLE001 - plpy raises plpy.Error: no result set
+                entry.has_rows = False
+            else:
+                entry.has_rows = True
+                entry.converters = (list(names), pgtypes.converters_for(list(types)))
+        if not entry.has_rows:
+            return Rows((), nrows)
+        names, converters = entry.converters
+        return Rows(pgtypes.apply_converters(names, converters, result), nrows)
+
+
+def _message(exc: Any) -> str:
+    # plpy.SPIError's str() is the primary message; keep it as PostgreSQL wrote it.
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], str):
+        return args[0]
+    return str(exc)

@@ -1,0 +1,389 @@
+"""Generate wormhole's SQL from one source of truth.
+
+The SQL objects and the PL/Python bodies are produced here from ``wormhole/runtime/``: the
+runtime modules are embedded as text into ``_wormhole_boot()``, which loads them into ``GD`` once
+per backend. The database therefore never depends on a package installed in the server's
+Python, and the schema version *is* the runtime version.
+
+``python -m wormhole.schema > schema.sql`` (or ``wormhole schema``) writes the file checked in at
+the repository root; a test fails when that file is stale.
+
+The script is idempotent: tables are created if missing and never dropped, seeds use
+``ON CONFLICT DO NOTHING``, functions are replaced. Running it again (or a newer version) keeps
+the whitelist, the cached functions, approvals and the audit log.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .runtime import MODULES, VERSION
+
+RUNTIME_DIR = Path(__file__).parent / "runtime"
+BODY_TAG = "$wormhole_body$"
+
+#: modules allowed out of the box (their vetted names come from runtime/namespace.py).
+DEFAULT_MODULES: tuple[tuple[str, bool, str], ...] = (
+    ("math", True, "math functions"),
+    ("cmath", True, "complex math"),
+    ("decimal", True, "Decimal arithmetic"),
+    ("fractions", True, "rational numbers"),
+    ("statistics", True, "descriptive statistics"),
+    ("datetime", True, "dates and times"),
+    ("json", True, "JSON encoding"),
+    ("re", True, "regular expressions (bounded by the call's time limit)"),
+    ("collections", True, "containers"),
+    ("itertools", True, "iterator building blocks"),
+    ("functools", True, "reduce, partial, lru_cache"),
+    ("heapq", True, "heaps"),
+    ("bisect", True, "binary search"),
+    ("string", True, "string constants"),
+    ("textwrap", True, "text wrapping"),
+    ("random", True, "pseudo-random numbers"),
+    ("uuid", True, "UUID objects"),
+    ("os", False, "operating system access: never"),
+    ("sys", False, "interpreter internals: never"),
+    ("subprocess", False, "processes: never"),
+    ("socket", False, "network: never"),
+    ("requests", False, "network: never"),
+)
+
+DEFAULT_LIMITS: tuple[tuple[str, int, str], ...] = (
+    ("timeout_ms", 0, "wall-clock limit per call in ms (0: statement_timeout only)"),
+    ("memory_mb", 512, "address-space limit of the confined worker"),
+    ("cpu_seconds", 60, "CPU-time limit of the confined worker per process"),
+    ("max_output_bytes", 65536, "print() output returned per call"),
+    ("max_result_bytes", 268435456, "encoded result size per call"),
+    ("max_args_bytes", 67108864, "encoded argument size per call"),
+)
+
+
+def runtime_sources() -> dict[str, str]:
+    """The runtime's modules as text, keyed by module name, in load order."""
+    sources = {"__init__": (RUNTIME_DIR / "__init__.py").read_text("utf-8")}
+    for name in MODULES:
+        sources[name] = (RUNTIME_DIR / f"{name}.py").read_text("utf-8")
+    return sources
+
+
+def _boot_body() -> str:
+    sources = runtime_sources()
+    for name, text in sources.items():
+        if BODY_TAG in text:
+            raise ValueError(f"runtime/{name}.py contains {BODY_TAG}")
+    lines = [
+        "import sys, types",
+        f"_key = 'wormhole.runtime/{VERSION}'",
+        "if _key not in GD:",
+        "    _sources = {",
+    ]
+    for name, text in sources.items():
+        lines.append(f"        {name!r}: {text!r},")
+    lines += [
+        "    }",
+        f"    _pkgname = 'wormhole_rt_{VERSION.replace('.', '_')}'",
+        "    _pkg = types.ModuleType(_pkgname)",
+        "    _pkg.__path__ = []",
+        "    _pkg.__package__ = _pkgname",
+        "    sys.modules[_pkgname] = _pkg",
+        "    exec(compile(_sources['__init__'], '<wormhole runtime>', 'exec'), _pkg.__dict__)",
+        "    for _name in _pkg.MODULES:",
+        "        _mod = types.ModuleType(_pkgname + '.' + _name)",
+        "        _mod.__package__ = _pkgname",
+        "        sys.modules[_mod.__name__] = _mod",
+        "        exec(compile(_sources[_name], '<wormhole runtime ' + _name + '>', 'exec'),",
+        "             _mod.__dict__)",
+        "        setattr(_pkg, _name, _mod)",
+        "    _pkg.SOURCES = _sources",
+        "    GD[_key] = _pkg",
+    ]
+    return "\n".join(lines)
+
+
+def _entry(call: str) -> str:
+    """The body of a plpython3u entry point: find the runtime (boot once), then call it."""
+    return (
+        f"_rt = GD.get('wormhole.runtime/{VERSION}')\n"
+        "if _rt is None:\n"
+        "    plpy.execute('SELECT public._wormhole_boot()')\n"
+        f"    _rt = GD['wormhole.runtime/{VERSION}']\n"
+        f"return {call}"
+    )
+
+
+def _values(rows: tuple[tuple[object, ...], ...]) -> str:
+    def lit(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        return "'" + str(v).replace("'", "''") + "'"
+
+    return ",\n  ".join("(" + ", ".join(lit(v) for v in row) + ")" for row in rows)
+
+
+PRIVATE_DEFINER = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+
+
+def generate(for_psql: bool = True) -> str:
+    """The complete install/upgrade script (``for_psql=False``: without psql meta-commands,
+    to send over a driver connection)."""
+    t = BODY_TAG
+    psql_line = "\\set ON_ERROR_STOP on" if for_psql else "-- (sent over a connection)"
+    parts: list[str] = []
+    add = parts.append
+    add(f"""-- wormhole {VERSION}: install or upgrade. GENERATED by `wormhole schema`; do not edit.
+-- Run as a superuser:  psql -d mydb -f schema.sql   (or: wormhole install --dsn ...)
+-- Idempotent: keeps the module whitelist, cached functions, approvals and the audit log.
+{psql_line}
+BEGIN;
+SET LOCAL client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS plpython3u;
+
+-- Roles (cluster-wide). wormhole_owner owns every object and logs in never;
+-- wormhole_user may install and execute; wormhole_admin manages whitelist, limits, approvals.
+DO $roles$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'wormhole_owner') THEN
+    CREATE ROLE wormhole_owner NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'wormhole_user') THEN
+    CREATE ROLE wormhole_user NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'wormhole_admin') THEN
+    CREATE ROLE wormhole_admin NOLOGIN;
+  END IF;
+END
+$roles$;
+GRANT USAGE ON SCHEMA public TO wormhole_owner;
+GRANT CREATE ON SCHEMA public TO wormhole_owner;
+
+-- Tables --------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS public.wormhole_allowed_modules (
+  module_name text PRIMARY KEY,
+  allowed     boolean NOT NULL DEFAULT true,
+  names       text[],  -- public names user code may use; NULL: the runtime's vetted catalogue
+  notes       text
+);
+CREATE TABLE IF NOT EXISTS public.wormhole_functions (
+  hash         text PRIMARY KEY CHECK (hash ~ '^[0-9a-f]{{64}}$'),
+  name         text NOT NULL,
+  source       text NOT NULL,
+  installed_by name NOT NULL,
+  installed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE TABLE IF NOT EXISTS public.wormhole_audit (
+  id      bigserial PRIMARY KEY,
+  at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+  role    name NOT NULL,
+  event   text NOT NULL,
+  hash    text,
+  name    text,
+  source  text,
+  verdict text,
+  reason  text,
+  detail  jsonb
+);
+CREATE TABLE IF NOT EXISTS public.wormhole_approvals (
+  hash        text PRIMARY KEY CHECK (hash ~ '^[0-9a-f]{{64}}$'),
+  approved_by name NOT NULL,
+  approved_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  note        text
+);
+CREATE TABLE IF NOT EXISTS public.wormhole_trusted_roles (
+  role_name  name PRIMARY KEY,
+  granted_by name NOT NULL DEFAULT session_user,
+  granted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  note       text
+);
+CREATE TABLE IF NOT EXISTS public.wormhole_limits (
+  name  text PRIMARY KEY,
+  value bigint NOT NULL CHECK (value >= 0),
+  notes text
+);
+CREATE TABLE IF NOT EXISTS public.wormhole_settings (
+  name  text PRIMARY KEY,
+  value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS public._wormhole_state (
+  id      int PRIMARY KEY CHECK (id = 1),
+  version bigint NOT NULL
+);
+INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
+INSERT INTO public.wormhole_allowed_modules (module_name, allowed, notes) VALUES
+  {_values(DEFAULT_MODULES)}
+ON CONFLICT (module_name) DO NOTHING;
+INSERT INTO public.wormhole_limits (name, value, notes) VALUES
+  {_values(DEFAULT_LIMITS)}
+ON CONFLICT (name) DO NOTHING;
+INSERT INTO public.wormhole_settings (name, value) VALUES ('schema_version', '{VERSION}')
+ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value;
+
+ALTER TABLE public.wormhole_allowed_modules OWNER TO wormhole_owner;
+ALTER TABLE public.wormhole_functions OWNER TO wormhole_owner;
+ALTER TABLE public.wormhole_audit OWNER TO wormhole_owner;
+ALTER TABLE public.wormhole_approvals OWNER TO wormhole_owner;
+ALTER TABLE public.wormhole_trusted_roles OWNER TO wormhole_owner;
+ALTER TABLE public.wormhole_limits OWNER TO wormhole_owner;
+ALTER TABLE public.wormhole_settings OWNER TO wormhole_owner;
+ALTER TABLE public._wormhole_state OWNER TO wormhole_owner;
+ALTER SEQUENCE public.wormhole_audit_id_seq OWNER TO wormhole_owner;
+
+-- Configuration changes bump a version (backends reload whitelist and limits) and are audited.
+CREATE OR REPLACE FUNCTION public._wormhole_config_changed() RETURNS trigger
+LANGUAGE plpgsql {PRIVATE_DEFINER} AS $fn$
+BEGIN
+  UPDATE public._wormhole_state SET version = version + 1 WHERE id = 1;
+  INSERT INTO public.wormhole_audit (role, event, verdict, detail)
+  VALUES (session_user, 'config', TG_OP,
+          pg_catalog.jsonb_build_object(
+            'table', TG_TABLE_NAME,
+            'old', CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN pg_catalog.to_jsonb(OLD) END,
+            'new', CASE WHEN TG_OP IN ('UPDATE', 'INSERT') THEN pg_catalog.to_jsonb(NEW) END));
+  RETURN NULL;
+END
+$fn$;
+ALTER FUNCTION public._wormhole_config_changed() OWNER TO wormhole_owner;
+""")
+    for table in (
+        "wormhole_allowed_modules",
+        "wormhole_limits",
+        "wormhole_settings",
+        "wormhole_approvals",
+        "wormhole_trusted_roles",
+    ):
+        add(
+            f"DROP TRIGGER IF EXISTS wormhole_config_changed ON public.{table};\n"
+            f"CREATE TRIGGER wormhole_config_changed AFTER INSERT OR UPDATE OR DELETE "
+            f"ON public.{table}\n"
+            f"  FOR EACH ROW EXECUTE FUNCTION public._wormhole_config_changed();\n"
+        )
+    add(f"""
+-- Private helpers (SECURITY DEFINER, pinned search_path, everything schema-qualified) ---------
+CREATE OR REPLACE FUNCTION public._wormhole_lookup(function_hash text, caller name)
+RETURNS TABLE (found boolean, approved boolean, trusted boolean, cfgver bigint)
+LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
+  SELECT EXISTS (SELECT 1 FROM public.wormhole_functions f WHERE f.hash = function_hash),
+         EXISTS (SELECT 1 FROM public.wormhole_approvals a WHERE a.hash = function_hash),
+         EXISTS (SELECT 1 FROM public.wormhole_trusted_roles t WHERE t.role_name = caller),
+         (SELECT s.version FROM public._wormhole_state s WHERE s.id = 1)
+$fn$;
+CREATE OR REPLACE FUNCTION public._wormhole_source(function_hash text) RETURNS text
+LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
+  SELECT f.source FROM public.wormhole_functions f WHERE f.hash = function_hash
+$fn$;
+CREATE OR REPLACE FUNCTION public._wormhole_config() RETURNS text
+LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
+  SELECT pg_catalog.json_build_object(
+    'modules', COALESCE((SELECT pg_catalog.json_object_agg(m.module_name, m.names)
+                         FROM public.wormhole_allowed_modules m WHERE m.allowed), '{{}}'::json),
+    'limits', COALESCE((SELECT pg_catalog.json_object_agg(l.name, l.value)
+                        FROM public.wormhole_limits l), '{{}}'::json),
+    'settings', COALESCE((SELECT pg_catalog.json_object_agg(s.name, s.value)
+                          FROM public.wormhole_settings s), '{{}}'::json))::text
+$fn$;
+
+-- The runtime, embedded: loaded into GD once per backend -------------------------------------
+CREATE OR REPLACE FUNCTION public._wormhole_boot() RETURNS void
+LANGUAGE plpython3u AS {t}
+{_boot_body()}
+{t};
+
+-- Public API ---------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION public.wormhole_version() RETURNS text
+LANGUAGE sql IMMUTABLE AS $fn$ SELECT '{VERSION}'::text $fn$;
+
+CREATE OR REPLACE FUNCTION public.wormhole_install(source text) RETURNS text
+LANGUAGE plpython3u {PRIVATE_DEFINER} AS {t}
+{_entry("_rt.host.install(plpy, GD, _rt.SOURCES, source)")}
+{t};
+COMMENT ON FUNCTION public.wormhole_install(text) IS
+  'Check a function against the policy and cache it; returns its sha256. Audited.';
+
+CREATE OR REPLACE FUNCTION public.wormhole_execute(function_hash text, args_json text)
+RETURNS text LANGUAGE plpython3u AS {t}
+{_entry("_rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json)")}
+{t};
+COMMENT ON FUNCTION public.wormhole_execute(text, text) IS
+  'Run an installed function as the calling role; returns a JSON payload (result or error).';
+
+CREATE OR REPLACE FUNCTION public.wormhole_query(sql text, params_json text DEFAULT '[]')
+RETURNS text LANGUAGE plpython3u AS {t}
+{_entry("_rt.host.query(plpy, GD, _rt.SOURCES, sql, params_json)")}
+{t};
+COMMENT ON FUNCTION public.wormhole_query(text, text) IS
+  'query() from SQL: $n parameters, rows as wormhole codec JSON';
+
+CREATE OR REPLACE FUNCTION public._wormhole_selftest() RETURNS text
+LANGUAGE plpython3u AS {t}
+{_entry("_rt.host.selftest(plpy, GD, _rt.SOURCES)")}
+{t};
+
+-- Administration (wormhole_admin) ------------------------------------------------------------
+CREATE OR REPLACE FUNCTION public.wormhole_approve(function_hash text, note text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql {PRIVATE_DEFINER} AS $fn$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM public.wormhole_functions f WHERE f.hash = function_hash) THEN
+    RAISE EXCEPTION 'wormhole: no installed function has hash %', function_hash
+      USING ERRCODE = 'WH004', HINT = 'install it first; approve the hash the client prints';
+  END IF;
+  INSERT INTO public.wormhole_approvals (hash, approved_by, note)
+  VALUES (function_hash, session_user, note)
+  ON CONFLICT (hash) DO UPDATE SET approved_by = EXCLUDED.approved_by,
+    approved_at = pg_catalog.now(), note = EXCLUDED.note;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION public.wormhole_revoke(function_hash text) RETURNS void
+LANGUAGE plpgsql {PRIVATE_DEFINER} AS $fn$
+BEGIN
+  DELETE FROM public.wormhole_approvals a WHERE a.hash = function_hash;
+END
+$fn$;
+
+-- Ownership and privileges: PUBLIC gets nothing ------------------------------------------------
+""")
+    functions = (
+        "_wormhole_lookup(text, name)",
+        "_wormhole_source(text)",
+        "_wormhole_config()",
+        "_wormhole_boot()",
+        "wormhole_version()",
+        "wormhole_install(text)",
+        "wormhole_execute(text, text)",
+        "wormhole_query(text, text)",
+        "_wormhole_selftest()",
+        "wormhole_approve(text, text)",
+        "wormhole_revoke(text)",
+    )
+    for fn in functions:
+        add(f"ALTER FUNCTION public.{fn} OWNER TO wormhole_owner;\n")
+        add(f"REVOKE ALL ON FUNCTION public.{fn} FROM PUBLIC;\n")
+    for fn in functions[:8]:
+        add(f"GRANT EXECUTE ON FUNCTION public.{fn} TO wormhole_user;\n")
+    add("""GRANT EXECUTE ON FUNCTION public._wormhole_boot() TO wormhole_admin;
+GRANT EXECUTE ON FUNCTION public.wormhole_approve(text, text) TO wormhole_admin;
+GRANT EXECUTE ON FUNCTION public.wormhole_revoke(text) TO wormhole_admin;
+GRANT EXECUTE ON FUNCTION public._wormhole_config() TO wormhole_admin;
+GRANT EXECUTE ON FUNCTION public._wormhole_selftest() TO wormhole_admin;
+REVOKE ALL ON public.wormhole_allowed_modules, public.wormhole_functions, public.wormhole_audit,
+  public.wormhole_approvals, public.wormhole_trusted_roles, public.wormhole_limits,
+  public.wormhole_settings, public._wormhole_state FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.wormhole_allowed_modules, public.wormhole_limits,
+  public.wormhole_trusted_roles, public.wormhole_settings TO wormhole_admin;
+GRANT SELECT ON public.wormhole_functions, public.wormhole_audit, public.wormhole_approvals
+  TO wormhole_admin;
+
+-- Enable the confined worker only where it works on this server (bubblewrap, user namespaces).
+SELECT public._wormhole_selftest() AS wormhole_boundary;
+COMMIT;
+""")
+    return "".join(parts)
+
+
+def main() -> None:
+    sys.stdout.write(generate())
+
+
+if __name__ == "__main__":
+    main()
