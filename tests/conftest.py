@@ -23,6 +23,7 @@ import pytest
 
 import wormhole
 from wormhole.cli import install_schema
+from wormhole.remote import forget_installed
 from wormhole.cluster import Cluster, ClusterError
 
 APP_ROLE = "app"
@@ -110,9 +111,15 @@ def db(server: Server) -> Iterator[Database]:
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     yield Database(server, name)
-    wormhole.remote.forget_installed()
+    forget_installed()
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def dsn(db: Database) -> str:
+    """A superuser libpq DSN of this test's own database."""
+    return db.dsn("postgres")
 
 
 def _connect(driver: str, dsn: str) -> Any:

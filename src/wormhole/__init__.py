@@ -23,6 +23,7 @@ from .api import connection, get_connection, query, set_connection
 from .errors import (
     DatabaseError,
     InterfaceError,
+    OutcomeUnknown,
     RejectedFunction,
     RemoteError,
     SchemaError,
@@ -31,6 +32,7 @@ from .errors import (
 from .remote import RemoteFunction, remote
 from .runtime import VERSION as __version__
 from .runtime.rows import Rows
+from .transaction import transaction
 
 __all__ = [
     "remote",
@@ -38,12 +40,14 @@ __all__ = [
     "set_connection",
     "connection",
     "get_connection",
+    "transaction",
     "RemoteFunction",
     "Rows",
     "errors",
     "WormholeError",
     "InterfaceError",
     "DatabaseError",
+    "OutcomeUnknown",
     "RejectedFunction",
     "RemoteError",
     "SchemaError",

@@ -12,7 +12,8 @@ Every exception wormhole raises derives from :class:`WormholeError`::
     │                             RemoteError *and* a ValueError
     ├── LimitExceeded             a DBA limit (time, memory, result size) ended the call
     ├── WorkerCrashed             the confined worker died (signal, limit); the server is fine
-    ├── OutcomeUnknown            the connection broke after COMMIT was sent (never retried)
+    ├── OutcomeUnknown            the connection broke after COMMIT (or a standalone call) was
+    │                             sent: it may or may not have committed (never retried)
     └── DatabaseError             a SQL statement failed: .sqlstate, .detail, .hint
         ├── IntegrityError            class 23 (UniqueViolation 23505, ForeignKeyViolation 23503,
         │                             NotNullViolation 23502, CheckViolation 23514)
@@ -23,6 +24,11 @@ Every exception wormhole raises derives from :class:`WormholeError`::
         │                             InsufficientPrivilege 42501, SyntaxError 42601)
         ├── DataError                 class 22
         └── ForbiddenStatement        WH003: query() refused a statement (COMMIT, SET ROLE, ...)
+
+Retry classification (used by ``wormhole.transaction`` and standalone remote calls):
+:func:`is_retryable` is True for 40001 and 40P01; :func:`is_connection_lost` for a broken
+connection (no SQLSTATE, class 08 except 08P01, 57P01/57P02/57P03). An error re-raised by a
+retrying runner carries ``.attempts`` (how many attempts were made).
 
 ``DatabaseError`` is also the class user code sees server-side, so ``except DatabaseError`` in a
 ``@remote`` function works on both sides. SQLSTATEs are preserved: ``e.sqlstate == "23505"``.
@@ -69,11 +75,19 @@ __all__ = [
     "ForbiddenStatement",
     "ReadOnlySqlTransaction",
     "lookup",
+    "RETRYABLE_SQLSTATES",
+    "CONNECTION_LOST_SQLSTATES",
+    "is_retryable",
+    "is_connection_lost",
+    "is_read_only_refusal",
 ]
 
 
 class WormholeError(Exception):
     """Base class of every error wormhole raises."""
+
+    #: how many attempts a retrying runner made before raising this error (1: no retry)
+    attempts: int = 1
 
 
 class InterfaceError(WormholeError):
@@ -175,8 +189,9 @@ class WorkerCrashed(WormholeError):
 
 
 class OutcomeUnknown(WormholeError):
-    """The connection was lost after COMMIT was sent: the transaction may or may not have
-    committed. Never retried automatically; check the data before trying again."""
+    """The connection was lost after COMMIT was sent (or while a remote call ran as its own
+    transaction): the transaction may or may not have committed. Never retried automatically;
+    check the data before trying again. ``__cause__`` is the driver's error."""
 
 
 _BY_SQLSTATE: dict[str, type[DatabaseError]] = {}
@@ -300,3 +315,40 @@ class ForbiddenStatement(DatabaseError, sqlstate="WH003"):
 
 class ReadOnlySqlTransaction(DatabaseError, sqlstate="25006"):
     """cannot execute ... in a read-only transaction (e.g. sent to a standby)."""
+
+
+# --- retry classification ---------------------------------------------------------------------
+
+#: SQLSTATEs after which re-running the whole transaction is safe and may succeed
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+
+#: SQLSTATEs meaning the server ended the session (admin/crash shutdown, starting up)
+CONNECTION_LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    code = getattr(exc, "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for a serialization failure (40001) or a deadlock (40P01), whether the statement
+    failed or the error came back in a remote call's payload. The transaction was rolled back
+    by the server: running the whole unit again is safe."""
+    return _sqlstate(exc) in RETRYABLE_SQLSTATES
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True when the error means the connection is gone (server restart, terminated backend,
+    network). Says nothing about *when* it broke: that decides retry vs. OutcomeUnknown."""
+    if isinstance(exc, ConnectionLost):
+        return True
+    code = _sqlstate(exc)
+    if code is None:
+        return False
+    return code in CONNECTION_LOST_SQLSTATES or (code.startswith("08") and code != "08P01")
+
+
+def is_read_only_refusal(exc: BaseException) -> bool:
+    """25006: "cannot execute ... in a read-only transaction" (e.g. a hot standby)."""
+    return _sqlstate(exc) == "25006"

@@ -10,10 +10,12 @@ reinstalls once, transparently, even inside a transaction.
 from __future__ import annotations
 
 import ast
+import dis
 import functools
 import inspect
 import json
 import logging
+import sys
 import textwrap
 import threading
 import types
@@ -24,6 +26,7 @@ from . import errors
 from .api import current_driver
 from .drivers import Driver
 from .runtime import codec, engine
+from .transaction import retry_standalone
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,7 +34,7 @@ R = TypeVar("R")
 log = logging.getLogger("wormhole")
 remote_log = logging.getLogger("wormhole.remote")
 
-EXECUTE_SQL = "SELECT public.wormhole_execute($1, $2)"
+EXECUTE_SQL = "SELECT public.wormhole_execute($1, $2, 'report')"
 INSTALL_SQL = "SELECT public.wormhole_install($1)"
 MISSING = '{"missing":true}'
 
@@ -125,17 +128,48 @@ class RemoteFunction(Generic[P, R]):
             ) from None
 
     def call_with(self, driver: Driver, args_json: str) -> Any:
+        # -- retry hook (wormhole.transaction, issue 4) ------------------------------------------
+        # Inside a transaction the call joins it (no hidden commit) and the enclosing unit owns
+        # the retry. Outside one it is its own transaction (one autocommit statement), retried
+        # on 40001/40P01; a connection lost while its statement was out is OutcomeUnknown.
+        if driver.in_transaction():
+            return self._call_once(driver, args_json, standalone=False)
+        return retry_standalone(
+            lambda: self._call_once(driver, args_json, standalone=True), f"{self.name}()"
+        )
+
+    def _execute_once(self, driver: Driver, args_json: str, standalone: bool) -> str:
+        if not standalone:
+            return self._execute(driver, args_json)
+        if driver.is_closed():
+            raise errors.ConnectionLost(
+                f"the connection is closed or broken; {self.name}() was not sent"
+            )
+        try:
+            return self._execute(driver, args_json)
+        except errors.DatabaseError as exc:
+            if errors.is_connection_lost(exc) or driver.is_closed():
+                raise errors.OutcomeUnknown(
+                    f"the connection was lost while {self.name}() ran as its own transaction: "
+                    "it may or may not have committed (outcome unknown). It is not retried; "
+                    f"check the data before calling it again. Cause: {type(exc).__name__}: "
+                    f"{str(exc).strip()}"
+                ) from exc
+            raise
+        # -- end of the retry hook ---------------------------------------------------------------
+
+    def _call_once(self, driver: Driver, args_json: str, standalone: bool) -> Any:
         key = driver.database_key()
         if not _is_installed(key, self.hash):
             self.install(driver)
-        payload = self._execute(driver, args_json)
+        payload = self._execute_once(driver, args_json, standalone)
         if payload == MISSING:
             # the server lost it (cache cleared, database restored): reinstall, once
             log.info("wormhole: %s is not installed on the server any more; reinstalling",
                      self.name)
             _mark_installed(key, self.hash, False)
             self.install(driver)
-            payload = self._execute(driver, args_json)
+            payload = self._execute_once(driver, args_json, standalone)
             if payload == MISSING:
                 raise errors.SchemaError(
                     f"{self.name}() was installed but the server still does not find it"
@@ -264,11 +298,19 @@ def _with_remote_frames(exc: BaseException, frames: list[tuple[str, int, str]]) 
     tb: types.TracebackType | None = None
     for filename, lineno, name in reversed(frames[-20:]):
         try:
-            code = compile("import sys as _s\n_f = _s._getframe()", filename, "exec")
+            # the frame-grabbing statement sits on the user's line, so every Python version's
+            # traceback machinery (tb_lineno, or code positions at tb_lasti on 3.11+) agrees
+            code = compile("\n" * (max(lineno, 1) - 1) + "_f = _g()", filename, "exec")
             code = code.replace(co_name=name)
-            scope: dict[str, Any] = {}
+            scope: dict[str, Any] = {"_g": sys._getframe}
             exec(code, scope)
-            tb = types.TracebackType(tb, scope["_f"], 0, lineno)
+            lasti = 0
+            for ins in dis.get_instructions(code):
+                pos = getattr(ins, "positions", None)
+                if pos is not None and pos.lineno == lineno:
+                    lasti = ins.offset
+                    break
+            tb = types.TracebackType(tb, scope["_f"], lasti, lineno)
         except Exception:  # noqa: BLE001 - cosmetic: never lose the error over a traceback
             break
     if tb is not None:

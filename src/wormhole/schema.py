@@ -301,11 +301,12 @@ LANGUAGE plpython3u {PRIVATE_DEFINER} AS {t}
 COMMENT ON FUNCTION public.wormhole_install(text) IS
   'Check a function against the policy and cache it; returns its sha256. Audited.';
 
-CREATE OR REPLACE FUNCTION public.wormhole_execute(function_hash text, args_json text)
+CREATE OR REPLACE FUNCTION public.wormhole_execute(
+  function_hash text, args_json text, missing text DEFAULT 'error')
 RETURNS text LANGUAGE plpython3u AS {t}
-{_entry("_rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json)")}
+{_entry("_rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing)")}
 {t};
-COMMENT ON FUNCTION public.wormhole_execute(text, text) IS
+COMMENT ON FUNCTION public.wormhole_execute(text, text, text) IS
   'Run an installed function as the calling role; returns a JSON payload (result or error).';
 
 CREATE OR REPLACE FUNCTION public.wormhole_query(sql text, params_json text DEFAULT '[]')
@@ -350,7 +351,7 @@ $fn$;
         "_wormhole_boot()",
         "wormhole_version()",
         "wormhole_install(text)",
-        "wormhole_execute(text, text)",
+        "wormhole_execute(text, text, text)",
         "wormhole_query(text, text)",
         "_wormhole_selftest()",
         "wormhole_approve(text, text)",

@@ -57,6 +57,7 @@ def test_process_order_insufficient_inventory_is_atomic(brief, conn):
 
 def test_warm_call_is_exactly_one_statement(brief, conn, server):
     get_user_summary(1)  # cold: installs
+    process_order(1, 2)
     for uid in (2, 3):
         with RoundTrips(conn, server) as rt:
             get_user_summary(uid)

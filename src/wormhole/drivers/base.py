@@ -39,3 +39,32 @@ class Driver(Protocol):
     def database_key(self) -> Hashable:
         """Identifies the database (host, port, dbname) for the per-database install cache."""
         ...
+
+    # -- transaction control (used by wormhole.transaction) -----------------------------------
+    def transaction_status(self) -> str:
+        """libpq's view of the session: ``"idle"``, ``"active"`` (a statement is running),
+        ``"intrans"``, ``"inerror"`` (a failed transaction waits for ROLLBACK) or ``"unknown"``
+        (the connection is closed or broken). Never raises, never does a round trip."""
+        ...
+
+    def is_closed(self) -> bool:
+        """True when the connection was closed or is broken (lost). Never raises."""
+        ...
+
+    def get_autocommit(self) -> bool:
+        """The connection's autocommit switch (client-side state, no round trip)."""
+        ...
+
+    def set_autocommit(self, on: bool) -> None:
+        """Flip autocommit (client-side, no round trip). Only valid while ``"idle"``."""
+        ...
+
+    def run_control(self, sql: str) -> None:
+        """Run a parameterless control statement (BEGIN ..., COMMIT, ROLLBACK, SAVEPOINT x,
+        RELEASE SAVEPOINT x, ROLLBACK TO SAVEPOINT x) exactly as given: no implicit BEGIN is
+        added by the driver. Errors are translated like ``query()``'s."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection (never raises)."""
+        ...

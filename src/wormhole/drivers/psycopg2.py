@@ -17,6 +17,13 @@ from ._common import text_params, translate
 _keys: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
 _sql_cache: dict[str, str] = {}
 _STATUS_READY = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+_STATUS_NAMES = {
+    psycopg2.extensions.TRANSACTION_STATUS_IDLE: "idle",
+    psycopg2.extensions.TRANSACTION_STATUS_ACTIVE: "active",
+    psycopg2.extensions.TRANSACTION_STATUS_INTRANS: "intrans",
+    psycopg2.extensions.TRANSACTION_STATUS_INERROR: "inerror",
+    psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN: "unknown",
+}
 
 
 def _translate(exc: psycopg2.Error) -> Exception:
@@ -82,25 +89,64 @@ class Psycopg2Driver:
 
     def call_text(self, sql: str, params: Sequence[str | None]) -> str | None:
         conn = self.connection
-        standalone = not conn.autocommit and conn.get_transaction_status() == _STATUS_READY
-        cur = conn.cursor()
+        cur = None
         try:
+            standalone = (not conn.autocommit
+                          and conn.get_transaction_status() == _STATUS_READY)
+            cur = conn.cursor()
             if standalone:
                 conn.autocommit = True  # one statement on its own: no BEGIN/COMMIT round trips
             try:
                 cur.execute(_pyformat(sql), {f"p{i}": v for i, v in enumerate(params, 1)})
                 row = cur.fetchone()
             finally:
-                if standalone:
+                if standalone and not conn.closed:  # a broken connection keeps the real error
                     conn.autocommit = False
         except psycopg2.Error as exc:
             raise _translate(exc) from exc
         finally:
-            cur.close()
+            if cur is not None:
+                cur.close()
         return None if row is None else row[0]
 
     def in_transaction(self) -> bool:
+        if self.connection.closed:
+            return False
         return bool(self.connection.get_transaction_status() != _STATUS_READY)
+
+    def transaction_status(self) -> str:
+        if self.connection.closed:
+            return "unknown"
+        return _STATUS_NAMES.get(self.connection.get_transaction_status(), "unknown")
+
+    def is_closed(self) -> bool:
+        return bool(self.connection.closed)
+
+    def get_autocommit(self) -> bool:
+        return bool(self.connection.autocommit)
+
+    def set_autocommit(self, on: bool) -> None:
+        try:
+            self.connection.autocommit = on
+        except psycopg2.Error as exc:
+            raise _translate(exc) from exc
+
+    def run_control(self, sql: str) -> None:
+        cur = None
+        try:
+            cur = self.connection.cursor()
+            cur.execute(sql)
+        except psycopg2.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            if cur is not None:
+                cur.close()
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+            pass
 
     def database_key(self) -> Hashable:
         try:

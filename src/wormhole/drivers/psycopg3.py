@@ -14,6 +14,13 @@ from ..runtime.rows import Rows
 from ._common import text_params, translate
 
 _keys: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
+_STATUS_NAMES = {
+    pq.TransactionStatus.IDLE: "idle",
+    pq.TransactionStatus.ACTIVE: "active",
+    pq.TransactionStatus.INTRANS: "intrans",
+    pq.TransactionStatus.INERROR: "inerror",
+    pq.TransactionStatus.UNKNOWN: "unknown",
+}
 
 
 def _translate(exc: psycopg.Error) -> Exception:
@@ -57,7 +64,7 @@ class Psycopg3Driver:
                 cur.execute(sql, params)
                 row = cur.fetchone()
             finally:
-                if standalone:
+                if standalone and not conn.closed:  # a broken connection keeps the real error
                     conn.autocommit = False
         except psycopg.Error as exc:
             raise _translate(exc) from exc
@@ -66,7 +73,38 @@ class Psycopg3Driver:
         return None if row is None else row[0]
 
     def in_transaction(self) -> bool:
+        if self.connection.closed:
+            return False
         return self.connection.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def transaction_status(self) -> str:
+        if self.connection.closed:
+            return "unknown"
+        return _STATUS_NAMES.get(self.connection.info.transaction_status, "unknown")
+
+    def is_closed(self) -> bool:
+        return bool(self.connection.closed)
+
+    def get_autocommit(self) -> bool:
+        return bool(self.connection.autocommit)
+
+    def set_autocommit(self, on: bool) -> None:
+        try:
+            self.connection.autocommit = on
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def run_control(self, sql: str) -> None:
+        try:
+            self.connection.execute(sql.encode())  # bytes: no placeholder processing
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+            pass
 
     def database_key(self) -> Hashable:
         key = _keys.get(self.connection)

@@ -188,8 +188,13 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
     try:
         checked = checked_code(call)
         args, kwargs = decode_args(call.args_json, call.limits)
+        port_query = port.query
+
+        def query(sql: str, *args: object) -> Rows:
+            return port_query(sql, args)
+
         glb = namespace.build_globals(
-            modules=call.modules, query=port.query, print_fn=out.write, tick=tick
+            modules=call.modules, query=query, print_fn=out.write, tick=tick
         )
         exec(checked.code, glb)  # defines the function; the policy allows nothing else
         function = glb[checked.name]

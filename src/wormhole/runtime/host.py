@@ -26,6 +26,7 @@ from .spi import SpiPort
 
 #: SQLSTATEs wormhole raises itself (class WH is unused by PostgreSQL).
 WH_REJECTED = "WH002"
+WH_NOT_FOUND = "WH004"
 WH_BAD_INPUT = "WH005"
 WH_UNAVAILABLE = "WH008"
 WH_ROLE_CHANGED = "WH009"
@@ -233,7 +234,7 @@ class _Rollback(Exception):
 
 
 def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
-            function_hash: object, args_json: object) -> str:
+            function_hash: object, args_json: object, missing: object = "error") -> str:
     """``wormhole_execute(hash, args)``: run an installed function; return the payload text.
 
     The call runs in a subtransaction: if user code raises, its writes are rolled back and the
@@ -246,12 +247,24 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     if args_json is None or not isinstance(args_json, str):
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
+    if len(args_json) > state.limits.max_args_bytes:
+        raise _error(plpy, f"wormhole_execute: arguments are {len(args_json)} bytes; the limit "
+                     f"is {state.limits.max_args_bytes} (wormhole_limits.max_args_bytes)",
+                     WH_BAD_INPUT)
+    try:
+        engine.decode_args(args_json, state.limits)
+    except engine.BadArguments as exc:
+        raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
+                     hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
+                     "JSON codec, e.g. '[[1, \"a\"], {}]'") from None
     found, approved, trusted = _lookup(plpy, state, function_hash)
-    if not found:
-        return '{"missing":true}'
-    source = _source(plpy, state, function_hash)
+    source = _source(plpy, state, function_hash) if found else None
     if source is None:
-        return '{"missing":true}'
+        if missing == "report":  # the client library: it reinstalls and calls again
+            return '{"missing":true}'
+        raise _error(plpy, f"wormhole_execute: no function with hash {function_hash} is "
+                     "installed in this database", WH_NOT_FOUND,
+                     hint="install it first with wormhole_install(source)")
     call = engine.Call(
         source_hash=function_hash,
         source=source,

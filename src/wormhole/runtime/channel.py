@@ -1,0 +1,306 @@
+"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+
+A frame is::
+
+    4-byte big-endian header length | 4-byte big-endian body length | header | body
+
+The header is a UTF-8 JSON object with a string ``"op"``; the body is raw bytes. Big payloads (a
+call's result text, rows, a call's source and arguments) travel in the body, so they are never
+escaped twice, and the backend can hand a result to the client without decoding it.
+
+Both ends validate what they read: sizes are bounded before anything is allocated, the header
+must be a JSON object with a string ``op``, and anything else raises ``ProtocolError``. The
+backend treats every frame from the worker as untrusted input.
+
+``recv`` takes a timeout and keeps a partial frame buffered across calls, so the backend can
+wake every few milliseconds to check PostgreSQL's interrupts while a worker is still writing.
+``send`` can do the same (``tick``) when the peer does not read: a worker that stops reading
+cannot block the backend in ``write`` forever.
+
+Messages (see docs/architecture.md). Each carries ``"id"``, the call it belongs to, where it
+belongs to a call; a call may exchange any number of messages before its ``done``, which is what
+streaming will use.
+
+backend -> worker
+    ``boot``  body: JSON ``{module: source}`` (read by the bootstrap, before this module exists)
+    ``hello`` body: JSON ``{"modules": {name: [attr, ...] | null}, "modules_key": str,
+    "limits": {...}}``
+    ``call``  header: ``hash``, ``id``; body: JSON ``{"source", "args_json", "modules_key"}``
+    ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``
+    ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
+    "type"}``
+worker -> backend
+    ``query`` body: codec text of ``{"sql": str, "params": [...]}``
+    ``done``  body: the payload text (UTF-8); header may carry ``"recycle": true``
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "BOOT",
+    "CALL",
+    "DONE",
+    "HELLO",
+    "MAX_HEADER",
+    "QERR",
+    "QUERY",
+    "ROWS",
+    "Channel",
+    "ChannelClosed",
+    "ChannelError",
+    "ProtocolError",
+]
+
+BOOT = "boot"
+HELLO = "hello"
+CALL = "call"
+ROWS = "rows"
+QERR = "qerr"
+QUERY = "query"
+DONE = "done"
+
+#: largest header accepted (headers are small: an op, an id, a hash).
+MAX_HEADER = 64 * 1024
+#: default largest body accepted.
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+#: hard ceiling for any body (PostgreSQL's text values stop at 1 GB anyway).
+ABSOLUTE_MAX_FRAME = 1024 * 1024 * 1024 - 1
+
+_PREFIX = 8
+_READ_CHUNK = 1024 * 1024
+_POLL_MS = 20
+
+
+class ChannelError(Exception):
+    """Base class of the channel's errors."""
+
+
+class ChannelClosed(ChannelError):
+    """The peer closed its end (end of file on read, broken pipe on write)."""
+
+
+class ProtocolError(ChannelError):
+    """The peer sent something that is not a well-formed frame within the limits."""
+
+
+def _check_fd(fd: object, what: str) -> int:
+    if type(fd) is not int or fd < 0:
+        raise ValueError(f"{what} must be a file descriptor (a non-negative int)")
+    return fd
+
+
+class Channel:
+    """One end of a framed, bidirectional pipe connection.
+
+    ``rfd`` is read from, ``wfd`` written to. ``max_frame`` bounds the body of a received frame
+    (headers are always bounded by ``MAX_HEADER``). The channel does not own the descriptors:
+    ``close()`` closes them only if ``own_fds`` is true.
+    """
+
+    def __init__(
+        self,
+        rfd: int,
+        wfd: int,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        *,
+        own_fds: bool = False,
+    ) -> None:
+        self.rfd = _check_fd(rfd, "rfd")
+        self.wfd = _check_fd(wfd, "wfd")
+        if type(max_frame) is not int or not 0 <= max_frame <= ABSOLUTE_MAX_FRAME:
+            raise ValueError(f"max_frame must be an int between 0 and {ABSOLUTE_MAX_FRAME}")
+        self.max_frame = max_frame
+        self.own_fds = own_fds
+        self.closed = False
+        self._buf = bytearray()
+        self._need: tuple[int, int] | None = None  # (header length, body length) once known
+        self._eof = False
+        self._wnonblock = False
+        self._poll = select.poll()
+        self._poll.register(self.rfd, select.POLLIN | select.POLLPRI)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    @staticmethod
+    def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
+        """Encode one frame (exposed for tests and for the bootstrap frame)."""
+        if type(header) is not dict or type(header.get("op")) is not str:
+            raise TypeError("a header must be a dict with a str 'op'")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError("a body must be bytes")
+        head = json.dumps(header, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+        if len(head) > MAX_HEADER:
+            raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")
+        if len(body) > ABSOLUTE_MAX_FRAME:
+            raise ValueError(f"body is {len(body)} bytes; the limit is {ABSOLUTE_MAX_FRAME}")
+        return b"".join(
+            (len(head).to_bytes(4, "big"), len(body).to_bytes(4, "big"), head, bytes(body))
+        )
+
+    def send(
+        self,
+        header: dict[str, Any],
+        body: bytes = b"",
+        *,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        """Send one frame.
+
+        Without ``tick`` the write blocks until the peer has taken it all. With ``tick`` the
+        descriptor is made non-blocking and ``tick()`` is called every 20 ms while the peer
+        does not read; whatever ``tick`` raises aborts the send (the frame is then partly
+        written: the caller must discard the channel).
+        """
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        data = memoryview(self.frame(header, body))
+        if tick is not None and not self._wnonblock:
+            os.set_blocking(self.wfd, False)
+            self._wnonblock = True
+        wpoll: select.poll | None = None
+        last_tick = time.monotonic()
+        while data:
+            try:
+                n = os.write(self.wfd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+                    raise ChannelClosed("the peer closed the channel") from None
+                raise
+            data = data[n:]
+            if data and n == 0:
+                if wpoll is None:
+                    wpoll = select.poll()
+                    wpoll.register(self.wfd, select.POLLOUT)
+                events = wpoll.poll(_POLL_MS if tick is not None else -1)
+                if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in events):
+                    raise ChannelClosed("the peer closed the channel")
+            if data and tick is not None:
+                now = time.monotonic()
+                if now - last_tick >= _POLL_MS / 1000:
+                    last_tick = now
+                    tick()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> tuple[dict[str, Any], bytes] | None:
+        """Return the next ``(header, body)``, or ``None`` if ``timeout`` seconds pass first.
+
+        ``timeout=None`` blocks. A frame that arrives in pieces is kept across calls.
+        Raises ``ChannelClosed`` at end of file (also in the middle of a frame) and
+        ``ProtocolError`` for a malformed or oversized frame.
+        """
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            frame = self._parse()
+            if frame is not None:
+                return frame
+            if self._eof:
+                if self._buf:
+                    raise ChannelClosed(
+                        f"the peer closed the channel in the middle of a frame "
+                        f"({len(self._buf)} bytes buffered)"
+                    )
+                raise ChannelClosed("the peer closed the channel")
+            if deadline is None:
+                if os.get_blocking(self.rfd):
+                    self._fill()  # a blocking read: one syscall instead of poll + read
+                    continue
+                wait_ms = -1
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                wait_ms = max(1, int(left * 1000 + 0.999))
+            events = self._poll.poll(wait_ms)
+            if not events:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            self._fill()
+
+    def _wanted(self) -> int:
+        if self._need is None:
+            return _PREFIX - len(self._buf)
+        hlen, blen = self._need
+        return _PREFIX + hlen + blen - len(self._buf)
+
+    def _fill(self) -> None:
+        # read at least 64 KiB when we can: a whole small frame (and whatever follows it) in
+        # one syscall; the surplus stays buffered for the next frame.
+        want = min(max(self._wanted(), 65536), _READ_CHUNK)
+        try:
+            chunk = os.read(self.rfd, want)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+                self._eof = True
+                return
+            raise
+        if not chunk:
+            self._eof = True
+            return
+        self._buf += chunk
+
+    def _parse(self) -> tuple[dict[str, Any], bytes] | None:
+        if self._need is None:
+            if len(self._buf) < _PREFIX:
+                return None
+            hlen = int.from_bytes(self._buf[0:4], "big")
+            blen = int.from_bytes(self._buf[4:8], "big")
+            if hlen == 0 or hlen > MAX_HEADER:
+                raise ProtocolError(f"frame header of {hlen} bytes (limit {MAX_HEADER})")
+            if blen > self.max_frame:
+                raise ProtocolError(f"frame body of {blen} bytes (limit {self.max_frame})")
+            self._need = (hlen, blen)
+        hlen, blen = self._need
+        total = _PREFIX + hlen + blen
+        if len(self._buf) < total:
+            return None
+        raw_head = bytes(self._buf[_PREFIX:_PREFIX + hlen])
+        body = bytes(self._buf[_PREFIX + hlen:total])
+        del self._buf[:total]
+        self._need = None
+        return decode_header(raw_head), body
+
+    def close(self) -> None:
+        """Mark the channel closed; close the descriptors if the channel owns them."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.own_fds:
+            for fd in {self.rfd, self.wfd}:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def decode_header(raw: bytes) -> dict[str, Any]:
+    """Decode and validate a frame header: a JSON object with a str ``op``."""
+    try:
+        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
+    if type(header) is not dict:
+        raise ProtocolError("frame header is not a JSON object")
+    if type(header.get("op")) is not str:
+        raise ProtocolError("frame header has no string 'op'")
+    return header

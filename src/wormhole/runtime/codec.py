@@ -1,0 +1,621 @@
+"""Type-preserving JSON codec for arguments, results and query rows.
+
+Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
+on text produced by the database), so decoding must never execute code or construct arbitrary
+classes. Why not plain ``json``: a round trip must preserve Python types that SQL and user code
+care about (tuple vs list, ``Decimal``, ``datetime`` with its offset, bytes, ...), and plain JSON
+silently coerces them (tuple -> list, int keys -> str keys, nan -> invalid JSON).
+
+Format: plain JSON for ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list`` and
+``dict`` with all-``str`` keys (unless it is a single-key dict whose key starts with ``"$"``,
+which would be mistaken for a tag). Everything else is a single-key "tag" object::
+
+    {"$t": [...]}                 tuple
+    {"$b": "<base64>"}            bytes (bytearray and memoryview encode as bytes)
+    {"$n": "1.5"}                 Decimal (str(); NaN, sNaN, Infinity, -0 included)
+    {"$f": "nan"|"inf"|"-inf"}    non-finite float
+    {"$i": "<hex>"}               int too large for int(str) (Python's 4300-digit limit)
+    {"$date": iso}  {"$time": iso}  {"$dt": iso}   (aware values keep their utcoffset)
+    {"$td": [days, seconds, microseconds]}
+    {"$uuid": "..."}
+    {"$d": [[k, v], ...]}         dict with a non-str key, or a single "$..." key
+    {"$set": [...]}  {"$fset": [...]}
+
+Encoding accepts exact types only (``type(x) is int``): a subclass may override ``__str__``,
+``__iter__``, ``__eq__``... and encoding must never run user code, so the type is checked before
+anything else is touched. ``Rows`` (a list subclass of our own) encodes as a plain list.
+
+Decoding never raises anything but :class:`CodecError`, whatever the input text: nesting depth
+and text size are bounded, and every tag payload is validated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import itertools
+import json
+import math
+import uuid
+from decimal import Decimal
+from typing import Any, Callable, NoReturn
+
+from .rows import Rows
+
+__all__ = [
+    "CodecError",
+    "MAX_DEPTH",
+    "MAX_BYTES",
+    "encode",
+    "decode",
+    "encode_value",
+    "decode_value",
+]
+
+MAX_DEPTH = 200
+"""Maximum container nesting (list, dict, tuple, set, tag payloads count) on both sides."""
+
+MAX_BYTES = 1 << 30
+"""Default maximum size of a text to decode (PostgreSQL's own limit for a text value is 1 GB)."""
+
+# Ints whose decimal repr would hit CPython's int_max_str_digits guard (4300 digits by default,
+# present in 3.10.7+/3.11) are sent as hex, which has no such limit and parses in linear time.
+_BIG_INT = 1 << 12_000  # about 3612 decimal digits, safely under 4300
+
+_SUPPORTED = (
+    "None, bool, int, float, str, bytes, bytearray, memoryview, list, tuple, dict, set, "
+    "frozenset, Decimal, date, time, datetime, timedelta, UUID, Rows"
+)
+
+
+class CodecError(ValueError):
+    """A value cannot be encoded, or a text cannot be decoded (malformed, hostile, too big)."""
+
+
+class _EncodeFailure(Exception):
+    """Internal: carries the offending type name up the stack while the path is collected.
+
+    Building a path string for every element would slow down the common case; instead the path
+    segments are prepended only while unwinding after a failure.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.segments: list[str] = []
+
+
+# --------------------------------------------------------------------------------------------
+# encode
+
+
+def _type_name(obj: object) -> str:
+    # type(obj).__qualname__ is read from the class, never from the instance: no user code runs.
+    t = type(obj)
+    mod = t.__module__
+    name = t.__qualname__
+    return name if mod in ("builtins", "__main__") else f"{mod}.{name}"
+
+
+def _enc(obj: object, depth: int) -> Any:
+    """Return a JSON-able equivalent of ``obj``; ``obj`` itself when nothing needs changing.
+
+    ``depth`` is the number of JSON brackets enclosing ``obj`` in the output, so that the limit
+    means the same thing here and in :func:`decode` (which counts brackets in the text).
+    """
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return obj
+    if t is int:
+        if -_BIG_INT < obj < _BIG_INT:  # type: ignore[operator]
+            return obj
+        _check_depth(depth + 1)
+        return {"$i": format(obj, "x")}
+    if t is float:
+        if obj - obj == 0.0:  # type: ignore[operator]  # finite (nan - nan and inf - inf are nan)
+            return obj
+        _check_depth(depth + 1)
+        return {"$f": "nan" if obj != obj else ("inf" if obj > 0 else "-inf")}  # type: ignore[operator]
+    if t is dict:
+        return _enc_dict(obj, depth + 1)  # type: ignore[arg-type]
+    if t is list or t is Rows:
+        return _enc_list(obj, depth + 1)  # type: ignore[arg-type]
+    enc = _TAGGERS.get(t)
+    if enc is None:
+        raise _EncodeFailure(f"cannot encode value of type {_type_name(obj)!r}")
+    if depth >= _max_depth_box[0]:  # every tag opens at least one more level
+        raise _EncodeFailure(f"nesting deeper than {_max_depth_box[0]} levels")
+    return enc(obj, depth)
+
+
+def _check_depth(depth: int) -> None:
+    if depth > _max_depth_box[0]:
+        raise _EncodeFailure(f"nesting deeper than {_max_depth_box[0]} levels")
+
+
+def _is_plain(values: Any) -> bool:
+    """True when every value is JSON-native as is (so the container can be reused unchanged)."""
+    for v in values:
+        t = type(v)
+        if t is str or v is None or t is bool:
+            continue
+        if t is int:
+            if -_BIG_INT < v < _BIG_INT:
+                continue
+        elif t is float:
+            if v - v == 0.0:
+                continue
+        return False
+    return True
+
+
+def _locate(items: Any, depth: int, seg: Callable[[Any], str]) -> NoReturn:
+    """Slow path after a failure inside a comprehension: find the failing member, add its path."""
+    for key, v in items:
+        try:
+            _enc(v, depth)
+        except _EncodeFailure as f:
+            f.segments.append(seg(key))
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _enc_items(seq: Any, depth: int) -> list[Any]:
+    """Encode the members of a list/tuple whose own bracket is at level ``depth``."""
+    _check_depth(depth)
+    try:
+        return [_enc(v, depth) for v in seq]
+    except _EncodeFailure:
+        _locate(enumerate(seq), depth, lambda i: f"[{i}]")
+
+
+def _enc_list(seq: list[Any], depth: int) -> list[Any]:
+    """A list (or Rows) whose bracket is at level ``depth``; returned as is when all plain."""
+    _check_depth(depth)
+    if _is_plain(seq):
+        return seq
+    return _enc_items(seq, depth)
+
+
+def _enc_dict(d: dict[Any, Any], depth: int) -> Any:
+    """A dict whose brace is at level ``depth``. All-str keys and plain values: ``d`` itself."""
+    _check_depth(depth)
+    if not _STR_ONLY.issuperset(map(type, d)) or (len(d) == 1 and next(iter(d))[:1] == "$"):
+        return _enc_pairs(d, depth - 1)
+    if _is_plain(d.values()):
+        return d
+    try:
+        return {k: _enc(v, depth) for k, v in d.items()}
+    except _EncodeFailure:
+        _locate(d.items(), depth, lambda k: f"[{k!r}]")
+
+
+_STR_ONLY = frozenset({str})
+
+
+def _enc_pairs(d: dict[Any, Any], depth: int) -> dict[str, Any]:
+    """``{"$d": [[k, v], ...]}`` for the dict at ``depth``: keys and values sit 3 levels in."""
+    _check_depth(depth + 3 if d else depth + 2)
+    pairs: list[list[Any]] = []
+    inner = depth + 3
+    for i, (k, v) in enumerate(d.items()):
+        try:
+            ek = _enc(k, inner)
+        except _EncodeFailure as f:
+            f.segments.append(f"<key #{i}>")
+            raise
+        try:
+            ev = _enc(v, inner)
+        except _EncodeFailure as f:
+            # The key encoded fine, so it is made of our own exact types: repr is safe.
+            shown = repr(k)
+            f.segments.append(f"[{shown}]" if len(shown) <= 60 else f"[<key #{i}>]")
+            raise
+        pairs.append([ek, ev])
+    return {"$d": pairs}
+
+
+def _enc_tuple(obj: tuple[Any, ...], depth: int) -> dict[str, Any]:
+    return {"$t": _enc_items(obj, depth + 2)}
+
+
+def _enc_set(tag: str) -> Callable[[Any, int], dict[str, Any]]:
+    def enc(obj: set[Any] | frozenset[Any], depth: int) -> dict[str, Any]:
+        _check_depth(depth + 2)
+        items: list[Any] = []
+        try:
+            for v in obj:  # iterating a set never calls the elements' methods
+                items.append(_enc(v, depth + 2))
+        except _EncodeFailure as f:
+            f.segments.append("{element}")
+            raise
+        return {tag: items}
+
+    return enc
+
+
+def _enc_td(o: _dt.timedelta, depth: int) -> dict[str, Any]:
+    _check_depth(depth + 2)
+    return {"$td": [o.days, o.seconds, o.microseconds]}
+
+
+_TAGGERS: dict[type, Callable[[Any, int], Any]] = {
+    tuple: _enc_tuple,
+    bytes: lambda o, d: {"$b": base64.b64encode(o).decode("ascii")},
+    bytearray: lambda o, d: {"$b": base64.b64encode(bytes(o)).decode("ascii")},
+    memoryview: lambda o, d: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},
+    Decimal: lambda o, d: {"$n": str(o)},
+    _dt.date: lambda o, d: {"$date": o.isoformat()},
+    _dt.time: lambda o, d: {"$time": o.isoformat()},
+    _dt.datetime: lambda o, d: {"$dt": o.isoformat()},
+    _dt.timedelta: _enc_td,
+    uuid.UUID: lambda o, d: {"$uuid": str(o)},
+    set: _enc_set("$set"),
+    frozenset: _enc_set("$fset"),
+}
+
+# The active depth limit. A one-element list rather than a parameter threaded through every
+# call: the recursion is hot and the limit almost never changes. Runtime code is single-threaded
+# per process (a backend, the worker); the client only encodes with the default.
+_max_depth_box = [MAX_DEPTH]
+
+
+def encode_value(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> Any:
+    """Return a JSON-able structure (for embedding in a larger message) that decodes to ``obj``.
+
+    The result may share (unmodified) plain containers with ``obj``; serialise it before
+    mutating ``obj``. ``root`` names ``obj`` in error messages (``args[1]['when']``).
+    """
+    old = _max_depth_box[0]
+    _max_depth_box[0] = max_depth
+    try:
+        return _enc(obj, 0)
+    except _EncodeFailure as f:
+        path = root + "".join(reversed(f.segments))
+        if f.reason.startswith("cannot encode"):
+            raise CodecError(f"{f.reason} at {path}; supported: {_SUPPORTED}") from None
+        raise CodecError(f"cannot encode {path}: {f.reason}") from None
+    except RecursionError:
+        raise CodecError(f"cannot encode {root}: nesting too deep") from None
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. a released memoryview
+        raise CodecError(f"cannot encode {root}: {type(e).__name__}: {e}") from None
+    finally:
+        _max_depth_box[0] = old
+
+
+# Fast path. Most payloads are lists of flat row dicts. Instead of rebuilding them, check their
+# shape with C-speed type sets (``set(map(type, values))``) and let ``json.dumps`` serialise them
+# directly, converting the scalar tag types through ``default=``. Anything unusual (tuple, set,
+# non-str keys, a "$" key, unsupported types, deep nesting) takes the full walk, which also
+# produces the error message with the path. nan/inf floats and oversized ints make
+# ``json.dumps`` raise ValueError (allow_nan=False, int_max_str_digits): full walk too.
+_SCALAR_TAGS: dict[type, Callable[[Any], dict[str, Any]]] = {
+    bytes: lambda o: {"$b": base64.b64encode(o).decode("ascii")},
+    bytearray: lambda o: {"$b": base64.b64encode(bytes(o)).decode("ascii")},
+    memoryview: lambda o: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},
+    Decimal: lambda o: {"$n": str(o)},
+    _dt.date: lambda o: {"$date": o.isoformat()},
+    _dt.time: lambda o: {"$time": o.isoformat()},
+    _dt.datetime: lambda o: {"$dt": o.isoformat()},
+    _dt.timedelta: lambda o: {"$td": [o.days, o.seconds, o.microseconds]},
+    uuid.UUID: lambda o: {"$uuid": str(o)},
+}
+_LEAVES = frozenset({str, int, float, bool, type(None)} | set(_SCALAR_TAGS))
+_NESTS = frozenset({list, dict, Rows})
+_LEAVES_OR_NESTS = _LEAVES | _NESTS
+_NESTS_SET_DICT = frozenset({dict})
+_chain = itertools.chain.from_iterable
+
+
+def _default(o: object) -> dict[str, Any]:
+    return _SCALAR_TAGS[type(o)](o)  # only reached for types _fast_ok accepted
+
+
+def _fast_ok(obj: object, max_depth: int) -> bool:
+    """True when ``obj`` can go straight to ``json.dumps(default=_default)``.
+
+    Works level by level on all the members of that level at once, with C-level iteration
+    (``set(map(type, chain(...)))``), so a list of 100k row dicts costs a few passes in C rather
+    than 100k Python-level checks.
+    """
+    members: list[Any] = [obj]
+    depth = 0
+    str_only = _STR_ONLY.issuperset
+    while True:
+        ts = set(map(type, members))
+        if ts <= _LEAVES:
+            return True
+        if not ts <= _LEAVES_OR_NESTS:
+            return False
+        depth += 1
+        if depth + 2 > max_depth:  # a tagged leaf inside may add two brackets
+            return False
+        if ts <= _NESTS_SET_DICT:
+            dicts: list[Any] = members
+            lists: list[Any] = []
+        else:
+            dicts = [m for m in members if type(m) is dict]
+            lists = [m for m in members if type(m) is list or type(m) is Rows]
+        if dicts:
+            if not str_only(map(type, _chain(dicts))):
+                return False
+            if 1 in map(len, dicts):
+                for d in dicts:
+                    if len(d) == 1 and next(iter(d))[:1] == "$":
+                        return False
+        members = list(_chain(map(dict.values, dicts)))
+        if lists:
+            members.extend(_chain(lists))
+
+
+def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
+    """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
+    if _fast_ok(obj, max_depth):
+        try:
+            return json.dumps(
+                obj, default=_default, allow_nan=False, check_circular=False, separators=(",", ":")
+            )
+        except (ValueError, OverflowError):
+            pass  # nan/inf or an int too long for str(): the full walk tags them
+    value = encode_value(obj, root=root, max_depth=max_depth)
+    try:
+        return json.dumps(value, allow_nan=False, check_circular=False, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above
+        raise CodecError(f"cannot encode {root}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# decode
+
+
+def _bad(tag: str, payload: object, why: str = "") -> NoReturn:
+    shown = repr(payload)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    raise CodecError(f"malformed {tag} payload {shown}" + (f": {why}" if why else ""))
+
+
+def _need_str(tag: str, p: object) -> str:
+    if type(p) is not str:
+        _bad(tag, p, "expected a string")
+    return p  # type: ignore[return-value]
+
+
+def _need_list(tag: str, p: object) -> list[Any]:
+    if type(p) is not list:
+        _bad(tag, p, "expected a list")
+    return p  # type: ignore[return-value]
+
+
+def _dec_b(p: object) -> bytes:
+    s = _need_str("$b", p)
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as e:
+        _bad("$b", p, str(e))
+
+
+def _dec_n(p: object) -> Decimal:
+    s = _need_str("$n", p)
+    if len(s) > 100_000:
+        _bad("$n", p, "too long")
+    try:
+        return Decimal(s)
+    except Exception as e:  # decimal.InvalidOperation (an ArithmeticError)
+        _bad("$n", p, type(e).__name__)
+
+
+_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _dec_f(p: object) -> float:
+    if type(p) is not str or p not in _FLOATS:
+        _bad("$f", p, 'expected "nan", "inf" or "-inf"')
+    return _FLOATS[p]  # type: ignore[index]
+
+
+def _dec_i(p: object) -> int:
+    s = _need_str("$i", p)
+    body = s[1:] if s[:1] == "-" else s
+    if not body or not all(c in "0123456789abcdef" for c in body):
+        _bad("$i", p, "expected lowercase hex digits")
+    return int(s, 16)
+
+
+def _dec_iso(tag: str, parse: Callable[[str], Any]) -> Callable[[object], Any]:
+    def dec(p: object) -> Any:
+        s = _need_str(tag, p)
+        if len(s) > 64:
+            _bad(tag, p, "too long")
+        try:
+            return parse(s)
+        except (ValueError, TypeError, OverflowError) as e:
+            _bad(tag, p, str(e))
+
+    return dec
+
+
+def _dec_td(p: object) -> _dt.timedelta:
+    lst = _need_list("$td", p)
+    if len(lst) != 3 or any(type(x) is not int for x in lst):
+        _bad("$td", p, "expected [days, seconds, microseconds] ints")
+    try:
+        return _dt.timedelta(days=lst[0], seconds=lst[1], microseconds=lst[2])
+    except (OverflowError, ValueError) as e:
+        _bad("$td", p, str(e))
+
+
+def _dec_uuid(p: object) -> uuid.UUID:
+    s = _need_str("$uuid", p)
+    if len(s) != 36:
+        _bad("$uuid", p, "expected the 36-character hyphenated form")
+    try:
+        return uuid.UUID(s)
+    except ValueError as e:
+        _bad("$uuid", p, str(e))
+
+
+def _dec_t(p: object) -> tuple[Any, ...]:
+    return tuple(_need_list("$t", p))
+
+
+def _dec_d(p: object) -> dict[Any, Any]:
+    lst = _need_list("$d", p)
+    out: dict[Any, Any] = {}
+    for pair in lst:
+        if type(pair) is not list or len(pair) != 2:
+            _bad("$d", p, "expected a list of [key, value] pairs")
+        try:
+            out[pair[0]] = pair[1]
+        except TypeError:
+            _bad("$d", p, "unhashable key")
+    return out
+
+
+def _dec_set(tag: str, make: Callable[[list[Any]], Any]) -> Callable[[object], Any]:
+    def dec(p: object) -> Any:
+        try:
+            return make(_need_list(tag, p))
+        except TypeError:
+            _bad(tag, p, "unhashable element")
+
+    return dec
+
+
+_UNTAGGERS: dict[str, Callable[[object], Any]] = {
+    "$t": _dec_t,
+    "$b": _dec_b,
+    "$n": _dec_n,
+    "$f": _dec_f,
+    "$i": _dec_i,
+    "$date": _dec_iso("$date", _dt.date.fromisoformat),
+    "$time": _dec_iso("$time", _dt.time.fromisoformat),
+    "$dt": _dec_iso("$dt", _dt.datetime.fromisoformat),
+    "$td": _dec_td,
+    "$uuid": _dec_uuid,
+    "$d": _dec_d,
+    "$set": _dec_set("$set", set),
+    "$fset": _dec_set("$fset", frozenset),
+}
+
+
+def _hook(d: dict[str, Any]) -> Any:
+    """``json.loads`` object hook: multi-key dicts (the common row case) return at once."""
+    if len(d) != 1:
+        return d
+    for k, v in d.items():
+        if k[:1] != "$":
+            return d
+        untag = _UNTAGGERS.get(k)
+        if untag is None:
+            shown = k if len(k) <= 40 else k[:37] + "..."
+            raise CodecError(f"unknown tag {shown!r}")
+        return untag(v)
+    return d  # pragma: no cover
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise CodecError(f"non-standard JSON constant {name!r}")
+
+
+_CONTAINERS = frozenset({list, dict, tuple, set, frozenset})
+
+
+def _too_deep(root: object, limit: int) -> bool:
+    """True when the decoded ``root`` nests containers more than ``limit`` deep.
+
+    Runs after ``json.loads`` (whose own recursion guard already bounds the C stack), level by
+    level over all members of a level at once with C-level iteration, like :func:`_fast_ok`.
+    Tags count as one level here (two brackets in the text), so whatever :func:`encode`
+    accepts with the same limit decodes.
+    """
+    members: list[Any] = [root]
+    depth = 0
+    str_only = _STR_ONLY.issuperset
+    while True:
+        ts = set(map(type, members))
+        if ts.isdisjoint(_CONTAINERS):
+            return False
+        depth += 1
+        if depth > limit:
+            return True
+        if ts <= _NESTS_SET_DICT:
+            dicts: list[Any] = members
+            others: list[Any] = []
+        else:
+            dicts = [m for m in members if type(m) is dict]
+            others = [m for m in members if type(m) in _CONTAINERS and type(m) is not dict]
+        members = list(_chain(map(dict.values, dicts)))
+        if not str_only(map(type, _chain(dicts))):  # tuple/frozenset keys from "$d"
+            members.extend([k for k in _chain(dicts) if type(k) is not str])
+        if others:
+            members.extend(_chain(others))
+
+
+def decode_value(value: Any, *, max_depth: int = MAX_DEPTH) -> object:
+    """Decode a JSON-able structure produced by :func:`encode_value` (already parsed JSON).
+
+    Used when a message was parsed as a whole and carries an encoded value inside it.
+    """
+    return _walk(value, 0, max_depth)
+
+
+def _walk(v: Any, depth: int, max_depth: int) -> Any:
+    t = type(v)
+    if t is list:
+        if depth >= max_depth:
+            raise CodecError(f"nesting deeper than {max_depth} levels")
+        return [_walk(x, depth + 1, max_depth) for x in v]
+    if t is dict:
+        if depth >= max_depth:
+            raise CodecError(f"nesting deeper than {max_depth} levels")
+        d = {k: _walk(x, depth + 1, max_depth) for k, x in v.items()}
+        try:
+            return _hook(d)
+        except CodecError:
+            raise
+        except Exception as e:  # pragma: no cover - defensive
+            raise CodecError(f"cannot decode: {type(e).__name__}") from None
+    if t is str or t is int or t is bool or v is None:
+        return v
+    if t is float:
+        if v - v != 0.0:
+            raise CodecError("non-finite float outside a $f tag")
+        return v
+    raise CodecError(f"not a JSON value: {t.__name__}")
+
+
+def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:
+    """Decode text produced by :func:`encode`. Raises only :class:`CodecError`.
+
+    ``max_bytes`` bounds the UTF-8 size of the text (checked before parsing); ``max_depth`` the
+    nesting of the result (``json.loads``' own recursion guard bounds the stack while parsing;
+    its ``RecursionError`` becomes a ``CodecError`` too).
+    """
+    if isinstance(text, (bytes, bytearray)):
+        if len(text) > max_bytes:
+            raise CodecError(f"text too large: {len(text)} bytes > {max_bytes}")
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CodecError(f"text is not UTF-8: {e}") from None
+    elif type(text) is not str:
+        raise CodecError(f"cannot decode a {type(text).__name__}; expected str or bytes")
+    n = len(text)
+    if n > max_bytes or (n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
+        raise CodecError(f"text too large (limit {max_bytes} bytes)")
+    try:
+        value = json.loads(text, object_hook=_hook, parse_constant=_reject_constant)
+    except CodecError:
+        raise
+    except RecursionError:
+        raise CodecError("nesting too deep") from None
+    except ValueError as e:  # JSONDecodeError, int digit limit
+        raise CodecError(f"invalid JSON: {e}") from None
+    except Exception as e:  # defensive: decode must only ever raise CodecError
+        raise CodecError(f"cannot decode: {type(e).__name__}: {e}") from None
+    # Fewer opening brackets than the limit cannot nest deeper: small messages skip the walk.
+    if text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
+        raise CodecError(f"nesting deeper than {max_depth} levels")
+    return value

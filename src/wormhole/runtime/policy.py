@@ -1,0 +1,1460 @@
+"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+
+``check(source, modules)`` runs at install time and again before a hash first runs in a process
+(a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
+``PolicyError`` carrying *every* finding with its line, RestrictedPython-style. It is one layer
+of two (see SECURITY.md and /work/shared/research/security.md): it gives users clear, early errors
+and shrinks what the confined worker has to contain; it is not a sandbox by itself.
+
+How it stays closed:
+
+* The text is checked before parsing (size, control/bidi/format characters, coding cookies), then
+  parsed exactly once from ``str`` and *that* tree is rewritten and compiled: what was checked is
+  what runs (``compile(bytes)`` would honour a UTF-7 cookie that ``ast.parse(str)`` ignores).
+* Every AST node type needs a ``visit_<Type>`` method here; a node without one is rejected. A new
+  Python release's new nodes are therefore refused until someone reviews them
+  (``tests/unit/test_policy.py`` lists every node type of the running Python).
+* The walk is iterative with a depth and a node cap, and any exception inside the validator is a
+  rejection, never an acceptance.
+* Names are checked wherever an identifier occurs (``Name``, ``Attribute.attr``, every kind of
+  parameter, keywords, import aliases, ``except ... as``, match captures, function and class
+  names, ``nonlocal``): no leading ``_`` (dunders, ``__subclasses__``, ``__globals__``, the
+  runtime's own ``_wh_*`` hooks; the bare throwaway name ``_`` is fine), no frame/code/generator
+  internals, no introspection builtins.
+
+The transformer then inserts the run-time hooks (all start with ``_wh_`` so user code can never
+name, rebind or shadow them; ``namespace.build_globals`` binds them):
+
+``_wh_tick()``               start of every function and lambda body, every loop body, and as a
+                             always-true condition in every comprehension: in-process execution
+                             notices cancel and timeouts between Python-level steps.
+``_wh_getattr(o, name)``     attribute *reads* of the few names whose meaning depends on the
+                             object at run time (``format``: ``str.format`` traverses attributes
+                             from a format string; ``obj``: ``AttributeError.obj`` hands out the
+                             object a failed lookup was made on).
+``_wh_setattr(o, name, v)``  every attribute store: only the call's own objects may be changed,
+``_wh_delattr(o, name)``     never shared ones (module classes and functions live for the whole
+                             process; changing them would reach later calls and trusted code).
+``_wh_pow/_wh_mul/_wh_lshift(a, b)`` and the in-place ``_wh_ipow/_wh_imul/_wh_ilshift``:
+                             size guards for ``**``, ``*`` and ``<<`` (``10**10**8``,
+                             ``'x' * 10**10``) so one expression cannot allocate gigabytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import re
+import types
+import unicodedata
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "CATALOGUE",
+    "DYNAMIC_ATTRIBUTES",
+    "FILENAME",
+    "FORBIDDEN_ATTRIBUTES",
+    "FORBIDDEN_NAMES",
+    "HOOKS",
+    "Checked",
+    "Finding",
+    "PolicyError",
+    "allowed_names",
+    "check",
+]
+
+#: code is compiled under this filename, so tracebacks say which frames are the user's own and
+#: line numbers are relative to the shipped source (line 1 = the ``def`` line).
+FILENAME = "<wormhole>"
+
+MAX_SOURCE_CHARS = 64 * 1024
+#: AST nesting; CPython's own recursive passes (ast construction, compile) fail somewhere past
+#: 1,000 and a 700-term sum is already ~700 deep. 200 leaves room for the hooks we add.
+MAX_DEPTH = 200
+MAX_NODES = 50_000
+#: most findings reported; past that the list stops being useful and only costs memory.
+MAX_FINDINGS = 200
+
+# --------------------------------------------------------------------------------------------
+# hooks (namespace.build_globals binds every one of these)
+
+TICK = "_wh_tick"
+GETATTR = "_wh_getattr"
+SETATTR = "_wh_setattr"
+DELATTR = "_wh_delattr"
+POW = "_wh_pow"
+MUL = "_wh_mul"
+LSHIFT = "_wh_lshift"
+IPOW = "_wh_ipow"
+IMUL = "_wh_imul"
+ILSHIFT = "_wh_ilshift"
+HOOKS = (TICK, GETATTR, SETATTR, DELATTR, POW, MUL, LSHIFT, IPOW, IMUL, ILSHIFT)
+
+#: attribute reads routed through ``_wh_getattr`` (see the module docstring).
+DYNAMIC_ATTRIBUTES = frozenset({"format", "obj"})
+
+# --------------------------------------------------------------------------------------------
+# names
+
+
+def _reasons(reason: str, *names: str) -> dict[str, str]:
+    return {name: reason for name in names}
+
+
+#: names user code may not use at all (read, bind or delete), with the reason in the message.
+FORBIDDEN_NAMES: dict[str, str] = {
+    **_reasons("runs arbitrary code", "eval", "exec", "compile"),
+    **_reasons("reads files on the server", "open"),
+    **_reasons("reads the server's standard input", "input"),
+    **_reasons(
+        "is an interactive helper added by the site module (help() imports modules, "
+        "breakpoint() starts a debugger, exit() and quit() raise SystemExit)",
+        "breakpoint", "help", "license", "credits", "copyright", "exit", "quit",
+    ),
+    **_reasons("exposes namespaces (introspection)", "vars", "dir", "globals", "locals"),
+    **_reasons(
+        "takes the attribute name as a string, which would bypass the attribute checks",
+        "getattr", "setattr", "delattr", "hasattr",
+    ),
+    **_reasons(
+        "is the root of the class graph (object.__subclasses__() reaches every class)",
+        "object",
+    ),
+    **_reasons("gives raw access to buffers", "memoryview"),
+    **_reasons(
+        "creates descriptors, which are not supported in wormhole functions",
+        "classmethod", "staticmethod", "property",
+    ),
+    **_reasons("is PL/Python's own handle and is out of reach", "plpy", "GD", "SD", "TD"),
+    **_reasons(
+        "cannot be caught or raised by wormhole functions (it would swallow the runtime's "
+        "interrupt)",
+        "BaseException", "SystemExit", "KeyboardInterrupt", "GeneratorExit",
+        "BaseExceptionGroup", "ExceptionGroup",
+    ),
+    **_reasons("is the module of all builtins", "builtins"),
+}
+
+#: attribute names that are never allowed, even without a leading underscore: frames, code and
+#: generator internals (CVE-2023-37271 walked ``gi_frame.f_back``), ``format_map`` (traverses
+#: attributes from a string, CVE-2023-41039) and ``mro`` (``ValueError.mro()[-2]`` is
+#: ``BaseException``, which could then catch the runtime's interrupt).
+FORBIDDEN_ATTRIBUTES: frozenset[str] = frozenset({
+    "format_map", "mro",
+    "gi_frame", "gi_code", "gi_yieldfrom", "gi_running", "gi_suspended", "gi_yieldframe",
+    "cr_frame", "cr_code", "cr_await", "cr_running", "cr_suspended", "cr_origin",
+    "ag_frame", "ag_code", "ag_await", "ag_running",
+    "f_back", "f_builtins", "f_code", "f_globals", "f_locals", "f_lasti", "f_lineno",
+    "f_trace", "f_trace_lines", "f_trace_opcodes",
+    "tb_frame", "tb_next", "tb_lasti", "tb_lineno",
+    "co_code", "co_consts", "co_names", "co_varnames", "co_cellvars", "co_freevars",
+    "co_filename", "co_name", "co_qualname", "co_firstlineno", "co_lnotab", "co_linetable",
+    "co_exceptiontable", "co_flags", "co_argcount", "co_posonlyargcount",
+    "co_kwonlyargcount", "co_nlocals", "co_stacksize", "co_positions", "co_lines",
+    "func_globals", "func_code", "func_closure", "func_defaults", "func_dict",
+    "im_func", "im_self", "im_class", "cell_contents",
+})
+#: prefixes of generator/coroutine internals; no ordinary API uses them.
+_FORBIDDEN_ATTRIBUTE_PREFIXES = ("gi_", "cr_", "ag_")
+
+#: dunder methods a class body may *define* (never call or read: ``x.__eq__`` stays forbidden).
+#: Deliberately small. Left out: ``__getattr__``/``__getattribute__``/``__setattr__`` (they
+#: intercept the runtime's own attribute guards), ``__format__`` (str.format), ``__del__`` (runs
+#: at garbage collection, outside any call), ``__init_subclass__``/``__set_name__``/
+#: ``__class_getitem__``/``__instancecheck__`` (implicit calls from class machinery),
+#: ``__reduce__*``/``__getstate__`` (serialisation hooks), ``__index__``/``__int__`` (called by
+#: C code inside the size guards).
+DUNDER_METHODS = frozenset({
+    "__init__", "__repr__", "__str__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__bool__",
+    "__len__", "__iter__", "__next__", "__contains__", "__getitem__",
+    "__enter__", "__exit__",
+    "__add__", "__sub__", "__mul__", "__truediv__", "__neg__",
+})
+
+#: exceptions that must not be caught: the runtime's ``Interrupted`` is a BaseException.
+_UNCATCHABLE = frozenset({
+    "BaseException", "SystemExit", "KeyboardInterrupt", "GeneratorExit",
+    "BaseExceptionGroup", "ExceptionGroup",
+})
+
+#: the exception classes namespace.py provides as builtins; the only builtins a class may
+#: inherit from (plus the user's own classes and, checked at run time, module exceptions).
+EXCEPTION_NAMES = frozenset({
+    "Exception", "ArithmeticError", "AssertionError", "AttributeError", "FloatingPointError",
+    "IndexError", "KeyError", "LookupError", "NameError", "NotImplementedError",
+    "OverflowError", "RecursionError", "RuntimeError", "StopIteration", "TypeError",
+    "UnboundLocalError", "UnicodeError", "UnicodeDecodeError", "UnicodeEncodeError",
+    "ValueError", "ZeroDivisionError", "MemoryError", "DatabaseError",
+})
+
+#: names every function sees without importing; an import alias may not shadow them.
+GLOBAL_NAMES = frozenset({"query", "DatabaseError", "print"})
+
+# --------------------------------------------------------------------------------------------
+# the catalogue: module -> vetted public names (used when the DBA whitelists a module with
+# NULL names). Never a module object: ``datetime.sys``, ``json.codecs``, ``re.enum``,
+# ``statistics.sys``, ``random._os``, ``fractions.sys``, ``calendar.sys``, ``uuid.os`` are
+# measured re-export escape hatches on this Python. Names missing on an older Python are skipped.
+
+CATALOGUE: dict[str, frozenset[str]] = {
+    "math": frozenset({
+        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "comb",
+        "copysign", "cos", "cosh", "degrees", "dist", "e", "erf", "erfc", "exp", "exp2",
+        "expm1", "fabs", "factorial", "floor", "fmod", "frexp", "fsum", "gamma", "gcd", "hypot",
+        "inf", "isclose", "isfinite", "isinf", "isnan", "isqrt", "lcm", "ldexp", "lgamma", "log",
+        "log10", "log1p", "log2", "modf", "nan", "nextafter", "perm", "pi", "pow", "prod",
+        "radians", "remainder", "sin", "sinh", "sqrt", "tan", "tanh", "tau", "trunc", "ulp",
+        # factorial/comb/perm are replaced by size-guarded versions in namespace.py
+    }),
+    "cmath": frozenset({
+        "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "e", "exp", "inf",
+        "infj", "isclose", "isfinite", "isinf", "isnan", "log", "log10", "nan", "nanj",
+        "phase", "pi", "polar", "rect", "sin", "sinh", "sqrt", "tan", "tanh", "tau",
+    }),
+    # json: no dump/load (they take file objects), no JSONEncoder/JSONDecoder classes (subclass
+    # hooks), no codecs/decoder/encoder/scanner (modules).
+    "json": frozenset({"dumps", "loads", "JSONDecodeError"}),
+    # datetime: no sys, no datetime_CAPI (a PyCapsule of C pointers).
+    "datetime": frozenset({
+        "date", "datetime", "time", "timedelta", "timezone", "tzinfo", "MINYEAR", "MAXYEAR",
+        "UTC",
+    }),
+    # decimal: no getcontext/setcontext/DefaultContext/BasicContext/ExtendedContext: the
+    # current context is per thread and lives for the whole process, so changing it would
+    # change every later call (and the runtime's own Decimal handling). localcontext() and
+    # Context() give a function its own precision.
+    "decimal": frozenset({
+        "Decimal", "Context", "localcontext", "DecimalTuple",
+        "ROUND_05UP", "ROUND_CEILING", "ROUND_DOWN", "ROUND_FLOOR", "ROUND_HALF_DOWN",
+        "ROUND_HALF_EVEN", "ROUND_HALF_UP", "ROUND_UP",
+        "MAX_EMAX", "MAX_PREC", "MIN_EMIN", "MIN_ETINY",
+        "DecimalException", "Clamped", "DivisionByZero", "FloatOperation", "Inexact",
+        "InvalidOperation", "Overflow", "Rounded", "Subnormal", "Underflow",
+    }),
+    # fractions: no sys, no math/numbers/operator/re modules it imports.
+    "fractions": frozenset({"Fraction"}),
+    "statistics": frozenset({
+        "NormalDist", "StatisticsError", "correlation", "covariance", "fmean",
+        "geometric_mean", "harmonic_mean", "linear_regression", "mean", "median",
+        "median_grouped", "median_high", "median_low", "mode", "multimode", "pstdev",
+        "pvariance", "quantiles", "stdev", "variance",
+    }),
+    # re: no enum/sre_compile/sre_parse/copyreg/functools (modules), no template()/purge().
+    # Catastrophic backtracking runs in C and cannot be interrupted in-process.
+    "re": frozenset({
+        "compile", "escape", "findall", "finditer", "fullmatch", "match", "search", "split",
+        "sub", "subn", "error", "Pattern", "Match",
+        "A", "ASCII", "I", "IGNORECASE", "L", "LOCALE", "M", "MULTILINE", "NOFLAG", "S",
+        "DOTALL", "U", "UNICODE", "X", "VERBOSE",
+    }),
+    # string: constants and capwords only. Formatter traverses attributes and returns live
+    # objects (CVE-2023-41039, CVE-2026-76825); Template is left out to keep one formatting
+    # path (f-strings and the guarded str.format).
+    "string": frozenset({
+        "ascii_letters", "ascii_lowercase", "ascii_uppercase", "capwords", "digits",
+        "hexdigits", "octdigits", "printable", "punctuation", "whitespace",
+    }),
+    # collections: no abc (a module), no UserDict/UserList/UserString (only useful as bases).
+    "collections": frozenset({
+        "ChainMap", "Counter", "OrderedDict", "defaultdict", "deque", "namedtuple",
+    }),
+    # itertools: count/cycle/repeat are wrapped so an endless one still notices interrupts.
+    "itertools": frozenset({
+        "accumulate", "chain", "combinations", "combinations_with_replacement", "compress",
+        "count", "cycle", "dropwhile", "filterfalse", "groupby", "islice", "pairwise",
+        "permutations", "product", "repeat", "starmap", "takewhile", "tee", "zip_longest",
+    }),
+    # functools: no wraps/update_wrapper (they copy arbitrary attributes, dunders included,
+    # between objects), no singledispatch/partialmethod/cached_property (descriptors,
+    # __set_name__), no total_ordering (sets dunders with setattr).
+    "functools": frozenset({"cmp_to_key", "lru_cache", "cache", "partial", "reduce"}),
+    # operator: no attrgetter/methodcaller (attribute names as strings bypass the attribute
+    # checks), no in-place i* functions (they would bypass the size guards); mul/pow/lshift are
+    # replaced by the guarded versions.
+    "operator": frozenset({
+        "abs", "add", "and_", "concat", "contains", "countOf", "eq", "floordiv", "ge",
+        "getitem", "gt", "index", "indexOf", "inv", "invert", "is_", "is_not", "itemgetter",
+        "le", "lshift", "lt", "mod", "mul", "ne", "neg", "not_", "or_", "pos", "pow", "rshift",
+        "sub", "truediv", "truth", "xor",
+    }),
+    # random: the functions are bound to a fresh Random() per call (namespace.py), so calls
+    # share no generator state and seed() only affects the caller. No _os (a module).
+    "random": frozenset({
+        "Random", "SystemRandom", "betavariate", "choice", "choices", "expovariate",
+        "gammavariate", "gauss", "getrandbits", "lognormvariate", "normalvariate",
+        "paretovariate", "randbytes", "randint", "random", "randrange", "sample", "seed",
+        "shuffle", "triangular", "uniform", "vonmisesvariate", "weibullvariate",
+    }),
+    "heapq": frozenset({
+        "heapify", "heappop", "heappush", "heappushpop", "heapreplace", "merge", "nlargest",
+        "nsmallest",
+    }),
+    "bisect": frozenset({
+        "bisect", "bisect_left", "bisect_right", "insort", "insort_left", "insort_right",
+    }),
+    # uuid: no uuid1/getnode (they may run ifconfig/ip/arp as subprocesses to find a MAC
+    # address), no os/sys (modules).
+    "uuid": frozenset({
+        "UUID", "SafeUUID", "uuid3", "uuid4", "uuid5", "NAMESPACE_DNS", "NAMESPACE_OID",
+        "NAMESPACE_URL", "NAMESPACE_X500",
+    }),
+    # hashlib: no file_digest (file objects), no pbkdf2_hmac/scrypt (deliberately slow C loops
+    # that cannot be interrupted in-process), no shake_* (digest length is caller-chosen).
+    "hashlib": frozenset({
+        "algorithms_available", "algorithms_guaranteed", "blake2b", "blake2s", "md5", "new",
+        "sha1", "sha224", "sha256", "sha384", "sha3_224", "sha3_256", "sha3_384", "sha3_512",
+        "sha512",
+    }),
+    "base64": frozenset({
+        "a85decode", "a85encode", "b16decode", "b16encode", "b32decode", "b32encode",
+        "b32hexdecode", "b32hexencode", "b64decode", "b64encode", "b85decode", "b85encode",
+        "standard_b64decode", "standard_b64encode", "urlsafe_b64decode", "urlsafe_b64encode",
+    }),
+    "textwrap": frozenset({"TextWrapper", "dedent", "fill", "indent", "shorten", "wrap"}),
+    # calendar: no sys; no setfirstweekday (module-global state shared by later calls), no
+    # LocaleTextCalendar/LocaleHTMLCalendar (they call locale.setlocale, which is process-wide
+    # and would change the backend's locale), no prcal/prmonth (print to the server log).
+    "calendar": frozenset({
+        "Calendar", "HTMLCalendar", "TextCalendar", "IllegalMonthError", "IllegalWeekdayError",
+        "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY",
+        "calendar", "day_abbr", "day_name", "firstweekday", "isleap", "leapdays", "month",
+        "month_abbr", "month_name", "monthcalendar", "monthrange", "timegm", "weekday",
+        "weekheader",
+    }),
+    # time: clocks and conversions only. No sleep (blocks in C: an in-process call could not be
+    # cancelled), no tzset (changes the process's time zone), no clock_settime*.
+    "time": frozenset({
+        "altzone", "asctime", "ctime", "daylight", "gmtime", "localtime", "mktime",
+        "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "process_time",
+        "process_time_ns", "strftime", "strptime", "struct_time", "time", "time_ns",
+        "timezone", "tzname",
+    }),
+    # unicodedata: no ucd_3_2_0 (an object of the old database, not needed).
+    "unicodedata": frozenset({
+        "bidirectional", "category", "combining", "decimal", "decomposition", "digit",
+        "east_asian_width", "is_normalized", "lookup", "mirrored", "name", "normalize",
+        "numeric", "unidata_version",
+    }),
+}
+
+#: names refused even when a DBA lists them explicitly: they defeat the policy's invariant that
+#: every attribute name appears literally in the source, or they return live interpreter state.
+HARD_DENY: dict[str, frozenset[str]] = {
+    "operator": frozenset({"attrgetter", "methodcaller"}),
+    "string": frozenset({"Formatter"}),
+    "functools": frozenset({"wraps", "update_wrapper"}),
+    "decimal": frozenset({"getcontext", "setcontext", "DefaultContext"}),
+}
+
+
+def _dba_hint(module: str) -> str:
+    return (
+        f"a DBA can allow it with: INSERT INTO wormhole_allowed_modules (module_name, allowed) "
+        f"VALUES ('{module}', true)"
+    )
+
+
+def allowed_names(module: str, modules: Mapping[str, frozenset[str] | None]) -> frozenset[str]:
+    """The names ``module`` exposes to user code under this whitelist.
+
+    Raises ``KeyError`` if the module is not whitelisted and ``LookupError`` (with the message
+    for the DBA) if it is whitelisted with NULL names but wormhole has no catalogue for it.
+    Underscore names and ``HARD_DENY`` names are removed even when the DBA listed them.
+    """
+    names = modules[module]
+    if names is None:
+        if module not in CATALOGUE:
+            raise LookupError(
+                f"module {module!r} is whitelisted without a list of names and wormhole has no "
+                f"catalogue for it; a DBA must list the public names functions may use"
+            )
+        names = CATALOGUE[module]
+    deny = HARD_DENY.get(module, frozenset())
+    return frozenset(n for n in names if n.isidentifier() and not n.startswith("_")
+                     and n not in deny)
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One reason the policy refuses a function: line (1 = the ``def``), column, rule, message."""
+
+    lineno: int
+    col: int
+    rule: str
+    message: str
+
+
+class PolicyError(Exception):
+    """The function was refused. ``findings`` holds every reason, sorted by position."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self.findings = list(findings)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A function that passed: its name, compiled module code, parameter names and hash.
+
+    ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
+    """
+
+    name: str
+    code: types.CodeType
+    params: tuple[str, ...]
+    source_hash: str
+
+
+# --------------------------------------------------------------------------------------------
+# text checks (before parsing)
+
+# PEP 263: the tokenizer honours this on line 1 or 2; ast.parse(str) ignores it, compile(bytes)
+# does not, so a cookie is how a UTF-7 payload hides code in a comment.
+_COOKIE = re.compile(r"^[ \t\f]*#.*?coding[:=]", re.ASCII)
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL_NAMES = {"\r": "carriage return", "\f": "form feed", "\v": "vertical tab",
+                  "\x00": "NUL"}
+
+
+def _text_findings(source: str) -> list[Finding]:
+    findings: list[Finding] = []
+    lines = source.split("\n")
+    for lineno, line in enumerate(lines[:2], 1):
+        if _COOKIE.match(line):
+            findings.append(Finding(lineno, 0, "coding-cookie",
+                                    "a coding declaration ('# coding: ...') is not allowed; "
+                                    "the source is always UTF-8 text"))
+    ascii_only = source.isascii()
+    for lineno, line in enumerate(lines, 1):
+        if ascii_only and not _ASCII_CONTROL.search(line):
+            continue
+        for col, ch in enumerate(line):
+            if ch == "\t" or " " <= ch <= "~":
+                continue
+            category = unicodedata.category(ch)
+            if category in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+                what = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, f"U+{ord(ch):04X}")
+                kind = {"Cc": "control character", "Cf": "invisible format character",
+                        "Cs": "lone surrogate", "Zl": "line separator",
+                        "Zp": "paragraph separator"}[category]
+                findings.append(Finding(
+                    lineno, col, "bad-character",
+                    f"{kind} {what} (U+{ord(ch):04X}) is not allowed in the source"
+                    + (" (bidi and zero-width characters can make code read differently "
+                       "from how it runs)" if category == "Cf" else ""),
+                ))
+            if len(findings) >= MAX_FINDINGS:
+                return findings
+    return findings
+
+
+# --------------------------------------------------------------------------------------------
+# the validator
+
+
+_AS_NAME = re.compile(rb"\bas\s+([^\s:#]+)\s*:")
+
+
+class _Ctx(NamedTuple):
+    depth: int
+    #: inside a ``with`` block or a ``try`` that has ``finally``, within the current function
+    #: (a ``yield`` there would let code run when the generator is closed at garbage collection)
+    in_cleanup: bool
+
+
+class _Validator:
+    """Checks the tree iteratively; every node type needs a ``visit_<Type>`` method."""
+
+    def __init__(self, source: str, modules: Mapping[str, frozenset[str] | None]) -> None:
+        self.lines = [line.encode("utf-8", "surrogatepass") for line in source.split("\n")]
+        self.modules = modules
+        self.findings: list[Finding] = []
+        self.function: ast.FunctionDef | None = None
+        self.class_names: set[str] = set()
+        self.methods: set[int] = set()  # ids of FunctionDef nodes directly in a class body
+        self.ok_super: set[int] = set()  # ids of Name('super') nodes in a zero-arg call
+        self.ok_dunder_attr: set[int] = set()  # ids of super().__dunder__ Attribute nodes
+        # for the early module-attribute check: names bound by `import m [as n]`, names bound
+        # any other way, and `n.attr` reads to check once the walk is done.
+        self.import_bound: dict[str, str] = {}
+        self.other_bound: set[str] = set()
+        self.module_reads: list[tuple[ast.Attribute, str]] = []
+
+    # -- helpers
+
+    def add(self, node: ast.AST | None, rule: str, message: str) -> None:
+        lineno = getattr(node, "lineno", 1) if node is not None else 1
+        col = getattr(node, "col_offset", 0) if node is not None else 0
+        self.findings.append(Finding(int(lineno), int(col), rule, message))
+
+    def _span(self, node: ast.AST) -> bytes:
+        """The node's source text (UTF-8 bytes), one line only; b'' if unknown."""
+        lineno = getattr(node, "lineno", None)
+        col = getattr(node, "col_offset", None)
+        if lineno is None or col is None or not 1 <= lineno <= len(self.lines):
+            return b""
+        end_col = getattr(node, "end_col_offset", None)
+        line = self.lines[lineno - 1]
+        if getattr(node, "end_lineno", lineno) != lineno or end_col is None:
+            end_col = len(line)
+        return bytes(line[col:end_col])
+
+    def _tail(self, node: ast.AST, size: int) -> bytes | None:
+        """The ``size`` bytes that end the node (an attribute's name, a capture's name)."""
+        end_lineno = getattr(node, "end_lineno", None)
+        end_col = getattr(node, "end_col_offset", None)
+        if end_lineno is None or end_col is None or not 1 <= end_lineno <= len(self.lines):
+            return None
+        line = self.lines[end_lineno - 1]
+        return bytes(line[max(end_col - size, 0):end_col]) if end_col >= size else None
+
+    def _identifier(self, name: str, node: ast.AST, what: str, *, text: bytes | None = None,
+                    dunder_ok: bool = False) -> None:
+        """Check one identifier. ``text``: the source bytes it was written as, when known.
+
+        The parser NFKC-normalises identifiers (``ｅval`` arrives as ``eval``), so the written
+        form is compared with the name to catch look-alikes; the name itself is checked too.
+        """
+        if not name.isascii() or (text is not None and text != name.encode("ascii", "replace")):
+            self.add(node, "non-ascii-identifier",
+                     f"{what} {name!r} is written with non-ASCII characters; identifiers must "
+                     f"be plain ASCII (look-alike letters can disguise names such as eval)")
+        if name.startswith("_") and not dunder_ok and name != "_":
+            self.add(node, "underscore-name",
+                     f"{what} {name!r} starts with '_'; names starting with an underscore "
+                     f"(dunders, private names, the runtime's hooks) are not allowed")
+        elif name in FORBIDDEN_NAMES:
+            self.add(node, "forbidden-name", f"{name!r} is not allowed: it "
+                     f"{FORBIDDEN_NAMES[name]}")
+
+    def _attribute_name(self, name: str, node: ast.AST, text: bytes | None) -> None:
+        if not name.isascii() or (text is not None and text != name.encode("ascii", "replace")):
+            self.add(node, "non-ascii-identifier",
+                     f"attribute {name!r} is written with non-ASCII characters; identifiers "
+                     f"must be plain ASCII")
+        elif name.startswith("_"):
+            self.add(node, "underscore-attribute",
+                     f"attribute {name!r} starts with '_'; underscore attributes (dunders "
+                     f"such as __class__, __globals__, __subclasses__) are not allowed")
+        elif name in FORBIDDEN_ATTRIBUTES or name.startswith(_FORBIDDEN_ATTRIBUTE_PREFIXES):
+            self.add(node, "forbidden-attribute",
+                     f"attribute {name!r} is not allowed (frame, code, generator and "
+                     f"formatting internals reach outside the function)")
+
+    def _nonascii_outside_strings(self, node: ast.AST, what: str) -> None:
+        """For identifiers the AST gives no position for: any non-ASCII byte in the node's
+        first line outside string literals and comments is a non-ASCII identifier."""
+        span = self._span(node)
+        if span.isascii():
+            return
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Constant) and isinstance(sub.value, (str, bytes)):
+                piece = self._span(sub)
+                if piece:
+                    span = span.replace(piece, b"")
+        span = span.split(b"#", 1)[0]
+        if not span.isascii():
+            self.add(node, "non-ascii-identifier",
+                     f"{what} is written with non-ASCII characters; identifiers must be plain "
+                     f"ASCII")
+
+    def _literal(self, node: ast.expr | None) -> bool:
+        """A default value that runs no code: a constant, -constant, or a tuple of them."""
+        if node is None or isinstance(node, ast.Constant):
+            return True
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return isinstance(node.operand, ast.Constant) and isinstance(
+                node.operand.value, (int, float, complex)) and not isinstance(
+                node.operand.value, bool)
+        if isinstance(node, ast.Tuple) and len(node.elts) <= 64:
+            return all(self._literal(e) for e in node.elts)
+        return False
+
+    def _type_expression(self, node: ast.expr) -> bool:
+        """An annotation that only looks names up: ``int``, ``list[str]``, ``dt.date | None``.
+
+        Annotations are evaluated when the ``def`` runs; these forms call nothing but the
+        trusted ``__class_getitem__``/``type.__or__`` of builtin types (user classes may not
+        define those hooks). Names inside are still checked as names.
+        """
+        stack: list[ast.expr] = [node]
+        seen = 0
+        while stack:
+            n = stack.pop()
+            seen += 1
+            if seen > 64:
+                return False
+            if isinstance(n, (ast.Name, ast.Constant)):
+                continue
+            if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load):
+                stack.append(n.value)
+            elif isinstance(n, ast.Subscript):
+                stack.extend((n.value, n.slice))
+            elif isinstance(n, (ast.Tuple, ast.List)):
+                stack.extend(n.elts)
+            elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr):
+                stack.extend((n.left, n.right))
+            else:
+                return False
+        return True
+
+    def _annotation(self, node: ast.expr | None) -> None:
+        if node is not None and not self._type_expression(node):
+            self.add(node, "annotation",
+                     "annotations may only name types (int, list[str], date | None): they run "
+                     "when the function is defined")
+
+    def _bind(self, name: str | None) -> None:
+        if name is not None:
+            self.other_bound.add(name)
+
+    # -- the walk
+
+    def run(self, tree: ast.Module) -> None:
+        stack: list[tuple[ast.AST, _Ctx]] = [(tree, _Ctx(0, False))]
+        count = 0
+        too_deep = False
+        while stack:
+            node, ctx = stack.pop()
+            count += 1
+            if count > MAX_NODES:
+                self.add(None, "too-large",
+                         f"the function has more than {MAX_NODES} syntax nodes; split it up")
+                return
+            if ctx.depth > MAX_DEPTH:
+                if not too_deep:
+                    self.add(node, "too-deep",
+                             f"expression or statement nesting deeper than {MAX_DEPTH} levels "
+                             f"(e.g. a very long chain of '+'); split it up")
+                    too_deep = True
+                continue
+            visit: Callable[[ast.AST, _Ctx], _Ctx | None] | None = getattr(
+                self, "visit_" + type(node).__name__, None)
+            if visit is None:
+                self.add(node, "construct",
+                         f"construct {type(node).__name__} is not allowed in wormhole functions")
+                continue
+            child_ctx = visit(node, ctx)
+            if child_ctx is None:
+                continue
+            child_ctx = child_ctx._replace(depth=ctx.depth + 1)
+            children = list(ast.iter_child_nodes(node))
+            for child in reversed(children):
+                stack.append((child, child_ctx))
+            if len(self.findings) >= MAX_FINDINGS:
+                return
+        self._check_module_reads()
+
+    def _check_module_reads(self) -> None:
+        for node, module in self.module_reads:
+            assert isinstance(node.value, ast.Name)
+            alias = node.value.id
+            if alias in self.other_bound:
+                continue
+            try:
+                names = allowed_names(module, self.modules)
+            except LookupError:
+                continue  # already reported at the import
+            if node.attr not in names and not node.attr.startswith("_"):
+                self.add(node, "module-attribute",
+                         f"{module}.{node.attr} is not available: a whitelisted module is "
+                         f"reachable only through its allowed public names (never its "
+                         f"submodules or re-exported modules); allowed: "
+                         f"{', '.join(sorted(names)) or '(none)'}")
+
+    # -- module and definitions
+
+    def visit_Module(self, node: ast.Module, ctx: _Ctx) -> _Ctx | None:
+        functions = [s for s in node.body if isinstance(s, ast.FunctionDef)]
+        for stmt in node.body:
+            if not isinstance(stmt, ast.FunctionDef):
+                self.add(stmt, "top-level",
+                         "the source must be exactly one function definition; move "
+                         f"this {type(stmt).__name__} statement inside the function")
+        if not functions:
+            if not node.body or all(isinstance(s, ast.FunctionDef) for s in node.body):
+                self.add(None, "top-level", "the source must be exactly one function definition")
+        elif len(functions) > 1:
+            self.add(functions[1], "top-level",
+                     "the source must be exactly one function definition; define helper "
+                     "functions inside it")
+        if functions:
+            self.function = functions[0]
+        return ctx
+
+    def _arguments(self, args: ast.arguments) -> None:
+        for default in [*args.defaults, *args.kw_defaults]:
+            if not self._literal(default):
+                self.add(default, "default-value",
+                         "default values must be literal constants (numbers, strings, True, "
+                         "False, None or tuples of them): defaults run when the function is "
+                         "defined")
+
+    def visit_FunctionDef(self, node: ast.FunctionDef, ctx: _Ctx) -> _Ctx | None:
+        is_method = id(node) in self.methods
+        dunder = node.name.startswith("__") and node.name.endswith("__")
+        text = None
+        span = self._span(node)
+        rest = span[3:].lstrip() if span.startswith(b"def") else None
+        if rest is not None:
+            text = rest[: len(node.name.encode("ascii", "replace"))]
+        if is_method and dunder and node.name not in DUNDER_METHODS and node.name.isascii():
+            self.add(node, "dunder-method",
+                     f"method {node.name!r} is not allowed; the dunder methods a class may "
+                     f"define are: {', '.join(sorted(DUNDER_METHODS))}")
+        else:
+            self._identifier(node.name, node, "function name", text=text,
+                             dunder_ok=is_method and node.name in DUNDER_METHODS)
+        if node.decorator_list:
+            self.add(node.decorator_list[0], "decorator",
+                     "decorators are not allowed: they run code when the function is defined")
+        self._annotation(node.returns)
+        self._arguments(node.args)
+        self._bind(node.name)
+        if getattr(node, "type_params", None):
+            self.add(node, "construct", "type parameters are not allowed")
+        return _Ctx(ctx.depth, False)
+
+    def visit_Lambda(self, node: ast.Lambda, ctx: _Ctx) -> _Ctx | None:
+        self._arguments(node.args)
+        return _Ctx(ctx.depth, False)
+
+    def visit_arguments(self, node: ast.arguments, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_arg(self, node: ast.arg, ctx: _Ctx) -> _Ctx | None:
+        span = self._span(node)
+        self._identifier(node.arg, node, "parameter",
+                         text=span[: len(node.arg)] if span else None)
+        self._annotation(node.annotation)
+        self._bind(node.arg)
+        return ctx
+
+    def visit_ClassDef(self, node: ast.ClassDef, ctx: _Ctx) -> _Ctx | None:
+        span = self._span(node)
+        rest = span[5:].lstrip() if span.startswith(b"class") else None
+        self._identifier(node.name, node, "class name",
+                         text=rest[: len(node.name)] if rest is not None else None)
+        if node.decorator_list:
+            self.add(node.decorator_list[0], "decorator",
+                     "decorators are not allowed: they run code when the class is defined")
+        for kw in node.keywords:
+            self.add(kw, "class-keyword",
+                     f"class keyword {kw.arg or '**'}= is not allowed (metaclasses and "
+                     f"__init_subclass__ arguments run code when the class is defined)")
+        for base in node.bases:
+            if isinstance(base, ast.Name):
+                if base.id in self.class_names or base.id in EXCEPTION_NAMES:
+                    continue
+                if base.id in _BUILTIN_TYPE_NAMES:
+                    self.add(base, "class-base",
+                             f"a class may not inherit from {base.id!r}: the bases allowed are "
+                             f"your own classes and exception classes")
+            elif isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
+                continue  # e.g. json.JSONDecodeError; the run-time guard checks it
+            else:
+                self.add(base, "class-base",
+                         "class bases must be plain names (your own classes or exception "
+                         "classes)")
+        for stmt in node.body:
+            if isinstance(stmt, ast.FunctionDef):
+                self.methods.add(id(stmt))
+        self.class_names.add(node.name)
+        self._bind(node.name)
+        return ctx
+
+    def visit_Return(self, node: ast.Return, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Yield(self, node: ast.Yield, ctx: _Ctx) -> _Ctx | None:
+        return self._yield(node, ctx)
+
+    def visit_YieldFrom(self, node: ast.YieldFrom, ctx: _Ctx) -> _Ctx | None:
+        return self._yield(node, ctx)
+
+    def _yield(self, node: ast.expr, ctx: _Ctx) -> _Ctx | None:
+        if ctx.in_cleanup:
+            self.add(node, "yield-in-cleanup",
+                     "yield inside 'with' or 'try ... finally' is not allowed: the cleanup "
+                     "would run whenever the generator is garbage-collected, outside the call")
+        return ctx
+
+    # -- rejected outright, with a message that says why
+
+    def visit_AsyncFunctionDef(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "async", "async def is not allowed (wormhole functions are synchronous)")
+        return None
+
+    def visit_Await(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "async", "await is not allowed (wormhole functions are synchronous)")
+        return None
+
+    def visit_AsyncFor(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "async", "async for is not allowed (wormhole functions are synchronous)")
+        return None
+
+    def visit_AsyncWith(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "async", "async with is not allowed (wormhole functions are synchronous)")
+        return None
+
+    def visit_TryStar(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "try-star",
+                 "except* is not allowed (exception groups with a crafted split() crash "
+                 "CPython 3.11, gh-128049)")
+        return None
+
+    def visit_Global(self, node: ast.Global, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "global",
+                 "global is not allowed: a wormhole function has no module state; return "
+                 "values or use nonlocal in nested functions")
+        return None
+
+    # -- statements
+
+    def visit_Nonlocal(self, node: ast.Nonlocal, ctx: _Ctx) -> _Ctx | None:
+        for name in node.names:
+            self._identifier(name, node, "name")
+        self._nonascii_outside_strings(node, "a nonlocal name")
+        return ctx
+
+    def visit_Assign(self, node: ast.Assign, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_AugAssign(self, node: ast.AugAssign, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_AnnAssign(self, node: ast.AnnAssign, ctx: _Ctx) -> _Ctx | None:
+        self._annotation(node.annotation)
+        return ctx
+
+    def visit_Delete(self, node: ast.Delete, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Expr(self, node: ast.Expr, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Pass(self, node: ast.Pass, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Break(self, node: ast.Break, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Continue(self, node: ast.Continue, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_If(self, node: ast.If, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_While(self, node: ast.While, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_For(self, node: ast.For, ctx: _Ctx) -> _Ctx | None:
+        self._store_target(node.target, "a for-loop target")
+        return ctx
+
+    def _store_target(self, target: ast.expr, where: str) -> None:
+        """Attribute stores are guarded by rewriting ``a.b = v``; that rewrite is only done
+        for assignment statements, so other binding positions must bind names."""
+        for sub in ast.walk(target):
+            if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store):
+                self.add(sub, "attribute-target",
+                         f"assigning to an attribute in {where} is not allowed; bind a name "
+                         f"and assign the attribute in the body")
+
+    def visit_With(self, node: ast.With, ctx: _Ctx) -> _Ctx | None:
+        return ctx._replace(in_cleanup=True)
+
+    def visit_withitem(self, node: ast.withitem, ctx: _Ctx) -> _Ctx | None:
+        if node.optional_vars is not None:
+            self._store_target(node.optional_vars, "a with ... as target")
+        return ctx
+
+    def visit_Raise(self, node: ast.Raise, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Try(self, node: ast.Try, ctx: _Ctx) -> _Ctx | None:
+        return ctx._replace(in_cleanup=True) if node.finalbody else ctx
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler, ctx: _Ctx) -> _Ctx | None:
+        if node.type is None:
+            self.add(node, "bare-except",
+                     "bare 'except:' is not allowed (it would catch the runtime's interrupt); "
+                     "write 'except Exception:'")
+        else:
+            types_ = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+            for t in types_:
+                if isinstance(t, ast.Name) and t.id in _UNCATCHABLE:
+                    self.add(t, "catch-base-exception",
+                             f"catching {t.id} is not allowed (it would catch the runtime's "
+                             f"interrupt); catch Exception or something narrower")
+                elif not isinstance(t, (ast.Name, ast.Attribute)):
+                    self.add(t, "except-type",
+                             "the exception type in 'except' must be a name such as ValueError "
+                             "or json.JSONDecodeError, or a tuple of them")
+        if node.name is not None:
+            # the AST has no position for the name: find "as <name>" on the handler's line
+            line = self.lines[node.lineno - 1] if 1 <= node.lineno <= len(self.lines) else b""
+            found = _AS_NAME.search(bytes(line[node.col_offset:]))
+            self._identifier(node.name, node, "name", text=found.group(1) if found else None)
+            self._bind(node.name)
+        return ctx
+
+    def visit_Assert(self, node: ast.Assert, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Match(self, node: ast.Match, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_match_case(self, node: ast.match_case, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchValue(self, node: ast.MatchValue, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchSingleton(self, node: ast.MatchSingleton, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchSequence(self, node: ast.MatchSequence, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchOr(self, node: ast.MatchOr, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchStar(self, node: ast.MatchStar, ctx: _Ctx) -> _Ctx | None:
+        if node.name is not None:
+            span = self._span(node)
+            self._identifier(node.name, node, "capture name",
+                             text=span[1:].strip() if span else None)
+            self._bind(node.name)
+        return ctx
+
+    def visit_MatchAs(self, node: ast.MatchAs, ctx: _Ctx) -> _Ctx | None:
+        if node.name is not None:
+            self._identifier(node.name, node, "capture name",
+                             text=self._tail(node, len(node.name)))
+            self._bind(node.name)
+        return ctx
+
+    def visit_MatchMapping(self, node: ast.MatchMapping, ctx: _Ctx) -> _Ctx | None:
+        if node.rest is not None:
+            self._identifier(node.rest, node, "capture name")
+            self._nonascii_outside_strings(node, "the '**rest' capture name")
+            self._bind(node.rest)
+        return ctx
+
+    def visit_MatchClass(self, node: ast.MatchClass, ctx: _Ctx) -> _Ctx | None:
+        if node.kwd_attrs:
+            self.add(node, "match-class-attributes",
+                     "class patterns with keyword attributes (case Point(x=...)) are not "
+                     "allowed: they read attributes by name without an attribute check; match "
+                     "on a dict or a tuple instead")
+            return None
+        return ctx
+
+    # -- imports
+
+    def visit_Import(self, node: ast.Import, ctx: _Ctx) -> _Ctx | None:
+        for alias in node.names:
+            if "." in alias.name:
+                self.add(node, "import-dotted",
+                         f"'import {alias.name}' is not allowed: submodules are not importable; "
+                         f"import a whitelisted module by its exact name")
+                continue
+            self._module(alias.name, node)
+            self._alias(alias, node)
+            if alias.name in self.modules:
+                self.import_bound[alias.asname or alias.name] = alias.name
+        return None
+
+    def visit_ImportFrom(self, node: ast.ImportFrom, ctx: _Ctx) -> _Ctx | None:
+        if node.level or node.module is None:
+            self.add(node, "relative-import", "relative imports are not allowed")
+            return None
+        if not self._module(node.module, node):
+            return None
+        try:
+            names = allowed_names(node.module, self.modules)
+        except LookupError:
+            return None  # reported by _module
+        for alias in node.names:
+            if alias.name == "*":
+                self.add(node, "star-import",
+                         f"'from {node.module} import *' is not allowed; import the names you "
+                         f"use")
+                continue
+            self._alias(alias, node)
+            if alias.name not in names and not alias.name.startswith("_"):
+                self.add(node, "import-name",
+                         f"'{alias.name}' cannot be imported from {node.module}: only its "
+                         f"allowed public names are reachable (never its submodules or "
+                         f"re-exported modules); allowed: {', '.join(sorted(names)) or '(none)'}")
+            self._bind(alias.asname or alias.name)
+        return None
+
+    def _module(self, module: str, node: ast.AST) -> bool:
+        for part in module.split("."):
+            self._identifier(part, node, "module name")
+        if not module.isascii():
+            return False
+        self._nonascii_outside_strings(node, "the import")
+        if module not in self.modules:
+            self.add(node, "forbidden-module",
+                     f"module {module!r} is not allowed; {_dba_hint(module)}")
+            return False
+        try:
+            allowed_names(module, self.modules)
+        except LookupError as exc:
+            self.add(node, "module-names-unlisted", str(exc))
+            return False
+        return True
+
+    def _alias(self, alias: ast.alias, node: ast.AST) -> None:
+        if alias.name != "*":
+            for part in alias.name.split("."):
+                self._identifier(part, node, "imported name")
+        if alias.asname is not None:
+            self._identifier(alias.asname, node, "import alias")
+            if (alias.asname in _BUILTIN_NAMES or alias.asname in GLOBAL_NAMES
+                    or (alias.asname in self.modules and alias.asname != alias.name)):
+                self.add(node, "import-shadow",
+                         f"'as {alias.asname}' is not allowed: the alias would shadow a "
+                         f"builtin or another whitelisted module")
+
+    def visit_alias(self, node: ast.alias, ctx: _Ctx) -> _Ctx | None:
+        return ctx  # checked by visit_Import / visit_ImportFrom, which do not descend
+
+    # -- expressions
+
+    def visit_Name(self, node: ast.Name, ctx: _Ctx) -> _Ctx | None:
+        self._identifier(node.id, node, "name", text=self._span(node) or None)
+        if node.id == "super" and id(node) not in self.ok_super:
+            self.add(node, "super",
+                     "super may only be called with no arguments, as super().method(...)")
+        if not isinstance(node.ctx, ast.Load):
+            self._bind(node.id)
+        return ctx
+
+    def visit_Attribute(self, node: ast.Attribute, ctx: _Ctx) -> _Ctx | None:
+        text = self._tail(node, len(node.attr))
+        if id(node) in self.ok_dunder_attr:
+            return ctx
+        self._attribute_name(node.attr, node, text)
+        if isinstance(node.value, ast.Name) and node.value.id in self.import_bound:
+            self.module_reads.append((node, self.import_bound[node.value.id]))
+        return ctx
+
+    def visit_Call(self, node: ast.Call, ctx: _Ctx) -> _Ctx | None:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "super":
+            if node.args or node.keywords:
+                self.add(node, "super",
+                         "super may only be called with no arguments, as super().method(...)")
+            else:
+                self.ok_super.add(id(func))
+        if isinstance(func, ast.Name) and func.id == "type" and (
+                len(node.args) != 1 or node.keywords):
+            self.add(node, "type-call",
+                     "type() may only be called with one argument; three-argument type() "
+                     "creates classes and is not allowed")
+        # super().__init__(...) and friends: the one place a dunder may be named.
+        if (isinstance(func, ast.Attribute) and func.attr in DUNDER_METHODS
+                and isinstance(func.ctx, ast.Load)
+                and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Name)
+                and func.value.func.id == "super" and not func.value.args
+                and not func.value.keywords):
+            self.ok_dunder_attr.add(id(func))
+        return ctx
+
+    def visit_keyword(self, node: ast.keyword, ctx: _Ctx) -> _Ctx | None:
+        if node.arg is not None:
+            span = self._span(node)
+            self._identifier(node.arg, node, "keyword argument",
+                             text=span[: len(node.arg)] if span else None)
+        return ctx
+
+    def visit_NamedExpr(self, node: ast.NamedExpr, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_BoolOp(self, node: ast.BoolOp, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_BinOp(self, node: ast.BinOp, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_UnaryOp(self, node: ast.UnaryOp, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_IfExp(self, node: ast.IfExp, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Compare(self, node: ast.Compare, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Dict(self, node: ast.Dict, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Set(self, node: ast.Set, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_List(self, node: ast.List, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Tuple(self, node: ast.Tuple, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Starred(self, node: ast.Starred, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Subscript(self, node: ast.Subscript, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Slice(self, node: ast.Slice, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Constant(self, node: ast.Constant, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_JoinedStr(self, node: ast.JoinedStr, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_FormattedValue(self, node: ast.FormattedValue, ctx: _Ctx) -> _Ctx | None:
+        return ctx  # the value and the spec are ordinary nodes, checked like any other
+
+    def _comprehension_scope(self, node: ast.AST, ctx: _Ctx) -> _Ctx:
+        return ctx._replace(in_cleanup=False)
+
+    def visit_ListComp(self, node: ast.ListComp, ctx: _Ctx) -> _Ctx | None:
+        return self._comprehension_scope(node, ctx)
+
+    def visit_SetComp(self, node: ast.SetComp, ctx: _Ctx) -> _Ctx | None:
+        return self._comprehension_scope(node, ctx)
+
+    def visit_DictComp(self, node: ast.DictComp, ctx: _Ctx) -> _Ctx | None:
+        return self._comprehension_scope(node, ctx)
+
+    def visit_GeneratorExp(self, node: ast.GeneratorExp, ctx: _Ctx) -> _Ctx | None:
+        return self._comprehension_scope(node, ctx)
+
+    def visit_comprehension(self, node: ast.comprehension, ctx: _Ctx) -> _Ctx | None:
+        if node.is_async:
+            self.add(node.target, "async", "async comprehensions are not allowed")
+        self._store_target(node.target, "a comprehension target")
+        return ctx
+
+    # -- contexts and operators: leaves with nothing to check
+
+    def _leaf(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        return None
+
+    visit_Load = visit_Store = visit_Del = _leaf
+    visit_And = visit_Or = _leaf
+    visit_Add = visit_Sub = visit_Mult = visit_MatMult = visit_Div = visit_Mod = _leaf
+    visit_Pow = visit_LShift = visit_RShift = visit_BitOr = visit_BitXor = _leaf
+    visit_BitAnd = visit_FloorDiv = _leaf
+    visit_Invert = visit_Not = visit_UAdd = visit_USub = _leaf
+    visit_Eq = visit_NotEq = visit_Lt = visit_LtE = visit_Gt = visit_GtE = _leaf
+    visit_Is = visit_IsNot = visit_In = visit_NotIn = _leaf
+
+
+#: builtin type names a class may not inherit from (subclasses of str, dict... would fool the
+#: exact-type checks of the guards and the result codec).
+_BUILTIN_TYPE_NAMES = frozenset({
+    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list",
+    "range", "set", "slice", "str", "tuple", "type", "object", "super", "enumerate", "filter",
+    "map", "zip", "reversed", "property", "classmethod", "staticmethod", "memoryview",
+})
+
+#: every name the real builtins module defines (an import alias may not shadow one).
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+
+# --------------------------------------------------------------------------------------------
+# the transformer (runs only on a tree that passed the validator)
+
+
+def _call(hook: str, args: list[ast.expr], like: ast.AST) -> ast.Call:
+    call = ast.Call(func=ast.Name(id=hook, ctx=ast.Load()), args=args, keywords=[])
+    return ast.copy_location(call, like)
+
+
+def _tick_stmt(like: ast.AST) -> ast.Expr:
+    return ast.copy_location(ast.Expr(value=_call(TICK, [], like)), like)
+
+
+_BINOP_HOOKS: dict[type[ast.operator], tuple[str, str]] = {
+    ast.Pow: (POW, IPOW), ast.Mult: (MUL, IMUL), ast.LShift: (LSHIFT, ILSHIFT),
+}
+
+
+def _load_copy(target: ast.expr) -> ast.expr:
+    """A Load-context copy of a simple assignment target (``x``, ``a.b``, ``a[k]``)."""
+    if isinstance(target, ast.Name):
+        return ast.copy_location(ast.Name(id=target.id, ctx=ast.Load()), target)
+    if isinstance(target, ast.Attribute):
+        return ast.copy_location(
+            ast.Attribute(value=target.value, attr=target.attr, ctx=ast.Load()), target)
+    assert isinstance(target, ast.Subscript)
+    return ast.copy_location(
+        ast.Subscript(value=target.value, slice=target.slice, ctx=ast.Load()), target)
+
+
+def _simple(node: ast.expr) -> bool:
+    """Evaluating it twice has no side effects: a name or a constant."""
+    return isinstance(node, (ast.Name, ast.Constant))
+
+
+class _Rewriter:
+    """Rewrites the checked tree in place, iteratively (the tree can be MAX_DEPTH deep)."""
+
+    def __init__(self) -> None:
+        self.temp = 0
+
+    def run(self, tree: ast.Module) -> None:
+        stack: list[ast.AST] = [tree]
+        while stack:
+            node = stack.pop()
+            self.node(node)
+            for name, value in ast.iter_fields(node):
+                if isinstance(value, list):
+                    if value and isinstance(value[0], ast.stmt):
+                        value[:] = self.statements(value)
+                    for i, item in enumerate(value):
+                        if isinstance(item, ast.expr):
+                            value[i] = item = self.expression(item)
+                        if isinstance(item, ast.AST):
+                            stack.append(item)
+                elif isinstance(value, ast.AST):
+                    if isinstance(value, ast.expr):
+                        value = self.expression(value)
+                        setattr(node, name, value)
+                    stack.append(value)
+
+    def node(self, node: ast.AST) -> None:
+        """Insert the tick where a body starts."""
+        if isinstance(node, (ast.FunctionDef, ast.For, ast.While)):
+            node.body.insert(0, _tick_stmt(node.body[0]))
+        elif isinstance(node, ast.Lambda):
+            # `_wh_tick() or body`: the tick returns None, so the value is the body's.
+            node.body = ast.copy_location(
+                ast.BoolOp(op=ast.Or(), values=[_call(TICK, [], node.body), node.body]),
+                node.body)
+        elif isinstance(node, ast.comprehension):
+            tick = ast.UnaryOp(op=ast.Not(), operand=_call(TICK, [], node.iter))
+            node.ifs.insert(0, ast.copy_location(tick, node.iter))
+
+    def expression(self, node: ast.expr) -> ast.expr:
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOP_HOOKS:
+            hook = _BINOP_HOOKS[type(node.op)][0]
+            return _call(hook, [node.left, node.right], node)
+        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)
+                and node.attr in DYNAMIC_ATTRIBUTES):
+            return _call(GETATTR, [node.value, ast.Constant(value=node.attr)], node)
+        return node
+
+    def statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for stmt in body:
+            out.extend(self.statement(stmt))
+        return out
+
+    def statement(self, stmt: ast.stmt) -> list[ast.stmt]:
+        if isinstance(stmt, ast.AugAssign):
+            return self.aug_assign(stmt)
+        if isinstance(stmt, ast.Assign):
+            return self.assign(stmt)
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Attribute):
+            if stmt.value is None:
+                return [ast.copy_location(ast.Expr(value=stmt.target.value), stmt)]
+            store = _call(SETATTR, [stmt.target.value, ast.Constant(value=stmt.target.attr),
+                                    stmt.value], stmt)
+            return [ast.copy_location(ast.Expr(value=store), stmt)]
+        if isinstance(stmt, ast.Delete):
+            out: list[ast.stmt] = []
+            for target in stmt.targets:
+                if isinstance(target, ast.Attribute):
+                    call = _call(DELATTR, [target.value, ast.Constant(value=target.attr)], target)
+                    out.append(ast.copy_location(ast.Expr(value=call), target))
+                else:
+                    out.append(ast.copy_location(ast.Delete(targets=[target]), target))
+            return out
+        return [stmt]
+
+    def aug_assign(self, stmt: ast.AugAssign) -> list[ast.stmt]:
+        target = stmt.target
+        hooks = _BINOP_HOOKS.get(type(stmt.op))
+        if isinstance(target, ast.Attribute):
+            # a.b op= v  ->  _wh_setattr(a, 'b', a.b op v): the guard sees every store.
+            if not _simple(target.value):
+                tmp = self._temp(stmt)
+                first = ast.copy_location(ast.Assign(
+                    targets=[ast.Name(id=tmp, ctx=ast.Store())], value=target.value), stmt)
+                obj: ast.expr = ast.Name(id=tmp, ctx=ast.Load())
+                prefix: list[ast.stmt] = [first]
+            else:
+                obj, prefix = target.value, []
+            current = ast.Attribute(value=obj, attr=target.attr, ctx=ast.Load())
+            value: ast.expr = (_call(hooks[1], [current, stmt.value], stmt) if hooks
+                               else ast.BinOp(left=current, op=stmt.op, right=stmt.value))
+            store = _call(SETATTR, [obj, ast.Constant(value=target.attr), value], stmt)
+            return [*prefix, ast.copy_location(ast.Expr(value=store), stmt)]
+        if hooks is None:
+            return [stmt]
+        if isinstance(target, ast.Name) or (
+                isinstance(target, ast.Subscript) and _simple(target.value)
+                and _simple(target.slice)):
+            # x op= v  ->  x = _wh_iop(x, v); the hook applies the in-place operator itself.
+            call = _call(hooks[1], [_load_copy(target), stmt.value], stmt)
+            return [ast.copy_location(ast.Assign(targets=[target], value=call), stmt)]
+        return [stmt]  # a[f()] *= n: left unguarded rather than evaluate f() twice
+
+    def assign(self, stmt: ast.Assign) -> list[ast.stmt]:
+        if not any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
+                   for t in stmt.targets for sub in ast.walk(t)):
+            return [stmt]
+        # a.b = v  ->  _wh_setattr(a, 'b', v). With several or nested targets the value goes
+        # to a temporary first, so it is evaluated once and stored left to right as Python does.
+        if len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute):
+            t = stmt.targets[0]
+            call = _call(SETATTR, [t.value, ast.Constant(value=t.attr), stmt.value], stmt)
+            return [ast.copy_location(ast.Expr(value=call), stmt)]
+        tmp = self._temp(stmt)
+        out: list[ast.stmt] = [ast.copy_location(
+            ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=stmt.value), stmt)]
+        for target in stmt.targets:
+            out.extend(self._store(target, ast.Name(id=tmp, ctx=ast.Load()), stmt))
+        return out
+
+    def _store(self, target: ast.expr, value: ast.expr, like: ast.stmt) -> list[ast.stmt]:
+        if isinstance(target, ast.Attribute):
+            call = _call(SETATTR, [target.value, ast.Constant(value=target.attr), value], like)
+            return [ast.copy_location(ast.Expr(value=call), like)]
+        if isinstance(target, (ast.Tuple, ast.List)) and any(
+                isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
+                for sub in ast.walk(target)):
+            # unpack into temporaries, then store each one
+            names: list[ast.expr] = []
+            later: list[tuple[ast.expr, str]] = []
+            for elt in target.elts:
+                inner = elt.value if isinstance(elt, ast.Starred) else elt
+                tmp = self._temp(like)
+                store: ast.expr = ast.Name(id=tmp, ctx=ast.Store())
+                if isinstance(elt, ast.Starred):
+                    store = ast.Starred(value=store, ctx=ast.Store())
+                names.append(store)
+                later.append((inner, tmp))
+            out: list[ast.stmt] = [ast.copy_location(ast.Assign(
+                targets=[type(target)(elts=names, ctx=ast.Store())], value=value), like)]
+            for inner, tmp in later:
+                out.extend(self._store(inner, ast.Name(id=tmp, ctx=ast.Load()), like))
+            return out
+        return [ast.copy_location(ast.Assign(targets=[target], value=value), like)]
+
+    def _temp(self, like: ast.AST) -> str:
+        self.temp += 1
+        return f"_wh_t{self.temp}"
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _parse(source: str) -> ast.Module | Finding:
+    try:
+        with warnings.catch_warnings():
+            # invalid escape sequences warn (DeprecationWarning on 3.11, SyntaxWarning later);
+            # with -W error that would turn legitimate regexes into syntax errors.
+            warnings.simplefilter("ignore")
+            return ast.parse(source, filename=FILENAME, mode="exec", type_comments=False)
+    except SyntaxError as exc:
+        return Finding(exc.lineno or 1, max((exc.offset or 1) - 1, 0), "syntax-error",
+                       f"invalid syntax: {exc.msg}")
+    except (RecursionError, MemoryError):
+        return Finding(1, 0, "too-deep", "the source is nested too deeply to be parsed")
+
+
+def _params(fn: ast.FunctionDef) -> tuple[str, ...]:
+    a = fn.args
+    names = [p.arg for p in [*a.posonlyargs, *a.args]]
+    if a.vararg is not None:
+        names.append(a.vararg.arg)
+    names.extend(p.arg for p in a.kwonlyargs)
+    if a.kwarg is not None:
+        names.append(a.kwarg.arg)
+    return tuple(names)
+
+
+def _sorted(findings: list[Finding]) -> list[Finding]:
+    unique: dict[Finding, None] = dict.fromkeys(findings)
+    return sorted(unique, key=lambda f: (f.lineno, f.col))[:MAX_FINDINGS]
+
+
+def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:
+    if not isinstance(source, str):
+        raise PolicyError([Finding(1, 0, "source", "the source must be text")])
+    if len(source) > MAX_SOURCE_CHARS:
+        raise PolicyError([Finding(1, 0, "too-large",
+                                   f"the source is {len(source)} characters; the limit is "
+                                   f"{MAX_SOURCE_CHARS}")])
+    findings = _text_findings(source)
+    if findings:
+        raise PolicyError(_sorted(findings))
+    tree = _parse(source)
+    if isinstance(tree, Finding):
+        raise PolicyError([tree])
+    validator = _Validator(source, modules)
+    validator.run(tree)
+    if validator.findings or validator.function is None:
+        raise PolicyError(_sorted(validator.findings) or [
+            Finding(1, 0, "top-level", "the source must be exactly one function definition")])
+    fn = validator.function
+    _Rewriter().run(tree)
+    ast.fix_missing_locations(tree)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = compile(tree, FILENAME, "exec", dont_inherit=True, optimize=0)
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest)
+
+
+def check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:
+    """Check ``source`` (exactly one top-level ``def``) against the policy and compile it.
+
+    ``modules`` is the DBA's whitelist: module name -> allowed public names, or None for the
+    catalogue's vetted names. Returns ``Checked``; raises ``PolicyError`` with every finding.
+    Any other failure inside the validator is a rejection too (fail closed).
+    """
+    try:
+        return _check(source, modules)
+    except PolicyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - fail closed: a validator bug rejects
+        raise PolicyError([Finding(1, 0, "validator-error",
+                                   f"the policy could not check this function "
+                                   f"({type(exc).__name__}); it is rejected")]) from None
+
+
+def node_types() -> Iterator[type[ast.AST]]:
+    """Every concrete AST node class of the running Python (for the release checklist test)."""
+    seen: set[type[ast.AST]] = set()
+    stack: list[type[ast.AST]] = [ast.AST]
+    while stack:
+        cls = stack.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen and sub.__module__ == "ast" and sub.__name__[0] != "_":
+                seen.add(sub)
+                stack.append(sub)
+    for cls in sorted(seen, key=lambda c: c.__name__):
+        if cls._fields or not cls.__subclasses__():
+            yield cls

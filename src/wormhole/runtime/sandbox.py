@@ -1,0 +1,651 @@
+"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+
+User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
+a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
+namespaces, an empty root with a read-only ``/usr``, no capabilities, an unprivileged id, a
+cleared environment) and that confines itself further (hard ``setrlimit`` limits, a seccomp
+filter) before it loads any user code (``worker.confine``).
+
+One worker per backend process, started on the first call and reused by the next ones (its
+compile cache lives on). A worker that dies, sends a malformed frame, outlives its time or is
+interrupted is killed (SIGKILL to its process group), reaped, and replaced on the next call.
+
+The backend waits for the worker in a loop that wakes every 20 ms to run the host's
+``check_interrupts`` (PostgreSQL's cancel, ``statement_timeout`` and terminate) and to enforce
+``limits.timeout_ms``; while it waits it serves the worker's ``query`` messages with the
+backend's ``QueryPort`` (SPI, as the calling role). Everything the worker sends is untrusted:
+sizes are bounded, types checked strictly, and the result payload is passed on as text, never
+decoded into objects here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from . import WORKER_MODULES, codec
+from .channel import (
+    ABSOLUTE_MAX_FRAME,
+    BOOT,
+    CALL,
+    DONE,
+    HELLO,
+    QERR,
+    QUERY,
+    ROWS,
+    Channel,
+    ChannelClosed,
+    ProtocolError,
+)
+from .engine import Call, Limits, QueryPort
+from .errors import DatabaseError, LimitExceeded
+
+__all__ = [
+    "BOOTSTRAP",
+    "DEFAULT_BWRAP",
+    "DEFAULT_PYTHON",
+    "WorkerCrashed",
+    "WorkerExecutor",
+    "available",
+    "bwrap_argv",
+    "executor_for",
+    "BOOT_LOADER",
+]
+
+DEFAULT_BWRAP = "/usr/bin/bwrap"
+DEFAULT_PYTHON = "/usr/bin/python3"
+#: the identity inside the sandbox's user namespace ("nobody").
+SANDBOX_ID = 65534
+#: the backend's wake-up interval while it waits for the worker.
+POLL_SECONDS = 0.02
+#: how much of the worker's stderr is kept for crash reports.
+STDERR_TAIL = 4096
+
+#: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one
+#: ``boot`` frame from fd 0 holding ``{module: source}`` for ``runtime.WORKER_MODULES``
+#: (dependencies first) and builds the package ``wormhole_rt`` in ``sys.modules`` so the
+#: runtime's relative imports resolve to those sources (and to nothing else: the package has no
+#: path); ``BOOTSTRAP`` then serves calls on fds 0 and 1 (``worker.main``).
+BOOT_LOADER = """\
+import json, os, sys, types
+def _read(n):
+    data = b''
+    while len(data) < n:
+        chunk = os.read(0, n - len(data))
+        if not chunk:
+            raise SystemExit(3)
+        data += chunk
+    return data
+_p = _read(8)
+_head = json.loads(_read(int.from_bytes(_p[:4], 'big')))
+_sources = json.loads(_read(int.from_bytes(_p[4:], 'big')))
+if _head.get('op') != 'boot' or type(_sources) is not dict:
+    raise SystemExit(4)
+_pkg = types.ModuleType('wormhole_rt')
+_pkg.__path__ = []
+_pkg.__package__ = 'wormhole_rt'
+sys.modules['wormhole_rt'] = _pkg
+for _name, _src in _sources.items():
+    _mod = types.ModuleType('wormhole_rt.' + _name)
+    _mod.__package__ = 'wormhole_rt'
+    _mod.__file__ = '<wormhole_rt/' + _name + '.py>'
+    sys.modules[_mod.__name__] = _mod
+    setattr(_pkg, _name, _mod)
+    exec(compile(_src, _mod.__file__, 'exec'), _mod.__dict__)
+del _read, _p, _head, _sources, _pkg, _name, _src, _mod
+"""
+BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
+
+
+class WorkerCrashed(Exception):
+    """The worker died, was killed, could not start, or broke the protocol.
+
+    ``reason`` says what happened (signal or exit status, and the tail of its stderr). The
+    worker has been stopped and reaped; the next call starts a fresh one.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the confined worker failed: {reason}")
+        self.reason = reason
+
+
+# -- the bubblewrap command line -----------------------------------------------------------
+
+
+def _root_links() -> list[str]:
+    """``/lib``, ``/lib64`` and ``/bin`` as the host has them (symlinks into /usr on merged-/usr
+    systems such as Debian 12; read-only binds where they are real directories)."""
+    args: list[str] = []
+    for path in ("/bin", "/lib", "/lib64", "/lib32", "/libx32"):
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def bwrap_argv(
+    bwrap: str = DEFAULT_BWRAP,
+    python: str = DEFAULT_PYTHON,
+    code: str = BOOTSTRAP,
+) -> list[str]:
+    """The exact command line the worker runs with (``code`` is what ``python3 -c`` runs).
+
+    Tests run attack snippets with this very argv, so what they prove is what the worker gets.
+    """
+    argv = [
+        bwrap,
+        "--unshare-all",  # new user, pid, net, ipc, uts and cgroup namespaces
+        "--unshare-user",  # ... and fail (not silently continue) without a user namespace
+        "--disable-userns",  # no nested user namespaces (kernel attack surface)
+        "--die-with-parent",  # SIGKILL when the backend that started it dies
+        "--new-session",  # setsid: no controlling terminal (TIOCSTI)
+        "--clearenv",
+        "--cap-drop", "ALL",
+        "--uid", str(SANDBOX_ID),
+        "--gid", str(SANDBOX_ID),
+        "--hostname", "wormhole",
+        "--ro-bind", "/usr", "/usr",
+        *_root_links(),
+        "--remount-ro", "/",  # the root tmpfs bubblewrap builds: read-only too
+        "--chdir", "/",
+    ]
+    argv += ["--", python, "-I", "-S", "-B", "-c", code]
+    return argv
+
+
+# -- the worker process ---------------------------------------------------------------------
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class _Worker:
+    """One running worker: the bwrap process, its channel, its stderr tail."""
+
+    def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:
+        self.limits = limits
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+            env={},
+            cwd="/",
+            start_new_session=True,
+            bufsize=0,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self.pid = self.proc.pid
+        self.errfd = self.proc.stderr.fileno()
+        os.set_blocking(self.errfd, False)
+        self.tail = bytearray()
+        self.chan = Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno(), _max_frame(limits))
+        self.hello: bytes | None = None
+        self.next_id = 1
+        self.alive = True
+        self.boot = boot
+
+    def drain(self) -> None:
+        """Keep the last ``STDERR_TAIL`` bytes of the worker's stderr (never blocks)."""
+        for _ in range(64):
+            try:
+                chunk = os.read(self.errfd, 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            self.tail += chunk
+            if len(self.tail) > STDERR_TAIL:
+                del self.tail[: len(self.tail) - STDERR_TAIL]
+
+    def stop(self) -> None:
+        """SIGKILL the process group, reap it, close the pipes. Idempotent."""
+        if not self.alive:
+            return
+        self.alive = False
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            pass
+        self.drain()
+        self.chan.close()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    def abandon(self) -> None:
+        """Forget a worker inherited through fork(): it is the parent's, not ours to kill."""
+        self.alive = False
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    def exit_reason(self) -> str:
+        """Wait briefly for the process to end on its own and describe how it ended."""
+        try:
+            self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        code = self.proc.returncode
+        self.stop()
+        if code is None:
+            what = "the worker closed its channel"
+        else:
+            # bubblewrap exits with 128 + N when the sandboxed process was killed by signal N
+            signum = -code if code < 0 else code - 128 if code > 128 else 0
+            if signum:
+                what = f"the worker was killed by signal {signum} ({_signal_name(signum)})"
+                what += _signal_hint(signum, self.limits)
+            else:
+                what = f"the worker exited with status {code}"
+        tail = self.tail.decode("utf-8", "replace").strip()
+        if tail:
+            what += "; its last words: " + tail[-1500:]
+        return what
+
+
+def _signal_hint(signum: int, limits: Limits) -> str:
+    if signum == signal.SIGXCPU:
+        return f": it used more than the DBA's {limits.cpu_seconds} s of CPU time (cpu_seconds)"
+    if signum == signal.SIGKILL:
+        return (
+            f" (the hard CPU limit, the memory limit of {limits.memory_mb} MB via the kernel's "
+            "OOM killer, or a kill from outside)"
+        )
+    if signum in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):
+        return f" (an interpreter crash, or memory exhausted: memory_mb={limits.memory_mb})"
+    if signum == signal.SIGSYS:
+        return " (a forbidden system call)"
+    return ""
+
+
+def _max_frame(limits: Limits) -> int:
+    size = 4 * limits.max_result_bytes + 8 * limits.max_output_bytes + (1 << 20)
+    size = max(size, 4 * limits.max_args_bytes + (1 << 20), 64 << 20)
+    return min(size, ABSOLUTE_MAX_FRAME)
+
+
+def _max_text(limits: Limits) -> int:
+    # the engine caps the success payload at max_result_bytes characters; an error payload
+    # holds at most max_output_bytes of print() output (JSON-escaped: up to 6x) and a short
+    # message and traceback.
+    return limits.max_result_bytes + 6 * limits.max_output_bytes + 65536
+
+
+def _rlimit_key(limits: Limits) -> tuple[int, int]:
+    return (limits.memory_mb, limits.cpu_seconds)
+
+
+def _clip(value: object, limit: int = 8192) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "... [truncated]"
+
+
+class WorkerExecutor:
+    """Runs calls in the confined worker; one worker process at a time, started lazily."""
+
+    def __init__(
+        self,
+        sources: Mapping[str, str],
+        *,
+        bwrap: str = DEFAULT_BWRAP,
+        python: str = DEFAULT_PYTHON,
+    ) -> None:
+        missing = [name for name in WORKER_MODULES if name not in sources]
+        if missing:
+            raise ValueError(f"worker sources are missing: {', '.join(missing)}")
+        ordered = {name: sources[name] for name in WORKER_MODULES}
+        body = json.dumps(ordered, ensure_ascii=False).encode("utf-8")
+        self._boot = Channel.frame({"op": BOOT}, body)
+        self.bwrap = bwrap
+        self.python = python
+        self._worker: _Worker | None = None
+        self._pid = os.getpid()
+        #: statistics (also read by tests and benchmarks)
+        self.starts = 0
+        self.last_start_seconds = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of the running bubblewrap process (None when no worker is running)."""
+        w = self._worker
+        return w.pid if w is not None and w.alive else None
+
+    def close(self) -> None:
+        """Stop the worker (if any). The executor stays usable: the next call starts one."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            if os.getpid() == self._pid:
+                worker.stop()
+            else:
+                worker.abandon()
+
+    def _start(self, limits: Limits) -> _Worker:
+        argv = bwrap_argv(self.bwrap, self.python, BOOTSTRAP)
+        begin = time.monotonic()
+        try:
+            worker = _Worker(argv, self._boot, limits)
+        except OSError as exc:
+            raise WorkerCrashed(
+                f"cannot start {self.bwrap} ({exc.strerror or exc}); install bubblewrap "
+                "(Debian: apt-get install bubblewrap) and check that user namespaces are enabled"
+            ) from None
+        self.starts += 1
+        self.last_start_seconds = time.monotonic() - begin
+        return worker
+
+    def _current(self, limits: Limits) -> _Worker:
+        if os.getpid() != self._pid:  # forked: the worker belongs to the parent
+            if self._worker is not None:
+                self._worker.abandon()
+            self._worker = None
+            self._pid = os.getpid()
+        worker = self._worker
+        if worker is not None and (
+            not worker.alive
+            or worker.proc.poll() is not None
+            or _rlimit_key(worker.limits) != _rlimit_key(limits)
+        ):
+            worker.stop()
+            worker = self._worker = None
+        if worker is None:
+            worker = self._worker = self._start(limits)
+        return worker
+
+    # -- one call ------------------------------------------------------------------------
+
+    def run(self, call: Call, port: QueryPort, check_interrupts: Callable[[], None]) -> str:
+        """Run ``call`` in the worker and return its payload text (never decoded here).
+
+        Raises ``WorkerCrashed`` when the worker dies or misbehaves, ``LimitExceeded`` for
+        ``timeout_ms`` or an oversized result, and re-raises whatever ``check_interrupts`` or
+        ``port`` raise other than ``DatabaseError`` (the worker is killed first).
+        """
+        limits = call.limits
+        worker = self._current(limits)
+        try:
+            return self._run(worker, call, port, check_interrupts)
+        except ChannelClosed:
+            reason = worker.exit_reason()
+            self._forget(worker)
+            raise WorkerCrashed(reason) from None
+        except ProtocolError as exc:
+            worker.stop()
+            self._forget(worker)
+            raise WorkerCrashed(f"the worker sent a malformed message ({exc}); it was stopped") \
+                from None
+        except BaseException:
+            worker.stop()
+            self._forget(worker)
+            raise
+
+    def _forget(self, worker: _Worker) -> None:
+        if self._worker is worker:
+            self._worker = None
+
+    def _run(
+        self,
+        worker: _Worker,
+        call: Call,
+        port: QueryPort,
+        check_interrupts: Callable[[], None],
+    ) -> str:
+        limits = call.limits
+        chan = worker.chan
+        chan.max_frame = _max_frame(limits)
+        deadline: float | None = None
+        last_tick = time.monotonic()
+
+        def tick() -> None:
+            nonlocal last_tick
+            last_tick = time.monotonic()
+            check_interrupts()
+            if deadline is not None and time.monotonic() > deadline:
+                raise LimitExceeded(
+                    "timeout_ms",
+                    f"the call ran longer than the DBA's limit of {limits.timeout_ms} ms "
+                    "(wormhole_limits.timeout_ms); the worker was stopped",
+                )
+            worker.drain()
+
+        if worker.boot:
+            _send_raw(chan, worker.boot, tick)
+            worker.boot = b""
+        hello = _hello_body(call)
+        if hello != worker.hello:
+            chan.send({"op": HELLO}, hello, tick=tick)
+            worker.hello = hello
+        call_id = worker.next_id
+        worker.next_id += 1
+        body = json.dumps(
+            {"source": call.source, "args_json": call.args_json, "modules_key": call.modules_key},
+            ensure_ascii=False,
+        ).encode("utf-8", "surrogatepass")
+        if limits.timeout_ms > 0:
+            deadline = time.monotonic() + limits.timeout_ms / 1000.0
+        chan.send({"op": CALL, "id": call_id, "hash": call.source_hash}, body, tick=tick)
+        while True:
+            received = chan.recv(POLL_SECONDS)
+            if received is None:
+                tick()
+                continue
+            header, payload = received
+            if header.get("id") != call_id:
+                raise ProtocolError(f"message for call {header.get('id')!r}, expected {call_id}")
+            op = header["op"]
+            if op == QUERY:
+                answer_op, answer = _serve_query(port, payload, limits)
+                chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
+                if time.monotonic() - last_tick >= POLL_SECONDS:
+                    tick()  # a worker that only sends queries must still be interruptible
+            elif op == DONE:
+                text = _payload_text(payload, limits)
+                if header.get("recycle") is True:
+                    worker.stop()
+                    self._forget(worker)
+                return text
+            else:
+                raise ProtocolError(f"unexpected message {op!r} from the worker")
+
+
+def _send_raw(chan: Channel, frame: bytes, tick: Callable[[], None]) -> None:
+    """Send an already framed message (the boot frame is built once per executor)."""
+    os.set_blocking(chan.wfd, False)
+    data = memoryview(frame)
+    wpoll = select.poll()
+    wpoll.register(chan.wfd, select.POLLOUT)
+    while data:
+        try:
+            n = os.write(chan.wfd, data)
+        except BlockingIOError:
+            n = 0
+        except BrokenPipeError:
+            raise ChannelClosed("the worker closed its channel during start-up") from None
+        data = data[n:]
+        if data and not wpoll.poll(int(POLL_SECONDS * 1000)):
+            tick()
+
+
+def _hello_body(call: Call) -> bytes:
+    modules = {
+        name: None if attrs is None else sorted(attrs) for name, attrs in call.modules.items()
+    }
+    return json.dumps(
+        {"modules": modules, "modules_key": call.modules_key, "limits": call.limits.as_dict()},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, bytes]:
+    """Run one ``query`` request from the worker; returns the answer (op, body)."""
+    try:
+        request = codec.decode(payload, max_bytes=_max_frame(limits))
+    except codec.CodecError as exc:
+        raise ProtocolError(f"malformed query request: {exc}") from None
+    if type(request) is not dict or set(request) != {"sql", "params"}:
+        raise ProtocolError("a query request must be {'sql': str, 'params': list}")
+    sql = request["sql"]
+    params = request["params"]
+    if type(sql) is not str or type(params) is not list:
+        raise ProtocolError("a query request must be {'sql': str, 'params': list}")
+    try:
+        rows = port.query(sql, params)
+        body = codec.encode({"rows": list(rows), "rowcount": rows.rowcount}, root="rows")
+    except DatabaseError as exc:
+        info = {
+            "message": _clip(exc.args[0] if exc.args else str(exc)),
+            "sqlstate": _clip(exc.sqlstate, 16),
+            "detail": _clip(exc.detail),
+            "hint": _clip(exc.hint),
+        }
+        return QERR, json.dumps(info).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        info = {"type": type(exc).__name__ if type(exc) in (TypeError, ValueError) else
+                "ValueError", "message": _clip(str(exc))}
+        return QERR, json.dumps(info).encode("utf-8")
+    return ROWS, body.encode("utf-8")
+
+
+def _payload_text(payload: bytes, limits: Limits) -> str:
+    """Validate the worker's result: UTF-8 text within the limits, shaped like a payload."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("the result is not valid UTF-8") from None
+    if len(text) > _max_text(limits):
+        raise LimitExceeded(
+            "max_result_bytes",
+            f"the result is {len(text)} characters; the DBA's limit is "
+            f"{limits.max_result_bytes} (wormhole_limits.max_result_bytes)",
+        )
+    if not (text.startswith('{"ok":') or text.startswith('{"err":')):
+        raise ProtocolError("the result is not a wormhole payload")
+    return text
+
+
+# -- per-process executor and the installation check --------------------------------------
+
+_EXECUTORS: dict[tuple[int, str, str, str], WorkerExecutor] = {}
+
+
+def executor_for(
+    sources: Mapping[str, str], *, bwrap: str = DEFAULT_BWRAP, python: str = DEFAULT_PYTHON
+) -> WorkerExecutor:
+    """The executor of this process (keyed by pid: a forked child never reuses its parent's)."""
+    digest = hashlib.sha256(
+        json.dumps([sources.get(n, "") for n in WORKER_MODULES]).encode("utf-8")
+    ).hexdigest()
+    key = (os.getpid(), bwrap, python, digest)
+    executor = _EXECUTORS.get(key)
+    if executor is None:
+        for other in [k for k in _EXECUTORS if k[0] != os.getpid()]:
+            _EXECUTORS.pop(other).close()  # abandons (different pid): never kills the parent's
+        executor = _EXECUTORS[key] = WorkerExecutor(sources, bwrap=bwrap, python=python)
+    return executor
+
+
+class _NoQueries:
+    def query(self, sql: str, params: Sequence[object]) -> Any:
+        raise DatabaseError("no database in the installation check")
+
+
+_PROBE = (
+    "import os, sys\n"
+    "data = os.read(0, 64)\n"
+    "os.write(1, b'wormhole-probe:' + data + b':' + str(os.getuid()).encode())\n"
+)
+
+_CHECK_SOURCE = "def wormhole_check():\n    return 42\n"
+
+
+def available(
+    bwrap: str = DEFAULT_BWRAP,
+    python: str = DEFAULT_PYTHON,
+    sources: Mapping[str, str] | None = None,
+) -> tuple[bool, str]:
+    """Can this machine run the confined worker? Returns ``(ok, reason)``.
+
+    Always starts the sandbox for real (the exact argv the worker uses) and does a round trip
+    through its pipes. With ``sources`` it also boots the runtime and runs a trivial call.
+    """
+    if not os.path.exists(bwrap):
+        return False, (
+            f"{bwrap} was not found: install bubblewrap (Debian/Ubuntu: apt-get install "
+            "bubblewrap; RHEL/Fedora: dnf install bubblewrap)"
+        )
+    if not os.path.exists(python):
+        return False, f"{python} was not found: the worker needs the system's python3 in /usr"
+    try:
+        proc = subprocess.run(
+            bwrap_argv(bwrap, python, _PROBE),
+            input=b"ping",
+            capture_output=True,
+            timeout=20,
+            env={},
+            close_fds=True,
+            start_new_session=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"cannot run {bwrap}: {exc}"
+    expected = f"wormhole-probe:ping:{SANDBOX_ID}".encode()
+    if proc.returncode != 0 or proc.stdout != expected:
+        err = proc.stderr.decode("utf-8", "replace").strip()[-800:]
+        hint = ""
+        if "namespace" in err.lower() or "permission" in err.lower():
+            hint = (
+                "; unprivileged user namespaces seem disabled (sysctl "
+                "kernel.unprivileged_userns_clone=1, or on Ubuntu 24.04+ an AppArmor profile "
+                "for bwrap / kernel.apparmor_restrict_unprivileged_userns=0)"
+            )
+        return False, f"bubblewrap could not start the sandbox (status {proc.returncode}): {err}{hint}"
+    if sources is None:
+        return True, "bubblewrap starts a confined python3"
+    executor = WorkerExecutor(sources, bwrap=bwrap, python=python)
+    try:
+        digest = hashlib.sha256(_CHECK_SOURCE.encode("utf-8")).hexdigest()
+        text = executor.run(
+            Call(digest, _CHECK_SOURCE, "[[],{}]", {}, "check"), _NoQueries(), lambda: None
+        )
+    except (WorkerCrashed, LimitExceeded) as exc:
+        return False, f"the worker started but a trivial call failed: {exc}"
+    finally:
+        executor.close()
+    if not text.startswith('{"ok":42'):
+        return False, f"the worker started but a trivial call failed: {text[:800]}"
+    return True, "bubblewrap starts the confined worker and a trivial call runs"

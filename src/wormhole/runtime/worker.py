@@ -1,0 +1,331 @@
+"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+
+``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
+with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
+``boot`` frame holding the sources of ``runtime.WORKER_MODULES``, builds the package
+``wormhole_rt`` from them in ``sys.modules`` (so the runtime's relative imports work) and calls
+:func:`main`.
+
+The bootstrap itself is ``sandbox.BOOTSTRAP`` (it lives with the backend, which starts it).
+
+``main`` reads ``hello`` (the module whitelist and the limits), applies hard resource limits
+that the code it runs cannot raise again, and then serves calls one after the other: for each
+``call`` it runs ``engine.run_call`` with a :class:`ChannelPort` (``query()`` becomes a
+``query`` message answered by the backend with ``rows`` or ``qerr``) and answers ``done`` with
+the payload text. The engine's compile cache lives on across calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import struct
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import codec, engine
+from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
+from .errors import DatabaseError
+from .rows import Rows
+
+#: the name of the package the bootstrap builds inside the worker.
+PACKAGE = "wormhole_rt"
+
+#: the channel limit inside the worker (the backend is trusted; args are capped by limits).
+WORKER_MAX_FRAME = 1024 * 1024 * 1024 - 1
+#: how many of the call's ``cpu_seconds`` budgets the worker's hard CPU limit allows in all;
+#: once fewer than one budget is left the worker asks to be replaced.
+CPU_BUDGETS = 8
+#: open file descriptors: the channel, stderr, and a few for the stdlib's lazy imports.
+MAX_OPEN_FILES = 16
+#: the exit code of a worker that received something it does not understand.
+EXIT_PROTOCOL = 2
+
+
+class ChannelPort:
+    """The ``QueryPort`` inside the worker: ``query()`` is an RPC to the backend."""
+
+    def __init__(self, chan: Channel, call_id: int = 0) -> None:
+        self.chan = chan
+        self.call_id = call_id
+
+    def query(self, sql: str, params: Sequence[object]) -> Rows:
+        if type(sql) is not str:
+            raise TypeError("query() needs the SQL text as a str")
+        try:
+            body = codec.encode({"sql": sql, "params": list(params)}, root="params")
+        except codec.CodecError as exc:
+            raise TypeError(f"a query parameter cannot be sent to the database: {exc}") from None
+        try:
+            data = body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "the query text or a parameter is not valid Unicode (a lone surrogate)"
+            ) from None
+        self.chan.send({"op": QUERY, "id": self.call_id}, data)
+        received = self.chan.recv(None)
+        assert received is not None
+        header, answer = received
+        op = header["op"]
+        if op == ROWS:
+            value = codec.decode(answer.decode("utf-8"))
+            if type(value) is not dict or type(value.get("rows")) is not list:
+                raise SystemExit(EXIT_PROTOCOL)
+            rowcount = value.get("rowcount")
+            return Rows(value["rows"], rowcount if type(rowcount) is int else None)
+        if op == QERR:
+            raise _query_error(json.loads(answer.decode("utf-8")))
+        raise SystemExit(EXIT_PROTOCOL)
+
+
+def _query_error(info: Mapping[str, Any]) -> Exception:
+    def text(key: str) -> str | None:
+        value = info.get(key)
+        return value if type(value) is str else None
+
+    message = text("message") or "query failed"
+    kind = text("type")
+    if kind == "TypeError":
+        return TypeError(message)
+    if kind == "ValueError":
+        return ValueError(message)
+    return DatabaseError(message, text("sqlstate"), text("detail"), text("hint"))
+
+
+def _modules(value: object) -> dict[str, frozenset[str] | None]:
+    if type(value) is not dict:
+        raise SystemExit(EXIT_PROTOCOL)
+    result: dict[str, frozenset[str] | None] = {}
+    for name, attrs in value.items():
+        result[name] = None if attrs is None else frozenset(attrs)
+    return result
+
+
+def _hard(limit: int, value: int) -> None:
+    resource.setrlimit(limit, (value, value))
+
+
+def apply_limits(limits: engine.Limits) -> None:
+    """Set the worker's hard resource limits (called once, before any user code is loaded).
+
+    Hard limits can only be lowered by an unprivileged process, so nothing the user's code does
+    can raise them again. CPU time is the exception: the soft limit moves with each call
+    (:func:`arm_cpu`) under a hard ceiling of ``CPU_BUDGETS`` calls' worth.
+    """
+    if limits.memory_mb > 0:
+        _hard(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)
+    _hard(resource.RLIMIT_CORE, 0)
+    _hard(resource.RLIMIT_FSIZE, 0)
+    _hard(resource.RLIMIT_NPROC, 0)
+    _hard(resource.RLIMIT_NOFILE, MAX_OPEN_FILES)
+    _hard(resource.RLIMIT_MEMLOCK, 0)
+    _hard(resource.RLIMIT_MSGQUEUE, 0)
+    locks = getattr(resource, "RLIMIT_LOCKS", None)
+    if isinstance(locks, int):
+        _hard(locks, 0)
+    if limits.cpu_seconds > 0:
+        total = limits.cpu_seconds * CPU_BUDGETS
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, total))
+
+
+# -- seccomp -----------------------------------------------------------------------------------
+
+# Classic BPF, assembled here so no extra package is needed, installed by the worker itself
+# (prctl through ctypes) once its limits are set. Not bubblewrap's --seccomp: bubblewrap execs
+# python after loading the filter, so the filter could not deny execve.
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_JGE_K = 0x35
+_BPF_RET_K = 0x06
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_ERRNO = 0x00050000
+_SECCOMP_RET_KILL_PROCESS = 0x80000000
+_EPERM = 1
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_X32_SYSCALL_BIT = 0x40000000
+
+#: syscalls the worker never needs, x86_64 numbers. Denied with EPERM, so Python raises a clean
+#: ``PermissionError``. Processes (fork/clone/exec), sockets, tracing, namespaces, mounts,
+#: kernel keyrings, BPF, perf, io_uring, userfaultfd, module loading, reboot & co.
+_DENIED_X86_64 = {
+    "socket": 41, "connect": 42, "accept": 43, "sendto": 44, "sendmsg": 46, "bind": 49,
+    "listen": 50, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59,
+    "kill": 62, "ptrace": 101, "syslog": 103, "setuid": 105, "setgid": 106,
+    "setreuid": 113, "setregid": 114, "setresuid": 117, "setresgid": 119,
+    "personality": 135, "chroot": 161, "mount": 165, "umount2": 166, "swapon": 167,
+    "swapoff": 168, "reboot": 169, "sethostname": 170, "setdomainname": 171, "iopl": 172,
+    "ioperm": 173, "init_module": 175, "delete_module": 176, "quotactl": 179, "tkill": 200,
+    "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250,
+    "migrate_pages": 256, "unshare": 272, "move_pages": 279, "perf_event_open": 298,
+    "accept4": 288, "recvmmsg": 299, "fanotify_init": 300, "name_to_handle_at": 303,
+    "open_by_handle_at": 304, "setns": 308, "sendmmsg": 307, "process_vm_readv": 310,
+    "process_vm_writev": 311, "kcmp": 312, "finit_module": 313, "seccomp": 317,
+    "bpf": 321, "execveat": 322, "userfaultfd": 323, "pkey_alloc": 330,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+    "fspick": 433, "pidfd_open": 434, "clone3": 435, "pidfd_getfd": 438,
+    "landlock_create_ruleset": 444, "process_madvise": 440, "mount_setattr": 442,
+    "memfd_secret": 447,
+}
+
+
+def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def seccomp_program() -> bytes | None:
+    """The worker's seccomp filter as a BPF program, or None where it is not written yet.
+
+    Only x86_64 is covered (syscall numbers are per architecture); on other machines the worker
+    still has its namespaces and rlimits (python3-seccomp would cover them: future work). Any other architecture value at run time (i386 or x32
+    entry points) kills the process.
+    """
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
+        return None
+    numbers = sorted(set(_DENIED_X86_64.values()))
+    prog = [
+        _insn(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+        _insn(_BPF_JEQ_K, 1, 0, _AUDIT_ARCH_X86_64),
+        _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),
+        _insn(_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
+        _insn(_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT),
+        _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),
+    ]
+    deny_ret = _SECCOMP_RET_ERRNO | _EPERM
+    for index, number in enumerate(numbers):
+        # on a match jump to the final "deny"; it sits (remaining comparisons + 1) ahead
+        remaining = len(numbers) - index - 1
+        prog.append(_insn(_BPF_JEQ_K, remaining + 1, 0, number))
+    prog.append(_insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW))
+    prog.append(_insn(_BPF_RET_K, 0, 0, deny_ret))
+    return b"".join(prog)
+
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+
+
+def install_seccomp() -> bool:
+    """Install :func:`seccomp_program` on this process (irreversible). False where unsupported."""
+    program = seccomp_program()
+    if program is None:
+        return False
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                      ctypes.c_ulong]
+    if prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    if prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+    return True
+
+
+def confine(limits: engine.Limits) -> bool:
+    """Everything the worker does to itself before user code: rlimits, then seccomp.
+
+    Returns whether the seccomp filter is installed. ``ctypes`` is loaded before the limits (it
+    maps libffi), and the filter last (it denies nothing the limits need).
+    """
+    import ctypes  # noqa: F401 - load it while memory and files are not yet limited
+
+    apply_limits(limits)
+    try:
+        return install_seccomp()
+    except OSError as exc:
+        sys.stderr.write(f"wormhole worker: seccomp filter not installed: {exc}\n")
+        return False
+
+
+def cpu_used() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def arm_cpu(limits: engine.Limits) -> bool:
+    """Give the next call ``cpu_seconds`` of CPU (soft limit); False once the budget is spent."""
+    if limits.cpu_seconds <= 0:
+        return True
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = math.ceil(cpu_used()) + limits.cpu_seconds
+    if hard != resource.RLIM_INFINITY and soft > hard:
+        return False
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    return True
+
+
+def _seal_stdio() -> None:
+    # The channel is fds 0 and 1; nothing may print onto it by accident.
+    sys.stdin = None
+    sys.stdout = None
+
+
+def main(rfd: int = 0, wfd: int = 1) -> None:
+    """Serve calls until the backend closes the channel."""
+    _seal_stdio()
+    try:
+        import faulthandler
+
+        faulthandler.enable()  # a crash leaves a Python traceback in the stderr tail
+    except Exception:  # noqa: BLE001 - diagnostics only
+        pass
+    chan = Channel(rfd, wfd, WORKER_MAX_FRAME)
+    modules: dict[str, frozenset[str] | None] = {}
+    modules_key = ""
+    limits: engine.Limits | None = None
+    try:
+        while True:
+            received = chan.recv(None)
+            assert received is not None
+            header, body = received
+            op = header["op"]
+            if op == HELLO:
+                hello = json.loads(body.decode("utf-8"))
+                if type(hello) is not dict:
+                    raise SystemExit(EXIT_PROTOCOL)
+                modules = _modules(hello.get("modules"))
+                modules_key = str(hello.get("modules_key", ""))
+                new_limits = engine.Limits.from_mapping(hello.get("limits") or {})
+                if limits is None:
+                    confine(new_limits)
+                limits = new_limits
+            elif op == CALL and limits is not None:
+                call_id = header.get("id")
+                request = json.loads(body.decode("utf-8"))
+                if type(request) is not dict or type(call_id) is not int:
+                    raise SystemExit(EXIT_PROTOCOL)
+                call = engine.Call(
+                    source_hash=str(header.get("hash", "")),
+                    source=request["source"],
+                    args_json=request["args_json"],
+                    modules=modules,
+                    modules_key=modules_key,
+                    limits=limits,
+                )
+                recycle = not arm_cpu(limits)
+                payload = engine.run_call(call, ChannelPort(chan, call_id))
+                try:
+                    data = payload.encode("utf-8")
+                except UnicodeEncodeError:
+                    data = engine.error_payload(ValueError(
+                        "the result contains text that is not valid Unicode (a lone surrogate)"
+                    )).encode("utf-8")
+                reply: dict[str, Any] = {"op": DONE, "id": call_id}
+                if recycle or not arm_cpu(limits):
+                    reply["recycle"] = True
+                chan.send(reply, data)
+            else:
+                raise SystemExit(EXIT_PROTOCOL)
+    except ChannelClosed:
+        return

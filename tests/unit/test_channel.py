@@ -1,0 +1,229 @@
+"""runtime/channel.py: framing, limits, malformed input, end of file, timeouts."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+from wormhole.runtime.channel import (  # noqa: E402
+    MAX_HEADER,
+    Channel,
+    ChannelClosed,
+    ProtocolError,
+)
+
+
+@pytest.fixture
+def pipes() -> Iterator[tuple[Channel, Channel, list[int]]]:
+    """Two channels joined back to back: a -> b and b -> a. The list holds the raw fds."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    a = Channel(r2, w1)
+    b = Channel(r1, w2)
+    fds = [r1, w1, r2, w2]
+    yield a, b, fds
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def test_round_trip(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    a, b, _ = pipes
+    a.send({"op": "call", "id": 1, "hash": "abc"}, b"body \x00\xff bytes")
+    assert b.recv(1) == ({"op": "call", "id": 1, "hash": "abc"}, b"body \x00\xff bytes")
+    b.send({"op": "done", "id": 1})
+    assert a.recv(1) == ({"op": "done", "id": 1}, b"")
+
+
+def test_many_messages_in_order(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    a, b, _ = pipes
+    for i in range(50):
+        a.send({"op": "rows", "id": i}, str(i).encode())
+    assert [b.recv(1) for _ in range(50)] == [({"op": "rows", "id": i}, str(i).encode())
+                                              for i in range(50)]
+
+
+def test_unicode_header(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    a, b, _ = pipes
+    a.send({"op": "qerr", "m": "héllo ✓"})
+    assert b.recv(1) == ({"op": "qerr", "m": "héllo ✓"}, b"")
+
+
+def test_big_body_passes_through_a_small_pipe(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    a, b, _ = pipes
+    body = os.urandom(3 * 1024 * 1024)  # far bigger than the 64 KiB pipe buffer
+    received: list[object] = []
+    t = threading.Thread(target=lambda: received.append(b.recv(10)))
+    t.start()
+    a.send({"op": "done"}, body)
+    t.join()
+    assert received == [({"op": "done"}, body)]
+
+
+def test_timeout_returns_none(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    _, b, _ = pipes
+    begin = time.monotonic()
+    assert b.recv(0.05) is None
+    assert 0.04 < time.monotonic() - begin < 0.5
+    assert b.recv(0) is None
+
+
+def test_partial_frame_survives_timeouts(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    _, b, fds = pipes
+    frame = Channel.frame({"op": "done", "id": 3}, b"payload")
+    w = fds[1]
+    for i in range(len(frame) - 1):
+        os.write(w, frame[i:i + 1])
+        assert b.recv(0.001) is None
+    os.write(w, frame[-1:])
+    assert b.recv(0.5) == ({"op": "done", "id": 3}, b"payload")
+
+
+def test_eof(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    a, b, fds = pipes
+    a.send({"op": "x"})
+    os.close(fds[1])
+    assert b.recv(1) == ({"op": "x"}, b"")
+    with pytest.raises(ChannelClosed):
+        b.recv(1)
+
+
+def test_eof_in_the_middle_of_a_frame(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    _, b, fds = pipes
+    os.write(fds[1], Channel.frame({"op": "done"}, b"abcdef")[:-2])
+    os.close(fds[1])
+    with pytest.raises(ChannelClosed, match="middle of a frame"):
+        b.recv(1)
+
+
+def test_send_to_a_closed_peer(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    a, _, fds = pipes
+    os.close(fds[0])  # the reading end of a -> b
+    with pytest.raises(ChannelClosed):
+        a.send({"op": "x"}, b"y" * 100000)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ((0).to_bytes(4, "big") + (0).to_bytes(4, "big"), "header of 0"),
+        ((MAX_HEADER + 1).to_bytes(4, "big") + (0).to_bytes(4, "big"), "header of"),
+        ((0xFFFFFFFF).to_bytes(4, "big") + (0).to_bytes(4, "big"), "header of"),
+        ((2).to_bytes(4, "big") + (1001).to_bytes(4, "big"), "body of 1001"),
+        ((3).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\xff\xfe\xfd", "not UTF-8"),
+        ((5).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"[1,2]", "not a JSON object"),
+        ((2).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"{}", "no string 'op'"),
+        ((10).to_bytes(4, "big") + (0).to_bytes(4, "big") + b'{"op": 1 }', "no string 'op'"),
+        ((3).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"{x}", "not UTF-8 JSON"),
+        ((19).to_bytes(4, "big") + (0).to_bytes(4, "big") + b'{"op":"a","n":NaN }', "JSON"),
+    ],
+)
+def test_malformed_frames(data: bytes, match: str) -> None:
+    r, w = os.pipe()
+    try:
+        b = Channel(r, w, max_frame=1000)
+        os.write(w, data)
+        with pytest.raises(ProtocolError, match=match):
+            b.recv(1)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_deeply_nested_header_is_a_protocol_error() -> None:
+    r, w = os.pipe()
+    try:
+        b = Channel(r, w)
+        head = b"[" * 60000
+        os.write(w, len(head).to_bytes(4, "big") + (0).to_bytes(4, "big"))
+        t = threading.Thread(target=os.write, args=(w, head))
+        t.start()
+        with pytest.raises(ProtocolError):
+            b.recv(5)
+        t.join()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_oversized_body_is_refused_before_it_is_read() -> None:
+    r, w = os.pipe()
+    try:
+        b = Channel(r, w, max_frame=10)
+        os.write(w, (12).to_bytes(4, "big") + (11).to_bytes(4, "big"))
+        with pytest.raises(ProtocolError, match="body of 11"):
+            b.recv(1)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_send_validates_the_header() -> None:
+    with pytest.raises(TypeError):
+        Channel.frame({"no": "op"})
+    with pytest.raises(TypeError):
+        Channel.frame({"op": 1})
+    with pytest.raises(ValueError):
+        Channel.frame({"op": "x", "big": "y" * MAX_HEADER})
+    with pytest.raises(TypeError):
+        Channel.frame({"op": "x"}, "text")  # type: ignore[arg-type]
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError):
+        Channel(-1, 1)
+    with pytest.raises(ValueError):
+        Channel(0, 1, max_frame=-5)
+    with pytest.raises(ValueError):
+        Channel(0, 1, max_frame=2**31)
+
+
+def test_send_with_tick_notices_a_peer_that_does_not_read(
+    pipes: tuple[Channel, Channel, list[int]],
+) -> None:
+    a, _, _ = pipes
+    ticks: list[float] = []
+
+    class Stop(Exception):
+        pass
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        if len(ticks) == 3:
+            raise Stop
+
+    begin = time.monotonic()
+    with pytest.raises(Stop):
+        a.send({"op": "rows"}, b"x" * (1024 * 1024), tick=tick)
+    assert time.monotonic() - begin < 0.5
+    assert len(ticks) == 3
+
+
+def test_closed_channel(pipes: tuple[Channel, Channel, list[int]]) -> None:
+    a, _, _ = pipes
+    a.close()
+    with pytest.raises(ChannelClosed):
+        a.send({"op": "x"})
+    with pytest.raises(ChannelClosed):
+        a.recv(0)
+
+
+def test_own_fds_are_closed() -> None:
+    r, w = os.pipe()
+    Channel(r, w, own_fds=True).close()
+    with pytest.raises(OSError):
+        os.fstat(r)
+    with pytest.raises(OSError):
+        os.fstat(w)
