@@ -23,6 +23,7 @@ Every exception wormhole raises derives from :class:`WormholeError`::
         ├── ProgrammingError          class 42 (UndefinedTable 42P01, UndefinedColumn 42703,
         │                             InsufficientPrivilege 42501, SyntaxError 42601)
         ├── DataError                 class 22
+        ├── ReadOnlySqlTransaction    25006: a write in a read-only transaction (or on a standby)
         └── ForbiddenStatement        WH003: query() refused a statement (COMMIT, SET ROLE, ...)
 
 Retry classification (used by ``wormhole.transaction`` and standalone remote calls):

@@ -28,6 +28,7 @@ import inspect
 import logging
 import random
 import time
+import types
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -48,14 +49,14 @@ ISOLATION_LEVELS = {
 }
 
 __all__ = [
-    "transaction",
-    "Transaction",
-    "RetryPolicy",
+    "ISOLATION_LEVELS",
     "RetryEvent",
-    "set_retry_defaults",
+    "RetryPolicy",
+    "Transaction",
     "get_retry_defaults",
     "retry_standalone",
-    "ISOLATION_LEVELS",
+    "set_retry_defaults",
+    "transaction",
 ]
 
 
@@ -280,7 +281,7 @@ class Transaction:
         self.deferrable = deferrable
         self.conn = conn
         self.connect = connect
-        self._overrides = {
+        self._overrides: dict[str, Any] = {
             k: v for k, v in (("max_retries", max_retries), ("backoff", backoff),
                               ("max_backoff", max_backoff), ("on_retry", on_retry))
             if v is not None
@@ -324,8 +325,8 @@ class Transaction:
         except errors.WormholeError:
             raise
         except Exception as exc:
-            if type(exc).__module__.startswith("psycopg") and \
-                    type(exc).__name__ == "OperationalError":
+            if any(c.__name__ == "OperationalError" and c.__module__.startswith("psycopg")
+                   for c in type(exc).__mro__):  # refused, starting up, shutting down, ...
                 raise errors.ConnectionLost(f"connect() failed: {str(exc).strip()}") from exc
             raise
         for_connection(conn)
@@ -400,9 +401,9 @@ class Transaction:
         if frame.savepoint is not None:
             try:
                 driver.run_control(f"RELEASE SAVEPOINT {frame.savepoint}")
-            except BaseException as err:
+            except BaseException:
                 _rollback(frame)
-                raise err
+                raise
             return
         status = driver.transaction_status()
         if status in ("idle", "inerror"):
@@ -448,7 +449,8 @@ class Transaction:
         frame.owned = owned
         return conn
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: types.TracebackType | None) -> None:
         stack = _stack.get()
         frame = stack[-1] if stack else None
         if frame is None or frame.owner is not self:

@@ -130,8 +130,7 @@ def _run_and_interrupt(db, server, fn, how):
         a.execute(f"SELECT {how}(%s)", (pid,))
     t.join(5)
     assert not t.is_alive(), "the call did not end"
-    stopped_after = result["elapsed"] - (t_signal - (time.monotonic() - result["elapsed"]))
-    del stopped_after
+    assert time.monotonic() - t_signal < 1.0, "not stopped within a second of the signal"
     c.close()
     return result
 
@@ -149,7 +148,8 @@ def test_cancel_and_terminate_stop_a_loop(db, server, bystander, mode, how):
     if how == "pg_cancel_backend":
         assert isinstance(exc, errors.QueryCanceled), repr(exc)
     else:
-        assert isinstance(exc, errors.OperationalError), repr(exc)
+        # the backend is gone mid-call: the client cannot know whether it committed
+        assert isinstance(exc, (errors.OutcomeUnknown, errors.OperationalError)), repr(exc)
     no_crash_reset(server, mark)
 
 

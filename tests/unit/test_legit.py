@@ -492,6 +492,20 @@ LEGIT: list[tuple[str, str, tuple[Any, ...], dict[str, Any], Any]] = [
             Countdown(1)
             return list(c), len(c), Countdown.made
      ''', (3,), {}, ([3, 2, 1], 3, 2)),
+    ("augmented-attribute-keeps-in-place-semantics", '''
+        def f():
+            class Bag:
+                def __init__(self):
+                    self.items = []
+                    self.n = 1
+            b = Bag()
+            alias = b.items
+            b.items += ["x"]
+            b.n *= 5
+            bags = [b]
+            bags[0].n -= 1
+            return alias is b.items, alias, b.n
+     ''', (), {}, (True, ["x"], 4)),
     ("function-attributes", '''
         def f():
             def g():

@@ -670,6 +670,21 @@ CASES: list[tuple[str, str, str, int]] = [
     ("empty", "", "top-level", 1),
     ("syntax-error", "def f(:\n    return 1\n", "syntax-error", 1),
     ("syntax-error-line-3", "def f():\n    x = 1\n    return (\n", "syntax-error", 3),
+    ("break-outside-loop", S('''
+        def f():
+            x = 1
+            break
+     '''), "syntax-error", 3),
+    ("nonlocal-unbound", S('''
+        def f():
+            def g():
+                nonlocal nothing
+     '''), "syntax-error", 3),
+    ("yield-in-class-body", S('''
+        def f():
+            class A:
+                yield 1
+     '''), "syntax-error", 3),
     ("global", S('''
         def f():
             global query
@@ -967,3 +982,20 @@ def test_hard_deny_wins_over_the_dba() -> None:
     assert policy.allowed_names("operator", mods) == frozenset({"add"})
     (f,) = findings("def f():\n    from operator import attrgetter\n", mods)
     assert f.rule == "import-name"
+
+
+def test_validator_does_not_recurse_with_a_deep_caller_stack() -> None:
+    # inside a backend the caller's stack is already deep: the validator, the rewriter and the
+    # location fixer are iterative, and whatever CPython's own passes refuse is a clean refusal.
+    import sys
+
+    source = "def f():\n    return " + "[" * 150 + "]" * 150 + "\n"
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(120)
+    try:
+        try:
+            check(source, MODULES)
+        except PolicyError as exc:
+            assert exc.findings[0].rule in ("too-deep", "syntax-error", "validator-error")
+    finally:
+        sys.setrecursionlimit(old)

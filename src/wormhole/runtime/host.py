@@ -247,6 +247,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     if args_json is None or not isinstance(args_json, str):
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
+    found, approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits
     if len(args_json) > state.limits.max_args_bytes:
         raise _error(plpy, f"wormhole_execute: arguments are {len(args_json)} bytes; the limit "
                      f"is {state.limits.max_args_bytes} (wormhole_limits.max_args_bytes)",
@@ -257,7 +258,6 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
                      "JSON codec, e.g. '[[1, \"a\"], {}]'") from None
-    found, approved, trusted = _lookup(plpy, state, function_hash)
     source = _source(plpy, state, function_hash) if found else None
     if source is None:
         if missing == "report":  # the client library: it reinstalls and calls again

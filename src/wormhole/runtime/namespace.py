@@ -26,7 +26,6 @@ import functools
 import importlib
 import itertools
 import math
-import operator
 import random
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -189,20 +188,31 @@ def guarded_pow(base: Any, exp: Any, mod: Any = None) -> Any:
     Three-argument ``pow`` is modular, so its result is bounded by ``mod``.
     """
     if mod is None:
-        _check_pow(base, exp)
+        if type(base) is not float and type(exp) is not float:
+            _check_pow(base, exp)
         return base**exp
     return builtins.pow(base, exp, mod)
 
 
+_SEQUENCES = (str, bytes, bytearray, list, tuple)
+
+
 def guarded_mul(a: Any, b: Any) -> Any:
-    """``a * b`` with caps on integer size and on sequence repetition."""
-    if _is_int(a):
-        if _is_int(b):
-            if a.bit_length() + b.bit_length() > MAX_INT_BITS:
-                _too_big("the multiplication", a.bit_length() + b.bit_length())
-        elif isinstance(b, (str, bytes, bytearray, list, tuple)) and a > 0:
-            _check_repeat(len(b), a)
-    elif _is_int(b) and isinstance(a, (str, bytes, bytearray, list, tuple)) and b > 0:
+    """``a * b`` with caps on integer size and on sequence repetition.
+
+    This runs for every ``*`` in user code, so the common cases (floats, small ints) take the
+    first branch with no further calls.
+    """
+    ta = type(a)
+    tb = type(b)
+    if ta is float or tb is float:
+        return a * b
+    if (ta is int or ta is bool) and (tb is int or tb is bool):
+        if a.bit_length() + b.bit_length() > MAX_INT_BITS:
+            _too_big("the multiplication", a.bit_length() + b.bit_length())
+    elif (ta is int or ta is bool) and isinstance(b, _SEQUENCES) and a > 0:
+        _check_repeat(len(b), a)
+    elif (tb is int or tb is bool) and isinstance(a, _SEQUENCES) and b > 0:
         _check_repeat(len(a), b)
     return a * b
 
@@ -233,9 +243,9 @@ def guarded_imul(a: Any, b: Any) -> Any:
     if _is_int(a) and _is_int(b):
         if a.bit_length() + b.bit_length() > MAX_INT_BITS:
             _too_big("the multiplication", a.bit_length() + b.bit_length())
-    elif _is_int(b) and isinstance(a, (str, bytes, bytearray, list, tuple)) and b > 0:
+    elif _is_int(b) and isinstance(a, _SEQUENCES) and b > 0:
         _check_repeat(len(a), b)
-    elif _is_int(a) and isinstance(b, (str, bytes, bytearray, list, tuple)) and a > 0:
+    elif _is_int(a) and isinstance(b, _SEQUENCES) and a > 0:
         _check_repeat(len(b), a)
     a *= b
     return a
@@ -278,8 +288,7 @@ def _check_attribute_name(name: object) -> str:
     # ``type(name) is str``: a str subclass could override startswith (RestrictedPython 7.2).
     if type(name) is not str:
         raise PolicyViolation("attribute names must be str")
-    if name.startswith("_") or name in FORBIDDEN_ATTRIBUTES or name.startswith(
-            ("gi_", "cr_", "ag_")):
+    if name.startswith(("_", "gi_", "cr_", "ag_")) or name in FORBIDDEN_ATTRIBUTES:
         raise PolicyViolation(f"attribute {name!r} is not allowed")
     return name
 

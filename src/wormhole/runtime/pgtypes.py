@@ -43,6 +43,7 @@ __all__ = [
     "convert_rows",
     "apply_converters",
     "convert_value",
+    "unknown_oids",
     "session_tzinfo",
     "to_pg_text",
     "to_plpy_param",
@@ -376,19 +377,28 @@ def session_tzinfo(name: str | None) -> _dt.tzinfo:
         return _dt.timezone.utc
 
 
-def converters_for(coltypes: Sequence[int], *, tz: _dt.tzinfo | None = None
-                   ) -> list[Converter | None]:
+def converters_for(coltypes: Sequence[int], *, tz: _dt.tzinfo | None = None,
+                   domains: Mapping[int, int] | None = None) -> list[Converter | None]:
     """One converter per column (None: PL/Python's value is already psycopg's).
 
-    Compute once per plan and reuse for every row. Unknown OIDs (enums, domains, composites,
-    extension types) get None: PL/Python's value is left unchanged. ``tz`` (see
-    :func:`session_tzinfo`): convert ``timestamptz`` to that zone, as psycopg does.
+    Compute once per plan and reuse for every row. Unknown OIDs (enums, composites, extension
+    types) get None: PL/Python's value is left unchanged. ``tz`` (see :func:`session_tzinfo`):
+    convert ``timestamptz`` to that zone, as psycopg does.
+
+    ``domains`` maps a domain's OID to its base type's OID (``pg_type.typbasetype``): PL/Python
+    reports a domain column by the domain's OID, while the wire protocol (hence psycopg) reports
+    the base type, so without it a ``date`` domain would stay a str on the server side.
     """
     scalar = dict(_SCALAR)
     if tz is not None:
         scalar[TIMESTAMPTZ] = _timestamptz_in(tz)
     out: list[Converter | None] = []
     for oid in coltypes:
+        if domains:
+            seen = 0
+            while oid in domains and seen < 32:  # domains over domains
+                oid = domains[oid]
+                seen += 1
         conv = scalar.get(oid)
         if conv is None:
             elem = ARRAY_ELEMENT.get(oid)
@@ -398,6 +408,12 @@ def converters_for(coltypes: Sequence[int], *, tz: _dt.tzinfo | None = None
                     conv = _array_of(econv)
         out.append(conv)
     return out
+
+
+def unknown_oids(coltypes: Iterable[int]) -> list[int]:
+    """The OIDs this module has no rule for: candidates for a domain lookup by the host."""
+    return [o for o in coltypes
+            if o not in _SCALAR and o not in ARRAY_ELEMENT and o not in IDENTITY_OIDS]
 
 
 def convert_value(oid: int, value: Any, *, tz: _dt.tzinfo | None = None) -> Any:

@@ -25,7 +25,7 @@ How it stays closed:
 The transformer then inserts the run-time hooks (all start with ``_wh_`` so user code can never
 name, rebind or shadow them; ``namespace.build_globals`` binds them):
 
-``_wh_tick()``               start of every function and lambda body, every loop body, and as a
+``_wh_tick()``               start of every function and lambda body, every loop body, and as an
                              always-true condition in every comprehension: in-process execution
                              notices cancel and timeouts between Python-level steps.
 ``_wh_getattr(o, name)``     attribute *reads* of the few names whose meaning depends on the
@@ -38,6 +38,9 @@ name, rebind or shadow them; ``namespace.build_globals`` binds them):
 ``_wh_pow/_wh_mul/_wh_lshift(a, b)`` and the in-place ``_wh_ipow/_wh_imul/_wh_ilshift``:
                              size guards for ``**``, ``*`` and ``<<`` (``10**10**8``,
                              ``'x' * 10**10``) so one expression cannot allocate gigabytes.
+
+Statement rewrites that need a temporary use ``_wh_t<N>`` names (unreachable for the same
+reason). ``Checked.code`` is the module code: executing it defines the function.
 """
 
 from __future__ import annotations
@@ -298,9 +301,9 @@ CATALOGUE: dict[str, frozenset[str]] = {
         "bisect", "bisect_left", "bisect_right", "insort", "insort_left", "insort_right",
     }),
     # uuid: no uuid1/getnode (they may run ifconfig/ip/arp as subprocesses to find a MAC
-    # address), no os/sys (modules).
+    # address), no os/sys (modules), no SafeUUID (enum members are shared, mutable objects).
     "uuid": frozenset({
-        "UUID", "SafeUUID", "uuid3", "uuid4", "uuid5", "NAMESPACE_DNS", "NAMESPACE_OID",
+        "UUID", "uuid3", "uuid4", "uuid5", "NAMESPACE_DNS", "NAMESPACE_OID",
         "NAMESPACE_URL", "NAMESPACE_X500",
     }),
     # hashlib: no file_digest (file objects), no pbkdf2_hmac/scrypt (deliberately slow C loops
@@ -315,12 +318,15 @@ CATALOGUE: dict[str, frozenset[str]] = {
         "b32hexdecode", "b32hexencode", "b64decode", "b64encode", "b85decode", "b85encode",
         "standard_b64decode", "standard_b64encode", "urlsafe_b64decode", "urlsafe_b64encode",
     }),
-    "textwrap": frozenset({"TextWrapper", "dedent", "fill", "indent", "shorten", "wrap"}),
+    # textwrap: the functions only. TextWrapper has a class-level dict
+    # (unicode_whitespace_trans) that every call in the process would share and could change.
+    "textwrap": frozenset({"dedent", "fill", "indent", "shorten", "wrap"}),
     # calendar: no sys; no setfirstweekday (module-global state shared by later calls), no
     # LocaleTextCalendar/LocaleHTMLCalendar (they call locale.setlocale, which is process-wide
-    # and would change the backend's locale), no prcal/prmonth (print to the server log).
+    # and would change the backend's locale), no prcal/prmonth (print to the server log), no
+    # HTMLCalendar (class-level lists, cssclasses, shared by every call and mutable).
     "calendar": frozenset({
-        "Calendar", "HTMLCalendar", "TextCalendar", "IllegalMonthError", "IllegalWeekdayError",
+        "Calendar", "TextCalendar", "IllegalMonthError", "IllegalWeekdayError",
         "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY",
         "calendar", "day_abbr", "day_name", "firstweekday", "isleap", "leapdays", "month",
         "month_abbr", "month_name", "monthcalendar", "monthrange", "timegm", "weekday",
@@ -348,7 +354,8 @@ HARD_DENY: dict[str, frozenset[str]] = {
     "operator": frozenset({"attrgetter", "methodcaller"}),
     "string": frozenset({"Formatter"}),
     "functools": frozenset({"wraps", "update_wrapper"}),
-    "decimal": frozenset({"getcontext", "setcontext", "DefaultContext"}),
+    "decimal": frozenset({"getcontext", "setcontext", "DefaultContext", "BasicContext",
+                          "ExtendedContext"}),
 }
 
 
@@ -1295,19 +1302,29 @@ class _Rewriter:
         target = stmt.target
         hooks = _BINOP_HOOKS.get(type(stmt.op))
         if isinstance(target, ast.Attribute):
-            # a.b op= v  ->  _wh_setattr(a, 'b', a.b op v): the guard sees every store.
-            if not _simple(target.value):
-                tmp = self._temp(stmt)
-                first = ast.copy_location(ast.Assign(
-                    targets=[ast.Name(id=tmp, ctx=ast.Store())], value=target.value), stmt)
-                obj: ast.expr = ast.Name(id=tmp, ctx=ast.Load())
-                prefix: list[ast.stmt] = [first]
+            # a.b op= v  ->  t = a.b; t op= v; _wh_setattr(a, 'b', t): the guard sees the store,
+            # and the in-place operator still runs (a list attribute is extended, not copied).
+            prefix: list[ast.stmt] = []
+            obj: ast.expr = target.value
+            if not _simple(obj):
+                holder = self._temp(stmt)
+                prefix.append(ast.copy_location(ast.Assign(
+                    targets=[ast.Name(id=holder, ctx=ast.Store())], value=obj), stmt))
+                obj = ast.Name(id=holder, ctx=ast.Load())
+            tmp = self._temp(stmt)
+            load = ast.Name(id=tmp, ctx=ast.Load())
+            prefix.append(ast.copy_location(ast.Assign(
+                targets=[ast.Name(id=tmp, ctx=ast.Store())],
+                value=ast.Attribute(value=obj, attr=target.attr, ctx=ast.Load())), stmt))
+            if hooks is not None:
+                prefix.append(ast.copy_location(ast.Assign(
+                    targets=[ast.Name(id=tmp, ctx=ast.Store())],
+                    value=_call(hooks[1], [load, stmt.value], stmt)), stmt))
             else:
-                obj, prefix = target.value, []
-            current = ast.Attribute(value=obj, attr=target.attr, ctx=ast.Load())
-            value: ast.expr = (_call(hooks[1], [current, stmt.value], stmt) if hooks
-                               else ast.BinOp(left=current, op=stmt.op, right=stmt.value))
-            store = _call(SETATTR, [obj, ast.Constant(value=target.attr), value], stmt)
+                prefix.append(ast.copy_location(ast.AugAssign(
+                    target=ast.Name(id=tmp, ctx=ast.Store()), op=stmt.op, value=stmt.value),
+                    stmt))
+            store = _call(SETATTR, [obj, ast.Constant(value=target.attr), load], stmt)
             return [*prefix, ast.copy_location(ast.Expr(value=store), stmt)]
         if hooks is None:
             return [stmt]
@@ -1370,6 +1387,37 @@ class _Rewriter:
 # entry point
 
 
+def _fix_locations(tree: ast.AST) -> None:
+    """``ast.fix_missing_locations``, iteratively (the library version recurses per level).
+
+    Nodes the rewriter made without a position take their parent's, so tracebacks through the
+    hooks still point at the user's line.
+    """
+    stack: list[tuple[ast.AST, int, int, int, int]] = [(tree, 1, 0, 1, 0)]
+    while stack:
+        node, lineno, col, end_lineno, end_col = stack.pop()
+        if "lineno" in node._attributes:
+            if getattr(node, "lineno", None) is None:
+                node.lineno = lineno  # type: ignore[attr-defined]
+            else:
+                lineno = node.lineno  # type: ignore[attr-defined]
+            if getattr(node, "end_lineno", None) is None:
+                node.end_lineno = end_lineno  # type: ignore[attr-defined]
+            else:
+                end_lineno = node.end_lineno  # type: ignore[attr-defined]
+        if "col_offset" in node._attributes:
+            if getattr(node, "col_offset", None) is None:
+                node.col_offset = col  # type: ignore[attr-defined]
+            else:
+                col = node.col_offset  # type: ignore[attr-defined]
+            if getattr(node, "end_col_offset", None) is None:
+                node.end_col_offset = end_col  # type: ignore[attr-defined]
+            else:
+                end_col = node.end_col_offset  # type: ignore[attr-defined]
+        for child in ast.iter_child_nodes(node):
+            stack.append((child, lineno, col, end_lineno, end_col))
+
+
 def _parse(source: str) -> ast.Module | Finding:
     try:
         with warnings.catch_warnings():
@@ -1420,10 +1468,19 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
             Finding(1, 0, "top-level", "the source must be exactly one function definition")])
     fn = validator.function
     _Rewriter().run(tree)
-    ast.fix_missing_locations(tree)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = compile(tree, FILENAME, "exec", dont_inherit=True, optimize=0)
+    _fix_locations(tree)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = compile(tree, FILENAME, "exec", dont_inherit=True, optimize=0)
+    except SyntaxError as exc:
+        # errors only the compiler's symbol table finds: 'break' outside a loop, 'nonlocal x'
+        # with no binding, 'return' in a class body...
+        raise PolicyError([Finding(exc.lineno or 1, max((exc.offset or 1) - 1, 0),
+                                   "syntax-error", f"invalid syntax: {exc.msg}")]) from None
+    except RecursionError:
+        raise PolicyError([Finding(1, 0, "too-deep",
+                                   "the function is nested too deeply to be compiled")]) from None
     digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
     return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest)
 

@@ -1,0 +1,1 @@
+"""wormhole's benchmark: ``python -m bench [--quick]`` (see bench/README.md)."""
