@@ -245,6 +245,14 @@ BEGIN
 END
 $fn$;
 ALTER FUNCTION public._wormhole_config_changed() OWNER TO wormhole_owner;
+CREATE OR REPLACE FUNCTION public._wormhole_functions_changed() RETURNS trigger
+LANGUAGE plpgsql {PRIVATE_DEFINER} AS $fn$
+BEGIN
+  UPDATE public._wormhole_state SET version = version + 1 WHERE id = 1;
+  RETURN NULL;
+END
+$fn$;
+ALTER FUNCTION public._wormhole_functions_changed() OWNER TO wormhole_owner;
 """)
     for table in (
         "wormhole_allowed_modules",
@@ -259,16 +267,14 @@ ALTER FUNCTION public._wormhole_config_changed() OWNER TO wormhole_owner;
             f"ON public.{table}\n"
             f"  FOR EACH ROW EXECUTE FUNCTION public._wormhole_config_changed();\n"
         )
+    add(
+        "DROP TRIGGER IF EXISTS wormhole_functions_changed ON public.wormhole_functions;\n"
+        "CREATE TRIGGER wormhole_functions_changed AFTER UPDATE OR DELETE "
+        "ON public.wormhole_functions\n"
+        "  FOR EACH STATEMENT EXECUTE FUNCTION public._wormhole_functions_changed();\n"
+    )
     add(f"""
 -- Private helpers (SECURITY DEFINER, pinned search_path, everything schema-qualified) ---------
-CREATE OR REPLACE FUNCTION public._wormhole_lookup(function_hash text, caller name)
-RETURNS TABLE (found boolean, approved boolean, trusted boolean, cfgver bigint)
-LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
-  SELECT EXISTS (SELECT 1 FROM public.wormhole_functions f WHERE f.hash = function_hash),
-         EXISTS (SELECT 1 FROM public.wormhole_approvals a WHERE a.hash = function_hash),
-         EXISTS (SELECT 1 FROM public.wormhole_trusted_roles t WHERE t.role_name = caller),
-         (SELECT s.version FROM public._wormhole_state s WHERE s.id = 1)
-$fn$;
 CREATE OR REPLACE FUNCTION public._wormhole_source(function_hash text) RETURNS text
 LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
   SELECT f.source FROM public.wormhole_functions f WHERE f.hash = function_hash
@@ -281,7 +287,11 @@ LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
     'limits', COALESCE((SELECT pg_catalog.json_object_agg(l.name, l.value)
                         FROM public.wormhole_limits l), '{{}}'::json),
     'settings', COALESCE((SELECT pg_catalog.json_object_agg(s.name, s.value)
-                          FROM public.wormhole_settings s), '{{}}'::json))::text
+                          FROM public.wormhole_settings s), '{{}}'::json),
+    'approved', COALESCE((SELECT pg_catalog.json_agg(a.hash)
+                          FROM public.wormhole_approvals a), '[]'::json),
+    'trusted', COALESCE((SELECT pg_catalog.json_agg(t.role_name)
+                         FROM public.wormhole_trusted_roles t), '[]'::json))::text
 $fn$;
 
 -- The runtime, embedded: loaded into GD once per backend -------------------------------------
@@ -345,7 +355,6 @@ $fn$;
 -- Ownership and privileges: PUBLIC gets nothing ------------------------------------------------
 """)
     functions = (
-        "_wormhole_lookup(text, name)",
         "_wormhole_source(text)",
         "_wormhole_config()",
         "_wormhole_boot()",
@@ -360,7 +369,7 @@ $fn$;
     for fn in functions:
         add(f"ALTER FUNCTION public.{fn} OWNER TO wormhole_owner;\n")
         add(f"REVOKE ALL ON FUNCTION public.{fn} FROM PUBLIC;\n")
-    for fn in functions[:8]:
+    for fn in functions[:7]:
         add(f"GRANT EXECUTE ON FUNCTION public.{fn} TO wormhole_user;\n")
     add("""GRANT EXECUTE ON FUNCTION public._wormhole_boot() TO wormhole_admin;
 GRANT EXECUTE ON FUNCTION public.wormhole_approve(text, text) TO wormhole_admin;
@@ -374,6 +383,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.wormhole_allowed_modules, public.
   public.wormhole_trusted_roles, public.wormhole_settings TO wormhole_admin;
 GRANT SELECT ON public.wormhole_functions, public.wormhole_audit, public.wormhole_approvals
   TO wormhole_admin;
+-- the configuration version only: read on every call to know when to reload (harmless)
+GRANT SELECT ON public._wormhole_state TO wormhole_user, wormhole_admin;
 
 -- Enable the confined worker only where it works on this server (bubblewrap, user namespaces).
 SELECT public._wormhole_selftest() AS wormhole_boundary;

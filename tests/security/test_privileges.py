@@ -34,8 +34,11 @@ def test_public_gets_nothing(outsider):
 @pytest.mark.parametrize("table", TABLES)
 def test_regular_role_cannot_write_wormhole_tables(db, table):
     with psycopg.connect(db.dsn(), autocommit=True) as c:
-        for sql in (f"DELETE FROM public.{table}", f"UPDATE public.{table} SET {_col(table)} = NULL",
-                    f"SELECT * FROM public.{table}"):
+        statements = [f"DELETE FROM public.{table}",
+                      f"UPDATE public.{table} SET {_col(table)} = NULL"]
+        if table != "_wormhole_state":  # readable on purpose: the configuration version
+            statements.append(f"SELECT * FROM public.{table}")
+        for sql in statements:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute(sql)
 

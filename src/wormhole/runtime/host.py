@@ -46,6 +46,9 @@ class Backend:
         self.limits = engine.Limits()
         self.settings: dict[str, str] = {}
         self.source_cache: dict[str, str] = {}
+        self.approved: frozenset[str] = frozenset()
+        self.trusted: frozenset[str] = frozenset()
+        self.role_names: dict[int, str] = {}
         self.worker: sandbox.WorkerExecutor | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
@@ -108,7 +111,21 @@ def _audit_log(plpy: Any, event: dict[str, Any]) -> None:
 
 # --- configuration ----------------------------------------------------------------------------
 
-def _refresh_config(plpy: Any, state: Backend, cfgver: int) -> None:
+def _refresh_config(plpy: Any, state: Backend) -> None:
+    """Reload whitelist, limits, settings, approvals and trusted roles when they changed.
+
+    One cheap statement per call reads the configuration version (a one-row table that every
+    change to a wormhole control table bumps, transactionally, by trigger). Only when it moved
+    does the backend reload the rest through ``_wormhole_config()``, a SECURITY DEFINER
+    function (regular roles cannot read the tables themselves). Calling a SECURITY DEFINER
+    function with a pinned search_path on every call would cost more than the call itself.
+    """
+    plan = state.plans.get("\0cfgver")
+    if plan is None:
+        plan = plpy.prepare("SELECT version FROM public._wormhole_state WHERE id = 1")
+        state.plans["\0cfgver"] = plan
+    rows = plpy.execute(plan)
+    cfgver = int(rows[0]["version"]) if rows else -1
     if state.cfgver == cfgver:
         return
     row = plpy.execute("SELECT public._wormhole_config() AS c")[0]["c"]
@@ -119,21 +136,33 @@ def _refresh_config(plpy: Any, state: Backend, cfgver: int) -> None:
     state.modules = modules
     state.limits = engine.Limits.from_mapping(cfg["limits"])
     state.settings = dict(cfg["settings"])
+    state.approved = frozenset(cfg.get("approved") or ())
+    state.trusted = frozenset(cfg.get("trusted") or ())
+    state.source_cache.clear()  # a function deleted or edited by a DBA bumps the version too
     state.cfgver = cfgver
 
 
-def _lookup(plpy: Any, state: Backend, function_hash: str) -> tuple[bool, bool, bool]:
-    plan = state.plans.get("\0lookup")
-    if plan is None:
-        plan = plpy.prepare(
-            "SELECT found, approved, trusted, cfgver "
-            "FROM public._wormhole_lookup($1, current_user::name)",
-            ["text"],
-        )
-        state.plans["\0lookup"] = plan
-    row = plpy.execute(plan, [function_hash])[0]
-    _refresh_config(plpy, state, int(row["cfgver"]))
-    return bool(row["found"]), bool(row["approved"]), bool(row["trusted"])
+def _lookup(plpy: Any, state: Backend, function_hash: str) -> tuple[bool, bool]:
+    """(approved, trusted) for this call; refreshes the configuration first."""
+    _refresh_config(plpy, state)
+    trusted = False
+    if state.trusted:
+        ids = state.user_ids
+        if ids is not None:
+            trusted = _current_role_name(plpy, state) in state.trusted
+        else:
+            trusted = plpy.execute("SELECT current_user::text AS u")[0]["u"] in state.trusted
+    return function_hash in state.approved, trusted
+
+
+def _current_role_name(plpy: Any, state: Backend) -> str:
+    oid = state.user_ids[0]()
+    name = state.role_names.get(oid)
+    if name is None:
+        name = plpy.execute(f"SELECT rolname::text AS n FROM pg_catalog.pg_roles "
+                            f"WHERE oid = {int(oid)}")[0]["n"]
+        state.role_names[oid] = name
+    return name  # type: ignore[no-any-return]
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> str | None:
@@ -192,8 +221,7 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
         _audit_log(plpy, event)
         raise _error(plpy, f"wormhole_install: source is {size} bytes; the limit is "
                      f"{MAX_SOURCE_BYTES}", WH_REJECTED)
-    cfg = plpy.execute("SELECT cfgver FROM public._wormhole_lookup('', NULL)")[0]
-    _refresh_config(plpy, state, int(cfg["cfgver"]))
+    _refresh_config(plpy, state)
     try:
         checked = policy.check(source, state.modules)
     except policy.PolicyError as exc:
@@ -247,7 +275,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     if args_json is None or not isinstance(args_json, str):
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
-    found, approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits
+    approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits
     if len(args_json) > state.limits.max_args_bytes:
         raise _error(plpy, f"wormhole_execute: arguments are {len(args_json)} bytes; the limit "
                      f"is {state.limits.max_args_bytes} (wormhole_limits.max_args_bytes)",
@@ -258,7 +286,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
                      "JSON codec, e.g. '[[1, \"a\"], {}]'") from None
-    source = _source(plpy, state, function_hash) if found else None
+    source = _source(plpy, state, function_hash)
     if source is None:
         if missing == "report":  # the client library: it reinstalls and calls again
             return '{"missing":true}'
