@@ -71,11 +71,6358 @@ CREATE TABLE IF NOT EXISTS public.wormhole_settings (
   name  text PRIMARY KEY,
   value text NOT NULL
 );
+-- The runtime itself: module sources, and their compiled code (marshal, for the server's
+-- Python: `magic`), cached by the install script so backends need not compile them.
+DROP TABLE IF EXISTS public._wormhole_code;  -- rebuilt on every install or upgrade
+CREATE TABLE public._wormhole_code (
+  tag    text NOT NULL,   -- sha256 of the runtime sources
+  module text NOT NULL,
+  source text NOT NULL,
+  code   bytea,           -- marshal of the module's code object (our own code only)
+  magic  bytea,           -- importlib.util.MAGIC_NUMBER of the Python that compiled it
+  PRIMARY KEY (tag, module)
+);
 CREATE TABLE IF NOT EXISTS public._wormhole_state (
   id      int PRIMARY KEY CHECK (id = 1),
   version bigint NOT NULL
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+
+Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
+code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
+confined worker process. Nothing here imports ``plpy``: the host passes it in.
+"""
+
+#: the runtime version; the schema version is the same number.
+VERSION = "0.1.0"
+
+# Load order for the embedded copy (dependencies first). schema.py reads this list.
+MODULES = (
+    "errors",
+    "rows",
+    "codec",
+    "pgtypes",
+    "sqltext",
+    "policy",
+    "namespace",
+    "engine",
+    "spi",
+    "channel",
+    "worker",
+    "sandbox",
+    "host",
+)
+WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+
+These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
+and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
+"""
+
+from __future__ import annotations
+
+
+class DatabaseError(Exception):
+    """A SQL statement run by ``query()`` failed. ``sqlstate`` is PostgreSQL's error code.
+
+    The same name is exported client-side (``wormhole.DatabaseError``), so user code can write
+    ``except DatabaseError as e: if e.sqlstate == "23505": ...`` and run it on either side.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        sqlstate: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
+
+
+class Interrupted(BaseException):
+    """The backend was cancelled, terminated or timed out while user code ran.
+
+    A ``BaseException`` on purpose: user code's ``except Exception`` must not swallow it (the
+    policy rejects bare ``except:`` and ``BaseException``). ``cause`` is the host's original
+    error, re-raised once the user code is unwound.
+    """
+
+    def __init__(self, cause: BaseException | None = None, message: str = "interrupted") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class LimitExceeded(Exception):
+    """A wormhole limit (time, memory, rows, result size, output size) was exceeded."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class PolicyViolation(Exception):
+    """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Rows(list):  # type: ignore[type-arg]
+    """A list of rows, each a ``dict`` from column name to value, in column order.
+
+    ``rowcount`` is the number of rows the statement returned or touched (an ``UPDATE`` without
+    ``RETURNING`` returns an empty ``Rows`` whose ``rowcount`` says how many rows it updated).
+    """
+
+    __slots__ = ("rowcount",)
+
+    def __init__(self, rows: Any = (), rowcount: int | None = None) -> None:
+        super().__init__(rows)
+        self.rowcount = len(self) if rowcount is None else rowcount
+
+    def __repr__(self) -> str:
+        return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+
+Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
+on text produced by the database), so decoding must never execute code or construct arbitrary
+classes. Why not plain ``json``: a round trip must preserve Python types that SQL and user code
+care about (tuple vs list, ``Decimal``, ``datetime`` with its offset, bytes, ...), and plain JSON
+silently coerces them (tuple -> list, int keys -> str keys, nan -> invalid JSON).
+
+Format: plain JSON for ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list`` and
+``dict`` with all-``str`` keys (unless it is a single-key dict whose key starts with ``"$"``,
+which would be mistaken for a tag). Everything else is a single-key "tag" object::
+
+    {"$t": [...]}                 tuple
+    {"$b": "<base64>"}            bytes (bytearray and memoryview encode as bytes)
+    {"$n": "1.5"}                 Decimal (str(); NaN, sNaN, Infinity, -0 included)
+    {"$f": "nan"|"inf"|"-inf"}    non-finite float
+    {"$i": "<hex>"}               int too large for int(str) (Python's 4300-digit limit)
+    {"$date": iso}  {"$time": iso}  {"$dt": iso}   (aware values keep their utcoffset)
+    {"$td": [days, seconds, microseconds]}
+    {"$uuid": "..."}
+    {"$d": [[k, v], ...]}         dict with a non-str key, or a single "$..." key
+    {"$set": [...]}  {"$fset": [...]}
+
+Encoding accepts exact types only (``type(x) is int``): a subclass may override ``__str__``,
+``__iter__``, ``__eq__``... and encoding must never run user code, so the type is checked before
+anything else is touched. ``Rows`` (a list subclass of our own) encodes as a plain list.
+
+Decoding never raises anything but :class:`CodecError`, whatever the input text: nesting depth
+and text size are bounded, and every tag payload is validated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import itertools
+import json
+import math
+import uuid
+from decimal import Decimal
+from typing import Any, Callable, NoReturn
+
+from .rows import Rows
+
+__all__ = [
+    "CodecError",
+    "MAX_DEPTH",
+    "MAX_BYTES",
+    "encode",
+    "decode",
+    "encode_value",
+    "decode_value",
+]
+
+MAX_DEPTH = 200
+"""Maximum container nesting (list, dict, tuple, set, tag payloads count) on both sides."""
+
+MAX_BYTES = 1 << 30
+"""Default maximum size of a text to decode (PostgreSQL's own limit for a text value is 1 GB)."""
+
+# Ints whose decimal repr would hit CPython's int_max_str_digits guard (4300 digits by default,
+# present in 3.10.7+/3.11) are sent as hex, which has no such limit and parses in linear time.
+_BIG_INT = 1 << 12_000  # about 3612 decimal digits, safely under 4300
+
+_SUPPORTED = (
+    "None, bool, int, float, str, bytes, bytearray, memoryview, list, tuple, dict, set, "
+    "frozenset, Decimal, date, time, datetime, timedelta, UUID, Rows"
+)
+
+
+class CodecError(ValueError):
+    """A value cannot be encoded, or a text cannot be decoded (malformed, hostile, too big)."""
+
+
+class _EncodeFailure(Exception):
+    """Internal: carries the offending type name up the stack while the path is collected.
+
+    Building a path string for every element would slow down the common case; instead the path
+    segments are prepended only while unwinding after a failure.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.segments: list[str] = []
+
+
+# --------------------------------------------------------------------------------------------
+# encode
+
+
+def _type_name(obj: object) -> str:
+    # Read from the class, never from the instance: no user code runs. A metaclass could
+    # still make __qualname__ odd; fall back to the C-level name.
+    name = type(obj).__qualname__
+    return name if type(name) is str else type(obj).__name__
+
+
+def _enc(obj: object, depth: int) -> Any:
+    """Return a JSON-able equivalent of ``obj``; ``obj`` itself when nothing needs changing.
+
+    ``depth`` is the number of JSON brackets enclosing ``obj`` in the output, so that the limit
+    means the same thing here and in :func:`decode` (which counts brackets in the text).
+    """
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return obj
+    if t is int:
+        if -_BIG_INT < obj < _BIG_INT:  # type: ignore[operator]
+            return obj
+        _check_depth(depth + 1)
+        return {"$i": format(obj, "x")}
+    if t is float:
+        if obj - obj == 0.0:  # type: ignore[operator]  # finite (nan - nan and inf - inf are nan)
+            return obj
+        _check_depth(depth + 1)
+        return {"$f": "nan" if obj != obj else ("inf" if obj > 0 else "-inf")}  # type: ignore[operator]
+    if t is dict:
+        return _enc_dict(obj, depth + 1)  # type: ignore[arg-type]
+    if t is list or t is Rows:
+        return _enc_list(obj, depth + 1)  # type: ignore[arg-type]
+    enc = _TAGGERS.get(t)
+    if enc is None:
+        raise _EncodeFailure(f"cannot encode value of type {_type_name(obj)!r}")
+    if depth >= _max_depth_box[0]:  # every tag opens at least one more level
+        raise _EncodeFailure(f"nesting deeper than {_max_depth_box[0]} levels")
+    return enc(obj, depth)
+
+
+def _check_depth(depth: int) -> None:
+    if depth > _max_depth_box[0]:
+        raise _EncodeFailure(f"nesting deeper than {_max_depth_box[0]} levels")
+
+
+def _is_plain(values: Any) -> bool:
+    """True when every value is JSON-native as is (so the container can be reused unchanged)."""
+    for v in values:
+        t = type(v)
+        if t is str or v is None or t is bool:
+            continue
+        if t is int:
+            if -_BIG_INT < v < _BIG_INT:
+                continue
+        elif t is float:
+            if v - v == 0.0:
+                continue
+        return False
+    return True
+
+
+def _enc_items(seq: Any, depth: int) -> list[Any]:
+    """Encode the members of a list/tuple whose own bracket is at level ``depth``."""
+    _check_depth(depth)
+    out: list[Any] = []
+    append = out.append
+    i = -1
+    try:
+        for v in seq:
+            i += 1
+            append(_enc(v, depth))
+    except _EncodeFailure as f:
+        f.segments.append(f"[{i}]")
+        raise
+    return out
+
+
+def _enc_list(seq: list[Any], depth: int) -> list[Any]:
+    """A list (or Rows) whose bracket is at level ``depth``; returned as is when all plain."""
+    _check_depth(depth)
+    if _is_plain(seq):
+        return seq
+    return _enc_items(seq, depth)
+
+
+def _enc_dict(d: dict[Any, Any], depth: int) -> Any:
+    """A dict whose brace is at level ``depth``. All-str keys and plain values: ``d`` itself."""
+    _check_depth(depth)
+    if not _STR_ONLY.issuperset(map(type, d)) or (len(d) == 1 and next(iter(d))[:1] == "$"):
+        return _enc_pairs(d, depth - 1)
+    if _is_plain(d.values()):
+        return d
+    out: dict[str, Any] = {}
+    k = ""
+    try:
+        for k, v in d.items():
+            out[k] = _enc(v, depth)
+    except _EncodeFailure as f:
+        f.segments.append(f"[{k!r}]")
+        raise
+    return out
+
+
+_STR_ONLY = frozenset({str})
+
+
+def _enc_pairs(d: dict[Any, Any], depth: int) -> dict[str, Any]:
+    """``{"$d": [[k, v], ...]}`` for the dict at ``depth``: keys and values sit 3 levels in."""
+    _check_depth(depth + 3 if d else depth + 2)
+    pairs: list[list[Any]] = []
+    inner = depth + 3
+    for i, (k, v) in enumerate(d.items()):
+        try:
+            ek = _enc(k, inner)
+        except _EncodeFailure as f:
+            f.segments.append(f"<key #{i}>")
+            raise
+        try:
+            ev = _enc(v, inner)
+        except _EncodeFailure as f:
+            # The key encoded fine, so it is made of our own exact types: repr is safe.
+            shown = repr(k)
+            f.segments.append(f"[{shown}]" if len(shown) <= 60 else f"[<key #{i}>]")
+            raise
+        pairs.append([ek, ev])
+    return {"$d": pairs}
+
+
+def _enc_tuple(obj: tuple[Any, ...], depth: int) -> dict[str, Any]:
+    return {"$t": _enc_items(obj, depth + 2)}
+
+
+def _enc_set(tag: str) -> Callable[[Any, int], dict[str, Any]]:
+    def enc(obj: set[Any] | frozenset[Any], depth: int) -> dict[str, Any]:
+        _check_depth(depth + 2)
+        items: list[Any] = []
+        try:
+            for v in obj:  # iterating a set never calls the elements' methods
+                items.append(_enc(v, depth + 2))
+        except _EncodeFailure as f:
+            f.segments.append("{element}")
+            raise
+        return {tag: items}
+
+    return enc
+
+
+def _enc_td(o: _dt.timedelta, depth: int) -> dict[str, Any]:
+    _check_depth(depth + 2)
+    return {"$td": [o.days, o.seconds, o.microseconds]}
+
+
+_TAGGERS: dict[type, Callable[[Any, int], Any]] = {
+    tuple: _enc_tuple,
+    bytes: lambda o, d: {"$b": base64.b64encode(o).decode("ascii")},
+    bytearray: lambda o, d: {"$b": base64.b64encode(bytes(o)).decode("ascii")},
+    memoryview: lambda o, d: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},
+    Decimal: lambda o, d: {"$n": str(o)},
+    _dt.date: lambda o, d: {"$date": o.isoformat()},
+    _dt.time: lambda o, d: {"$time": o.isoformat()},
+    _dt.datetime: lambda o, d: {"$dt": o.isoformat()},
+    _dt.timedelta: _enc_td,
+    uuid.UUID: lambda o, d: {"$uuid": str(o)},
+    set: _enc_set("$set"),
+    frozenset: _enc_set("$fset"),
+}
+
+# The active depth limit. A one-element list rather than a parameter threaded through every
+# call: the recursion is hot and the limit almost never changes. Runtime code is single-threaded
+# per process (a backend, the worker); the client only encodes with the default.
+_max_depth_box = [MAX_DEPTH]
+
+
+def encode_value(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> Any:
+    """Return a JSON-able structure (for embedding in a larger message) that decodes to ``obj``.
+
+    The result may share (unmodified) plain containers with ``obj``; serialise it before
+    mutating ``obj``. ``root`` names ``obj`` in error messages (``args[1]['when']``).
+    """
+    old = _max_depth_box[0]
+    _max_depth_box[0] = max_depth
+    try:
+        return _enc(obj, 0)
+    except _EncodeFailure as f:
+        path = root + "".join(reversed(f.segments))
+        if f.reason.startswith("cannot encode"):
+            raise CodecError(f"{f.reason} at {path}; supported: {_SUPPORTED}") from None
+        raise CodecError(f"cannot encode {path}: {f.reason}") from None
+    except RecursionError:
+        raise CodecError(f"cannot encode {root}: nesting too deep") from None
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. a released memoryview
+        raise CodecError(f"cannot encode {root}: {type(e).__name__}: {e}") from None
+    finally:
+        _max_depth_box[0] = old
+
+
+# Fast path. Most payloads are lists of flat row dicts. Instead of rebuilding them, check their
+# shape with C-speed type sets (``set(map(type, values))``) and let ``json.dumps`` serialise them
+# directly, converting the scalar tag types through ``default=``. Anything unusual (tuple, set,
+# non-str keys, a "$" key, unsupported types, deep nesting) takes the full walk, which also
+# produces the error message with the path. nan/inf floats and oversized ints make
+# ``json.dumps`` raise ValueError (allow_nan=False, int_max_str_digits): full walk too.
+_SCALAR_TAGS: dict[type, Callable[[Any], dict[str, Any]]] = {
+    bytes: lambda o: {"$b": base64.b64encode(o).decode("ascii")},
+    bytearray: lambda o: {"$b": base64.b64encode(bytes(o)).decode("ascii")},
+    memoryview: lambda o: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},
+    Decimal: lambda o: {"$n": str(o)},
+    _dt.date: lambda o: {"$date": o.isoformat()},
+    _dt.time: lambda o: {"$time": o.isoformat()},
+    _dt.datetime: lambda o: {"$dt": o.isoformat()},
+    _dt.timedelta: lambda o: {"$td": [o.days, o.seconds, o.microseconds]},
+    uuid.UUID: lambda o: {"$uuid": str(o)},
+}
+_LEAVES = frozenset({str, int, float, bool, type(None)} | set(_SCALAR_TAGS))
+_NESTS = frozenset({list, dict, Rows})
+_LEAVES_OR_NESTS = _LEAVES | _NESTS
+_NESTS_SET_DICT = frozenset({dict})
+_chain = itertools.chain.from_iterable
+
+
+def _default(o: object) -> dict[str, Any]:
+    return _SCALAR_TAGS[type(o)](o)  # only reached for types _fast_ok accepted
+
+
+def _fast_ok(obj: object, max_depth: int) -> bool:
+    """True when ``obj`` can go straight to ``json.dumps(default=_default)``.
+
+    Works level by level on all the members of that level at once, with C-level iteration
+    (``set(map(type, chain(...)))``), so a list of 100k row dicts costs a few passes in C rather
+    than 100k Python-level checks.
+    """
+    members: list[Any] = [obj]
+    depth = 0
+    str_only = _STR_ONLY.issuperset
+    while True:
+        ts = set(map(type, members))
+        if ts <= _LEAVES:
+            return True
+        if not ts <= _LEAVES_OR_NESTS:
+            return False
+        depth += 1
+        if depth + 2 > max_depth:  # a tagged leaf inside may add two brackets
+            return False
+        if ts <= _NESTS_SET_DICT:
+            dicts: list[Any] = members
+            lists: list[Any] = []
+        else:
+            dicts = [m for m in members if type(m) is dict]
+            lists = [m for m in members if type(m) is list or type(m) is Rows]
+        if dicts:
+            if not str_only(map(type, _chain(dicts))):
+                return False
+            if 1 in map(len, dicts):
+                for d in dicts:
+                    if len(d) == 1 and next(iter(d))[:1] == "$":
+                        return False
+        members = list(_chain(map(dict.values, dicts)))
+        if lists:
+            members.extend(_chain(lists))
+
+
+def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
+    """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
+    if _fast_ok(obj, max_depth):
+        try:
+            return json.dumps(
+                obj, default=_default, allow_nan=False, check_circular=False, separators=(",", ":")
+            )
+        except (ValueError, OverflowError):
+            pass  # nan/inf or an int too long for str(): the full walk tags them
+    value = encode_value(obj, root=root, max_depth=max_depth)
+    try:
+        return json.dumps(value, allow_nan=False, check_circular=False, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above
+        raise CodecError(f"cannot encode {root}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# decode
+
+
+def _bad(tag: str, payload: object, why: str = "") -> NoReturn:
+    shown = repr(payload)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    raise CodecError(f"malformed {tag} payload {shown}" + (f": {why}" if why else ""))
+
+
+def _need_str(tag: str, p: object) -> str:
+    if type(p) is not str:
+        _bad(tag, p, "expected a string")
+    return p  # type: ignore[return-value]
+
+
+def _need_list(tag: str, p: object) -> list[Any]:
+    if type(p) is not list:
+        _bad(tag, p, "expected a list")
+    return p  # type: ignore[return-value]
+
+
+def _dec_b(p: object) -> bytes:
+    s = _need_str("$b", p)
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as e:
+        _bad("$b", p, str(e))
+
+
+def _dec_n(p: object) -> Decimal:
+    s = _need_str("$n", p)
+    if len(s) > 100_000:
+        _bad("$n", p, "too long")
+    try:
+        return Decimal(s)
+    except Exception as e:  # decimal.InvalidOperation (an ArithmeticError)
+        _bad("$n", p, type(e).__name__)
+
+
+_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _dec_f(p: object) -> float:
+    if type(p) is not str or p not in _FLOATS:
+        _bad("$f", p, 'expected "nan", "inf" or "-inf"')
+    return _FLOATS[p]  # type: ignore[index]
+
+
+def _dec_i(p: object) -> int:
+    s = _need_str("$i", p)
+    body = s[1:] if s[:1] == "-" else s
+    if not body or not all(c in "0123456789abcdef" for c in body):
+        _bad("$i", p, "expected lowercase hex digits")
+    return int(s, 16)
+
+
+def _dec_iso(tag: str, parse: Callable[[str], Any]) -> Callable[[object], Any]:
+    def dec(p: object) -> Any:
+        s = _need_str(tag, p)
+        if len(s) > 64:
+            _bad(tag, p, "too long")
+        try:
+            return parse(s)
+        except (ValueError, TypeError, OverflowError) as e:
+            _bad(tag, p, str(e))
+
+    return dec
+
+
+def _dec_td(p: object) -> _dt.timedelta:
+    lst = _need_list("$td", p)
+    if len(lst) != 3 or any(type(x) is not int for x in lst):
+        _bad("$td", p, "expected [days, seconds, microseconds] ints")
+    try:
+        return _dt.timedelta(days=lst[0], seconds=lst[1], microseconds=lst[2])
+    except (OverflowError, ValueError) as e:
+        _bad("$td", p, str(e))
+
+
+def _dec_uuid(p: object) -> uuid.UUID:
+    s = _need_str("$uuid", p)
+    if len(s) != 36:
+        _bad("$uuid", p, "expected the 36-character hyphenated form")
+    try:
+        return uuid.UUID(s)
+    except ValueError as e:
+        _bad("$uuid", p, str(e))
+
+
+def _dec_t(p: object) -> tuple[Any, ...]:
+    return tuple(_need_list("$t", p))
+
+
+def _dec_d(p: object) -> dict[Any, Any]:
+    lst = _need_list("$d", p)
+    out: dict[Any, Any] = {}
+    for pair in lst:
+        if type(pair) is not list or len(pair) != 2:
+            _bad("$d", p, "expected a list of [key, value] pairs")
+        try:
+            out[pair[0]] = pair[1]
+        except TypeError:
+            _bad("$d", p, "unhashable key")
+    return out
+
+
+def _dec_set(tag: str, make: Callable[[list[Any]], Any]) -> Callable[[object], Any]:
+    def dec(p: object) -> Any:
+        try:
+            return make(_need_list(tag, p))
+        except TypeError:
+            _bad(tag, p, "unhashable element")
+
+    return dec
+
+
+_UNTAGGERS: dict[str, Callable[[object], Any]] = {
+    "$t": _dec_t,
+    "$b": _dec_b,
+    "$n": _dec_n,
+    "$f": _dec_f,
+    "$i": _dec_i,
+    "$date": _dec_iso("$date", _dt.date.fromisoformat),
+    "$time": _dec_iso("$time", _dt.time.fromisoformat),
+    "$dt": _dec_iso("$dt", _dt.datetime.fromisoformat),
+    "$td": _dec_td,
+    "$uuid": _dec_uuid,
+    "$d": _dec_d,
+    "$set": _dec_set("$set", set),
+    "$fset": _dec_set("$fset", frozenset),
+}
+
+
+def _hook(d: dict[str, Any]) -> Any:
+    """``json.loads`` object hook: multi-key dicts (the common row case) return at once."""
+    if len(d) != 1:
+        return d
+    for k, v in d.items():
+        if k[:1] != "$":
+            return d
+        untag = _UNTAGGERS.get(k)
+        if untag is None:
+            shown = k if len(k) <= 40 else k[:37] + "..."
+            raise CodecError(f"unknown tag {shown!r}")
+        return untag(v)
+    return d  # pragma: no cover
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise CodecError(f"non-standard JSON constant {name!r}")
+
+
+_CONTAINERS = frozenset({list, dict, tuple, set, frozenset})
+
+
+def _too_deep(root: object, limit: int) -> bool:
+    """True when the decoded ``root`` nests containers more than ``limit`` deep.
+
+    Runs after ``json.loads`` (whose own recursion guard already bounds the C stack), level by
+    level over all members of a level at once with C-level iteration, like :func:`_fast_ok`.
+    Tags count as one level here (two brackets in the text), so whatever :func:`encode`
+    accepts with the same limit decodes.
+    """
+    members: list[Any] = [root]
+    depth = 0
+    str_only = _STR_ONLY.issuperset
+    while True:
+        ts = set(map(type, members))
+        if ts.isdisjoint(_CONTAINERS):
+            return False
+        depth += 1
+        if depth > limit:
+            return True
+        if ts <= _NESTS_SET_DICT:
+            dicts: list[Any] = members
+            others: list[Any] = []
+        else:
+            dicts = [m for m in members if type(m) is dict]
+            others = [m for m in members if type(m) in _CONTAINERS and type(m) is not dict]
+        members = list(_chain(map(dict.values, dicts)))
+        if not str_only(map(type, _chain(dicts))):  # tuple/frozenset keys from "$d"
+            members.extend([k for k in _chain(dicts) if type(k) is not str])
+        if others:
+            members.extend(_chain(others))
+
+
+def decode_value(value: Any, *, max_depth: int = MAX_DEPTH) -> object:
+    """Decode a JSON-able structure produced by :func:`encode_value` (already parsed JSON).
+
+    Used when a message was parsed as a whole and carries an encoded value inside it.
+    """
+    return _walk(value, 0, max_depth)
+
+
+def _walk(v: Any, depth: int, max_depth: int) -> Any:
+    t = type(v)
+    if t is list:
+        if depth >= max_depth:
+            raise CodecError(f"nesting deeper than {max_depth} levels")
+        return [_walk(x, depth + 1, max_depth) for x in v]
+    if t is dict:
+        if depth >= max_depth:
+            raise CodecError(f"nesting deeper than {max_depth} levels")
+        d = {k: _walk(x, depth + 1, max_depth) for k, x in v.items()}
+        try:
+            return _hook(d)
+        except CodecError:
+            raise
+        except Exception as e:  # pragma: no cover - defensive
+            raise CodecError(f"cannot decode: {type(e).__name__}") from None
+    if t is str or t is int or t is bool or v is None:
+        return v
+    if t is float:
+        if v - v != 0.0:
+            raise CodecError("non-finite float outside a $f tag")
+        return v
+    raise CodecError(f"not a JSON value: {t.__name__}")
+
+
+def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:
+    """Decode text produced by :func:`encode`. Raises only :class:`CodecError`.
+
+    ``max_bytes`` bounds the UTF-8 size of the text (checked before parsing); ``max_depth`` the
+    nesting of the result (``json.loads``' own recursion guard bounds the stack while parsing;
+    its ``RecursionError`` becomes a ``CodecError`` too).
+    """
+    if isinstance(text, (bytes, bytearray)):
+        if len(text) > max_bytes:
+            raise CodecError(f"text too large: {len(text)} bytes > {max_bytes}")
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CodecError(f"text is not UTF-8: {e}") from None
+    elif type(text) is not str:
+        raise CodecError(f"cannot decode a {type(text).__name__}; expected str or bytes")
+    n = len(text)
+    if n > max_bytes or (n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
+        raise CodecError(f"text too large (limit {max_bytes} bytes)")
+    try:
+        value = json.loads(text, object_hook=_hook, parse_constant=_reject_constant)
+    except CodecError:
+        raise
+    except RecursionError:
+        raise CodecError("nesting too deep") from None
+    except ValueError as e:  # JSONDecodeError, int digit limit
+        raise CodecError(f"invalid JSON: {e}") from None
+    except Exception as e:  # defensive: decode must only ever raise CodecError
+        raise CodecError(f"cannot decode: {type(e).__name__}: {e}") from None
+    # Fewer opening brackets than the limit cannot nest deeper: small messages skip the walk.
+    if text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
+        raise CodecError(f"nesting deeper than {max_depth} levels")
+    return value
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+
+Why: the same ``query()`` call must return equal Python values whether the function runs on the
+client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
+many types as the server's text output (``date``, ``timestamptz``, ``interval``, ``uuid``,
+``json``...) and ``float4`` as the float32 value widened to a double, while psycopg parses the
+text output. This module reproduces psycopg's loaders, by column type OID, on PL/Python values.
+
+Assumptions (the host must guarantee them in the backend; they are PostgreSQL's defaults):
+
+* ``DateStyle`` is ``ISO`` (any order), ``IntervalStyle`` is ``postgres``;
+* ``extra_float_digits`` >= 1 (the default since PostgreSQL 12: shortest exact output), so the
+  text psycopg parses for ``float4``/``float8`` is the shortest round-trip decimal;
+* the client and the server use the same session (``TimeZone`` in particular), which holds
+  because the server side runs inside the client's own call.
+
+Parameters cross as text in PostgreSQL's input syntax with an unknown type on both sides
+(:func:`to_pg_text`), so PostgreSQL infers every parameter type from context the same way on
+both sides. PL/Python cannot take text for every inferred type: it converts ``bool`` parameters
+by Python truthiness (``'false'`` would be true), ``bytea`` with ``bytes()``, and arrays only
+from Python sequences. :func:`to_plpy_param` bridges those cases.
+
+Stdlib only, no ``plpy``: the host passes values in.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+import struct
+import uuid
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .errors import DatabaseError
+
+__all__ = [
+    "DataError",
+    "Converter",
+    "converters_for",
+    "convert_rows",
+    "apply_converters",
+    "convert_value",
+    "unknown_oids",
+    "session_tzinfo",
+    "to_pg_text",
+    "to_plpy_param",
+    "parse_array_literal",
+]
+
+Converter = Callable[[Any], Any]
+
+
+class DataError(DatabaseError, ValueError):
+    """A value PostgreSQL returned has no Python equivalent (BC dates, infinity, 24:00:00).
+
+    Mirrors ``psycopg.DataError``, raised by psycopg's loaders for the same values with the same
+    messages, so user code sees the same failure on both sides. It is both a ``DatabaseError``
+    (what ``query()`` raises) and a ``ValueError``.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# OIDs (pg_type.oid, fixed in PostgreSQL's catalog)
+
+BOOL, BYTEA, NAME, INT8, INT2, INT4, TEXT = 16, 17, 19, 20, 21, 23, 25
+JSON, FLOAT4, FLOAT8, BPCHAR, VARCHAR = 114, 700, 701, 1042, 1043
+DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, TIMETZ = 1082, 1083, 1114, 1184, 1186, 1266
+NUMERIC, UUID, JSONB = 1700, 2950, 3802
+
+# array OID -> element OID, for the element types this module knows
+ARRAY_ELEMENT: dict[int, int] = {
+    1000: BOOL, 1001: BYTEA, 1003: NAME, 1005: INT2, 1007: INT4, 1009: TEXT, 1014: BPCHAR,
+    1015: VARCHAR, 1016: INT8, 1021: FLOAT4, 1022: FLOAT8, 1182: DATE, 1183: TIME,
+    1115: TIMESTAMP, 1185: TIMESTAMPTZ, 1187: INTERVAL, 1270: TIMETZ, 1231: NUMERIC,
+    2951: UUID, 199: JSON, 3807: JSONB,
+}
+
+# Types PL/Python already returns as psycopg does: ints, bool, text-like, bytea, numeric
+# (Decimal), float8 (the exact double, which is what psycopg parses from the shortest output).
+IDENTITY_OIDS = frozenset({BOOL, BYTEA, NAME, INT8, INT2, INT4, TEXT, BPCHAR, VARCHAR, NUMERIC,
+                           FLOAT8})
+
+
+# --------------------------------------------------------------------------------------------
+# scalar converters (input: the str PL/Python returns; never None)
+
+_F32 = struct.Struct("f")
+
+
+def _float4(v: float) -> float:
+    """The double psycopg gets for a float4: ``float()`` of PostgreSQL's shortest output.
+
+    PostgreSQL (Ryu) prints the shortest decimal that reads back as the same float32 and, among
+    those, the closest to the exact value. ``'%.{p}e'`` gives the closest p-digit decimal; its
+    two neighbours are tried too, because at a power of two the rounding interval is lopsided.
+    Measured against the server: a decimal lying exactly halfway between two float32s is never
+    chosen (Ryu treats the interval bounds as open there), so ties do not count as round trips.
+    """
+    if v - v != 0.0 or v == 0.0:  # nan, inf, +-0.0 print and parse back unchanged
+        return v
+    hit = _f4_cache.get(v)
+    if hit is not None:
+        return hit
+    a = -v if v < 0 else v
+    m, e = math.frexp(a)
+    ulp = math.ldexp(1.0, max(e - 24, -149))
+    hi_mid = a + ulp / 2  # exact in a double: 25 significant bits at most
+    lo_mid = a - (ulp / 4 if m == 0.5 and e > -125 else ulp / 2)
+    # A p-digit candidate existing implies a (p+1)-digit one does: binary search on p.
+    lo, hi = 1, 9
+    best = _f4_candidate(a, 9, lo_mid, hi_mid)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        c = _f4_candidate(a, mid, lo_mid, hi_mid)
+        if c is None:
+            lo = mid + 1
+        else:
+            best, hi = c, mid
+    r = v if best is None else (-best if v < 0 else best)
+    if len(_f4_cache) >= 4096:
+        _f4_cache.clear()
+    _f4_cache[v] = r
+    return r
+
+
+_f4_cache: dict[float, float] = {}
+
+
+def _f4_candidate(a: float, p: int, lo_mid: float, hi_mid: float) -> float | None:
+    """The p-significant-digit decimal closest to ``a`` that reads back as ``a``, if any."""
+    s = "%.*e" % (p - 1, a)
+    if _rt32(s, a, lo_mid, hi_mid):
+        return float(s)
+    mant, exp = s.split("e")
+    digits = int(mant.replace(".", ""))
+    scale = int(exp) - (p - 1)
+    best: float | None = None
+    for d in (digits - 1, digits + 1):
+        cs = f"{d}e{scale}"
+        if d > 0 and _rt32(cs, a, lo_mid, hi_mid):
+            c = float(cs)
+            if best is None or abs(c - a) < abs(best - a):
+                best = c
+    return best
+
+
+def _rt32(cs: str, a: float, lo_mid: float, hi_mid: float) -> bool:
+    """Does the decimal ``cs`` read back (as strtof would, exactly) as the float32 ``a``?"""
+    c = float(cs)
+    if c == hi_mid or c == lo_mid:
+        # At (or double-rounded onto) a midpoint: decide exactly; an exact tie does not count.
+        x = Decimal(cs)
+        return Decimal(lo_mid) < x < Decimal(hi_mid)
+    try:
+        return _F32.unpack(_F32.pack(c))[0] == a
+    except OverflowError:
+        return False
+
+
+def _date(s: str) -> _dt.date:
+    # psycopg slices ISO dates at fixed positions; mirror it, failures included.
+    try:
+        return _dt.date(int(s[:4]), int(s[5:7]), int(s[8:]))
+    except ValueError as ex:
+        if s == "infinity" or (s and len(s.split()[0]) > 10):
+            raise DataError(f"date too large (after year 10K): {s!r}") from None
+        elif s == "-infinity" or "BC" in s:
+            raise DataError(f"date too small (before year 1): {s!r}") from None
+        raise DataError(f"can't parse date {s!r}: {ex}") from None
+
+
+_USPAD = (0, 100_000, 10_000, 1_000, 100, 10, 1)
+
+
+def _micros(fr: str | None) -> int:
+    if not fr:
+        return 0
+    us = int(fr[:6])
+    return us * _USPAD[len(fr)] if len(fr) < 6 else us
+
+
+_RE_TIME = re.compile(r"^(\d+):(\d+):(\d+)(?:\.(\d+))?")
+
+
+def _time(s: str) -> _dt.time:
+    m = _RE_TIME.match(s)
+    if not m:
+        raise DataError(f"can't parse time {s!r}")
+    ho, mi, se, fr = m.groups()
+    try:
+        return _dt.time(int(ho), int(mi), int(se), _micros(fr))
+    except ValueError as e:
+        raise DataError(f"can't parse time {s!r}: {e}") from None
+
+
+_RE_TIMETZ = re.compile(r"""(?ix)
+    ^
+    (\d+) : (\d+) : (\d+) (?: \. (\d+) )?       # Time and micros
+    ([-+]) (\d+) (?: : (\d+) )? (?: : (\d+) )?  # Timezone
+    $
+    """)
+
+_tz_cache: dict[int, _dt.timezone] = {}
+
+
+def _offset_tz(sgn: str, oh: str, om: str | None, os: str | None) -> _dt.timezone:
+    off = 3600 * int(oh) + (60 * int(om) if om else 0) + (int(os) if os else 0)
+    if sgn == "-":
+        off = -off
+    tz = _tz_cache.get(off)
+    if tz is None:
+        tz = _tz_cache[off] = _dt.timezone(_dt.timedelta(seconds=off))
+    return tz
+
+
+def _timetz(s: str) -> _dt.time:
+    m = _RE_TIMETZ.match(s)
+    if not m:
+        raise DataError(f"can't parse timetz {s!r}")
+    ho, mi, se, fr, sgn, oh, om, os = m.groups()
+    try:
+        return _dt.time(int(ho), int(mi), int(se), _micros(fr), _offset_tz(sgn, oh, om, os))
+    except ValueError as e:
+        raise DataError(f"can't parse timetz {s!r}: {e}") from None
+
+
+_RE_TIMESTAMP = re.compile(r"""(?ix)
+    ^
+    (\d+) [^a-z0-9] (\d+) [^a-z0-9] (\d+)   # Date
+    (?: T | [^a-z0-9] )                     # Separator, including T
+    (\d+) [^a-z0-9] (\d+) [^a-z0-9] (\d+)   # Time
+    (?: \.(\d+) )?                          # Micros
+    $
+    """)
+
+_RE_TIMESTAMPTZ = re.compile(r"""(?ix)
+    ^
+    (\d+) [^a-z0-9] (\d+) [^a-z0-9] (\d+)       # Date
+    (?: T | [^a-z0-9] )                         # Separator, including T
+    (\d+) [^a-z0-9] (\d+) [^a-z0-9] (\d+)       # Time
+    (?: \.(\d+) )?                              # Micros
+    ([-+]) (\d+) (?: : (\d+) )? (?: : (\d+) )?  # Timezone
+    $
+    """)
+
+
+def _timestamp_error(s: str, ex: Exception | None = None) -> DataError:
+    if s == "-infinity" or s.endswith("BC"):
+        return DataError(f"timestamp too small (before year 1): {s!r}")
+    if s == "infinity" or (s and len(s.split()[0]) > 10):
+        return DataError(f"timestamp too large (after year 10K): {s!r}")
+    return DataError(f"can't parse timestamp {s!r}: {ex or '(unknown)'}")
+
+
+def _timestamp(s: str) -> _dt.datetime:
+    m = _RE_TIMESTAMP.match(s)
+    if not m:
+        raise _timestamp_error(s)
+    ye, mo, da, ho, mi, se, fr = m.groups()
+    try:
+        return _dt.datetime(int(ye), int(mo), int(da), int(ho), int(mi), int(se), _micros(fr))
+    except ValueError as ex:
+        raise _timestamp_error(s, ex) from None
+
+
+def _timestamptz(s: str) -> _dt.datetime:
+    """Aware datetime with the offset PostgreSQL printed (the session TimeZone's, at that time).
+
+    psycopg returns the same instant in ``ZoneInfo(TimeZone)``; ``==``, ``utcoffset()`` and
+    ``isoformat()`` agree. Pass ``tz=`` to :func:`converters_for` to get psycopg's tzinfo too.
+    """
+    m = _RE_TIMESTAMPTZ.match(s)
+    if not m:
+        raise _timestamp_error(s)
+    ye, mo, da, ho, mi, se, fr, sgn, oh, om, os = m.groups()
+    try:
+        return _dt.datetime(int(ye), int(mo), int(da), int(ho), int(mi), int(se), _micros(fr),
+                            _offset_tz(sgn, oh, om, os))
+    except ValueError as ex:
+        raise _timestamp_error(s, ex) from None
+
+
+def _timestamptz_in(tz: _dt.tzinfo) -> Converter:
+    def conv(s: str) -> _dt.datetime:
+        dt = _timestamptz(s)
+        try:
+            return dt.astimezone(tz)
+        except OverflowError:
+            # near datetime.min/max the shift may overflow: psycopg keeps the fixed offset
+            return dt
+
+    return conv
+
+
+_RE_INTERVAL = re.compile(r"""
+    (?: ([-+]?\d+) \s+ years? \s* )?                # Years
+    (?: ([-+]?\d+) \s+ mons? \s* )?                 # Months
+    (?: ([-+]?\d+) \s+ days? \s* )?                 # Days
+    (?: ([-+])? (\d+) : (\d+) : (\d+ (?:\.\d+)?)    # Time
+    )?
+    """, re.VERBOSE)
+
+
+def _interval(s: str) -> _dt.timedelta:
+    """psycopg's rule: a year is 365 days, a month 30 days; the time part carries its sign."""
+    m = _RE_INTERVAL.match(s)
+    if not m:  # pragma: no cover - every group is optional, the pattern always matches
+        raise DataError(f"can't parse interval {s!r}")
+    ye, mo, da, sgn, ho, mi, se = m.groups()
+    days = 0
+    seconds = 0
+    micros = 0
+    if ye:
+        days += 365 * int(ye)
+    if mo:
+        days += 30 * int(mo)
+    if da:
+        days += int(da)
+    if ho:
+        seconds = 3600 * int(ho) + 60 * int(mi)
+        micros = round(float(se) * 1_000_000)
+        if sgn == "-":
+            seconds = -seconds
+            micros = -micros
+    try:
+        return _dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+    except OverflowError as e:
+        raise DataError(f"can't parse interval {s!r}: {e}") from None
+
+
+def _uuid(s: str) -> uuid.UUID:
+    return uuid.UUID(s)
+
+
+_SCALAR: dict[int, Converter] = {
+    FLOAT4: _float4,
+    DATE: _date,
+    TIME: _time,
+    TIMETZ: _timetz,
+    TIMESTAMP: _timestamp,
+    TIMESTAMPTZ: _timestamptz,
+    INTERVAL: _interval,
+    UUID: _uuid,
+    JSON: json.loads,
+    JSONB: json.loads,
+}
+
+
+def _array_of(conv: Converter) -> Converter:
+    """Apply ``conv`` to every non-NULL element of a (nested) list from PL/Python."""
+
+    def walk(lst: list[Any]) -> list[Any]:
+        return [
+            None if x is None else (walk(x) if type(x) is list else conv(x)) for x in lst
+        ]
+
+    return walk
+
+
+def session_tzinfo(name: str | None) -> _dt.tzinfo:
+    """The tzinfo psycopg uses for a session ``TimeZone`` setting (``ZoneInfo``, else UTC).
+
+    For a host that wants ``timestamptz`` values with exactly psycopg's tzinfo (pass the result
+    as ``tz=`` to :func:`converters_for`). Imported lazily: ``zoneinfo`` reads the system
+    tz database.
+    """
+    if not name or name == "UTC":
+        return _dt.timezone.utc
+    try:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(name)
+    except Exception:  # unknown or POSIX-style names: psycopg falls back to UTC too
+        return _dt.timezone.utc
+
+
+def converters_for(coltypes: Sequence[int], *, tz: _dt.tzinfo | None = None,
+                   domains: Mapping[int, int] | None = None) -> list[Converter | None]:
+    """One converter per column (None: PL/Python's value is already psycopg's).
+
+    Compute once per plan and reuse for every row. Unknown OIDs (enums, composites, extension
+    types) get None: PL/Python's value is left unchanged. ``tz`` (see :func:`session_tzinfo`):
+    convert ``timestamptz`` to that zone, as psycopg does.
+
+    ``domains`` maps a domain's OID to its base type's OID (``pg_type.typbasetype``): PL/Python
+    reports a domain column by the domain's OID, while the wire protocol (hence psycopg) reports
+    the base type, so without it a ``date`` domain would stay a str on the server side.
+    """
+    scalar = dict(_SCALAR)
+    if tz is not None:
+        scalar[TIMESTAMPTZ] = _timestamptz_in(tz)
+    out: list[Converter | None] = []
+    for oid in coltypes:
+        if domains:
+            seen = 0
+            while oid in domains and seen < 32:  # domains over domains
+                oid = domains[oid]
+                seen += 1
+        conv = scalar.get(oid)
+        if conv is None:
+            elem = ARRAY_ELEMENT.get(oid)
+            if elem is not None:
+                econv = scalar.get(elem)
+                if econv is not None:
+                    conv = _array_of(econv)
+        out.append(conv)
+    return out
+
+
+def unknown_oids(coltypes: Iterable[int]) -> list[int]:
+    """The OIDs this module has no rule for: candidates for a domain lookup by the host."""
+    return [o for o in coltypes
+            if o not in _SCALAR and o not in ARRAY_ELEMENT and o not in IDENTITY_OIDS]
+
+
+def convert_value(oid: int, value: Any, *, tz: _dt.tzinfo | None = None) -> Any:
+    """Convert one PL/Python value of type ``oid`` (convenience; use converters_for in loops)."""
+    if value is None:
+        return None
+    conv = converters_for([oid], tz=tz)[0]
+    return value if conv is None else conv(value)
+
+
+def apply_converters(colnames: Sequence[str], converters: Sequence[Converter | None],
+                     rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Apply per-column ``converters`` (from :func:`converters_for`) to PL/Python rows.
+
+    Returns new dicts (PL/Python's own are left alone). PL/Python rows are dicts, so of two
+    columns with the same name only the last survives (psycopg's dict rows do the same); the
+    converter of that last column is the one applied, exactly once.
+    """
+    by_name: dict[str, Converter | None] = {}
+    for name, conv in zip(colnames, converters):
+        by_name[name] = conv  # last one wins, like the row dict
+    active = [(n, c) for n, c in by_name.items() if c is not None]
+    if not active:
+        return [dict(r) for r in rows]
+    out = []
+    for r in rows:
+        d = dict(r)
+        for name, conv in active:
+            v = d[name]
+            if v is not None:
+                d[name] = conv(v)
+        out.append(d)
+    return out
+
+
+def convert_rows(colnames: Sequence[str], coltypes: Sequence[int],
+                 rows: Iterable[Mapping[str, Any]], *, tz: _dt.tzinfo | None = None
+                 ) -> list[dict[str, Any]]:
+    """PL/Python result rows -> new dicts holding the values psycopg 3 returns.
+
+    ``colnames``/``coltypes`` are ``PLyResult.colnames()``/``coltypes()``. For repeated
+    queries compute :func:`converters_for` once and call :func:`apply_converters`.
+    """
+    return apply_converters(colnames, converters_for(coltypes, tz=tz), rows)
+
+
+# --------------------------------------------------------------------------------------------
+# parameters
+
+
+def _json_default(o: object) -> Any:
+    raise TypeError(
+        f"cannot send a {type(o).__qualname__} inside a dict parameter: it is sent as JSON, "
+        "which only holds None, bool, int, float, str, list and dict (convert it first, e.g. "
+        "str(value) or float(value))"
+    )
+
+
+def _check_nul(s: str) -> str:
+    if "\x00" in s:
+        raise ValueError("a PostgreSQL text parameter cannot contain NUL (\\x00) characters")
+    return s
+
+
+def _float_text(v: float) -> str:
+    if v != v:
+        return "NaN"
+    if v == math.inf:
+        return "Infinity"
+    if v == -math.inf:
+        return "-Infinity"
+    return repr(v)
+
+
+def _interval_text(td: _dt.timedelta) -> str:
+    # Explicit signs on every field: unambiguous under every IntervalStyle (in sql_standard a
+    # leading '-' would otherwise apply to the following fields too). Parsed exactly.
+    return "%+d days %+d seconds %+d microseconds" % (td.days, td.seconds, td.microseconds)
+
+
+def _array_text(seq: Sequence[Any]) -> str:
+    parts = []
+    for x in seq:
+        t = type(x)
+        if x is None:
+            parts.append("NULL")
+        elif t is list or t is tuple:
+            parts.append(_array_text(x))
+        else:
+            s = to_pg_text(x)
+            assert s is not None
+            parts.append('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
+
+
+_TEXT: dict[type, Callable[[Any], str]] = {
+    bool: lambda v: "true" if v else "false",
+    int: str,
+    float: _float_text,
+    Decimal: str,
+    str: _check_nul,
+    bytes: lambda v: "\\x" + v.hex(),
+    bytearray: lambda v: "\\x" + v.hex(),
+    memoryview: lambda v: "\\x" + v.tobytes().hex(),
+    _dt.date: lambda v: v.isoformat(),
+    _dt.time: lambda v: v.isoformat(),
+    _dt.datetime: lambda v: v.isoformat(),
+    _dt.timedelta: _interval_text,
+    uuid.UUID: str,
+    dict: lambda v: _check_nul(json.dumps(v, ensure_ascii=False, allow_nan=False,
+                                          default=_json_default)),
+    list: _array_text,
+    tuple: _array_text,
+}
+
+
+def to_pg_text(value: object) -> str | None:
+    """``value`` in PostgreSQL's text input syntax (None for NULL), for an untyped parameter.
+
+    Exact types only (a subclass could change ``str()``); lists and tuples become array
+    literals with every element double-quoted, dicts become JSON. Raises ``TypeError`` naming
+    the type for anything else.
+    """
+    if value is None:
+        return None
+    f = _TEXT.get(type(value))
+    if f is None:
+        if isinstance(value, list):  # Rows and other list subclasses of our own
+            return _array_text(value)
+        raise TypeError(
+            f"cannot send a value of type {type(value).__qualname__!r} as a query parameter; "
+            "supported: None, bool, int, float, Decimal, str, bytes, bytearray, memoryview, "
+            "date, time, datetime, timedelta, UUID, dict (as JSON), list/tuple (as array)"
+        )
+    return f(value)
+
+
+_SPACE = " \t\n\r\v\f"
+
+
+def _bool_in(text: str) -> bool:
+    """PostgreSQL's ``boolin``: t/true/y/yes/on/1 and f/false/n/no/off/0, prefixes allowed."""
+    s = text.strip(_SPACE).lower()
+    n = len(s)
+    if n:
+        c = s[0]
+        if c == "t" and "true".startswith(s) or c == "y" and "yes".startswith(s):
+            return True
+        if c == "f" and "false".startswith(s) or c == "n" and "no".startswith(s):
+            return False
+        if c == "o" and n >= 2:
+            if "on".startswith(s):
+                return True
+            if "off".startswith(s):
+                return False
+        if s == "1":
+            return True
+        if s == "0":
+            return False
+    raise DatabaseError(f'invalid input syntax for type boolean: "{text}"', "22P02")
+
+
+_HEX_SKIP = " \n\t\r"
+_OCTAL = re.compile(rb"[0-3][0-7][0-7]")
+
+
+def _bytea_in(text: str) -> bytes:
+    """PostgreSQL's ``byteain`` (hex ``\\x..`` format, else the escape format)."""
+    if text.startswith("\\x"):
+        h = text[2:]
+        if any(c in h for c in _HEX_SKIP):
+            h = "".join(c for c in h if c not in _HEX_SKIP)
+        try:
+            return bytes.fromhex(h)
+        except ValueError:
+            if len(h) % 2 and all(c in "0123456789abcdefABCDEF" for c in h):
+                raise DatabaseError("invalid hexadecimal data: odd number of digits",
+                                    "22023") from None
+            bad = next((c for c in h if c not in "0123456789abcdefABCDEF"), "?")
+            raise DatabaseError(f'invalid hexadecimal digit: "{bad}"', "22023") from None
+    if "\\" not in text:
+        return text.encode("utf-8")
+    out = bytearray()
+    raw = text.encode("utf-8")
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c != 0x5C:
+            out.append(c)
+            i += 1
+        elif raw[i + 1:i + 2] == b"\\":
+            out.append(0x5C)
+            i += 2
+        elif _OCTAL.fullmatch(raw, i + 1, i + 4):
+            out.append(int(raw[i + 1:i + 4], 8))
+            i += 4
+        else:
+            raise DatabaseError("invalid input syntax for type bytea", "22P02")
+    return bytes(out)
+
+
+def parse_array_literal(text: str) -> list[Any]:
+    """Parse a PostgreSQL array literal into nested lists of ``str`` (``None`` for NULL).
+
+    Used when an array-typed parameter is given as a string (PL/Python needs a list). Follows
+    ``array_in``: optional ``[lo:hi]=`` decoration (dropped), double-quoted elements with
+    backslash escapes, unquoted elements trimmed, unquoted ``NULL`` (any case) is NULL.
+    """
+    def bad(why: str) -> DatabaseError:
+        return DatabaseError(f'malformed array literal: "{text}"', "22P02", detail=why)
+
+    s = text
+    i = 0
+    n = len(s)
+    while i < n and s[i] in _SPACE:
+        i += 1
+    if i < n and s[i] == "[":
+        eq = s.find("=", i)
+        if eq < 0:
+            raise bad('Missing "=" after array dimensions.')
+        i = eq + 1
+        while i < n and s[i] in _SPACE:
+            i += 1
+    if i >= n or s[i] != "{":
+        raise bad('Array value must start with "{" or dimension information.')
+
+    def parse(i: int) -> tuple[list[Any], int]:
+        # s[i] == "{"
+        i += 1
+        out: list[Any] = []
+        expect_elem = True
+        while True:
+            while i < n and s[i] in _SPACE:
+                i += 1
+            if i >= n:
+                raise bad("Unexpected end of input.")
+            c = s[i]
+            if c == "}":
+                if out and expect_elem:
+                    raise bad('Unexpected "}" character.')
+                return out, i + 1
+            if not expect_elem:
+                if c != ",":
+                    raise bad(f'Unexpected "{c}" character.')
+                expect_elem = True
+                i += 1
+                continue
+            if c == "{":
+                sub, i = parse(i)
+                out.append(sub)
+            elif c == '"':
+                buf = []
+                i += 1
+                while True:
+                    if i >= n:
+                        raise bad("Unexpected end of input.")
+                    c = s[i]
+                    if c == "\\":
+                        if i + 1 >= n:
+                            raise bad("Unexpected end of input.")
+                        buf.append(s[i + 1])
+                        i += 2
+                    elif c == '"':
+                        i += 1
+                        break
+                    else:
+                        buf.append(c)
+                        i += 1
+                out.append("".join(buf))
+            else:
+                buf = []
+                quoted_any = False
+                while i < n and s[i] not in ',{}"':
+                    if s[i] == "\\":
+                        if i + 1 >= n:
+                            raise bad("Unexpected end of input.")
+                        buf.append(s[i + 1])
+                        quoted_any = True
+                        i += 2
+                    else:
+                        buf.append(s[i])
+                        i += 1
+                if i < n and s[i] in '{"':
+                    raise bad(f'Unexpected "{s[i]}" character.')
+                word = "".join(buf).strip(_SPACE)
+                if not word:
+                    raise bad('Unexpected "," character.' if i < n and s[i] == "," else
+                              'Unexpected "}" character.')
+                out.append(None if not quoted_any and word.upper() == "NULL" else word)
+            expect_elem = False
+
+    result, i = parse(i)
+    while i < n and s[i] in _SPACE:
+        i += 1
+    if i != n:
+        raise bad("Junk after closing right brace.")
+    return result
+
+
+def _elem_for_plpy(base: str) -> Callable[[Any], Any]:
+    if base == "boolean":
+        return lambda v: v if type(v) is bool else _bool_in(_text_or_raise(v))
+    if base == "bytea":
+        return lambda v: bytes(v) if type(v) in (bytes, bytearray, memoryview) else _bytea_in(
+            _text_or_raise(v))
+    return _text_or_raise
+
+
+def _text_or_raise(v: Any) -> str:
+    s = to_pg_text(v)
+    assert s is not None
+    return s
+
+
+def _nested_for_plpy(v: Any, elem: Callable[[Any], Any]) -> Any:
+    if v is None:
+        return None
+    t = type(v)
+    if t is list or t is tuple or isinstance(v, list):
+        return [_nested_for_plpy(x, elem) for x in v]
+    return elem(v)
+
+
+def to_plpy_param(value: object, typname: str) -> object:
+    """What to pass to ``plpy.execute(plan, [...])`` for a parameter PostgreSQL typed ``typname``.
+
+    ``typname`` is ``format_type()`` text (``'integer[]'``, ``'timestamp with time zone'``,
+    ``'boolean'``, ``'bytea'``); for a domain pass its base type's name (PL/Python converts
+    domains through their base type). The result makes PL/Python build the same datum the
+    client's text parameter ``to_pg_text(value)`` gives:
+
+    * arrays: a nested list (PL/Python rejects a string for an array type); a string value is
+      parsed as an array literal first;
+    * ``boolean``: a real bool (PL/Python uses truthiness, so ``'false'`` would be true), from
+      the text by PostgreSQL's ``boolin`` rules;
+    * ``bytea``: bytes (PL/Python calls ``bytes()`` on the value), from the text by ``byteain``;
+    * anything else: ``to_pg_text(value)``, which PL/Python feeds to the type's input function.
+
+    Invalid input raises ``DatabaseError`` with PostgreSQL's SQLSTATE and message.
+    """
+    if value is None:
+        return None
+    if typname.endswith("[]"):
+        elem = _elem_for_plpy(typname[:-2])
+        if type(value) in (list, tuple) or isinstance(value, list):
+            return _nested_for_plpy(value, elem)
+        return _nested_for_plpy(parse_array_literal(_text_or_raise(value)), elem)
+    if typname == "boolean":
+        if type(value) is bool:
+            return value
+        return _bool_in(_text_or_raise(value))
+    if typname == "bytea":
+        if type(value) in (bytes, bytearray, memoryview):
+            return bytes(value)  # type: ignore[arg-type]
+        return _bytea_in(_text_or_raise(value))
+    return to_pg_text(value)
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+
+Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
+PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
+``U&'...'``), quoted identifiers, comments (``--``, nested ``/* */``) or dollar-quoted bodies
+(``$$...$$``, ``$tag$...$tag$``); and ``a$1`` is an identifier, not ``a`` followed by ``$1``.
+The lexer follows PostgreSQL's scanner rules with ``standard_conforming_strings = on`` (the
+default since 9.1): in a plain ``'...'`` string a backslash is an ordinary character.
+
+Unterminated literals and comments run to the end of the text (PostgreSQL rejects them; here
+nothing after them is treated as code, which is the safe reading for the guard).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+from .errors import DatabaseError
+
+__all__ = [
+    "ForbiddenStatement",
+    "to_pyformat",
+    "param_numbers",
+    "split_statements",
+    "check_statement",
+    "tokens",
+]
+
+
+class ForbiddenStatement(DatabaseError):
+    """``query()`` refused a statement before sending it (SQLSTATE ``WH003``).
+
+    The function runs inside the caller's transaction and under the limits the DBA set, so
+    statements that would end or fork that transaction, change the role or session, lift the
+    timeouts, or break the type parity of results are refused. This is a guard against misuse,
+    not the security boundary (that is the database role the code runs as).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "WH003")
+
+
+# ----------------------------------------------------------------------------------------------
+# lexer
+
+# Token kinds
+WORD = "word"          # unquoted identifier or keyword (text as written)
+QIDENT = "qident"      # "quoted identifier" (value: unescaped text)
+STRING = "string"      # any string literal
+DOLLAR = "dollar"      # dollar-quoted body
+PARAM = "param"        # $n
+COMMENT = "comment"
+OP = "op"              # any other character run (operators, punctuation, numbers)
+SEMI = "semi"          # ;
+
+# Identifier characters: PostgreSQL accepts any byte >= 0x80 (any non-ASCII character).
+_IDENT_START = r"A-Za-z_\x80-\U0010ffff"
+_IDENT_CONT = r"A-Za-z_0-9$\x80-\U0010ffff"
+
+_MASTER = re.compile(
+    rf"""
+      (?P<estr>[eE]')                                  # E'...'  (backslash escapes)
+    | (?P<ustr>[uU]&')                                 # U&'...'
+    | (?P<uident>[uU]&")                               # U&"..."
+    | (?P<word>[{_IDENT_START}][{_IDENT_CONT}]*)       # identifier / keyword
+    | (?P<str>')                                       # '...'
+    | (?P<qident>")                                    # "..."
+    | (?P<dollar>\$(?:[{_IDENT_START}][A-Za-z_0-9\x80-\U0010ffff]*)?\$)  # $tag$ / $$
+    | (?P<param>\$[0-9]+)                              # $1
+    | (?P<line>--)                                     # -- comment
+    | (?P<block>/\*)                                   # /* comment */
+    | (?P<num>[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)
+    | (?P<semi>;)
+    | (?P<space>\s+)
+    """,
+    re.VERBOSE,
+)
+
+_STD_STR_END = re.compile(r"(?:[^']|'')*'")          # body of '...' after the quote
+_E_STR_END = re.compile(r"(?:[^'\\]|''|\\.)*'", re.S)  # body of E'...'
+_QIDENT_END = re.compile(r'(?:[^"]|"")*"')
+_BLOCK_PART = re.compile(r"/\*|\*/")
+
+
+def _block_end(sql: str, pos: int) -> int:
+    """End of the nested ``/* */`` comment whose opening ``/*`` ends at ``pos``."""
+    depth = 1
+    for m in _BLOCK_PART.finditer(sql, pos):
+        depth += 1 if m.group() == "/*" else -1
+        if depth == 0:
+            return m.end()
+    return len(sql)
+
+
+def tokens(sql: str) -> Iterator[tuple[str, int, int]]:
+    """Yield ``(kind, start, end)`` for every significant token (whitespace is skipped).
+
+    Characters the master pattern does not claim (operators, punctuation, a lone ``$``) come
+    out one at a time as ``OP``.
+    """
+    n = len(sql)
+    pos = 0
+    match = _MASTER.match
+    while pos < n:
+        m = match(sql, pos)
+        if m is None:  # operator or punctuation character
+            yield OP, pos, pos + 1
+            pos += 1
+            continue
+        kind = m.lastgroup
+        end = m.end()
+        if kind == "space":
+            pos = end
+            continue
+        if kind == "word":
+            yield WORD, pos, end
+        elif kind == "str" or kind == "ustr":
+            e = _STD_STR_END.match(sql, end)
+            end = e.end() if e else n
+            yield STRING, pos, end
+        elif kind == "estr":
+            e = _E_STR_END.match(sql, end)
+            end = e.end() if e else n
+            yield STRING, pos, end
+        elif kind == "qident" or kind == "uident":
+            e = _QIDENT_END.match(sql, end)
+            end = e.end() if e else n
+            yield QIDENT, pos, end
+        elif kind == "dollar":
+            tag = m.group()
+            close = sql.find(tag, end)
+            end = n if close < 0 else close + len(tag)
+            yield DOLLAR, pos, end
+        elif kind == "param":
+            yield PARAM, pos, end
+        elif kind == "line":
+            nl = sql.find("\n", end)
+            end = n if nl < 0 else nl + 1
+            yield COMMENT, pos, end
+        elif kind == "block":
+            end = _block_end(sql, end)
+            yield COMMENT, pos, end
+        elif kind == "semi":
+            yield SEMI, pos, end
+        else:  # num
+            yield OP, pos, end
+        pos = end
+
+
+# ----------------------------------------------------------------------------------------------
+# psycopg2 translation
+
+# Fast path: text without "$" or "%" needs no lexing at all.
+_NEEDS_WORK = re.compile(r"[$%]")
+
+
+def to_pyformat(sql: str) -> str:
+    """Translate ``$n`` placeholders to psycopg2's ``%(pn)s`` and escape every other ``%``.
+
+    psycopg2 %-formats the whole query text when parameters are given (the driver always
+    passes a dict, possibly empty), so a ``%`` anywhere, literals and comments included, must
+    become ``%%``; ``$n`` is rewritten only where PostgreSQL would read it as a parameter.
+    """
+    if not _NEEDS_WORK.search(sql):
+        return sql
+    out: list[str] = []
+    last = 0
+    for kind, start, end in tokens(sql):
+        if kind == PARAM:
+            out.append(sql[last:start].replace("%", "%%"))
+            out.append(f"%(p{int(sql[start + 1:end])})s")
+            last = end
+    out.append(sql[last:].replace("%", "%%"))
+    return "".join(out)
+
+
+def param_numbers(sql: str) -> set[int]:
+    """The ``$n`` parameter numbers used as parameters in ``sql`` (not inside literals)."""
+    if "$" not in sql:
+        return set()
+    return {int(sql[s + 1:e]) for kind, s, e in tokens(sql) if kind == PARAM}
+
+
+# ----------------------------------------------------------------------------------------------
+# statements
+
+
+def _statements(sql: str) -> list[list[tuple[str, int, int]]]:
+    """Top-level statements as token lists (comments dropped, empty statements dropped).
+
+    A ``;`` inside ``CREATE FUNCTION/PROCEDURE ... BEGIN ATOMIC ... END`` does not end the
+    statement (psql tracks the same thing).
+    """
+    stmts: list[list[tuple[str, int, int]]] = []
+    cur: list[tuple[str, int, int]] = []
+    routine = False
+    depth = 0
+    heads: list[str] = []
+    for tok in tokens(sql):
+        kind, s, e = tok
+        if kind == COMMENT:
+            continue
+        if kind == SEMI and depth <= 0:
+            if cur:
+                stmts.append(cur)
+            cur, routine, depth, heads = [], False, 0, []
+            continue
+        if kind == WORD:
+            w = sql[s:e].lower()
+            nwords = len(heads)
+            if nwords < 4:
+                heads.append(w)
+                if heads[0] == "create" and w in ("function", "procedure"):
+                    routine = True
+            if routine:
+                if w == "begin" or w == "case":
+                    depth += 1
+                elif w == "end":
+                    depth -= 1
+        cur.append(tok)
+    if cur:
+        stmts.append(cur)
+    return stmts
+
+
+def split_statements(sql: str) -> list[str]:
+    """The top-level statements of ``sql``, as text (trimmed, without the ``;``)."""
+    return [sql[st[0][1]:st[-1][2]] for st in _statements(sql)]
+
+
+_TXN = {
+    "begin": "BEGIN", "start": "START TRANSACTION", "commit": "COMMIT", "end": "END",
+    "rollback": "ROLLBACK", "abort": "ABORT", "savepoint": "SAVEPOINT", "release": "RELEASE",
+}
+# GUCs a call must not change: the DBA's limits, the identity, and the output formats the
+# server-side type conversion (pgtypes) relies on.
+_GUARDED_SETTINGS = {
+    "statement_timeout": "it would lift the timeout the DBA set for the call",
+    "lock_timeout": "it would lift the timeout the DBA set for the call",
+    "idle_in_transaction_session_timeout": "it would lift a timeout the DBA set",
+    "idle_session_timeout": "it would lift a timeout the DBA set",
+    "transaction_timeout": "it would lift a timeout the DBA set",
+    "role": "changing the role would escape the privileges the call runs with",
+    "session_authorization": "changing the role would escape the privileges the call runs with",
+    "datestyle": "results are converted assuming DateStyle ISO",
+    "intervalstyle": "results are converted assuming IntervalStyle postgres",
+    "extra_float_digits": "results are converted assuming shortest-exact float output",
+}
+
+
+def _refuse(what: str, why: str) -> ForbiddenStatement:
+    return ForbiddenStatement(f"wormhole refuses {what} inside a remote function: {why}")
+
+
+def _ident(sql: str, tok: tuple[str, int, int]) -> str | None:
+    """The identifier a WORD/QIDENT token names (case-folded / unescaped), else None."""
+    kind, s, e = tok
+    if kind == WORD:
+        return sql[s:e].lower()
+    if kind == QIDENT:
+        body = sql[s:e]
+        if body[:1] in "uU":
+            body = _unicode_ident(body[2:])
+            return body
+        return body[1:-1].replace('""', '"')
+    return None
+
+
+def _unicode_ident(quoted: str) -> str:
+    """Decode the default-escape form of a ``U&"..."`` identifier (``\\XXXX``, ``\\+XXXXXX``)."""
+    body = quoted[1:-1].replace('""', '"')
+
+    def sub(m: re.Match[str]) -> str:
+        g = m.group()
+        if g == "\\\\":
+            return "\\"
+        try:
+            return chr(int(g[2:] if g[1] == "+" else g[1:], 16))
+        except ValueError:
+            return g
+
+    return re.sub(r"\\\\|\\\+[0-9A-Fa-f]{6}|\\[0-9A-Fa-f]{4}", sub, body)
+
+
+def check_statement(sql: str) -> None:
+    """Raise :class:`ForbiddenStatement` unless ``sql`` is one statement ``query()`` may run.
+
+    Refused, and why:
+
+    * more than one statement (a trailing ``;`` and comments are fine): each call is one
+      statement so that parameters, results and errors map one to one;
+    * transaction control (``BEGIN``, ``START TRANSACTION``, ``COMMIT``, ``END``, ``ROLLBACK``,
+      ``ABORT``, ``SAVEPOINT``, ``RELEASE``, ``PREPARE TRANSACTION``, ``COMMIT/ROLLBACK
+      PREPARED``): the call runs inside the caller's transaction, which it must not end;
+    * role and session changes (``SET [SESSION|LOCAL] ROLE``, ``... SESSION AUTHORIZATION``,
+      ``SET SESSION CHARACTERISTICS``, ``RESET ROLE``, ``RESET SESSION AUTHORIZATION``,
+      ``RESET ALL``, ``DISCARD``) and any reference to ``set_config`` (the function form of
+      ``SET``), and ``UPDATE`` of ``pg_settings`` (its rule calls ``set_config``);
+    * ``SET``/``RESET`` of the timeouts (``statement_timeout``, ``lock_timeout``,
+      ``idle_in_transaction_session_timeout``, ``idle_session_timeout``,
+      ``transaction_timeout``): user code must not lift the limits the DBA set for it; and of
+      ``DateStyle``, ``IntervalStyle``, ``extra_float_digits``, which would break the type
+      parity of results. Other settings (``search_path``, ``TimeZone``, ``work_mem``...) are
+      allowed: they are the caller's own session;
+    * ``COPY`` (file and program access; ``COPY ... STDIN/STDOUT`` cannot work through SPI),
+      ``LOAD`` (loads a shared library), ``DO`` (anonymous code that bypasses these checks);
+    * ``LISTEN``/``UNLISTEN``: a listener registered by a call would outlive it in the
+      session. ``NOTIFY`` is allowed: it is transactional, like any write, and equivalent to
+      ``SELECT pg_notify(...)``.
+
+    Keywords are matched case-insensitively after comments and whitespace. Not a security
+    boundary: code reached indirectly (functions, ``EXECUTE`` in PL/pgSQL) is not inspected.
+    """
+    stmts = _statements(sql)
+    if len(stmts) > 1:
+        raise _refuse("more than one statement per query() call",
+                      "send each statement in its own query() call")
+    for st in stmts:
+        _check_one(sql, st)
+
+
+def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
+    idents = [_ident(sql, t) for t in st]
+    words = [sql[s:e].lower() if k == WORD else None for k, s, e in st]
+    if "set_config" in idents:
+        raise _refuse("set_config()", "it changes settings of the session the call runs in; "
+                      "role, timeouts and result formats must stay as the DBA set them")
+    if "pg_settings" in idents and "update" in words:
+        raise _refuse("UPDATE of pg_settings", "it is set_config() in disguise")
+    first = words[0]
+    if first is None:
+        return
+    second = words[1] if len(words) > 1 else None
+    if first in _TXN:
+        if first != "start" or second == "transaction":
+            raise _refuse(_TXN[first] if first != "start" else "START TRANSACTION",
+                          "the call runs inside the caller's transaction, which only the "
+                          "caller may end; use `with wormhole.transaction():` on the client")
+    if first == "prepare" and second == "transaction":
+        raise _refuse("PREPARE TRANSACTION", "the call runs inside the caller's transaction")
+    if first in ("copy", "load", "do", "listen", "unlisten", "discard"):
+        why = {
+            "copy": "COPY reads and writes server files and programs, and COPY FROM STDIN/"
+                    "TO STDOUT cannot work from inside a function; use INSERT/SELECT",
+            "load": "it loads a shared library into the server process",
+            "do": "anonymous code blocks would bypass these checks",
+            "listen": "a listener would outlive the call in the caller's session",
+            "unlisten": "the session's listeners belong to the caller",
+            "discard": "it resets the session state (role, settings, plans) of the caller",
+        }[first]
+        raise _refuse(first.upper(), why)
+    if first in ("set", "reset"):
+        i = 1
+        if first == "set" and words[i:i + 1] in (["session"], ["local"]):
+            # SET SESSION x / SET LOCAL x, but "SET SESSION AUTHORIZATION" and
+            # "SET SESSION CHARACTERISTICS" start with the same word
+            if not (words[i] == "session" and len(words) > 2 and words[2] in (
+                    "authorization", "characteristics")):
+                i += 1
+        name = idents[i] if i < len(idents) else None
+        nxt = words[i + 1] if i + 1 < len(words) else None
+        if name == "session" and nxt in ("authorization", "characteristics"):
+            raise _refuse(f"{first.upper()} SESSION {nxt.upper()}",
+                          "the role and session characteristics belong to the caller")
+        if name == "all" and first == "reset":
+            raise _refuse("RESET ALL", "it would reset the role and the limits set for the call")
+        if name is not None:
+            why = _GUARDED_SETTINGS.get(name)
+            if why is not None:
+                raise _refuse(f"{first.upper()} {name}", why)
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+
+``check(source, modules)`` runs at install time and again before a hash first runs in a process
+(a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
+``PolicyError`` carrying *every* finding with its line, RestrictedPython-style. It is one layer
+of two (see SECURITY.md and /work/shared/research/security.md): it gives users clear, early errors
+and shrinks what the confined worker has to contain; it is not a sandbox by itself.
+
+How it stays closed:
+
+* The text is checked before parsing (size, control/bidi/format characters, coding cookies), then
+  parsed exactly once from ``str`` and *that* tree is rewritten and compiled: what was checked is
+  what runs (``compile(bytes)`` would honour a UTF-7 cookie that ``ast.parse(str)`` ignores).
+* Every AST node type needs a ``visit_<Type>`` method here; a node without one is rejected. A new
+  Python release's new nodes are therefore refused until someone reviews them
+  (``tests/unit/test_policy.py`` lists every node type of the running Python).
+* The walk is iterative with a depth and a node cap, and any exception inside the validator is a
+  rejection, never an acceptance.
+* Names are checked wherever an identifier occurs (``Name``, ``Attribute.attr``, every kind of
+  parameter, keywords, import aliases, ``except ... as``, match captures, function and class
+  names, ``nonlocal``): no leading ``_`` (dunders, ``__subclasses__``, ``__globals__``, the
+  runtime's own ``_wh_*`` hooks; the bare throwaway name ``_`` is fine), no frame/code/generator
+  internals, no introspection builtins.
+
+The transformer then inserts the run-time hooks (all start with ``_wh_`` so user code can never
+name, rebind or shadow them; ``namespace.build_globals`` binds them):
+
+``_wh_tick()``               start of every function and lambda body, every loop body, and as an
+                             always-true condition in every comprehension: in-process execution
+                             notices cancel and timeouts between Python-level steps.
+``_wh_getattr(o, name)``     attribute *reads* of the few names whose meaning depends on the
+                             object at run time (``format``: ``str.format`` traverses attributes
+                             from a format string; ``obj``: ``AttributeError.obj`` hands out the
+                             object a failed lookup was made on).
+``_wh_setattr(o, name, v)``  every attribute store: only the call's own objects may be changed,
+``_wh_delattr(o, name)``     never shared ones (module classes and functions live for the whole
+                             process; changing them would reach later calls and trusted code).
+``_wh_pow/_wh_mul/_wh_lshift(a, b)`` and the in-place ``_wh_ipow/_wh_imul/_wh_ilshift``:
+                             size guards for ``**``, ``*`` and ``<<`` (``10**10**8``,
+                             ``'x' * 10**10``) so one expression cannot allocate gigabytes.
+
+Statement rewrites that need a temporary use ``_wh_t<N>`` names (unreachable for the same
+reason). ``Checked.code`` is the module code: executing it defines the function.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import re
+import types
+import unicodedata
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "CATALOGUE",
+    "DYNAMIC_ATTRIBUTES",
+    "FILENAME",
+    "FORBIDDEN_ATTRIBUTES",
+    "FORBIDDEN_NAMES",
+    "HOOKS",
+    "Checked",
+    "Finding",
+    "PolicyError",
+    "allowed_names",
+    "check",
+]
+
+#: code is compiled under this filename, so tracebacks say which frames are the user's own and
+#: line numbers are relative to the shipped source (line 1 = the ``def`` line).
+FILENAME = "<wormhole>"
+
+MAX_SOURCE_CHARS = 64 * 1024
+#: AST nesting; CPython's own recursive passes (ast construction, compile) fail somewhere past
+#: 1,000 and a 700-term sum is already ~700 deep. 200 leaves room for the hooks we add.
+MAX_DEPTH = 200
+MAX_NODES = 50_000
+#: most findings reported; past that the list stops being useful and only costs memory.
+MAX_FINDINGS = 200
+
+# --------------------------------------------------------------------------------------------
+# hooks (namespace.build_globals binds every one of these)
+
+TICK = "_wh_tick"
+GETATTR = "_wh_getattr"
+SETATTR = "_wh_setattr"
+DELATTR = "_wh_delattr"
+POW = "_wh_pow"
+MUL = "_wh_mul"
+LSHIFT = "_wh_lshift"
+IPOW = "_wh_ipow"
+IMUL = "_wh_imul"
+ILSHIFT = "_wh_ilshift"
+HOOKS = (TICK, GETATTR, SETATTR, DELATTR, POW, MUL, LSHIFT, IPOW, IMUL, ILSHIFT)
+
+#: attribute reads routed through ``_wh_getattr`` (see the module docstring).
+DYNAMIC_ATTRIBUTES = frozenset({"format", "obj"})
+
+# --------------------------------------------------------------------------------------------
+# names
+
+
+def _reasons(reason: str, *names: str) -> dict[str, str]:
+    return {name: reason for name in names}
+
+
+#: names user code may not use at all (read, bind or delete), with the reason in the message.
+FORBIDDEN_NAMES: dict[str, str] = {
+    **_reasons("runs arbitrary code", "eval", "exec", "compile"),
+    **_reasons("reads files on the server", "open"),
+    **_reasons("reads the server's standard input", "input"),
+    **_reasons(
+        "is an interactive helper added by the site module (help() imports modules, "
+        "breakpoint() starts a debugger, exit() and quit() raise SystemExit)",
+        "breakpoint", "help", "license", "credits", "copyright", "exit", "quit",
+    ),
+    **_reasons("exposes namespaces (introspection)", "vars", "dir", "globals", "locals"),
+    **_reasons(
+        "takes the attribute name as a string, which would bypass the attribute checks",
+        "getattr", "setattr", "delattr", "hasattr",
+    ),
+    **_reasons(
+        "is the root of the class graph (object.__subclasses__() reaches every class)",
+        "object",
+    ),
+    **_reasons("gives raw access to buffers", "memoryview"),
+    **_reasons(
+        "creates descriptors, which are not supported in wormhole functions",
+        "classmethod", "staticmethod", "property",
+    ),
+    **_reasons("is PL/Python's own handle and is out of reach", "plpy", "GD", "SD", "TD"),
+    **_reasons(
+        "cannot be caught or raised by wormhole functions (it would swallow the runtime's "
+        "interrupt)",
+        "BaseException", "SystemExit", "KeyboardInterrupt", "GeneratorExit",
+        "BaseExceptionGroup", "ExceptionGroup",
+    ),
+    **_reasons("is the module of all builtins", "builtins"),
+}
+
+#: attribute names that are never allowed, even without a leading underscore: frames, code and
+#: generator internals (CVE-2023-37271 walked ``gi_frame.f_back``), ``format_map`` (traverses
+#: attributes from a string, CVE-2023-41039) and ``mro`` (``ValueError.mro()[-2]`` is
+#: ``BaseException``, which could then catch the runtime's interrupt).
+FORBIDDEN_ATTRIBUTES: frozenset[str] = frozenset({
+    "format_map", "mro",
+    "gi_frame", "gi_code", "gi_yieldfrom", "gi_running", "gi_suspended", "gi_yieldframe",
+    "cr_frame", "cr_code", "cr_await", "cr_running", "cr_suspended", "cr_origin",
+    "ag_frame", "ag_code", "ag_await", "ag_running",
+    "f_back", "f_builtins", "f_code", "f_globals", "f_locals", "f_lasti", "f_lineno",
+    "f_trace", "f_trace_lines", "f_trace_opcodes",
+    "tb_frame", "tb_next", "tb_lasti", "tb_lineno",
+    "co_code", "co_consts", "co_names", "co_varnames", "co_cellvars", "co_freevars",
+    "co_filename", "co_name", "co_qualname", "co_firstlineno", "co_lnotab", "co_linetable",
+    "co_exceptiontable", "co_flags", "co_argcount", "co_posonlyargcount",
+    "co_kwonlyargcount", "co_nlocals", "co_stacksize", "co_positions", "co_lines",
+    "func_globals", "func_code", "func_closure", "func_defaults", "func_dict",
+    "im_func", "im_self", "im_class", "cell_contents",
+})
+#: prefixes of generator/coroutine internals; no ordinary API uses them.
+_FORBIDDEN_ATTRIBUTE_PREFIXES = ("gi_", "cr_", "ag_")
+
+#: dunder methods a class body may *define* (never call or read: ``x.__eq__`` stays forbidden).
+#: Deliberately small. Left out: ``__getattr__``/``__getattribute__``/``__setattr__`` (they
+#: intercept the runtime's own attribute guards), ``__format__`` (str.format), ``__del__`` (runs
+#: at garbage collection, outside any call), ``__init_subclass__``/``__set_name__``/
+#: ``__class_getitem__``/``__instancecheck__`` (implicit calls from class machinery),
+#: ``__reduce__*``/``__getstate__`` (serialisation hooks), ``__index__``/``__int__`` (called by
+#: C code inside the size guards).
+DUNDER_METHODS = frozenset({
+    "__init__", "__repr__", "__str__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__bool__",
+    "__len__", "__iter__", "__next__", "__contains__", "__getitem__",
+    "__enter__", "__exit__",
+    "__add__", "__sub__", "__mul__", "__truediv__", "__neg__",
+})
+
+#: exceptions that must not be caught: the runtime's ``Interrupted`` is a BaseException.
+_UNCATCHABLE = frozenset({
+    "BaseException", "SystemExit", "KeyboardInterrupt", "GeneratorExit",
+    "BaseExceptionGroup", "ExceptionGroup",
+})
+
+#: the exception classes namespace.py provides as builtins; the only builtins a class may
+#: inherit from (plus the user's own classes and, checked at run time, module exceptions).
+EXCEPTION_NAMES = frozenset({
+    "Exception", "ArithmeticError", "AssertionError", "AttributeError", "FloatingPointError",
+    "IndexError", "KeyError", "LookupError", "NameError", "NotImplementedError",
+    "OverflowError", "RecursionError", "RuntimeError", "StopIteration", "TypeError",
+    "UnboundLocalError", "UnicodeError", "UnicodeDecodeError", "UnicodeEncodeError",
+    "ValueError", "ZeroDivisionError", "MemoryError", "DatabaseError",
+})
+
+#: names every function sees without importing; an import alias may not shadow them.
+GLOBAL_NAMES = frozenset({"query", "DatabaseError", "print"})
+
+# --------------------------------------------------------------------------------------------
+# the catalogue: module -> vetted public names (used when the DBA whitelists a module with
+# NULL names). Never a module object: ``datetime.sys``, ``json.codecs``, ``re.enum``,
+# ``statistics.sys``, ``random._os``, ``fractions.sys``, ``calendar.sys``, ``uuid.os`` are
+# measured re-export escape hatches on this Python. Names missing on an older Python are skipped.
+
+CATALOGUE: dict[str, frozenset[str]] = {
+    "math": frozenset({
+        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "comb",
+        "copysign", "cos", "cosh", "degrees", "dist", "e", "erf", "erfc", "exp", "exp2",
+        "expm1", "fabs", "factorial", "floor", "fmod", "frexp", "fsum", "gamma", "gcd", "hypot",
+        "inf", "isclose", "isfinite", "isinf", "isnan", "isqrt", "lcm", "ldexp", "lgamma", "log",
+        "log10", "log1p", "log2", "modf", "nan", "nextafter", "perm", "pi", "pow", "prod",
+        "radians", "remainder", "sin", "sinh", "sqrt", "tan", "tanh", "tau", "trunc", "ulp",
+        # factorial/comb/perm are replaced by size-guarded versions in namespace.py
+    }),
+    "cmath": frozenset({
+        "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "e", "exp", "inf",
+        "infj", "isclose", "isfinite", "isinf", "isnan", "log", "log10", "nan", "nanj",
+        "phase", "pi", "polar", "rect", "sin", "sinh", "sqrt", "tan", "tanh", "tau",
+    }),
+    # json: no dump/load (they take file objects), no JSONEncoder/JSONDecoder classes (subclass
+    # hooks), no codecs/decoder/encoder/scanner (modules).
+    "json": frozenset({"dumps", "loads", "JSONDecodeError"}),
+    # datetime: no sys, no datetime_CAPI (a PyCapsule of C pointers).
+    "datetime": frozenset({
+        "date", "datetime", "time", "timedelta", "timezone", "tzinfo", "MINYEAR", "MAXYEAR",
+        "UTC",
+    }),
+    # decimal: no getcontext/setcontext/DefaultContext/BasicContext/ExtendedContext: the
+    # current context is per thread and lives for the whole process, so changing it would
+    # change every later call (and the runtime's own Decimal handling). localcontext() and
+    # Context() give a function its own precision.
+    "decimal": frozenset({
+        "Decimal", "Context", "localcontext", "DecimalTuple",
+        "ROUND_05UP", "ROUND_CEILING", "ROUND_DOWN", "ROUND_FLOOR", "ROUND_HALF_DOWN",
+        "ROUND_HALF_EVEN", "ROUND_HALF_UP", "ROUND_UP",
+        "MAX_EMAX", "MAX_PREC", "MIN_EMIN", "MIN_ETINY",
+        "DecimalException", "Clamped", "DivisionByZero", "FloatOperation", "Inexact",
+        "InvalidOperation", "Overflow", "Rounded", "Subnormal", "Underflow",
+    }),
+    # fractions: no sys, no math/numbers/operator/re modules it imports.
+    "fractions": frozenset({"Fraction"}),
+    "statistics": frozenset({
+        "NormalDist", "StatisticsError", "correlation", "covariance", "fmean",
+        "geometric_mean", "harmonic_mean", "linear_regression", "mean", "median",
+        "median_grouped", "median_high", "median_low", "mode", "multimode", "pstdev",
+        "pvariance", "quantiles", "stdev", "variance",
+    }),
+    # re: no enum/sre_compile/sre_parse/copyreg/functools (modules), no template()/purge().
+    # Catastrophic backtracking runs in C and cannot be interrupted in-process.
+    "re": frozenset({
+        "compile", "escape", "findall", "finditer", "fullmatch", "match", "search", "split",
+        "sub", "subn", "error", "Pattern", "Match",
+        "A", "ASCII", "I", "IGNORECASE", "L", "LOCALE", "M", "MULTILINE", "NOFLAG", "S",
+        "DOTALL", "U", "UNICODE", "X", "VERBOSE",
+    }),
+    # string: constants and capwords only. Formatter traverses attributes and returns live
+    # objects (CVE-2023-41039, CVE-2026-76825); Template is left out to keep one formatting
+    # path (f-strings and the guarded str.format).
+    "string": frozenset({
+        "ascii_letters", "ascii_lowercase", "ascii_uppercase", "capwords", "digits",
+        "hexdigits", "octdigits", "printable", "punctuation", "whitespace",
+    }),
+    # collections: no abc (a module), no UserDict/UserList/UserString (only useful as bases).
+    "collections": frozenset({
+        "ChainMap", "Counter", "OrderedDict", "defaultdict", "deque", "namedtuple",
+    }),
+    # itertools: count/cycle/repeat are wrapped so an endless one still notices interrupts.
+    "itertools": frozenset({
+        "accumulate", "chain", "combinations", "combinations_with_replacement", "compress",
+        "count", "cycle", "dropwhile", "filterfalse", "groupby", "islice", "pairwise",
+        "permutations", "product", "repeat", "starmap", "takewhile", "tee", "zip_longest",
+    }),
+    # functools: no wraps/update_wrapper (they copy arbitrary attributes, dunders included,
+    # between objects), no singledispatch/partialmethod/cached_property (descriptors,
+    # __set_name__), no total_ordering (sets dunders with setattr).
+    "functools": frozenset({"cmp_to_key", "lru_cache", "cache", "partial", "reduce"}),
+    # operator: no attrgetter/methodcaller (attribute names as strings bypass the attribute
+    # checks), no in-place i* functions (they would bypass the size guards); mul/pow/lshift are
+    # replaced by the guarded versions.
+    "operator": frozenset({
+        "abs", "add", "and_", "concat", "contains", "countOf", "eq", "floordiv", "ge",
+        "getitem", "gt", "index", "indexOf", "inv", "invert", "is_", "is_not", "itemgetter",
+        "le", "lshift", "lt", "mod", "mul", "ne", "neg", "not_", "or_", "pos", "pow", "rshift",
+        "sub", "truediv", "truth", "xor",
+    }),
+    # random: the functions are bound to a fresh Random() per call (namespace.py), so calls
+    # share no generator state and seed() only affects the caller. No _os (a module).
+    "random": frozenset({
+        "Random", "SystemRandom", "betavariate", "choice", "choices", "expovariate",
+        "gammavariate", "gauss", "getrandbits", "lognormvariate", "normalvariate",
+        "paretovariate", "randbytes", "randint", "random", "randrange", "sample", "seed",
+        "shuffle", "triangular", "uniform", "vonmisesvariate", "weibullvariate",
+    }),
+    "heapq": frozenset({
+        "heapify", "heappop", "heappush", "heappushpop", "heapreplace", "merge", "nlargest",
+        "nsmallest",
+    }),
+    "bisect": frozenset({
+        "bisect", "bisect_left", "bisect_right", "insort", "insort_left", "insort_right",
+    }),
+    # uuid: no uuid1/getnode (they may run ifconfig/ip/arp as subprocesses to find a MAC
+    # address), no os/sys (modules), no SafeUUID (enum members are shared, mutable objects).
+    "uuid": frozenset({
+        "UUID", "uuid3", "uuid4", "uuid5", "NAMESPACE_DNS", "NAMESPACE_OID",
+        "NAMESPACE_URL", "NAMESPACE_X500",
+    }),
+    # hashlib: no file_digest (file objects), no pbkdf2_hmac/scrypt (deliberately slow C loops
+    # that cannot be interrupted in-process), no shake_* (digest length is caller-chosen).
+    "hashlib": frozenset({
+        "algorithms_available", "algorithms_guaranteed", "blake2b", "blake2s", "md5", "new",
+        "sha1", "sha224", "sha256", "sha384", "sha3_224", "sha3_256", "sha3_384", "sha3_512",
+        "sha512",
+    }),
+    "base64": frozenset({
+        "a85decode", "a85encode", "b16decode", "b16encode", "b32decode", "b32encode",
+        "b32hexdecode", "b32hexencode", "b64decode", "b64encode", "b85decode", "b85encode",
+        "standard_b64decode", "standard_b64encode", "urlsafe_b64decode", "urlsafe_b64encode",
+    }),
+    # textwrap: the functions only. TextWrapper has a class-level dict
+    # (unicode_whitespace_trans) that every call in the process would share and could change.
+    "textwrap": frozenset({"dedent", "fill", "indent", "shorten", "wrap"}),
+    # calendar: no sys; no setfirstweekday (module-global state shared by later calls), no
+    # LocaleTextCalendar/LocaleHTMLCalendar (they call locale.setlocale, which is process-wide
+    # and would change the backend's locale), no prcal/prmonth (print to the server log), no
+    # HTMLCalendar (class-level lists, cssclasses, shared by every call and mutable).
+    "calendar": frozenset({
+        "Calendar", "TextCalendar", "IllegalMonthError", "IllegalWeekdayError",
+        "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY",
+        "calendar", "day_abbr", "day_name", "firstweekday", "isleap", "leapdays", "month",
+        "month_abbr", "month_name", "monthcalendar", "monthrange", "timegm", "weekday",
+        "weekheader",
+    }),
+    # time: clocks and conversions only. No sleep (blocks in C: an in-process call could not be
+    # cancelled), no tzset (changes the process's time zone), no clock_settime*.
+    "time": frozenset({
+        "altzone", "asctime", "ctime", "daylight", "gmtime", "localtime", "mktime",
+        "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "process_time",
+        "process_time_ns", "strftime", "strptime", "struct_time", "time", "time_ns",
+        "timezone", "tzname",
+    }),
+    # unicodedata: no ucd_3_2_0 (an object of the old database, not needed).
+    "unicodedata": frozenset({
+        "bidirectional", "category", "combining", "decimal", "decomposition", "digit",
+        "east_asian_width", "is_normalized", "lookup", "mirrored", "name", "normalize",
+        "numeric", "unidata_version",
+    }),
+}
+
+#: names refused even when a DBA lists them explicitly: they defeat the policy's invariant that
+#: every attribute name appears literally in the source, or they return live interpreter state.
+HARD_DENY: dict[str, frozenset[str]] = {
+    "operator": frozenset({"attrgetter", "methodcaller"}),
+    "string": frozenset({"Formatter"}),
+    "functools": frozenset({"wraps", "update_wrapper"}),
+    "decimal": frozenset({"getcontext", "setcontext", "DefaultContext", "BasicContext",
+                          "ExtendedContext"}),
+}
+
+
+def _dba_hint(module: str) -> str:
+    return (
+        f"a DBA can allow it with: INSERT INTO wormhole_allowed_modules (module_name, allowed) "
+        f"VALUES ('{module}', true)"
+    )
+
+
+def allowed_names(module: str, modules: Mapping[str, frozenset[str] | None]) -> frozenset[str]:
+    """The names ``module`` exposes to user code under this whitelist.
+
+    Raises ``KeyError`` if the module is not whitelisted and ``LookupError`` (with the message
+    for the DBA) if it is whitelisted with NULL names but wormhole has no catalogue for it.
+    Underscore names and ``HARD_DENY`` names are removed even when the DBA listed them.
+    """
+    names = modules[module]
+    if names is None:
+        if module not in CATALOGUE:
+            raise LookupError(
+                f"module {module!r} is whitelisted without a list of names and wormhole has no "
+                f"catalogue for it; a DBA must list the public names functions may use"
+            )
+        names = CATALOGUE[module]
+    deny = HARD_DENY.get(module, frozenset())
+    return frozenset(n for n in names if n.isidentifier() and not n.startswith("_")
+                     and n not in deny)
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One reason the policy refuses a function: line (1 = the ``def``), column, rule, message."""
+
+    lineno: int
+    col: int
+    rule: str
+    message: str
+
+
+class PolicyError(Exception):
+    """The function was refused. ``findings`` holds every reason, sorted by position."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self.findings = list(findings)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A function that passed: its name, compiled module code, parameter names and hash.
+
+    ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
+    """
+
+    name: str
+    code: types.CodeType
+    params: tuple[str, ...]
+    source_hash: str
+
+
+# --------------------------------------------------------------------------------------------
+# text checks (before parsing)
+
+# PEP 263: the tokenizer honours this on line 1 or 2; ast.parse(str) ignores it, compile(bytes)
+# does not, so a cookie is how a UTF-7 payload hides code in a comment.
+_COOKIE = re.compile(r"^[ \t\f]*#.*?coding[:=]", re.ASCII)
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL_NAMES = {"\r": "carriage return", "\f": "form feed", "\v": "vertical tab",
+                  "\x00": "NUL"}
+
+
+def _text_findings(source: str) -> list[Finding]:
+    findings: list[Finding] = []
+    lines = source.split("\n")
+    for lineno, line in enumerate(lines[:2], 1):
+        if _COOKIE.match(line):
+            findings.append(Finding(lineno, 0, "coding-cookie",
+                                    "a coding declaration ('# coding: ...') is not allowed; "
+                                    "the source is always UTF-8 text"))
+    ascii_only = source.isascii()
+    for lineno, line in enumerate(lines, 1):
+        if ascii_only and not _ASCII_CONTROL.search(line):
+            continue
+        for col, ch in enumerate(line):
+            if ch == "\t" or " " <= ch <= "~":
+                continue
+            category = unicodedata.category(ch)
+            if category in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+                what = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, f"U+{ord(ch):04X}")
+                kind = {"Cc": "control character", "Cf": "invisible format character",
+                        "Cs": "lone surrogate", "Zl": "line separator",
+                        "Zp": "paragraph separator"}[category]
+                findings.append(Finding(
+                    lineno, col, "bad-character",
+                    f"{kind} {what} (U+{ord(ch):04X}) is not allowed in the source"
+                    + (" (bidi and zero-width characters can make code read differently "
+                       "from how it runs)" if category == "Cf" else ""),
+                ))
+            if len(findings) >= MAX_FINDINGS:
+                return findings
+    return findings
+
+
+# --------------------------------------------------------------------------------------------
+# the validator
+
+
+_AS_NAME = re.compile(rb"\bas\s+([^\s:#]+)\s*:")
+
+
+class _Ctx(NamedTuple):
+    depth: int
+    #: inside a ``with`` block or a ``try`` that has ``finally``, within the current function
+    #: (a ``yield`` there would let code run when the generator is closed at garbage collection)
+    in_cleanup: bool
+
+
+class _Validator:
+    """Checks the tree iteratively; every node type needs a ``visit_<Type>`` method."""
+
+    def __init__(self, source: str, modules: Mapping[str, frozenset[str] | None]) -> None:
+        self.lines = [line.encode("utf-8", "surrogatepass") for line in source.split("\n")]
+        self.modules = modules
+        self.findings: list[Finding] = []
+        self.function: ast.FunctionDef | None = None
+        self.class_names: set[str] = set()
+        self.methods: set[int] = set()  # ids of FunctionDef nodes directly in a class body
+        self.ok_super: set[int] = set()  # ids of Name('super') nodes in a zero-arg call
+        self.ok_dunder_attr: set[int] = set()  # ids of super().__dunder__ Attribute nodes
+        # for the early module-attribute check: names bound by `import m [as n]`, names bound
+        # any other way, and `n.attr` reads to check once the walk is done.
+        self.import_bound: dict[str, str] = {}
+        self.other_bound: set[str] = set()
+        self.module_reads: list[tuple[ast.Attribute, str]] = []
+
+    # -- helpers
+
+    def add(self, node: ast.AST | None, rule: str, message: str) -> None:
+        lineno = getattr(node, "lineno", 1) if node is not None else 1
+        col = getattr(node, "col_offset", 0) if node is not None else 0
+        self.findings.append(Finding(int(lineno), int(col), rule, message))
+
+    def _span(self, node: ast.AST) -> bytes:
+        """The node's source text (UTF-8 bytes), one line only; b'' if unknown."""
+        lineno = getattr(node, "lineno", None)
+        col = getattr(node, "col_offset", None)
+        if lineno is None or col is None or not 1 <= lineno <= len(self.lines):
+            return b""
+        end_col = getattr(node, "end_col_offset", None)
+        line = self.lines[lineno - 1]
+        if getattr(node, "end_lineno", lineno) != lineno or end_col is None:
+            end_col = len(line)
+        return bytes(line[col:end_col])
+
+    def _tail(self, node: ast.AST, size: int) -> bytes | None:
+        """The ``size`` bytes that end the node (an attribute's name, a capture's name)."""
+        end_lineno = getattr(node, "end_lineno", None)
+        end_col = getattr(node, "end_col_offset", None)
+        if end_lineno is None or end_col is None or not 1 <= end_lineno <= len(self.lines):
+            return None
+        line = self.lines[end_lineno - 1]
+        return bytes(line[max(end_col - size, 0):end_col]) if end_col >= size else None
+
+    def _identifier(self, name: str, node: ast.AST, what: str, *, text: bytes | None = None,
+                    dunder_ok: bool = False) -> None:
+        """Check one identifier. ``text``: the source bytes it was written as, when known.
+
+        The parser NFKC-normalises identifiers (``ｅval`` arrives as ``eval``), so the written
+        form is compared with the name to catch look-alikes; the name itself is checked too.
+        """
+        if not name.isascii() or (text is not None and text != name.encode("ascii", "replace")):
+            self.add(node, "non-ascii-identifier",
+                     f"{what} {name!r} is written with non-ASCII characters; identifiers must "
+                     f"be plain ASCII (look-alike letters can disguise names such as eval)")
+        if name.startswith("_") and not dunder_ok and name != "_":
+            self.add(node, "underscore-name",
+                     f"{what} {name!r} starts with '_'; names starting with an underscore "
+                     f"(dunders, private names, the runtime's hooks) are not allowed")
+        elif name in FORBIDDEN_NAMES:
+            self.add(node, "forbidden-name", f"{name!r} is not allowed: it "
+                     f"{FORBIDDEN_NAMES[name]}")
+
+    def _attribute_name(self, name: str, node: ast.AST, text: bytes | None) -> None:
+        if not name.isascii() or (text is not None and text != name.encode("ascii", "replace")):
+            self.add(node, "non-ascii-identifier",
+                     f"attribute {name!r} is written with non-ASCII characters; identifiers "
+                     f"must be plain ASCII")
+        elif name.startswith("_"):
+            self.add(node, "underscore-attribute",
+                     f"attribute {name!r} starts with '_'; underscore attributes (dunders "
+                     f"such as __class__, __globals__, __subclasses__) are not allowed")
+        elif name in FORBIDDEN_ATTRIBUTES or name.startswith(_FORBIDDEN_ATTRIBUTE_PREFIXES):
+            self.add(node, "forbidden-attribute",
+                     f"attribute {name!r} is not allowed (frame, code, generator and "
+                     f"formatting internals reach outside the function)")
+
+    def _nonascii_outside_strings(self, node: ast.AST, what: str) -> None:
+        """For identifiers the AST gives no position for: any non-ASCII byte in the node's
+        first line outside string literals and comments is a non-ASCII identifier."""
+        span = self._span(node)
+        if span.isascii():
+            return
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Constant) and isinstance(sub.value, (str, bytes)):
+                piece = self._span(sub)
+                if piece:
+                    span = span.replace(piece, b"")
+        span = span.split(b"#", 1)[0]
+        if not span.isascii():
+            self.add(node, "non-ascii-identifier",
+                     f"{what} is written with non-ASCII characters; identifiers must be plain "
+                     f"ASCII")
+
+    def _literal(self, node: ast.expr | None) -> bool:
+        """A default value that runs no code: a constant, -constant, or a tuple of them."""
+        if node is None or isinstance(node, ast.Constant):
+            return True
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return isinstance(node.operand, ast.Constant) and isinstance(
+                node.operand.value, (int, float, complex)) and not isinstance(
+                node.operand.value, bool)
+        if isinstance(node, ast.Tuple) and len(node.elts) <= 64:
+            return all(self._literal(e) for e in node.elts)
+        return False
+
+    def _type_expression(self, node: ast.expr) -> bool:
+        """An annotation that only looks names up: ``int``, ``list[str]``, ``dt.date | None``.
+
+        Annotations are evaluated when the ``def`` runs; these forms call nothing but the
+        trusted ``__class_getitem__``/``type.__or__`` of builtin types (user classes may not
+        define those hooks). Names inside are still checked as names.
+        """
+        stack: list[ast.expr] = [node]
+        seen = 0
+        while stack:
+            n = stack.pop()
+            seen += 1
+            if seen > 64:
+                return False
+            if isinstance(n, (ast.Name, ast.Constant)):
+                continue
+            if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load):
+                stack.append(n.value)
+            elif isinstance(n, ast.Subscript):
+                stack.extend((n.value, n.slice))
+            elif isinstance(n, (ast.Tuple, ast.List)):
+                stack.extend(n.elts)
+            elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr):
+                stack.extend((n.left, n.right))
+            else:
+                return False
+        return True
+
+    def _annotation(self, node: ast.expr | None) -> None:
+        if node is not None and not self._type_expression(node):
+            self.add(node, "annotation",
+                     "annotations may only name types (int, list[str], date | None): they run "
+                     "when the function is defined")
+
+    def _bind(self, name: str | None) -> None:
+        if name is not None:
+            self.other_bound.add(name)
+
+    # -- the walk
+
+    def run(self, tree: ast.Module) -> None:
+        stack: list[tuple[ast.AST, _Ctx]] = [(tree, _Ctx(0, False))]
+        count = 0
+        too_deep = False
+        while stack:
+            node, ctx = stack.pop()
+            count += 1
+            if count > MAX_NODES:
+                self.add(None, "too-large",
+                         f"the function has more than {MAX_NODES} syntax nodes; split it up")
+                return
+            if ctx.depth > MAX_DEPTH:
+                if not too_deep:
+                    self.add(node, "too-deep",
+                             f"expression or statement nesting deeper than {MAX_DEPTH} levels "
+                             f"(e.g. a very long chain of '+'); split it up")
+                    too_deep = True
+                continue
+            visit: Callable[[ast.AST, _Ctx], _Ctx | None] | None = getattr(
+                self, "visit_" + type(node).__name__, None)
+            if visit is None:
+                self.add(node, "construct",
+                         f"construct {type(node).__name__} is not allowed in wormhole functions")
+                continue
+            child_ctx = visit(node, ctx)
+            if child_ctx is None:
+                continue
+            child_ctx = child_ctx._replace(depth=ctx.depth + 1)
+            children = list(ast.iter_child_nodes(node))
+            for child in reversed(children):
+                stack.append((child, child_ctx))
+            if len(self.findings) >= MAX_FINDINGS:
+                return
+        self._check_module_reads()
+
+    def _check_module_reads(self) -> None:
+        for node, module in self.module_reads:
+            assert isinstance(node.value, ast.Name)
+            alias = node.value.id
+            if alias in self.other_bound:
+                continue
+            try:
+                names = allowed_names(module, self.modules)
+            except LookupError:
+                continue  # already reported at the import
+            if node.attr not in names and not node.attr.startswith("_"):
+                self.add(node, "module-attribute",
+                         f"{module}.{node.attr} is not available: a whitelisted module is "
+                         f"reachable only through its allowed public names (never its "
+                         f"submodules or re-exported modules); allowed: "
+                         f"{', '.join(sorted(names)) or '(none)'}")
+
+    # -- module and definitions
+
+    def visit_Module(self, node: ast.Module, ctx: _Ctx) -> _Ctx | None:
+        functions = [s for s in node.body if isinstance(s, ast.FunctionDef)]
+        for stmt in node.body:
+            if not isinstance(stmt, ast.FunctionDef):
+                self.add(stmt, "top-level",
+                         "the source must be exactly one function definition; move "
+                         f"this {type(stmt).__name__} statement inside the function")
+        if not functions:
+            if not node.body or all(isinstance(s, ast.FunctionDef) for s in node.body):
+                self.add(None, "top-level", "the source must be exactly one function definition")
+        elif len(functions) > 1:
+            self.add(functions[1], "top-level",
+                     "the source must be exactly one function definition; define helper "
+                     "functions inside it")
+        if functions:
+            self.function = functions[0]
+        return ctx
+
+    def _arguments(self, args: ast.arguments) -> None:
+        for default in [*args.defaults, *args.kw_defaults]:
+            if not self._literal(default):
+                self.add(default, "default-value",
+                         "default values must be literal constants (numbers, strings, True, "
+                         "False, None or tuples of them): defaults run when the function is "
+                         "defined")
+
+    def visit_FunctionDef(self, node: ast.FunctionDef, ctx: _Ctx) -> _Ctx | None:
+        is_method = id(node) in self.methods
+        dunder = node.name.startswith("__") and node.name.endswith("__")
+        text = None
+        span = self._span(node)
+        rest = span[3:].lstrip() if span.startswith(b"def") else None
+        if rest is not None:
+            text = rest[: len(node.name.encode("ascii", "replace"))]
+        if is_method and dunder and node.name not in DUNDER_METHODS and node.name.isascii():
+            self.add(node, "dunder-method",
+                     f"method {node.name!r} is not allowed; the dunder methods a class may "
+                     f"define are: {', '.join(sorted(DUNDER_METHODS))}")
+        else:
+            self._identifier(node.name, node, "function name", text=text,
+                             dunder_ok=is_method and node.name in DUNDER_METHODS)
+        if node.decorator_list:
+            self.add(node.decorator_list[0], "decorator",
+                     "decorators are not allowed: they run code when the function is defined")
+        self._annotation(node.returns)
+        self._arguments(node.args)
+        self._bind(node.name)
+        if getattr(node, "type_params", None):
+            self.add(node, "construct", "type parameters are not allowed")
+        return _Ctx(ctx.depth, False)
+
+    def visit_Lambda(self, node: ast.Lambda, ctx: _Ctx) -> _Ctx | None:
+        self._arguments(node.args)
+        return _Ctx(ctx.depth, False)
+
+    def visit_arguments(self, node: ast.arguments, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_arg(self, node: ast.arg, ctx: _Ctx) -> _Ctx | None:
+        span = self._span(node)
+        self._identifier(node.arg, node, "parameter",
+                         text=span[: len(node.arg)] if span else None)
+        self._annotation(node.annotation)
+        self._bind(node.arg)
+        return ctx
+
+    def visit_ClassDef(self, node: ast.ClassDef, ctx: _Ctx) -> _Ctx | None:
+        span = self._span(node)
+        rest = span[5:].lstrip() if span.startswith(b"class") else None
+        self._identifier(node.name, node, "class name",
+                         text=rest[: len(node.name)] if rest is not None else None)
+        if node.decorator_list:
+            self.add(node.decorator_list[0], "decorator",
+                     "decorators are not allowed: they run code when the class is defined")
+        for kw in node.keywords:
+            self.add(kw, "class-keyword",
+                     f"class keyword {kw.arg or '**'}= is not allowed (metaclasses and "
+                     f"__init_subclass__ arguments run code when the class is defined)")
+        for base in node.bases:
+            if isinstance(base, ast.Name):
+                if base.id in self.class_names or base.id in EXCEPTION_NAMES:
+                    continue
+                if base.id in _BUILTIN_TYPE_NAMES:
+                    self.add(base, "class-base",
+                             f"a class may not inherit from {base.id!r}: the bases allowed are "
+                             f"your own classes and exception classes")
+            elif isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
+                continue  # e.g. json.JSONDecodeError; the run-time guard checks it
+            else:
+                self.add(base, "class-base",
+                         "class bases must be plain names (your own classes or exception "
+                         "classes)")
+        for stmt in node.body:
+            if isinstance(stmt, ast.FunctionDef):
+                self.methods.add(id(stmt))
+        self.class_names.add(node.name)
+        self._bind(node.name)
+        return ctx
+
+    def visit_Return(self, node: ast.Return, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Yield(self, node: ast.Yield, ctx: _Ctx) -> _Ctx | None:
+        return self._yield(node, ctx)
+
+    def visit_YieldFrom(self, node: ast.YieldFrom, ctx: _Ctx) -> _Ctx | None:
+        return self._yield(node, ctx)
+
+    def _yield(self, node: ast.expr, ctx: _Ctx) -> _Ctx | None:
+        if ctx.in_cleanup:
+            self.add(node, "yield-in-cleanup",
+                     "yield inside 'with' or 'try ... finally' is not allowed: the cleanup "
+                     "would run whenever the generator is garbage-collected, outside the call")
+        return ctx
+
+    # -- rejected outright, with a message that says why
+
+    def visit_AsyncFunctionDef(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "async", "async def is not allowed (wormhole functions are synchronous)")
+        return None
+
+    def visit_Await(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "async", "await is not allowed (wormhole functions are synchronous)")
+        return None
+
+    def visit_AsyncFor(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "async", "async for is not allowed (wormhole functions are synchronous)")
+        return None
+
+    def visit_AsyncWith(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "async", "async with is not allowed (wormhole functions are synchronous)")
+        return None
+
+    def visit_TryStar(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "try-star",
+                 "except* is not allowed (exception groups with a crafted split() crash "
+                 "CPython 3.11, gh-128049)")
+        return None
+
+    def visit_Global(self, node: ast.Global, ctx: _Ctx) -> _Ctx | None:
+        self.add(node, "global",
+                 "global is not allowed: a wormhole function has no module state; return "
+                 "values or use nonlocal in nested functions")
+        return None
+
+    # -- statements
+
+    def visit_Nonlocal(self, node: ast.Nonlocal, ctx: _Ctx) -> _Ctx | None:
+        for name in node.names:
+            self._identifier(name, node, "name")
+        self._nonascii_outside_strings(node, "a nonlocal name")
+        return ctx
+
+    def visit_Assign(self, node: ast.Assign, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_AugAssign(self, node: ast.AugAssign, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_AnnAssign(self, node: ast.AnnAssign, ctx: _Ctx) -> _Ctx | None:
+        self._annotation(node.annotation)
+        return ctx
+
+    def visit_Delete(self, node: ast.Delete, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Expr(self, node: ast.Expr, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Pass(self, node: ast.Pass, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Break(self, node: ast.Break, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Continue(self, node: ast.Continue, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_If(self, node: ast.If, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_While(self, node: ast.While, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_For(self, node: ast.For, ctx: _Ctx) -> _Ctx | None:
+        self._store_target(node.target, "a for-loop target")
+        return ctx
+
+    def _store_target(self, target: ast.expr, where: str) -> None:
+        """Attribute stores are guarded by rewriting ``a.b = v``; that rewrite is only done
+        for assignment statements, so other binding positions must bind names."""
+        for sub in ast.walk(target):
+            if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store):
+                self.add(sub, "attribute-target",
+                         f"assigning to an attribute in {where} is not allowed; bind a name "
+                         f"and assign the attribute in the body")
+
+    def visit_With(self, node: ast.With, ctx: _Ctx) -> _Ctx | None:
+        return ctx._replace(in_cleanup=True)
+
+    def visit_withitem(self, node: ast.withitem, ctx: _Ctx) -> _Ctx | None:
+        if node.optional_vars is not None:
+            self._store_target(node.optional_vars, "a with ... as target")
+        return ctx
+
+    def visit_Raise(self, node: ast.Raise, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Try(self, node: ast.Try, ctx: _Ctx) -> _Ctx | None:
+        return ctx._replace(in_cleanup=True) if node.finalbody else ctx
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler, ctx: _Ctx) -> _Ctx | None:
+        if node.type is None:
+            self.add(node, "bare-except",
+                     "bare 'except:' is not allowed (it would catch the runtime's interrupt); "
+                     "write 'except Exception:'")
+        else:
+            types_ = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+            for t in types_:
+                if isinstance(t, ast.Name) and t.id in _UNCATCHABLE:
+                    self.add(t, "catch-base-exception",
+                             f"catching {t.id} is not allowed (it would catch the runtime's "
+                             f"interrupt); catch Exception or something narrower")
+                elif not isinstance(t, (ast.Name, ast.Attribute)):
+                    self.add(t, "except-type",
+                             "the exception type in 'except' must be a name such as ValueError "
+                             "or json.JSONDecodeError, or a tuple of them")
+        if node.name is not None:
+            # the AST has no position for the name: find "as <name>" on the handler's line
+            line = self.lines[node.lineno - 1] if 1 <= node.lineno <= len(self.lines) else b""
+            found = _AS_NAME.search(bytes(line[node.col_offset:]))
+            self._identifier(node.name, node, "name", text=found.group(1) if found else None)
+            self._bind(node.name)
+        return ctx
+
+    def visit_Assert(self, node: ast.Assert, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Match(self, node: ast.Match, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_match_case(self, node: ast.match_case, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchValue(self, node: ast.MatchValue, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchSingleton(self, node: ast.MatchSingleton, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchSequence(self, node: ast.MatchSequence, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchOr(self, node: ast.MatchOr, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_MatchStar(self, node: ast.MatchStar, ctx: _Ctx) -> _Ctx | None:
+        if node.name is not None:
+            span = self._span(node)
+            self._identifier(node.name, node, "capture name",
+                             text=span[1:].strip() if span else None)
+            self._bind(node.name)
+        return ctx
+
+    def visit_MatchAs(self, node: ast.MatchAs, ctx: _Ctx) -> _Ctx | None:
+        if node.name is not None:
+            self._identifier(node.name, node, "capture name",
+                             text=self._tail(node, len(node.name)))
+            self._bind(node.name)
+        return ctx
+
+    def visit_MatchMapping(self, node: ast.MatchMapping, ctx: _Ctx) -> _Ctx | None:
+        if node.rest is not None:
+            self._identifier(node.rest, node, "capture name")
+            self._nonascii_outside_strings(node, "the '**rest' capture name")
+            self._bind(node.rest)
+        return ctx
+
+    def visit_MatchClass(self, node: ast.MatchClass, ctx: _Ctx) -> _Ctx | None:
+        if node.kwd_attrs:
+            self.add(node, "match-class-attributes",
+                     "class patterns with keyword attributes (case Point(x=...)) are not "
+                     "allowed: they read attributes by name without an attribute check; match "
+                     "on a dict or a tuple instead")
+            return None
+        return ctx
+
+    # -- imports
+
+    def visit_Import(self, node: ast.Import, ctx: _Ctx) -> _Ctx | None:
+        for alias in node.names:
+            if "." in alias.name:
+                self.add(node, "import-dotted",
+                         f"'import {alias.name}' is not allowed: submodules are not importable; "
+                         f"import a whitelisted module by its exact name")
+                continue
+            self._module(alias.name, node)
+            self._alias(alias, node)
+            if alias.name in self.modules:
+                self.import_bound[alias.asname or alias.name] = alias.name
+        return None
+
+    def visit_ImportFrom(self, node: ast.ImportFrom, ctx: _Ctx) -> _Ctx | None:
+        if node.level or node.module is None:
+            self.add(node, "relative-import", "relative imports are not allowed")
+            return None
+        if not self._module(node.module, node):
+            return None
+        try:
+            names = allowed_names(node.module, self.modules)
+        except LookupError:
+            return None  # reported by _module
+        for alias in node.names:
+            if alias.name == "*":
+                self.add(node, "star-import",
+                         f"'from {node.module} import *' is not allowed; import the names you "
+                         f"use")
+                continue
+            self._alias(alias, node)
+            if alias.name not in names and not alias.name.startswith("_"):
+                self.add(node, "import-name",
+                         f"'{alias.name}' cannot be imported from {node.module}: only its "
+                         f"allowed public names are reachable (never its submodules or "
+                         f"re-exported modules); allowed: {', '.join(sorted(names)) or '(none)'}")
+            self._bind(alias.asname or alias.name)
+        return None
+
+    def _module(self, module: str, node: ast.AST) -> bool:
+        for part in module.split("."):
+            self._identifier(part, node, "module name")
+        if not module.isascii():
+            return False
+        self._nonascii_outside_strings(node, "the import")
+        if module not in self.modules:
+            self.add(node, "forbidden-module",
+                     f"module {module!r} is not allowed; {_dba_hint(module)}")
+            return False
+        try:
+            allowed_names(module, self.modules)
+        except LookupError as exc:
+            self.add(node, "module-names-unlisted", str(exc))
+            return False
+        return True
+
+    def _alias(self, alias: ast.alias, node: ast.AST) -> None:
+        if alias.name != "*":
+            for part in alias.name.split("."):
+                self._identifier(part, node, "imported name")
+        if alias.asname is not None:
+            self._identifier(alias.asname, node, "import alias")
+            if (alias.asname in _BUILTIN_NAMES or alias.asname in GLOBAL_NAMES
+                    or (alias.asname in self.modules and alias.asname != alias.name)):
+                self.add(node, "import-shadow",
+                         f"'as {alias.asname}' is not allowed: the alias would shadow a "
+                         f"builtin or another whitelisted module")
+
+    def visit_alias(self, node: ast.alias, ctx: _Ctx) -> _Ctx | None:
+        return ctx  # checked by visit_Import / visit_ImportFrom, which do not descend
+
+    # -- expressions
+
+    def visit_Name(self, node: ast.Name, ctx: _Ctx) -> _Ctx | None:
+        self._identifier(node.id, node, "name", text=self._span(node) or None)
+        if node.id == "super" and id(node) not in self.ok_super:
+            self.add(node, "super",
+                     "super may only be called with no arguments, as super().method(...)")
+        if not isinstance(node.ctx, ast.Load):
+            self._bind(node.id)
+        return ctx
+
+    def visit_Attribute(self, node: ast.Attribute, ctx: _Ctx) -> _Ctx | None:
+        text = self._tail(node, len(node.attr))
+        if id(node) in self.ok_dunder_attr:
+            return ctx
+        self._attribute_name(node.attr, node, text)
+        if isinstance(node.value, ast.Name) and node.value.id in self.import_bound:
+            self.module_reads.append((node, self.import_bound[node.value.id]))
+        return ctx
+
+    def visit_Call(self, node: ast.Call, ctx: _Ctx) -> _Ctx | None:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "super":
+            if node.args or node.keywords:
+                self.add(node, "super",
+                         "super may only be called with no arguments, as super().method(...)")
+            else:
+                self.ok_super.add(id(func))
+        if isinstance(func, ast.Name) and func.id == "type" and (
+                len(node.args) != 1 or node.keywords):
+            self.add(node, "type-call",
+                     "type() may only be called with one argument; three-argument type() "
+                     "creates classes and is not allowed")
+        # super().__init__(...) and friends: the one place a dunder may be named.
+        if (isinstance(func, ast.Attribute) and func.attr in DUNDER_METHODS
+                and isinstance(func.ctx, ast.Load)
+                and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Name)
+                and func.value.func.id == "super" and not func.value.args
+                and not func.value.keywords):
+            self.ok_dunder_attr.add(id(func))
+        return ctx
+
+    def visit_keyword(self, node: ast.keyword, ctx: _Ctx) -> _Ctx | None:
+        if node.arg is not None:
+            span = self._span(node)
+            self._identifier(node.arg, node, "keyword argument",
+                             text=span[: len(node.arg)] if span else None)
+        return ctx
+
+    def visit_NamedExpr(self, node: ast.NamedExpr, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_BoolOp(self, node: ast.BoolOp, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_BinOp(self, node: ast.BinOp, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_UnaryOp(self, node: ast.UnaryOp, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_IfExp(self, node: ast.IfExp, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Compare(self, node: ast.Compare, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Dict(self, node: ast.Dict, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Set(self, node: ast.Set, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_List(self, node: ast.List, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Tuple(self, node: ast.Tuple, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Starred(self, node: ast.Starred, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Subscript(self, node: ast.Subscript, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Slice(self, node: ast.Slice, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_Constant(self, node: ast.Constant, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_JoinedStr(self, node: ast.JoinedStr, ctx: _Ctx) -> _Ctx | None:
+        return ctx
+
+    def visit_FormattedValue(self, node: ast.FormattedValue, ctx: _Ctx) -> _Ctx | None:
+        return ctx  # the value and the spec are ordinary nodes, checked like any other
+
+    def _comprehension_scope(self, node: ast.AST, ctx: _Ctx) -> _Ctx:
+        return ctx._replace(in_cleanup=False)
+
+    def visit_ListComp(self, node: ast.ListComp, ctx: _Ctx) -> _Ctx | None:
+        return self._comprehension_scope(node, ctx)
+
+    def visit_SetComp(self, node: ast.SetComp, ctx: _Ctx) -> _Ctx | None:
+        return self._comprehension_scope(node, ctx)
+
+    def visit_DictComp(self, node: ast.DictComp, ctx: _Ctx) -> _Ctx | None:
+        return self._comprehension_scope(node, ctx)
+
+    def visit_GeneratorExp(self, node: ast.GeneratorExp, ctx: _Ctx) -> _Ctx | None:
+        return self._comprehension_scope(node, ctx)
+
+    def visit_comprehension(self, node: ast.comprehension, ctx: _Ctx) -> _Ctx | None:
+        if node.is_async:
+            self.add(node.target, "async", "async comprehensions are not allowed")
+        self._store_target(node.target, "a comprehension target")
+        return ctx
+
+    # -- contexts and operators: leaves with nothing to check
+
+    def _leaf(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:
+        return None
+
+    visit_Load = visit_Store = visit_Del = _leaf
+    visit_And = visit_Or = _leaf
+    visit_Add = visit_Sub = visit_Mult = visit_MatMult = visit_Div = visit_Mod = _leaf
+    visit_Pow = visit_LShift = visit_RShift = visit_BitOr = visit_BitXor = _leaf
+    visit_BitAnd = visit_FloorDiv = _leaf
+    visit_Invert = visit_Not = visit_UAdd = visit_USub = _leaf
+    visit_Eq = visit_NotEq = visit_Lt = visit_LtE = visit_Gt = visit_GtE = _leaf
+    visit_Is = visit_IsNot = visit_In = visit_NotIn = _leaf
+
+
+#: builtin type names a class may not inherit from (subclasses of str, dict... would fool the
+#: exact-type checks of the guards and the result codec).
+_BUILTIN_TYPE_NAMES = frozenset({
+    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list",
+    "range", "set", "slice", "str", "tuple", "type", "object", "super", "enumerate", "filter",
+    "map", "zip", "reversed", "property", "classmethod", "staticmethod", "memoryview",
+})
+
+#: every name the real builtins module defines (an import alias may not shadow one).
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+
+# --------------------------------------------------------------------------------------------
+# the transformer (runs only on a tree that passed the validator)
+
+
+def _call(hook: str, args: list[ast.expr], like: ast.AST) -> ast.Call:
+    call = ast.Call(func=ast.Name(id=hook, ctx=ast.Load()), args=args, keywords=[])
+    return ast.copy_location(call, like)
+
+
+def _tick_stmt(like: ast.AST) -> ast.Expr:
+    return ast.copy_location(ast.Expr(value=_call(TICK, [], like)), like)
+
+
+_BINOP_HOOKS: dict[type[ast.operator], tuple[str, str]] = {
+    ast.Pow: (POW, IPOW), ast.Mult: (MUL, IMUL), ast.LShift: (LSHIFT, ILSHIFT),
+}
+
+
+def _load_copy(target: ast.expr) -> ast.expr:
+    """A Load-context copy of a simple assignment target (``x``, ``a.b``, ``a[k]``)."""
+    if isinstance(target, ast.Name):
+        return ast.copy_location(ast.Name(id=target.id, ctx=ast.Load()), target)
+    if isinstance(target, ast.Attribute):
+        return ast.copy_location(
+            ast.Attribute(value=target.value, attr=target.attr, ctx=ast.Load()), target)
+    assert isinstance(target, ast.Subscript)
+    return ast.copy_location(
+        ast.Subscript(value=target.value, slice=target.slice, ctx=ast.Load()), target)
+
+
+def _simple(node: ast.expr) -> bool:
+    """Evaluating it twice has no side effects: a name or a constant."""
+    return isinstance(node, (ast.Name, ast.Constant))
+
+
+class _Rewriter:
+    """Rewrites the checked tree in place, iteratively (the tree can be MAX_DEPTH deep)."""
+
+    def __init__(self) -> None:
+        self.temp = 0
+
+    def run(self, tree: ast.Module) -> None:
+        stack: list[ast.AST] = [tree]
+        while stack:
+            node = stack.pop()
+            self.node(node)
+            for name, value in ast.iter_fields(node):
+                if isinstance(value, list):
+                    if value and isinstance(value[0], ast.stmt):
+                        value[:] = self.statements(value)
+                    for i, item in enumerate(value):
+                        if isinstance(item, ast.expr):
+                            value[i] = item = self.expression(item)
+                        if isinstance(item, ast.AST):
+                            stack.append(item)
+                elif isinstance(value, ast.AST):
+                    if isinstance(value, ast.expr):
+                        value = self.expression(value)
+                        setattr(node, name, value)
+                    stack.append(value)
+
+    def node(self, node: ast.AST) -> None:
+        """Insert the tick where a body starts."""
+        if isinstance(node, (ast.FunctionDef, ast.For, ast.While)):
+            node.body.insert(0, _tick_stmt(node.body[0]))
+        elif isinstance(node, ast.Lambda):
+            # `_wh_tick() or body`: the tick returns None, so the value is the body's.
+            node.body = ast.copy_location(
+                ast.BoolOp(op=ast.Or(), values=[_call(TICK, [], node.body), node.body]),
+                node.body)
+        elif isinstance(node, ast.comprehension):
+            tick = ast.UnaryOp(op=ast.Not(), operand=_call(TICK, [], node.iter))
+            node.ifs.insert(0, ast.copy_location(tick, node.iter))
+
+    def expression(self, node: ast.expr) -> ast.expr:
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOP_HOOKS:
+            hook = _BINOP_HOOKS[type(node.op)][0]
+            return _call(hook, [node.left, node.right], node)
+        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)
+                and node.attr in DYNAMIC_ATTRIBUTES):
+            return _call(GETATTR, [node.value, ast.Constant(value=node.attr)], node)
+        return node
+
+    def statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for stmt in body:
+            out.extend(self.statement(stmt))
+        return out
+
+    def statement(self, stmt: ast.stmt) -> list[ast.stmt]:
+        if isinstance(stmt, ast.AugAssign):
+            return self.aug_assign(stmt)
+        if isinstance(stmt, ast.Assign):
+            return self.assign(stmt)
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Attribute):
+            if stmt.value is None:
+                return [ast.copy_location(ast.Expr(value=stmt.target.value), stmt)]
+            store = _call(SETATTR, [stmt.target.value, ast.Constant(value=stmt.target.attr),
+                                    stmt.value], stmt)
+            return [ast.copy_location(ast.Expr(value=store), stmt)]
+        if isinstance(stmt, ast.Delete):
+            # del a.b, (c.d, e), [f.g]: Python deletes left to right, unpacking tuple and list
+            # targets; every attribute among them goes through the guard (a ``del (a.b,)`` left
+            # as a raw Delete would change shared classes behind ``_wh_delattr``'s back).
+            out: list[ast.stmt] = []
+            pending: list[ast.expr] = list(reversed(stmt.targets))
+            while pending:
+                target = pending.pop()
+                if isinstance(target, (ast.Tuple, ast.List)):
+                    pending.extend(reversed(target.elts))
+                elif isinstance(target, ast.Attribute):
+                    call = _call(DELATTR, [target.value, ast.Constant(value=target.attr)], target)
+                    out.append(ast.copy_location(ast.Expr(value=call), target))
+                else:
+                    out.append(ast.copy_location(ast.Delete(targets=[target]), target))
+            return out
+        return [stmt]
+
+    def aug_assign(self, stmt: ast.AugAssign) -> list[ast.stmt]:
+        target = stmt.target
+        hooks = _BINOP_HOOKS.get(type(stmt.op))
+        if isinstance(target, ast.Attribute):
+            # a.b op= v  ->  t = a.b; t op= v; _wh_setattr(a, 'b', t): the guard sees the store,
+            # and the in-place operator still runs (a list attribute is extended, not copied).
+            prefix: list[ast.stmt] = []
+            obj: ast.expr = target.value
+            if not _simple(obj):
+                holder = self._temp(stmt)
+                prefix.append(ast.copy_location(ast.Assign(
+                    targets=[ast.Name(id=holder, ctx=ast.Store())], value=obj), stmt))
+                obj = ast.Name(id=holder, ctx=ast.Load())
+            tmp = self._temp(stmt)
+            load = ast.Name(id=tmp, ctx=ast.Load())
+            prefix.append(ast.copy_location(ast.Assign(
+                targets=[ast.Name(id=tmp, ctx=ast.Store())],
+                value=ast.Attribute(value=obj, attr=target.attr, ctx=ast.Load())), stmt))
+            if hooks is not None:
+                prefix.append(ast.copy_location(ast.Assign(
+                    targets=[ast.Name(id=tmp, ctx=ast.Store())],
+                    value=_call(hooks[1], [load, stmt.value], stmt)), stmt))
+            else:
+                prefix.append(ast.copy_location(ast.AugAssign(
+                    target=ast.Name(id=tmp, ctx=ast.Store()), op=stmt.op, value=stmt.value),
+                    stmt))
+            store = _call(SETATTR, [obj, ast.Constant(value=target.attr), load], stmt)
+            return [*prefix, ast.copy_location(ast.Expr(value=store), stmt)]
+        if hooks is None:
+            return [stmt]
+        held: list[ast.stmt] = []
+        if isinstance(target, ast.Subscript) and not (
+                _simple(target.value) and _simple(target.slice)):
+            # a.b[f()] op= v  ->  t1 = a.b; t2 = f(); t1[t2] = _wh_iop(t1[t2], v): the
+            # container and the key are evaluated once, in Python's order, and the size
+            # guard still sees the operation (it used to be left unguarded).
+            value = self._hold(target.value, stmt, held)
+            key = self._hold(target.slice, stmt, held)
+            target = ast.copy_location(
+                ast.Subscript(value=value, slice=key, ctx=ast.Store()), target)
+        if isinstance(target, (ast.Name, ast.Subscript)):
+            # x op= v  ->  x = _wh_iop(x, v); the hook applies the in-place operator itself.
+            call = _call(hooks[1], [_load_copy(target), stmt.value], stmt)
+            return [*held, ast.copy_location(ast.Assign(targets=[target], value=call), stmt)]
+        return [stmt]
+
+    def _hold(self, node: ast.expr, like: ast.stmt, prefix: list[ast.stmt]) -> ast.expr:
+        """``node`` evaluated once into temporaries (appended to ``prefix``), in Python's
+        left-to-right order; slices and tuples of keys keep their shape (a Slice is only valid
+        inside a subscript)."""
+        if _simple(node):
+            return node
+        if isinstance(node, ast.Slice):
+            parts = [None if p is None else self._hold(p, like, prefix)
+                     for p in (node.lower, node.upper, node.step)]
+            return ast.copy_location(ast.Slice(lower=parts[0], upper=parts[1], step=parts[2]),
+                                     node)
+        if isinstance(node, ast.Tuple) and any(isinstance(e, ast.Slice) for e in node.elts):
+            elts = [self._hold(e, like, prefix) for e in node.elts]
+            return ast.copy_location(ast.Tuple(elts=elts, ctx=ast.Load()), node)
+        holder = self._temp(like)
+        prefix.append(ast.copy_location(ast.Assign(
+            targets=[ast.Name(id=holder, ctx=ast.Store())], value=node), like))
+        return ast.copy_location(ast.Name(id=holder, ctx=ast.Load()), node)
+
+    def assign(self, stmt: ast.Assign) -> list[ast.stmt]:
+        if not any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
+                   for t in stmt.targets for sub in ast.walk(t)):
+            return [stmt]
+        # a.b = v  ->  _wh_setattr(a, 'b', v). With several or nested targets the value goes
+        # to a temporary first, so it is evaluated once and stored left to right as Python does.
+        if len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute):
+            t = stmt.targets[0]
+            call = _call(SETATTR, [t.value, ast.Constant(value=t.attr), stmt.value], stmt)
+            return [ast.copy_location(ast.Expr(value=call), stmt)]
+        tmp = self._temp(stmt)
+        out: list[ast.stmt] = [ast.copy_location(
+            ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=stmt.value), stmt)]
+        for target in stmt.targets:
+            out.extend(self._store(target, ast.Name(id=tmp, ctx=ast.Load()), stmt))
+        return out
+
+    def _store(self, target: ast.expr, value: ast.expr, like: ast.stmt) -> list[ast.stmt]:
+        if isinstance(target, ast.Attribute):
+            call = _call(SETATTR, [target.value, ast.Constant(value=target.attr), value], like)
+            return [ast.copy_location(ast.Expr(value=call), like)]
+        if isinstance(target, (ast.Tuple, ast.List)) and any(
+                isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
+                for sub in ast.walk(target)):
+            # unpack into temporaries, then store each one
+            names: list[ast.expr] = []
+            later: list[tuple[ast.expr, str]] = []
+            for elt in target.elts:
+                inner = elt.value if isinstance(elt, ast.Starred) else elt
+                tmp = self._temp(like)
+                store: ast.expr = ast.Name(id=tmp, ctx=ast.Store())
+                if isinstance(elt, ast.Starred):
+                    store = ast.Starred(value=store, ctx=ast.Store())
+                names.append(store)
+                later.append((inner, tmp))
+            out: list[ast.stmt] = [ast.copy_location(ast.Assign(
+                targets=[type(target)(elts=names, ctx=ast.Store())], value=value), like)]
+            for inner, tmp in later:
+                out.extend(self._store(inner, ast.Name(id=tmp, ctx=ast.Load()), like))
+            return out
+        return [ast.copy_location(ast.Assign(targets=[target], value=value), like)]
+
+    def _temp(self, like: ast.AST) -> str:
+        self.temp += 1
+        return f"_wh_t{self.temp}"
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _fix_locations(tree: ast.AST) -> None:
+    """``ast.fix_missing_locations``, iteratively (the library version recurses per level).
+
+    Nodes the rewriter made without a position take their parent's, so tracebacks through the
+    hooks still point at the user's line.
+    """
+    stack: list[tuple[ast.AST, int, int, int, int]] = [(tree, 1, 0, 1, 0)]
+    while stack:
+        node, lineno, col, end_lineno, end_col = stack.pop()
+        if "lineno" in node._attributes:
+            if getattr(node, "lineno", None) is None:
+                node.lineno = lineno  # type: ignore[attr-defined]
+            else:
+                lineno = node.lineno  # type: ignore[attr-defined]
+            if getattr(node, "end_lineno", None) is None:
+                node.end_lineno = end_lineno  # type: ignore[attr-defined]
+            else:
+                end_lineno = node.end_lineno  # type: ignore[attr-defined]
+        if "col_offset" in node._attributes:
+            if getattr(node, "col_offset", None) is None:
+                node.col_offset = col  # type: ignore[attr-defined]
+            else:
+                col = node.col_offset  # type: ignore[attr-defined]
+            if getattr(node, "end_col_offset", None) is None:
+                node.end_col_offset = end_col  # type: ignore[attr-defined]
+            else:
+                end_col = node.end_col_offset  # type: ignore[attr-defined]
+        for child in ast.iter_child_nodes(node):
+            stack.append((child, lineno, col, end_lineno, end_col))
+
+
+def _parse(source: str) -> ast.Module | Finding:
+    try:
+        with warnings.catch_warnings():
+            # invalid escape sequences warn (DeprecationWarning on 3.11, SyntaxWarning later);
+            # with -W error that would turn legitimate regexes into syntax errors.
+            warnings.simplefilter("ignore")
+            return ast.parse(source, filename=FILENAME, mode="exec", type_comments=False)
+    except SyntaxError as exc:
+        return Finding(exc.lineno or 1, max((exc.offset or 1) - 1, 0), "syntax-error",
+                       f"invalid syntax: {exc.msg}")
+    except (RecursionError, MemoryError):
+        return Finding(1, 0, "too-deep", "the source is nested too deeply to be parsed")
+
+
+def _params(fn: ast.FunctionDef) -> tuple[str, ...]:
+    a = fn.args
+    names = [p.arg for p in [*a.posonlyargs, *a.args]]
+    if a.vararg is not None:
+        names.append(a.vararg.arg)
+    names.extend(p.arg for p in a.kwonlyargs)
+    if a.kwarg is not None:
+        names.append(a.kwarg.arg)
+    return tuple(names)
+
+
+def _sorted(findings: list[Finding]) -> list[Finding]:
+    unique: dict[Finding, None] = dict.fromkeys(findings)
+    return sorted(unique, key=lambda f: (f.lineno, f.col))[:MAX_FINDINGS]
+
+
+def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:
+    if not isinstance(source, str):
+        raise PolicyError([Finding(1, 0, "source", "the source must be text")])
+    if len(source) > MAX_SOURCE_CHARS:
+        raise PolicyError([Finding(1, 0, "too-large",
+                                   f"the source is {len(source)} characters; the limit is "
+                                   f"{MAX_SOURCE_CHARS}")])
+    findings = _text_findings(source)
+    if findings:
+        raise PolicyError(_sorted(findings))
+    tree = _parse(source)
+    if isinstance(tree, Finding):
+        raise PolicyError([tree])
+    validator = _Validator(source, modules)
+    validator.run(tree)
+    if validator.findings or validator.function is None:
+        raise PolicyError(_sorted(validator.findings) or [
+            Finding(1, 0, "top-level", "the source must be exactly one function definition")])
+    fn = validator.function
+    _Rewriter().run(tree)
+    _fix_locations(tree)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = compile(tree, FILENAME, "exec", dont_inherit=True, optimize=0)
+    except SyntaxError as exc:
+        # errors only the compiler's symbol table finds: 'break' outside a loop, 'nonlocal x'
+        # with no binding, 'return' in a class body...
+        raise PolicyError([Finding(exc.lineno or 1, max((exc.offset or 1) - 1, 0),
+                                   "syntax-error", f"invalid syntax: {exc.msg}")]) from None
+    except RecursionError:
+        raise PolicyError([Finding(1, 0, "too-deep",
+                                   "the function is nested too deeply to be compiled")]) from None
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest)
+
+
+def check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:
+    """Check ``source`` (exactly one top-level ``def``) against the policy and compile it.
+
+    ``modules`` is the DBA's whitelist: module name -> allowed public names, or None for the
+    catalogue's vetted names. Returns ``Checked``; raises ``PolicyError`` with every finding.
+    Any other failure inside the validator is a rejection too (fail closed).
+    """
+    try:
+        return _check(source, modules)
+    except PolicyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - fail closed: a validator bug rejects
+        raise PolicyError([Finding(1, 0, "validator-error",
+                                   f"the policy could not check this function "
+                                   f"({type(exc).__name__}); it is rejected")]) from None
+
+
+def node_types() -> Iterator[type[ast.AST]]:
+    """Every concrete AST node class of the running Python (for the release checklist test)."""
+    seen: set[type[ast.AST]] = set()
+    stack: list[type[ast.AST]] = [ast.AST]
+    while stack:
+        cls = stack.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen and sub.__module__ == "ast" and sub.__name__[0] != "_":
+                seen.add(sub)
+                stack.append(sub)
+    for cls in sorted(seen, key=lambda c: c.__name__):
+        if cls._fields or not cls.__subclasses__():
+            yield cls
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+
+What a function can reach is exactly what this module hands it:
+
+* a curated ``__builtins__`` (an allow-list; every builtin left out is listed in
+  ``EXCLUDED_BUILTINS`` with the reason, RestrictedPython ``Guards.py`` style);
+* ``query`` and ``DatabaseError``, so code written for the client runs unchanged;
+* the hooks the policy's transformer inserts (``policy.HOOKS``): the tick, the attribute
+  guards and the size guards;
+* whitelisted modules, only as read-only *views* of their allowed public names (never module
+  objects: ``datetime.sys``, ``json.codecs``, ``re.enum`` would hand out ``sys.modules``).
+
+Nothing here is a security boundary by itself (see SECURITY.md): in the confined worker these
+guards give clear errors and defence in depth; in-process (DBA-approved code only) they are
+best effort. What in-process mode cannot stop: C-level loops that never return to Python
+(``any(iter(int, 1))`` is wrapped, but e.g. ``sorted`` over a huge list, a regex with
+catastrophic backtracking such as ``(a+)+$``, ``bytes(10**10)``, ``'x'.ljust(10**10)``,
+``math.prod`` of huge numbers, or ``list(itertools.product(range(10**4), repeat=4))``) and
+memory use in general. The worker's OS limits (wall clock, RLIMIT_AS, RLIMIT_CPU) bound those.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import importlib
+import itertools
+import math
+import random
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from fractions import Fraction
+from string import Formatter
+from typing import Any, NoReturn
+
+from .errors import DatabaseError, LimitExceeded, PolicyViolation
+from .policy import (
+    CATALOGUE,
+    DELATTR,
+    EXCEPTION_NAMES,
+    FORBIDDEN_ATTRIBUTES,
+    GETATTR,
+    ILSHIFT,
+    IMUL,
+    IPOW,
+    LSHIFT,
+    MUL,
+    POW,
+    SETATTR,
+    TICK,
+    allowed_names,
+)
+from .rows import Rows
+
+__all__ = [
+    "CATALOGUE",
+    "EXCLUDED_BUILTINS",
+    "MAX_INT_BITS",
+    "MAX_REPEAT",
+    "ModuleView",
+    "build_globals",
+    "safe_builtin_names",
+]
+
+#: the largest integer one ``**``, ``*``, ``<<`` or math.factorial/comb/perm may produce
+#: (4 Mbit ~ 1.26 million decimal digits, 512 KiB). ``10**10**8`` would need 41 MB and seconds
+#: of C code that no interrupt can stop.
+MAX_INT_BITS = 1 << 22
+#: the most items (or characters) one sequence repetition (``'x' * n``, ``[0] * n``) may produce.
+MAX_REPEAT = 10_000_000
+#: ranges longer than this are iterated through a ticking generator (they lose ``len()`` and
+#: indexing), so ``sum(range(10**12))`` notices interrupts instead of running in C for hours.
+RANGE_FAST = 10_000_000
+
+_MODULE_NAME = "__wormhole__"  # what classes get as __module__ (a class body needs __name__)
+
+# --------------------------------------------------------------------------------------------
+# builtins
+
+#: builtins handed over unchanged.
+_PLAIN_BUILTINS = (
+    "abs", "all", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
+    "complex", "dict", "divmod", "enumerate", "filter", "float", "format", "frozenset", "hash",
+    "hex", "int", "isinstance", "issubclass", "len", "list", "map", "max", "min", "next", "oct",
+    "ord", "repr", "reversed", "round", "set", "slice", "sorted", "str", "sum", "super",
+    "tuple", "zip", "NotImplemented", "Ellipsis",
+    # ``format(value, spec)`` calls value.__format__(spec): a spec cannot traverse attributes
+    # (only ``str.format`` field names can, and that is guarded). ``super`` is allowed by the
+    # policy only as ``super()`` with no arguments.
+)
+
+#: builtins replaced by guarded versions (built in ``build_globals``).
+_GUARDED_BUILTINS = ("pow", "type", "range", "iter", "print", "__import__", "__build_class__")
+
+#: every other builtin of CPython 3.11, and why it is missing.
+EXCLUDED_BUILTINS: dict[str, str] = {
+    "eval": "runs arbitrary code", "exec": "runs arbitrary code",
+    "compile": "makes code objects",
+    "open": "file access",
+    "input": "reads the server's stdin",
+    "breakpoint": "starts a debugger (site builtin)",
+    "help": "site builtin; imports arbitrary modules (pydoc)",
+    "license": "site builtin; reads files", "credits": "site builtin",
+    "copyright": "site builtin",
+    "exit": "site builtin; raises SystemExit", "quit": "site builtin; raises SystemExit",
+    "vars": "introspection: returns namespaces (vars(type)['...'] bypasses attribute checks)",
+    "dir": "introspection", "globals": "introspection: the call's globals incl. the hooks",
+    "locals": "introspection",
+    "getattr": "attribute names as strings bypass the policy's attribute checks",
+    "setattr": "attribute names as strings bypass the policy's attribute checks",
+    "delattr": "attribute names as strings bypass the policy's attribute checks",
+    "hasattr": "attribute names as strings (probes dunders, triggers properties)",
+    "object": "root of the class graph (object.__subclasses__())",
+    "memoryview": "raw buffer access",
+    "classmethod": "descriptors are not supported", "staticmethod": "descriptors are not "
+    "supported", "property": "descriptors are not supported",
+    "id": "leaks memory addresses (defeats ASLR)",
+    "aiter": "async is not supported", "anext": "async is not supported",
+    "BaseException": "catching it would swallow the runtime's Interrupted",
+    "SystemExit": "must not be raised or caught by user code",
+    "KeyboardInterrupt": "must not be raised or caught by user code",
+    "GeneratorExit": "must not be raised or caught by user code",
+    "BaseExceptionGroup": "exception groups: except* is refused (CPython gh-128049)",
+    "ExceptionGroup": "exception groups: except* is refused (CPython gh-128049)",
+    "__debug__": "not needed", "__doc__": "not needed", "__loader__": "the import system",
+    "__name__": "set to '__wormhole__' in globals instead", "__package__": "not needed",
+    "__spec__": "the import system",
+    "True": "a keyword; never looked up", "False": "a keyword; never looked up",
+    "None": "a keyword; never looked up",
+}
+_NOT_NEEDED_EXCEPTIONS = (
+    # no file, network, process or import access, so these cannot happen in user code; warnings
+    # are not user-visible. Catching one of them would only hide a runtime bug.
+    "OSError", "EnvironmentError", "IOError", "BlockingIOError", "BrokenPipeError",
+    "ChildProcessError", "ConnectionAbortedError", "ConnectionError",
+    "ConnectionRefusedError", "ConnectionResetError", "FileExistsError",
+    "FileNotFoundError", "InterruptedError", "IsADirectoryError", "NotADirectoryError",
+    "PermissionError", "ProcessLookupError", "TimeoutError", "ImportError",
+    "ModuleNotFoundError", "EOFError", "SyntaxError", "IndentationError", "TabError",
+    "SystemError", "ReferenceError", "BufferError", "StopAsyncIteration", "EncodingWarning",
+    "UnicodeTranslateError", "Warning", "UserWarning", "DeprecationWarning",
+    "PendingDeprecationWarning", "SyntaxWarning", "RuntimeWarning", "FutureWarning",
+    "ImportWarning", "UnicodeWarning", "BytesWarning", "ResourceWarning",
+)
+EXCLUDED_BUILTINS.update({name: "not reachable from wormhole functions" for name in
+                          _NOT_NEEDED_EXCEPTIONS})
+
+_EXCEPTIONS = tuple(sorted(EXCEPTION_NAMES - {"DatabaseError"}))
+
+_BASE_BUILTINS: dict[str, object] = {
+    name: getattr(builtins, name) for name in (*_PLAIN_BUILTINS, *_EXCEPTIONS)
+}
+
+
+def safe_builtin_names() -> frozenset[str]:
+    """Every name the curated ``__builtins__`` defines."""
+    return frozenset(_BASE_BUILTINS) | frozenset(_GUARDED_BUILTINS)
+
+
+# --------------------------------------------------------------------------------------------
+# size guards (the transformer routes ``**``, ``*`` and ``<<`` here)
+
+
+def _too_big(what: str, bits: int) -> NoReturn:
+    raise LimitExceeded(
+        "size", f"{what} would produce a number of about {bits:,} bits; the limit is "
+        f"{MAX_INT_BITS:,} bits")
+
+
+def _is_int(x: object) -> bool:
+    # any int, subclasses included: the stdlib hands out int subclasses (``re.I | 10**10`` is
+    # a ``RegexFlag`` of any size) that an exact-type check would wave through unguarded.
+    # User code cannot define int subclasses (policy: class bases), so none overrides the
+    # int methods used here.
+    return isinstance(x, int)
+
+
+def _check_pow(base: Any, exp: Any) -> None:
+    if _is_int(exp) and exp > 1:
+        if _is_int(base):
+            if abs(base) > 1 and (abs(base).bit_length() - 1) * exp > MAX_INT_BITS:
+                _too_big(f"{base} ** {exp}", (abs(base).bit_length() - 1) * exp)
+        elif type(base) is Fraction:
+            size = max(abs(base.numerator).bit_length(), base.denominator.bit_length())
+            if size > 1 and (size - 1) * exp > MAX_INT_BITS:
+                _too_big(f"Fraction ** {exp}", (size - 1) * exp)
+
+
+def guarded_pow(base: Any, exp: Any, mod: Any = None) -> Any:
+    """``base ** exp`` (and ``pow``) with a cap on the size of integer and Fraction results.
+
+    Three-argument ``pow`` is modular, so its result is bounded by ``mod``.
+    """
+    if mod is None:
+        if type(base) is not float and type(exp) is not float:
+            _check_pow(base, exp)
+        return base**exp
+    return builtins.pow(base, exp, mod)
+
+
+_SEQUENCES = (str, bytes, bytearray, list, tuple)
+
+
+def guarded_mul(a: Any, b: Any) -> Any:
+    """``a * b`` with caps on integer size and on sequence repetition.
+
+    This runs for every ``*`` in user code, so the common cases (floats, small ints) take the
+    first branch with no further calls.
+    """
+    if type(a) is float or type(b) is float:
+        return a * b
+    ia = isinstance(a, int)  # subclasses too (see _is_int)
+    ib = isinstance(b, int)
+    if ia and ib:
+        if a.bit_length() + b.bit_length() > MAX_INT_BITS:
+            _too_big("the multiplication", a.bit_length() + b.bit_length())
+    elif ia and isinstance(b, _SEQUENCES) and a > 0:
+        _check_repeat(len(b), a)
+    elif ib and isinstance(a, _SEQUENCES) and b > 0:
+        _check_repeat(len(a), b)
+    return a * b
+
+
+def _check_repeat(length: int, times: int) -> None:
+    if length * times > MAX_REPEAT:
+        raise LimitExceeded(
+            "size", f"repeating a sequence of length {length} {times} times would make "
+            f"{length * times:,} items; the limit is {MAX_REPEAT:,}")
+
+
+def guarded_lshift(a: Any, b: Any) -> Any:
+    """``a << b`` with a cap on the result's size."""
+    if _is_int(a) and _is_int(b) and a and b > 0 and a.bit_length() + b > MAX_INT_BITS:
+        _too_big(f"{a} << {b}", a.bit_length() + b)
+    return a << b
+
+
+def guarded_ipow(a: Any, b: Any) -> Any:
+    _check_pow(a, b)
+    a **= b
+    return a
+
+
+def guarded_imul(a: Any, b: Any) -> Any:
+    """``a *= b``: the same checks as ``*``, then the in-place operator (lists stay the same
+    object, as Python's own ``*=`` keeps them)."""
+    if _is_int(a) and _is_int(b):
+        if a.bit_length() + b.bit_length() > MAX_INT_BITS:
+            _too_big("the multiplication", a.bit_length() + b.bit_length())
+    elif _is_int(b) and isinstance(a, _SEQUENCES) and b > 0:
+        _check_repeat(len(a), b)
+    elif _is_int(a) and isinstance(b, _SEQUENCES) and a > 0:
+        _check_repeat(len(b), a)
+    a *= b
+    return a
+
+
+def guarded_ilshift(a: Any, b: Any) -> Any:
+    if _is_int(a) and _is_int(b) and a and b > 0 and a.bit_length() + b > MAX_INT_BITS:
+        _too_big(f"{a} << {b}", a.bit_length() + b)
+    a <<= b
+    return a
+
+
+def _factorial(n: Any) -> Any:
+    if _is_int(n) and n > 2 and n * (n.bit_length() - 1) > MAX_INT_BITS:
+        _too_big(f"factorial({n})", n * (n.bit_length() - 1))
+    return math.factorial(n)
+
+
+def _comb(n: Any, k: Any) -> Any:
+    if _is_int(n) and _is_int(k) and 0 <= k <= n:
+        bits = min(k, n - k) * n.bit_length()
+        if bits > MAX_INT_BITS:
+            _too_big(f"comb({n}, {k})", bits)
+    return math.comb(n, k)
+
+
+def _perm(n: Any, k: Any = None) -> Any:
+    if _is_int(n) and (k is None or _is_int(k)):
+        kk = n if k is None else k
+        if 0 <= kk <= n and kk * n.bit_length() > MAX_INT_BITS:
+            _too_big(f"perm({n}, {kk})", kk * n.bit_length())
+    return math.perm(n, k)
+
+
+# --------------------------------------------------------------------------------------------
+# attribute guards
+
+
+def _check_attribute_name(name: object) -> str:
+    # ``type(name) is str``: a str subclass could override startswith (RestrictedPython 7.2).
+    if type(name) is not str:
+        raise PolicyViolation("attribute names must be str")
+    if name.startswith(("_", "gi_", "cr_", "ag_")) or name in FORBIDDEN_ATTRIBUTES:
+        raise PolicyViolation(f"attribute {name!r} is not allowed")
+    return name
+
+
+_FORMATTER = Formatter()
+
+
+@functools.lru_cache(maxsize=256)
+def _check_format(fmt: str, depth: int = 0) -> None:
+    """Refuse replacement fields that look up attributes or items (``{0.__class__}``,
+    ``{0[k]}``), including in nested format specs; ``str.format`` would resolve them in C.
+    """
+    if depth > 2:
+        raise ValueError("Max string recursion exceeded")
+    for _literal, field, spec, _conversion in _FORMATTER.parse(fmt):
+        if field is not None and ("." in field or "[" in field):
+            raise PolicyViolation(
+                f"format field {{{field}}} is not allowed: str.format fields may not look up "
+                f"attributes or items (use an f-string, whose expressions are checked)")
+        if spec:
+            _check_format(spec, depth + 1)
+
+
+def safe_format(fmt: str, /, *args: Any, **kwargs: Any) -> str:
+    """``str.format`` with the field check (what ``str.format`` means in user code)."""
+    if not isinstance(fmt, str):
+        raise TypeError("descriptor 'format' requires a 'str' object")
+    _check_format(str(fmt))
+    return str.format(fmt, *args, **kwargs)
+
+
+def guarded_getattr(obj: object, name: str) -> object:
+    """``obj.name`` for the names whose meaning depends on ``obj`` (``policy.DYNAMIC_ATTRIBUTES``).
+
+    ``str.format`` becomes ``safe_format``; ``AttributeError.obj`` (the object a failed lookup
+    was made on, possibly the runtime's own; CVE-2024-47532) is refused.
+    """
+    _check_attribute_name(name)
+    if name == "format":
+        if obj is str:
+            return safe_format
+        if isinstance(obj, str):
+            text = obj
+
+            def format(*args: Any, **kwargs: Any) -> str:  # noqa: A001 - it is str.format
+                return safe_format(text, *args, **kwargs)
+
+            return format
+    elif name == "obj" and isinstance(obj, BaseException):
+        raise PolicyViolation("the 'obj' attribute of exceptions is not available")
+    return getattr(obj, name)
+
+
+# --------------------------------------------------------------------------------------------
+# module views
+
+
+class ModuleView:
+    """A read-only view of a module's allowed public names; never the module itself.
+
+    Values live in a plain dict built once; nothing here ever calls ``getattr`` on the real
+    module at access time, so a failed lookup's ``AttributeError`` carries the view, not the
+    module (CVE-2024-47532). ``__slots__`` means no ``__dict__`` to reach or replace.
+    """
+
+    __slots__ = ("_wh_name", "_wh_values", "_wh_refused")
+
+    def __init__(self, name: str, values: Mapping[str, object],
+                 refused: Mapping[str, str]) -> None:
+        object.__setattr__(self, "_wh_name", name)
+        object.__setattr__(self, "_wh_values", values)
+        object.__setattr__(self, "_wh_refused", refused)
+
+    def __getattr__(self, attr: str) -> object:
+        values: Mapping[str, object] = object.__getattribute__(self, "_wh_values")
+        if type(attr) is str and attr in values:
+            return values[attr]
+        name = object.__getattribute__(self, "_wh_name")
+        reason = object.__getattribute__(self, "_wh_refused").get(attr)
+        raise AttributeError(
+            f"module {name!r} has no attribute {attr!r} available to wormhole functions"
+            + (f" ({reason})" if reason else ""))
+
+    def __setattr__(self, attr: str, value: object) -> None:
+        raise AttributeError("module views are read-only")
+
+    def __delattr__(self, attr: str) -> None:
+        raise AttributeError("module views are read-only")
+
+    def __dir__(self) -> list[str]:
+        return sorted(object.__getattribute__(self, "_wh_values"))
+
+    def __repr__(self) -> str:
+        return f"<module {object.__getattribute__(self, '_wh_name')!r} (wormhole view)>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("module views cannot be pickled")
+
+
+#: per-module replacements for catalogued names (size guards).
+_STATIC_OVERRIDES: dict[str, dict[str, object]] = {
+    "math": {"factorial": _factorial, "comb": _comb, "perm": _perm},
+    "operator": {"mul": guarded_mul, "pow": guarded_pow, "lshift": guarded_lshift},
+}
+
+#: random's module functions are bound methods of one hidden shared instance; these are
+#: re-bound to a fresh ``Random()`` per call instead.
+_RANDOM_METHODS = frozenset({
+    "betavariate", "choice", "choices", "expovariate", "gammavariate", "gauss", "getrandbits",
+    "lognormvariate", "normalvariate", "paretovariate", "randbytes", "randint", "random",
+    "randrange", "sample", "seed", "shuffle", "triangular", "uniform", "vonmisesvariate",
+    "weibullvariate",
+})
+
+_STATIC_VALUES: dict[tuple[str, frozenset[str]], tuple[dict[str, object], dict[str, str]]] = {}
+#: ids of every value a view or the builtins hand out; those objects live as long as the
+#: process (the caches keep them alive, so the ids stay valid) and must not be changed.
+_SHARED_IDS: set[int] = {id(v) for v in _BASE_BUILTINS.values()}
+_CALLABLE_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                   types.BuiltinMethodType, types.MethodWrapperType, types.WrapperDescriptorType,
+                   types.MethodDescriptorType, types.ClassMethodDescriptorType,
+                   types.GetSetDescriptorType, types.MemberDescriptorType, functools.partial)
+
+
+def _freeze(value: object) -> object:
+    """Module-level containers are shared by every call in the process: hand out copies that
+    cannot be changed (``hashlib.algorithms_available.clear()`` must not reach the next call)."""
+    if isinstance(value, (set, frozenset)) and type(value) in (set, frozenset):
+        return frozenset(value)
+    if isinstance(value, list) and type(value) is list:
+        return tuple(value)
+    if isinstance(value, dict) and type(value) is dict:
+        return types.MappingProxyType(dict(value))
+    return value
+
+
+def _static_values(module: str, names: frozenset[str]) -> tuple[dict[str, object],
+                                                                  dict[str, str]]:
+    """The module's allowed values, imported once per process per (module, names)."""
+    key = (module, names)
+    hit = _STATIC_VALUES.get(key)
+    if hit is not None:
+        return hit
+    real = importlib.import_module(module)
+    overrides = _STATIC_OVERRIDES.get(module, {})
+    values: dict[str, object] = {}
+    refused: dict[str, str] = {}
+    for name in sorted(names):
+        if name in overrides:
+            values[name] = overrides[name]
+            continue
+        try:
+            value = getattr(real, name)
+        except AttributeError:
+            continue  # not on this Python version
+        if isinstance(value, types.ModuleType):
+            refused[name] = "it is a module; modules are reachable only as views of " \
+                            "whitelisted names"
+            continue
+        values[name] = _freeze(value)
+    _SHARED_IDS.update(id(v) for v in values.values())
+    _STATIC_VALUES[key] = (values, refused)
+    return values, refused
+
+
+def _ticking(iterable: Iterable[Any], tick: Callable[[], object]) -> Iterator[Any]:
+    """Iterate with a tick per item, so an endless C-level source notices interrupts."""
+    for item in iterable:
+        tick()
+        yield item
+
+
+def _view(module: str, names: frozenset[str], tick: Callable[[], object]) -> ModuleView:
+    static, refused = _static_values(module, names)
+    values = static
+    if module == "random":
+        rng = random.Random()  # seeded from os.urandom: calls share no generator state
+        values = dict(static)
+        for name in _RANDOM_METHODS & names:
+            values[name] = getattr(rng, name)
+    elif module == "itertools":
+        values = dict(static)
+        if "count" in names:
+            values["count"] = lambda start=0, step=1: _ticking(
+                itertools.count(start, step), tick)
+        if "cycle" in names:
+            values["cycle"] = lambda iterable: _ticking(itertools.cycle(iterable), tick)
+        if "repeat" in names:
+            def repeat(obj: object, times: int | None = None) -> Iterator[object]:
+                if times is None or times > RANGE_FAST:
+                    return _ticking(itertools.repeat(obj) if times is None
+                                    else itertools.repeat(obj, times), tick)
+                return itertools.repeat(obj, times)
+            values["repeat"] = repeat
+    return ModuleView(module, values, refused)
+
+
+# --------------------------------------------------------------------------------------------
+# per-call globals
+
+
+def _exception_base(base: object) -> bool:
+    """A class from outside the call may be a base only if it is a plain exception class whose
+    hierarchy runs no class-creation hooks."""
+    return (isinstance(base, type) and type(base) is type and issubclass(base, Exception)
+            and not any("__init_subclass__" in vars(c) for c in base.__mro__
+                        if c is not object))
+
+
+def guarded_type(*args: object) -> type:
+    """One-argument ``type()``. Three arguments would create classes with arbitrary
+    dunders; the type of a class (``type(int)`` is ``type``) would give that back.
+
+    ``build_globals`` wraps this per call so that the type of a range is the call's guarded
+    ``range`` (``type(range(1))(10**15)`` must not hand out the real, unticked ``range``).
+    """
+    if len(args) != 1:
+        raise PolicyViolation("type() takes exactly one argument in wormhole functions")
+    result = type(args[0])
+    if issubclass(result, type):
+        raise PolicyViolation("the type of a class is not available")
+    return result
+
+
+def build_globals(
+    *,
+    modules: Mapping[str, frozenset[str] | None],
+    query: Callable[..., Rows],
+    print_fn: Callable[[str], None],
+    tick: Callable[[], None],
+) -> dict[str, object]:
+    """Fresh globals for one call of checked code: ``exec(checked.code, build_globals(...))``.
+
+    ``modules`` is the DBA's whitelist (as for ``policy.check``); ``query`` is bound as the
+    global ``query``; ``print_fn`` receives each ``print()``'s text (the caller caps the total);
+    ``tick`` is called between Python-level steps and must return None (it raises to stop the
+    call; once it has raised it should keep raising). Nothing is shared between calls except
+    immutable, vetted values.
+    """
+    glb: dict[str, object] = {}
+    user_classes: set[type] = set()
+    views: dict[str, ModuleView] = {}
+
+    def guarded_import(name: str, globals: object = None, locals: object = None,
+                       fromlist: Iterable[str] | None = (), level: int = 0) -> ModuleView:
+        if type(name) is not str or level != 0:
+            raise ImportError("relative imports are not allowed")
+        if name not in modules:
+            raise ImportError(f"module {name!r} is not allowed")
+        if "." in name and not fromlist:
+            raise ImportError(f"'import {name}' is not allowed; use 'from {name} import ...'")
+        try:
+            names = allowed_names(name, modules)
+        except LookupError as exc:
+            raise ImportError(str(exc)) from None
+        for wanted in fromlist or ():
+            if type(wanted) is not str or wanted not in names:
+                raise ImportError(f"cannot import {wanted!r} from {name!r}")
+        view = views.get(name)
+        if view is None:
+            view = views[name] = _view(name, names, tick)
+        return view
+
+    def build_class(func: Callable[[], None], name: str, *bases: object,
+                    **keywords: object) -> type:
+        if keywords:
+            raise PolicyViolation("class keywords (metaclass=...) are not allowed")
+        for base in bases:
+            if not ((isinstance(base, type) and base in user_classes)
+                    or _exception_base(base)):
+                raise PolicyViolation(
+                    f"class {name!r} may not inherit from {base!r}: bases must be your own "
+                    f"classes or exception classes")
+        cls: type = builtins.__build_class__(func, name, *bases)
+        user_classes.add(cls)
+        return cls
+
+    def guarded_range(*args: int) -> Iterable[int]:
+        r = range(*args)
+        try:
+            n = len(r)
+        except OverflowError:
+            n = RANGE_FAST + 1
+        return r if n <= RANGE_FAST else _ticking(r, tick)
+
+    def call_type(*args: object) -> Any:
+        result = guarded_type(*args)
+        # the real range would build long ranges that sum()/any() walk in C, unticked
+        return guarded_range if result is range else result
+
+    def guarded_iter(obj: Any, *sentinel: object) -> Iterator[Any]:
+        if not sentinel:
+            return iter(obj)
+        # iter(callable, sentinel) over a builtin (iter(int, 1)) is an endless C loop
+        return _ticking(iter(obj, *sentinel), tick)
+
+    def guarded_print(*args: object, sep: str | None = " ", end: str | None = "\n",
+                      file: object = None, flush: bool = False) -> None:
+        if file is not None:
+            raise PolicyViolation("print(file=...) is not available; print() output is "
+                                  "returned to the client")
+        sep = " " if sep is None else sep
+        end = "\n" if end is None else end
+        if type(sep) is not str or type(end) is not str:
+            raise TypeError("sep and end must be str")
+        print_fn(sep.join([str(a) for a in args]) + end)
+
+    def mutable(obj: object) -> bool:
+        """May user code change ``obj``'s attributes?
+
+        Yes for the call's own classes, their instances and its own functions, and for other
+        objects the call created (a ``decimal.Context``, a ``TextWrapper``). No for anything
+        shared by every call in the process: classes and functions it did not define (module
+        classes and functions: trusted code calls them later), module views, and the values a
+        view or the builtins hand out (``calendar.month_name``).
+        """
+        if type(obj) in user_classes or (isinstance(obj, type) and obj in user_classes):
+            return True
+        if type(obj) is types.FunctionType:
+            return obj.__globals__ is glb
+        if isinstance(obj, (type, ModuleView, *_CALLABLE_TYPES)):
+            return False
+        return id(obj) not in _SHARED_IDS
+
+    def guarded_setattr(obj: object, name: str, value: object) -> None:
+        _check_attribute_name(name)
+        if not mutable(obj):
+            raise PolicyViolation(
+                f"cannot set attribute {name!r} on a {type(obj).__name__!r} object: only "
+                f"your own classes, their instances and your functions can be changed")
+        setattr(obj, name, value)
+
+    def guarded_delattr(obj: object, name: str) -> None:
+        _check_attribute_name(name)
+        if not mutable(obj):
+            raise PolicyViolation(
+                f"cannot delete attribute {name!r} of a {type(obj).__name__!r} object")
+        delattr(obj, name)
+
+    safe_builtins = dict(_BASE_BUILTINS)
+    safe_builtins.update({
+        "pow": guarded_pow,
+        "type": call_type,
+        "range": guarded_range,
+        "iter": guarded_iter,
+        "print": guarded_print,
+        "__import__": guarded_import,
+        "__build_class__": build_class,
+    })
+    glb.update({
+        "__builtins__": safe_builtins,
+        "__name__": _MODULE_NAME,
+        "query": query,
+        "DatabaseError": DatabaseError,
+        TICK: tick,
+        GETATTR: guarded_getattr,
+        SETATTR: guarded_setattr,
+        DELATTR: guarded_delattr,
+        POW: guarded_pow,
+        MUL: guarded_mul,
+        LSHIFT: guarded_lshift,
+        IPOW: guarded_ipow,
+        IMUL: guarded_imul,
+        ILSHIFT: guarded_ilshift,
+    })
+    return glb
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+
+``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
+check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
+function, encode the result, and turn any exception into the error payload the client
+understands. It runs unchanged inside a backend (in-process executor) and inside the confined
+worker; the only thing that differs is the ``QueryPort`` that ``query()`` talks to and the
+``tick`` hook that notices interrupts.
+
+The payload (JSON text, see docs/architecture.md):
+``{"ok": <codec value>, "out": [...]}`` or ``{"err": {...}, "out": [...]}``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import codec, namespace, policy
+from .errors import DatabaseError, Interrupted, LimitExceeded
+from .rows import Rows
+
+#: the filename the policy compiles user code under; frames with it are the user's own.
+USER_FILENAME = "<wormhole>"
+
+
+class QueryPort(Protocol):
+    """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a worker."""
+
+    def query(self, sql: str, params: Sequence[object]) -> Rows: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-call limits, set by the DBA in ``wormhole_limits`` (never by a user GUC)."""
+
+    timeout_ms: int = 0  # 0: only statement_timeout applies
+    memory_mb: int = 512  # worker address space
+    cpu_seconds: int = 60  # worker CPU time
+    max_output_bytes: int = 65536  # print() output returned to the client
+    max_result_bytes: int = 256 * 1024 * 1024  # encoded result
+    max_args_bytes: int = 64 * 1024 * 1024  # encoded arguments
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> Limits:
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in known and value is not None:
+                kwargs[key] = int(value)  # type: ignore[call-overload]
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass
+class Call:
+    """One call as the host hands it to an executor."""
+
+    source_hash: str
+    source: str
+    args_json: str
+    modules: Mapping[str, frozenset[str] | None]
+    modules_key: str = ""  # changes whenever the whitelist changes (compile cache key)
+    limits: Limits = field(default_factory=Limits)
+    #: the arguments already decoded by the host (in-process), so they are decoded once
+    decoded: tuple[list[Any], dict[str, Any]] | None = None
+
+
+class BadArguments(DatabaseError):
+    """The argument payload is not what the client library sends (WH005)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sqlstate="WH005")
+
+
+class HashMismatch(DatabaseError):
+    """The stored source does not hash to the requested hash (WH004)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sqlstate="WH004")
+
+
+def source_hash(source: str) -> str:
+    """The function's identity: sha256 of its shipped source text (content addressing)."""
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# hash + whitelist key -> checked code. Per process (a backend or a worker), never shared.
+_COMPILED: dict[tuple[str, str], policy.Checked] = {}
+_MAX_COMPILED = 512
+
+
+def checked_code(call: Call) -> policy.Checked:
+    """Return the checked, compiled code for ``call``; check and compile only on a miss.
+
+    The source is re-hashed and re-checked against the *current* whitelist before its first
+    run in this process, so a stored row that was edited behind wormhole's back, or a module
+    the DBA has since forbidden, is refused at run time too.
+    """
+    key = (call.source_hash, call.modules_key)
+    hit = _COMPILED.get(key)
+    if hit is not None:
+        return hit
+    actual = source_hash(call.source)
+    if actual != call.source_hash:
+        raise HashMismatch(
+            f"stored source for {call.source_hash[:12]}... hashes to {actual[:12]}...; "
+            "refusing to run it (was wormhole_functions edited by hand?)"
+        )
+    checked = policy.check(call.source, call.modules)
+    if len(_COMPILED) >= _MAX_COMPILED:
+        _COMPILED.clear()
+    _COMPILED[key] = checked
+    return checked
+
+
+def decode_args(args_json: str, limits: Limits) -> tuple[list[Any], dict[str, Any]]:
+    """Decode ``[[positional...], {keyword: value}]`` as the client library encodes it."""
+    if not isinstance(args_json, str):
+        raise BadArguments("arguments must be text (JSON produced by the wormhole client)")
+    if len(args_json) > limits.max_args_bytes:
+        raise BadArguments(
+            f"arguments are {len(args_json)} bytes; the limit is {limits.max_args_bytes}"
+        )
+    try:
+        value = codec.decode(args_json)
+    except codec.CodecError as exc:
+        raise BadArguments(f"malformed arguments: {exc}") from None
+    if (
+        type(value) is not list
+        or len(value) != 2
+        or type(value[0]) is not list
+        or type(value[1]) is not dict
+        or not all(type(k) is str for k in value[1])
+    ):
+        raise BadArguments(
+            "arguments must be [[positional, ...], {keyword: value, ...}] "
+            "as produced by the wormhole client"
+        )
+    return value[0], value[1]
+
+
+class _Output:
+    """Collects ``print()`` output, capped so a loop of prints cannot exhaust memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.limit = limit
+        self.truncated = False
+
+    def write(self, text: str) -> None:
+        if self.truncated:
+            return
+        if self.size + len(text) > self.limit:
+            text = text[: max(0, self.limit - self.size)]
+            self.truncated = True
+        self.size += len(text)
+        if text:
+            self.parts.append(text)
+
+    def lines(self) -> list[str]:
+        out = "".join(self.parts)
+        result = out.splitlines()
+        if self.truncated:
+            result.append(f"[wormhole: output truncated at {self.limit} bytes]")
+        return result
+
+
+def _noop() -> None:
+    return None
+
+
+def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> str:
+    """Run ``call`` and return the payload text. Never raises, except for interrupts.
+
+    ``Interrupted`` (cancel, timeout, termination noticed by ``tick`` or by the port) is
+    re-raised so the host can end the statement with PostgreSQL's own error. Everything else
+    (the user's exceptions, database errors, policy refusals, bad arguments) becomes an
+    ``err`` payload, so the host can roll back the call's subtransaction and still return
+    normally: the client's transaction stays usable.
+    """
+    out = _Output(call.limits.max_output_bytes)
+    try:
+        checked = checked_code(call)
+        if call.decoded is not None:
+            args, kwargs = call.decoded
+        else:
+            args, kwargs = decode_args(call.args_json, call.limits)
+        port_query = port.query
+
+        def query(sql: str, *args: object) -> Rows:
+            return port_query(sql, args)
+
+        glb = namespace.build_globals(
+            modules=call.modules, query=query, print_fn=out.write, tick=tick
+        )
+        exec(checked.code, glb)  # defines the function; the policy allows nothing else
+        function = glb[checked.name]
+        result = function(*args, **kwargs)
+        try:
+            value = codec.encode_value(result)
+        except codec.CodecError as exc:
+            raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
+        text = json.dumps({"ok": value, "out": out.lines()}, ensure_ascii=False,
+                          allow_nan=False, separators=(",", ":"))
+        if len(text) > call.limits.max_result_bytes:
+            raise LimitExceeded(
+                "max_result_bytes",
+                f"the result is {len(text)} bytes; the DBA's limit is "
+                f"{call.limits.max_result_bytes} (wormhole_limits.max_result_bytes)",
+            )
+        return text
+    except Interrupted:
+        raise
+    except RecursionError as exc:
+        return error_payload(exc, out)
+    except Exception as exc:  # noqa: BLE001 - every user error becomes a payload
+        return error_payload(exc, out)
+
+
+_BUILTIN_EXCEPTIONS = frozenset(
+    name
+    for name, obj in vars(builtins).items()
+    if isinstance(obj, type) and issubclass(obj, BaseException)
+)
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Describe ``exc`` as plain data (no objects cross back to the client)."""
+    etype = type(exc)
+    name = etype.__name__
+    builtin = etype.__module__ == "builtins" and name in _BUILTIN_EXCEPTIONS
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a user __str__ that raises must not lose the error
+        message = f"<{name}: str() failed>"
+    if len(message) > 8192:
+        message = message[:8192] + "... [truncated]"
+    info: dict[str, Any] = {"type": name, "builtin": builtin, "message": message}
+    if isinstance(exc, policy.PolicyError):
+        info["type"] = "RejectedFunction"
+        info["builtin"] = False
+        info["findings"] = [
+            [f.lineno, f.col, f.rule, f.message] for f in exc.findings
+        ]
+        info["sqlstate"] = "WH002"
+    elif isinstance(exc, DatabaseError):
+        info["sqlstate"] = exc.sqlstate
+        info["detail"] = exc.detail
+        info["hint"] = exc.hint
+        if type(exc) is DatabaseError or isinstance(exc, (BadArguments, HashMismatch)):
+            info["type"] = "DatabaseError"
+            info["builtin"] = False
+    elif isinstance(exc, LimitExceeded):
+        info["type"] = "LimitExceeded"
+        info["builtin"] = False
+        info["sqlstate"] = "WH006"
+        info["limit"] = exc.limit
+    tb = []
+    frame_tb = exc.__traceback__
+    while frame_tb is not None:
+        code = frame_tb.tb_frame.f_code
+        if code.co_filename == USER_FILENAME:
+            tb.append([frame_tb.tb_lineno, code.co_name])
+        frame_tb = frame_tb.tb_next
+    info["tb"] = tb[-50:]
+    return info
+
+
+def error_payload(exc: BaseException, out: _Output | None = None) -> str:
+    lines = out.lines() if out is not None else []
+    return json.dumps({"err": error_info(exc), "out": lines}, ensure_ascii=False,
+                      separators=(",", ":"))
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+
+The same class serves user code in-process and the worker's ``query`` messages, so both modes
+run SQL through one path:
+
+* the statement is checked (one statement; no transaction control, role changes,
+  ``set_config``...: ``sqltext.check_statement``);
+* parameter types are inferred by PostgreSQL itself, once per backend and SQL text, by
+  ``PREPARE``-ing the statement and reading ``pg_prepared_statements`` (``plpy.prepare`` needs
+  explicit types: ``["unknown"]`` fails and ``["text"]`` breaks ``int_col = $1``). The plan is
+  then prepared with those types and reused;
+* rows are converted by column type OID so they equal what psycopg returns client-side.
+
+``plpy`` is passed in: the real module inside PostgreSQL, or ``wormhole.testing.PlpyShim`` (a
+small implementation of the same interface over a real psycopg connection) in plain CPython.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import pgtypes, sqltext
+from .errors import DatabaseError, Interrupted
+from .rows import Rows
+
+#: SQLSTATEs that mean "stop now": user code must not be able to catch and continue.
+INTERRUPT_SQLSTATES = frozenset(
+    {
+        "57014",  # query_canceled: cancel, statement_timeout
+        "57P01",  # admin_shutdown: terminate
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+    }
+)
+
+_INFER_NAME = "_wormhole_infer"
+
+
+class _Plan:
+    __slots__ = ("plan", "typnames", "nparams", "converters", "has_rows")
+
+    def __init__(self, plan: Any, typnames: list[str], nparams: int) -> None:
+        self.plan = plan
+        self.typnames = typnames
+        self.nparams = nparams
+        self.converters: Any = None
+        self.has_rows: bool | None = None
+
+
+class SpiPort:
+    """A ``QueryPort`` that runs statements with SPI as the calling role."""
+
+    def __init__(self, plpy: Any, plans: dict[str, Any] | None = None, max_plans: int = 1024):
+        self.plpy = plpy
+        # plans are per backend (prepared statements live there); the host keeps this dict
+        # in its per-backend state so every call in the session reuses them.
+        self.plans: dict[str, Any] = plans if plans is not None else {}
+        self.max_plans = max_plans
+
+    # -- QueryPort ---------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[object]) -> Rows:
+        if type(sql) is not str:
+            raise DatabaseError("query() needs the SQL text as a str", sqlstate="WH005")
+        entry = self.plans.get(sql)
+        if entry is None:
+            entry = self._prepare(sql)
+        if len(params) != entry.nparams:
+            raise DatabaseError(
+                f"the statement has {entry.nparams} parameter(s) but {len(params)} "
+                f"argument(s) were given",
+                sqlstate="08P01",
+            )
+        try:
+            args = [pgtypes.to_plpy_param(v, t) for v, t in zip(params, entry.typnames)]
+        except (TypeError, ValueError) as exc:
+            raise DatabaseError(f"cannot send parameter: {exc}", sqlstate="22023") from None
+        result = self._run(entry.plan, args)
+        return self._rows(entry, result)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _run(self, plan: Any, args: list[object]) -> Any:
+        plpy = self.plpy
+        try:
+            return plpy.execute(plan, args) if args else plpy.execute(plan)
+        except plpy.SPIError as exc:
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: Any) -> BaseException:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate in INTERRUPT_SQLSTATES:
+            return Interrupted(exc, str(exc))
+        return DatabaseError(
+            _message(exc), sqlstate, getattr(exc, "detail", None), getattr(exc, "hint", None)
+        )
+
+    def _prepare(self, sql: str) -> _Plan:
+        plpy = self.plpy
+        sqltext.check_statement(sql)
+        numbers = sqltext.param_numbers(sql)
+        nparams = max(numbers) if numbers else 0
+        typnames: list[str] = []
+        try:
+            if nparams:
+                typnames = self._infer(sql, nparams)
+                plan = plpy.prepare(sql, typnames)
+            else:
+                plan = plpy.prepare(sql)
+        except plpy.SPIError as exc:
+            raise self._translate(exc) from None
+        entry = _Plan(plan, typnames, nparams)
+        if len(self.plans) >= self.max_plans:
+            self.plans.clear()
+        self.plans[sql] = entry
+        return entry
+
+    def _infer(self, sql: str, nparams: int) -> list[str]:
+        """Ask PostgreSQL which types it infers for ``$1..$n`` (as the client's server would)."""
+        plpy = self.plpy
+        plpy.execute(f"PREPARE {_INFER_NAME} AS {sql}")
+        try:
+            rows = plpy.execute(
+                "SELECT parameter_types::text[] AS t FROM pg_catalog.pg_prepared_statements "
+                f"WHERE name = '{_INFER_NAME}'"
+            )
+        finally:
+            plpy.execute(f"DEALLOCATE {_INFER_NAME}")
+        types = list(rows[0]["t"])
+        if len(types) < nparams:
+            types += ["text"] * (nparams - len(types))
+        return types
+
+    def _rows(self, entry: _Plan, result: Any) -> Rows:
+        nrows = result.nrows()
+        if entry.has_rows is None:
+            try:
+                names = result.colnames()
+                types = result.coltypes()
+            except Exception:  # noqa: BLE001 - plpy raises plpy.Error: no result set
+                entry.has_rows = False
+            else:
+                entry.has_rows = True
+                entry.converters = (list(names), pgtypes.converters_for(list(types)))
+        if not entry.has_rows:
+            return Rows((), nrows)
+        names, converters = entry.converters
+        return Rows(pgtypes.apply_converters(names, converters, result), nrows)
+
+
+def _message(exc: Any) -> str:
+    # plpy.SPIError's str() is the primary message; keep it as PostgreSQL wrote it.
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], str):
+        return args[0]
+    return str(exc)
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+
+A frame is::
+
+    4-byte big-endian header length | 4-byte big-endian body length | header | body
+
+The header is a UTF-8 JSON object with a string ``"op"``; the body is raw bytes. Big payloads (a
+call's result text, rows, a call's source and arguments) travel in the body, so they are never
+escaped twice, and the backend can hand a result to the client without decoding it.
+
+Both ends validate what they read: sizes are bounded before anything is allocated, the header
+must be a JSON object with a string ``op``, and anything else raises ``ProtocolError``. The
+backend treats every frame from the worker as untrusted input.
+
+``recv`` takes a timeout and keeps a partial frame buffered across calls, so the backend can
+wake every few milliseconds to check PostgreSQL's interrupts while a worker is still writing.
+``send`` can do the same (``tick``) when the peer does not read: a worker that stops reading
+cannot block the backend in ``write`` forever.
+
+Messages (see docs/architecture.md). Each carries ``"id"``, the call it belongs to, where it
+belongs to a call; a call may exchange any number of messages before its ``done``, which is what
+streaming will use.
+
+backend -> worker
+    ``boot``  body: JSON ``{module: source}`` (read by the bootstrap, before this module exists)
+    ``hello`` body: JSON ``{"modules": {name: [attr, ...] | null}, "modules_key": str,
+    "limits": {...}}``
+    ``call``  header: ``hash``, ``id``; body: JSON ``{"source", "args_json", "modules_key"}``
+    ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``
+    ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
+    "type"}``
+worker -> backend
+    ``query`` body: codec text of ``{"sql": str, "params": [...]}``
+    ``done``  body: the payload text (UTF-8); header may carry ``"recycle": true``
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "BOOT",
+    "CALL",
+    "DONE",
+    "HELLO",
+    "MAX_HEADER",
+    "QERR",
+    "QUERY",
+    "ROWS",
+    "Channel",
+    "ChannelClosed",
+    "ChannelError",
+    "ProtocolError",
+]
+
+BOOT = "boot"
+HELLO = "hello"
+CALL = "call"
+ROWS = "rows"
+QERR = "qerr"
+QUERY = "query"
+DONE = "done"
+
+#: largest header accepted (headers are small: an op, an id, a hash).
+MAX_HEADER = 64 * 1024
+#: default largest body accepted.
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+#: hard ceiling for any body (PostgreSQL's text values stop at 1 GB anyway).
+ABSOLUTE_MAX_FRAME = 1024 * 1024 * 1024 - 1
+
+_PREFIX = 8
+_READ_CHUNK = 1024 * 1024
+_POLL_MS = 20
+
+
+class ChannelError(Exception):
+    """Base class of the channel's errors."""
+
+
+class ChannelClosed(ChannelError):
+    """The peer closed its end (end of file on read, broken pipe on write)."""
+
+
+class ProtocolError(ChannelError):
+    """The peer sent something that is not a well-formed frame within the limits."""
+
+
+def _check_fd(fd: object, what: str) -> int:
+    if type(fd) is not int or fd < 0:
+        raise ValueError(f"{what} must be a file descriptor (a non-negative int)")
+    return fd
+
+
+class Channel:
+    """One end of a framed, bidirectional pipe connection.
+
+    ``rfd`` is read from, ``wfd`` written to. ``max_frame`` bounds the body of a received frame
+    (headers are always bounded by ``MAX_HEADER``). The channel does not own the descriptors:
+    ``close()`` closes them only if ``own_fds`` is true.
+    """
+
+    def __init__(
+        self,
+        rfd: int,
+        wfd: int,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        *,
+        own_fds: bool = False,
+    ) -> None:
+        self.rfd = _check_fd(rfd, "rfd")
+        self.wfd = _check_fd(wfd, "wfd")
+        if type(max_frame) is not int or not 0 <= max_frame <= ABSOLUTE_MAX_FRAME:
+            raise ValueError(f"max_frame must be an int between 0 and {ABSOLUTE_MAX_FRAME}")
+        self.max_frame = max_frame
+        self.own_fds = own_fds
+        self.closed = False
+        self._buf = bytearray()
+        self._need: tuple[int, int] | None = None  # (header length, body length) once known
+        self._eof = False
+        self._wnonblock = False
+        self._poll = select.poll()
+        self._poll.register(self.rfd, select.POLLIN | select.POLLPRI)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    @staticmethod
+    def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
+        """Encode one frame (exposed for tests and for the bootstrap frame)."""
+        if type(header) is not dict or type(header.get("op")) is not str:
+            raise TypeError("a header must be a dict with a str 'op'")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError("a body must be bytes")
+        head = json.dumps(header, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+        if len(head) > MAX_HEADER:
+            raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")
+        if len(body) > ABSOLUTE_MAX_FRAME:
+            raise ValueError(f"body is {len(body)} bytes; the limit is {ABSOLUTE_MAX_FRAME}")
+        return b"".join(
+            (len(head).to_bytes(4, "big"), len(body).to_bytes(4, "big"), head, bytes(body))
+        )
+
+    def send(
+        self,
+        header: dict[str, Any],
+        body: bytes = b"",
+        *,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        """Send one frame.
+
+        Without ``tick`` the write blocks until the peer has taken it all. With ``tick`` the
+        descriptor is made non-blocking and ``tick()`` is called every 20 ms while the peer
+        does not read; whatever ``tick`` raises aborts the send (the frame is then partly
+        written: the caller must discard the channel).
+        """
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        data = memoryview(self.frame(header, body))
+        if tick is not None and not self._wnonblock:
+            os.set_blocking(self.wfd, False)
+            self._wnonblock = True
+        wpoll: select.poll | None = None
+        last_tick = time.monotonic()
+        while data:
+            try:
+                n = os.write(self.wfd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+                    raise ChannelClosed("the peer closed the channel") from None
+                raise
+            data = data[n:]
+            if data and n == 0:
+                if wpoll is None:
+                    wpoll = select.poll()
+                    wpoll.register(self.wfd, select.POLLOUT)
+                events = wpoll.poll(_POLL_MS if tick is not None else -1)
+                if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in events):
+                    raise ChannelClosed("the peer closed the channel")
+            if data and tick is not None:
+                now = time.monotonic()
+                if now - last_tick >= _POLL_MS / 1000:
+                    last_tick = now
+                    tick()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> tuple[dict[str, Any], bytes] | None:
+        """Return the next ``(header, body)``, or ``None`` if ``timeout`` seconds pass first.
+
+        ``timeout=None`` blocks. A frame that arrives in pieces is kept across calls.
+        Raises ``ChannelClosed`` at end of file (also in the middle of a frame) and
+        ``ProtocolError`` for a malformed or oversized frame.
+        """
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            frame = self._parse()
+            if frame is not None:
+                return frame
+            if self._eof:
+                if self._buf:
+                    raise ChannelClosed(
+                        f"the peer closed the channel in the middle of a frame "
+                        f"({len(self._buf)} bytes buffered)"
+                    )
+                raise ChannelClosed("the peer closed the channel")
+            if deadline is None:
+                if os.get_blocking(self.rfd):
+                    self._fill()  # a blocking read: one syscall instead of poll + read
+                    continue
+                wait_ms = -1
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                wait_ms = max(1, int(left * 1000 + 0.999))
+            events = self._poll.poll(wait_ms)
+            if not events:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            self._fill()
+
+    def _wanted(self) -> int:
+        if self._need is None:
+            return _PREFIX - len(self._buf)
+        hlen, blen = self._need
+        return _PREFIX + hlen + blen - len(self._buf)
+
+    def _fill(self) -> None:
+        # read at least 64 KiB when we can: a whole small frame (and whatever follows it) in
+        # one syscall; the surplus stays buffered for the next frame.
+        want = min(max(self._wanted(), 65536), _READ_CHUNK)
+        try:
+            chunk = os.read(self.rfd, want)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+                self._eof = True
+                return
+            raise
+        if not chunk:
+            self._eof = True
+            return
+        self._buf += chunk
+
+    def _parse(self) -> tuple[dict[str, Any], bytes] | None:
+        if self._need is None:
+            if len(self._buf) < _PREFIX:
+                return None
+            hlen = int.from_bytes(self._buf[0:4], "big")
+            blen = int.from_bytes(self._buf[4:8], "big")
+            if hlen == 0 or hlen > MAX_HEADER:
+                raise ProtocolError(f"frame header of {hlen} bytes (limit {MAX_HEADER})")
+            if blen > self.max_frame:
+                raise ProtocolError(f"frame body of {blen} bytes (limit {self.max_frame})")
+            self._need = (hlen, blen)
+        hlen, blen = self._need
+        total = _PREFIX + hlen + blen
+        if len(self._buf) < total:
+            return None
+        raw_head = bytes(self._buf[_PREFIX:_PREFIX + hlen])
+        body = bytes(self._buf[_PREFIX + hlen:total])
+        del self._buf[:total]
+        self._need = None
+        return decode_header(raw_head), body
+
+    def close(self) -> None:
+        """Mark the channel closed; close the descriptors if the channel owns them."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.own_fds:
+            for fd in {self.rfd, self.wfd}:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def decode_header(raw: bytes) -> dict[str, Any]:
+    """Decode and validate a frame header: a JSON object with a str ``op``."""
+    try:
+        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
+    if type(header) is not dict:
+        raise ProtocolError("frame header is not a JSON object")
+    if type(header.get("op")) is not str:
+        raise ProtocolError("frame header has no string 'op'")
+    return header
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+
+``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
+with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
+``boot`` frame holding the sources of ``runtime.WORKER_MODULES``, builds the package
+``wormhole_rt`` from them in ``sys.modules`` (so the runtime's relative imports work) and calls
+:func:`main`.
+
+The bootstrap itself is ``sandbox.BOOTSTRAP`` (it lives with the backend, which starts it).
+
+``main`` reads ``hello`` (the module whitelist and the limits), applies hard resource limits
+that the code it runs cannot raise again, and then serves calls one after the other: for each
+``call`` it runs ``engine.run_call`` with a :class:`ChannelPort` (``query()`` becomes a
+``query`` message answered by the backend with ``rows`` or ``qerr``) and answers ``done`` with
+the payload text. The engine's compile cache lives on across calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import struct
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import codec, engine
+from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
+from .errors import DatabaseError
+from .rows import Rows
+
+#: the name of the package the bootstrap builds inside the worker.
+PACKAGE = "wormhole_rt"
+
+#: the channel limit inside the worker (the backend is trusted; args are capped by limits).
+WORKER_MAX_FRAME = 1024 * 1024 * 1024 - 1
+#: how many of the call's ``cpu_seconds`` budgets the worker's hard CPU limit allows in all;
+#: once fewer than one budget is left the worker asks to be replaced.
+CPU_BUDGETS = 8
+#: open file descriptors: the channel, stderr, and a few for the stdlib's lazy imports.
+MAX_OPEN_FILES = 16
+#: the exit code of a worker that received something it does not understand.
+EXIT_PROTOCOL = 2
+
+
+class ChannelPort:
+    """The ``QueryPort`` inside the worker: ``query()`` is an RPC to the backend."""
+
+    def __init__(self, chan: Channel, call_id: int = 0) -> None:
+        self.chan = chan
+        self.call_id = call_id
+
+    def query(self, sql: str, params: Sequence[object]) -> Rows:
+        if type(sql) is not str:
+            raise TypeError("query() needs the SQL text as a str")
+        try:
+            body = codec.encode({"sql": sql, "params": list(params)}, root="params")
+        except codec.CodecError as exc:
+            raise TypeError(f"a query parameter cannot be sent to the database: {exc}") from None
+        try:
+            data = body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "the query text or a parameter is not valid Unicode (a lone surrogate)"
+            ) from None
+        self.chan.send({"op": QUERY, "id": self.call_id}, data)
+        received = self.chan.recv(None)
+        assert received is not None
+        header, answer = received
+        op = header["op"]
+        if op == ROWS:
+            value = codec.decode(answer.decode("utf-8"))
+            if type(value) is not dict or type(value.get("rows")) is not list:
+                raise SystemExit(EXIT_PROTOCOL)
+            rowcount = value.get("rowcount")
+            return Rows(value["rows"], rowcount if type(rowcount) is int else None)
+        if op == QERR:
+            raise _query_error(json.loads(answer.decode("utf-8")))
+        raise SystemExit(EXIT_PROTOCOL)
+
+
+def _query_error(info: Mapping[str, Any]) -> Exception:
+    def text(key: str) -> str | None:
+        value = info.get(key)
+        return value if type(value) is str else None
+
+    message = text("message") or "query failed"
+    kind = text("type")
+    if kind == "TypeError":
+        return TypeError(message)
+    if kind == "ValueError":
+        return ValueError(message)
+    return DatabaseError(message, text("sqlstate"), text("detail"), text("hint"))
+
+
+def _modules(value: object) -> dict[str, frozenset[str] | None]:
+    if type(value) is not dict:
+        raise SystemExit(EXIT_PROTOCOL)
+    result: dict[str, frozenset[str] | None] = {}
+    for name, attrs in value.items():
+        result[name] = None if attrs is None else frozenset(attrs)
+    return result
+
+
+def _hard(limit: int, value: int) -> None:
+    resource.setrlimit(limit, (value, value))
+
+
+def apply_limits(limits: engine.Limits) -> None:
+    """Set the worker's hard resource limits (called once, before any user code is loaded).
+
+    Hard limits can only be lowered by an unprivileged process, so nothing the user's code does
+    can raise them again. CPU time is the exception: the soft limit moves with each call
+    (:func:`arm_cpu`) under a hard ceiling of ``CPU_BUDGETS`` calls' worth.
+    """
+    if limits.memory_mb > 0:
+        _hard(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)
+    _hard(resource.RLIMIT_CORE, 0)
+    _hard(resource.RLIMIT_FSIZE, 0)
+    _hard(resource.RLIMIT_NPROC, 0)
+    _hard(resource.RLIMIT_NOFILE, MAX_OPEN_FILES)
+    _hard(resource.RLIMIT_MEMLOCK, 0)
+    _hard(resource.RLIMIT_MSGQUEUE, 0)
+    locks = getattr(resource, "RLIMIT_LOCKS", None)
+    if isinstance(locks, int):
+        _hard(locks, 0)
+    if limits.cpu_seconds > 0:
+        total = limits.cpu_seconds * CPU_BUDGETS
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, total))
+
+
+# -- seccomp -----------------------------------------------------------------------------------
+
+# Classic BPF, assembled here so no extra package is needed, installed by the worker itself
+# (prctl through ctypes) once its limits are set. Not bubblewrap's --seccomp: bubblewrap execs
+# python after loading the filter, so the filter could not deny execve.
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_JGE_K = 0x35
+_BPF_RET_K = 0x06
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_ERRNO = 0x00050000
+_SECCOMP_RET_KILL_PROCESS = 0x80000000
+_EPERM = 1
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_X32_SYSCALL_BIT = 0x40000000
+
+#: syscalls the worker never needs, x86_64 numbers. Denied with EPERM, so Python raises a clean
+#: ``PermissionError``. Processes (fork/clone/exec), sockets, tracing, namespaces, mounts,
+#: kernel keyrings, BPF, perf, io_uring, userfaultfd, module loading, reboot & co.
+_DENIED_X86_64 = {
+    "socket": 41, "connect": 42, "accept": 43, "sendto": 44, "sendmsg": 46, "bind": 49,
+    "listen": 50, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59,
+    "kill": 62, "ptrace": 101, "syslog": 103, "setuid": 105, "setgid": 106,
+    "setreuid": 113, "setregid": 114, "setresuid": 117, "setresgid": 119,
+    "personality": 135, "chroot": 161, "mount": 165, "umount2": 166, "swapon": 167,
+    "swapoff": 168, "reboot": 169, "sethostname": 170, "setdomainname": 171, "iopl": 172,
+    "ioperm": 173, "init_module": 175, "delete_module": 176, "quotactl": 179, "tkill": 200,
+    "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250,
+    "migrate_pages": 256, "unshare": 272, "move_pages": 279, "perf_event_open": 298,
+    "accept4": 288, "recvmmsg": 299, "fanotify_init": 300, "name_to_handle_at": 303,
+    "open_by_handle_at": 304, "setns": 308, "sendmmsg": 307, "process_vm_readv": 310,
+    "process_vm_writev": 311, "kcmp": 312, "finit_module": 313, "seccomp": 317,
+    "bpf": 321, "execveat": 322, "userfaultfd": 323, "pkey_alloc": 330,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+    "fspick": 433, "pidfd_open": 434, "clone3": 435, "pidfd_getfd": 438,
+    "landlock_create_ruleset": 444, "process_madvise": 440, "mount_setattr": 442,
+    "memfd_secret": 447,
+}
+
+
+def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def seccomp_program() -> bytes | None:
+    """The worker's seccomp filter as a BPF program, or None where it is not written yet.
+
+    Only x86_64 is covered (syscall numbers are per architecture); on other machines the worker
+    still has its namespaces and rlimits (python3-seccomp would cover them: future work). Any other architecture value at run time (i386 or x32
+    entry points) kills the process.
+    """
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
+        return None
+    numbers = sorted(set(_DENIED_X86_64.values()))
+    prog = [
+        _insn(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+        _insn(_BPF_JEQ_K, 1, 0, _AUDIT_ARCH_X86_64),
+        _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),
+        _insn(_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
+        _insn(_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT),
+        _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),
+    ]
+    deny_ret = _SECCOMP_RET_ERRNO | _EPERM
+    for index, number in enumerate(numbers):
+        # on a match jump to the final "deny"; it sits (remaining comparisons + 1) ahead
+        remaining = len(numbers) - index - 1
+        prog.append(_insn(_BPF_JEQ_K, remaining + 1, 0, number))
+    prog.append(_insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW))
+    prog.append(_insn(_BPF_RET_K, 0, 0, deny_ret))
+    return b"".join(prog)
+
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+
+
+def install_seccomp() -> bool:
+    """Install :func:`seccomp_program` on this process (irreversible). False where unsupported."""
+    program = seccomp_program()
+    if program is None:
+        return False
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                      ctypes.c_ulong]
+    if prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    if prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+    return True
+
+
+def confine(limits: engine.Limits) -> bool:
+    """Everything the worker does to itself before user code: rlimits, then seccomp.
+
+    Returns whether the seccomp filter is installed. ``ctypes`` is loaded before the limits (it
+    maps libffi), and the filter last (it denies nothing the limits need).
+    """
+    import ctypes  # noqa: F401 - load it while memory and files are not yet limited
+
+    apply_limits(limits)
+    try:
+        return install_seccomp()
+    except OSError as exc:
+        sys.stderr.write(f"wormhole worker: seccomp filter not installed: {exc}\n")
+        return False
+
+
+def cpu_used() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def arm_cpu(limits: engine.Limits) -> bool:
+    """Give the next call ``cpu_seconds`` of CPU (soft limit); False once the budget is spent."""
+    if limits.cpu_seconds <= 0:
+        return True
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = math.ceil(cpu_used()) + limits.cpu_seconds
+    if hard != resource.RLIM_INFINITY and soft > hard:
+        return False
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    return True
+
+
+def _seal_stdio() -> None:
+    # The channel is fds 0 and 1; nothing may print onto it by accident.
+    sys.stdin = None
+    sys.stdout = None
+
+
+def main(rfd: int = 0, wfd: int = 1) -> None:
+    """Serve calls until the backend closes the channel."""
+    _seal_stdio()
+    try:
+        import faulthandler
+
+        faulthandler.enable()  # a crash leaves a Python traceback in the stderr tail
+    except Exception:  # noqa: BLE001 - diagnostics only
+        pass
+    chan = Channel(rfd, wfd, WORKER_MAX_FRAME)
+    modules: dict[str, frozenset[str] | None] = {}
+    modules_key = ""
+    limits: engine.Limits | None = None
+    try:
+        while True:
+            received = chan.recv(None)
+            assert received is not None
+            header, body = received
+            op = header["op"]
+            if op == HELLO:
+                hello = json.loads(body.decode("utf-8"))
+                if type(hello) is not dict:
+                    raise SystemExit(EXIT_PROTOCOL)
+                modules = _modules(hello.get("modules"))
+                modules_key = str(hello.get("modules_key", ""))
+                new_limits = engine.Limits.from_mapping(hello.get("limits") or {})
+                if limits is None:
+                    confine(new_limits)
+                limits = new_limits
+            elif op == CALL and limits is not None:
+                call_id = header.get("id")
+                request = json.loads(body.decode("utf-8"))
+                if type(request) is not dict or type(call_id) is not int:
+                    raise SystemExit(EXIT_PROTOCOL)
+                call = engine.Call(
+                    source_hash=str(header.get("hash", "")),
+                    source=request["source"],
+                    args_json=request["args_json"],
+                    modules=modules,
+                    modules_key=modules_key,
+                    limits=limits,
+                )
+                recycle = not arm_cpu(limits)
+                payload = engine.run_call(call, ChannelPort(chan, call_id))
+                try:
+                    data = payload.encode("utf-8")
+                except UnicodeEncodeError:
+                    data = engine.error_payload(ValueError(
+                        "the result contains text that is not valid Unicode (a lone surrogate)"
+                    )).encode("utf-8")
+                reply: dict[str, Any] = {"op": DONE, "id": call_id}
+                if recycle or not arm_cpu(limits):
+                    reply["recycle"] = True
+                chan.send(reply, data)
+            else:
+                raise SystemExit(EXIT_PROTOCOL)
+    except ChannelClosed:
+        return
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+
+User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
+a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
+namespaces, an empty root with a read-only ``/usr``, no capabilities, an unprivileged id, a
+cleared environment) and that confines itself further (hard ``setrlimit`` limits, a seccomp
+filter) before it loads any user code (``worker.confine``).
+
+One worker per backend process, started on the first call and reused by the next ones (its
+compile cache lives on). A worker that dies, sends a malformed frame, outlives its time or is
+interrupted is killed (SIGKILL to its process group), reaped, and replaced on the next call.
+
+The backend waits for the worker in a loop that wakes every 20 ms to run the host's
+``check_interrupts`` (PostgreSQL's cancel, ``statement_timeout`` and terminate) and to enforce
+``limits.timeout_ms``; while it waits it serves the worker's ``query`` messages with the
+backend's ``QueryPort`` (SPI, as the calling role). Everything the worker sends is untrusted:
+sizes are bounded, types checked strictly, and the result payload is passed on as text, never
+decoded into objects here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from . import WORKER_MODULES, codec
+from .channel import (
+    ABSOLUTE_MAX_FRAME,
+    BOOT,
+    CALL,
+    DONE,
+    HELLO,
+    QERR,
+    QUERY,
+    ROWS,
+    Channel,
+    ChannelClosed,
+    ProtocolError,
+)
+from .engine import Call, Limits, QueryPort
+from .errors import DatabaseError, LimitExceeded
+
+__all__ = [
+    "BOOTSTRAP",
+    "DEFAULT_BWRAP",
+    "DEFAULT_PYTHON",
+    "WorkerCrashed",
+    "WorkerExecutor",
+    "available",
+    "bwrap_argv",
+    "executor_for",
+    "BOOT_LOADER",
+]
+
+DEFAULT_BWRAP = "/usr/bin/bwrap"
+DEFAULT_PYTHON = "/usr/bin/python3"
+#: the identity inside the sandbox's user namespace ("nobody").
+SANDBOX_ID = 65534
+#: the backend's wake-up interval while it waits for the worker.
+POLL_SECONDS = 0.02
+#: how much of the worker's stderr is kept for crash reports.
+STDERR_TAIL = 4096
+
+#: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one
+#: ``boot`` frame from fd 0 holding ``{module: source}`` for ``runtime.WORKER_MODULES``
+#: (dependencies first) and builds the package ``wormhole_rt`` in ``sys.modules`` so the
+#: runtime's relative imports resolve to those sources (and to nothing else: the package has no
+#: path); ``BOOTSTRAP`` then serves calls on fds 0 and 1 (``worker.main``).
+BOOT_LOADER = """\
+import json, os, sys, types
+def _read(n):
+    data = b''
+    while len(data) < n:
+        chunk = os.read(0, n - len(data))
+        if not chunk:
+            raise SystemExit(3)
+        data += chunk
+    return data
+_p = _read(8)
+_head = json.loads(_read(int.from_bytes(_p[:4], 'big')))
+_sources = json.loads(_read(int.from_bytes(_p[4:], 'big')))
+if _head.get('op') != 'boot' or type(_sources) is not dict:
+    raise SystemExit(4)
+_pkg = types.ModuleType('wormhole_rt')
+_pkg.__path__ = []
+_pkg.__package__ = 'wormhole_rt'
+sys.modules['wormhole_rt'] = _pkg
+for _name, _src in _sources.items():
+    _mod = types.ModuleType('wormhole_rt.' + _name)
+    _mod.__package__ = 'wormhole_rt'
+    _mod.__file__ = '<wormhole_rt/' + _name + '.py>'
+    sys.modules[_mod.__name__] = _mod
+    setattr(_pkg, _name, _mod)
+    exec(compile(_src, _mod.__file__, 'exec'), _mod.__dict__)
+del _read, _p, _head, _sources, _pkg, _name, _src, _mod
+"""
+BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
+
+
+class WorkerCrashed(Exception):
+    """The worker died, was killed, could not start, or broke the protocol.
+
+    ``reason`` says what happened (signal or exit status, and the tail of its stderr). The
+    worker has been stopped and reaped; the next call starts a fresh one.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the confined worker failed: {reason}")
+        self.reason = reason
+
+
+# -- the bubblewrap command line -----------------------------------------------------------
+
+
+def _root_links() -> list[str]:
+    """``/lib``, ``/lib64`` and ``/bin`` as the host has them (symlinks into /usr on merged-/usr
+    systems such as Debian 12; read-only binds where they are real directories)."""
+    args: list[str] = []
+    for path in ("/bin", "/lib", "/lib64", "/lib32", "/libx32"):
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def bwrap_argv(
+    bwrap: str = DEFAULT_BWRAP,
+    python: str = DEFAULT_PYTHON,
+    code: str = BOOTSTRAP,
+) -> list[str]:
+    """The exact command line the worker runs with (``code`` is what ``python3 -c`` runs).
+
+    Tests run attack snippets with this very argv, so what they prove is what the worker gets.
+    """
+    argv = [
+        bwrap,
+        "--unshare-all",  # new user, pid, net, ipc, uts and cgroup namespaces
+        "--unshare-user",  # ... and fail (not silently continue) without a user namespace
+        "--disable-userns",  # no nested user namespaces (kernel attack surface)
+        "--die-with-parent",  # SIGKILL when the backend that started it dies
+        "--new-session",  # setsid: no controlling terminal (TIOCSTI)
+        "--clearenv",
+        "--cap-drop", "ALL",
+        "--uid", str(SANDBOX_ID),
+        "--gid", str(SANDBOX_ID),
+        "--hostname", "wormhole",
+        "--ro-bind", "/usr", "/usr",
+        *_root_links(),
+        "--remount-ro", "/",  # the root tmpfs bubblewrap builds: read-only too
+        "--chdir", "/",
+    ]
+    argv += ["--", python, "-I", "-S", "-B", "-c", code]
+    return argv
+
+
+# -- the worker process ---------------------------------------------------------------------
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class _Worker:
+    """One running worker: the bwrap process, its channel, its stderr tail."""
+
+    def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:
+        self.limits = limits
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+            env={},
+            cwd="/",
+            start_new_session=True,
+            bufsize=0,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self.pid = self.proc.pid
+        self.errfd = self.proc.stderr.fileno()
+        os.set_blocking(self.errfd, False)
+        self.tail = bytearray()
+        self.chan = Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno(), _max_frame(limits))
+        self.hello: bytes | None = None
+        self.next_id = 1
+        self.alive = True
+        self.boot = boot
+
+    def drain(self) -> None:
+        """Keep the last ``STDERR_TAIL`` bytes of the worker's stderr (never blocks)."""
+        for _ in range(64):
+            try:
+                chunk = os.read(self.errfd, 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            self.tail += chunk
+            if len(self.tail) > STDERR_TAIL:
+                del self.tail[: len(self.tail) - STDERR_TAIL]
+
+    def stop(self) -> None:
+        """SIGKILL the process group, reap it, close the pipes. Idempotent."""
+        if not self.alive:
+            return
+        self.alive = False
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            pass
+        self.drain()
+        self.chan.close()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    def abandon(self) -> None:
+        """Forget a worker inherited through fork(): it is the parent's, not ours to kill."""
+        self.alive = False
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    def exit_reason(self) -> str:
+        """Wait briefly for the process to end on its own and describe how it ended."""
+        try:
+            self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        code = self.proc.returncode
+        self.stop()
+        if code is None:
+            what = "the worker closed its channel"
+        else:
+            # bubblewrap exits with 128 + N when the sandboxed process was killed by signal N
+            signum = -code if code < 0 else code - 128 if code > 128 else 0
+            if signum:
+                what = f"the worker was killed by signal {signum} ({_signal_name(signum)})"
+                what += _signal_hint(signum, self.limits)
+            else:
+                what = f"the worker exited with status {code}"
+        tail = self.tail.decode("utf-8", "replace").strip()
+        if tail:
+            what += "; its last words: " + tail[-1500:]
+        return what
+
+
+def _signal_hint(signum: int, limits: Limits) -> str:
+    if signum == signal.SIGXCPU:
+        return f": it used more than the DBA's {limits.cpu_seconds} s of CPU time (cpu_seconds)"
+    if signum == signal.SIGKILL:
+        return (
+            f" (the hard CPU limit, the memory limit of {limits.memory_mb} MB via the kernel's "
+            "OOM killer, or a kill from outside)"
+        )
+    if signum in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):
+        return f" (an interpreter crash, or memory exhausted: memory_mb={limits.memory_mb})"
+    if signum == signal.SIGSYS:
+        return " (a forbidden system call)"
+    return ""
+
+
+def _max_frame(limits: Limits) -> int:
+    size = 4 * limits.max_result_bytes + 8 * limits.max_output_bytes + (1 << 20)
+    size = max(size, 4 * limits.max_args_bytes + (1 << 20), 64 << 20)
+    return min(size, ABSOLUTE_MAX_FRAME)
+
+
+def _max_text(limits: Limits) -> int:
+    # the engine caps the success payload at max_result_bytes characters; an error payload
+    # holds at most max_output_bytes of print() output (JSON-escaped: up to 6x) and a short
+    # message and traceback.
+    return limits.max_result_bytes + 6 * limits.max_output_bytes + 65536
+
+
+def _rlimit_key(limits: Limits) -> tuple[int, int]:
+    return (limits.memory_mb, limits.cpu_seconds)
+
+
+def _clip(value: object, limit: int = 8192) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "... [truncated]"
+
+
+class WorkerExecutor:
+    """Runs calls in the confined worker; one worker process at a time, started lazily."""
+
+    def __init__(
+        self,
+        sources: Mapping[str, str],
+        *,
+        bwrap: str = DEFAULT_BWRAP,
+        python: str = DEFAULT_PYTHON,
+    ) -> None:
+        missing = [name for name in WORKER_MODULES if name not in sources]
+        if missing:
+            raise ValueError(f"worker sources are missing: {', '.join(missing)}")
+        ordered = {name: sources[name] for name in WORKER_MODULES}
+        body = json.dumps(ordered, ensure_ascii=False).encode("utf-8")
+        self._boot = Channel.frame({"op": BOOT}, body)
+        self.bwrap = bwrap
+        self.python = python
+        self._worker: _Worker | None = None
+        self._pid = os.getpid()
+        #: statistics (also read by tests and benchmarks)
+        self.starts = 0
+        self.last_start_seconds = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of the running bubblewrap process (None when no worker is running)."""
+        w = self._worker
+        return w.pid if w is not None and w.alive else None
+
+    def close(self) -> None:
+        """Stop the worker (if any). The executor stays usable: the next call starts one."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            if os.getpid() == self._pid:
+                worker.stop()
+            else:
+                worker.abandon()
+
+    def _start(self, limits: Limits) -> _Worker:
+        argv = bwrap_argv(self.bwrap, self.python, BOOTSTRAP)
+        begin = time.monotonic()
+        try:
+            worker = _Worker(argv, self._boot, limits)
+        except OSError as exc:
+            raise WorkerCrashed(
+                f"cannot start {self.bwrap} ({exc.strerror or exc}); install bubblewrap "
+                "(Debian: apt-get install bubblewrap) and check that user namespaces are enabled"
+            ) from None
+        self.starts += 1
+        self.last_start_seconds = time.monotonic() - begin
+        return worker
+
+    def _current(self, limits: Limits) -> _Worker:
+        if os.getpid() != self._pid:  # forked: the worker belongs to the parent
+            if self._worker is not None:
+                self._worker.abandon()
+            self._worker = None
+            self._pid = os.getpid()
+        worker = self._worker
+        if worker is not None and (
+            not worker.alive
+            or worker.proc.poll() is not None
+            or _rlimit_key(worker.limits) != _rlimit_key(limits)
+        ):
+            worker.stop()
+            worker = self._worker = None
+        if worker is None:
+            worker = self._worker = self._start(limits)
+        return worker
+
+    # -- one call ------------------------------------------------------------------------
+
+    def run(self, call: Call, port: QueryPort, check_interrupts: Callable[[], None]) -> str:
+        """Run ``call`` in the worker and return its payload text (never decoded here).
+
+        Raises ``WorkerCrashed`` when the worker dies or misbehaves, ``LimitExceeded`` for
+        ``timeout_ms`` or an oversized result, and re-raises whatever ``check_interrupts`` or
+        ``port`` raise other than ``DatabaseError`` (the worker is killed first).
+        """
+        limits = call.limits
+        worker = self._current(limits)
+        try:
+            return self._run(worker, call, port, check_interrupts)
+        except ChannelClosed:
+            reason = worker.exit_reason()
+            self._forget(worker)
+            raise WorkerCrashed(reason) from None
+        except ProtocolError as exc:
+            worker.stop()
+            self._forget(worker)
+            raise WorkerCrashed(f"the worker sent a malformed message ({exc}); it was stopped") \
+                from None
+        except BaseException:
+            worker.stop()
+            self._forget(worker)
+            raise
+
+    def _forget(self, worker: _Worker) -> None:
+        if self._worker is worker:
+            self._worker = None
+
+    def _run(
+        self,
+        worker: _Worker,
+        call: Call,
+        port: QueryPort,
+        check_interrupts: Callable[[], None],
+    ) -> str:
+        limits = call.limits
+        chan = worker.chan
+        chan.max_frame = _max_frame(limits)
+        deadline: float | None = None
+        last_tick = time.monotonic()
+
+        def tick() -> None:
+            nonlocal last_tick
+            last_tick = time.monotonic()
+            check_interrupts()
+            if deadline is not None and time.monotonic() > deadline:
+                raise LimitExceeded(
+                    "timeout_ms",
+                    f"the call ran longer than the DBA's limit of {limits.timeout_ms} ms "
+                    "(wormhole_limits.timeout_ms); the worker was stopped",
+                )
+            worker.drain()
+
+        if worker.boot:
+            _send_raw(chan, worker.boot, tick)
+            worker.boot = b""
+        hello = _hello_body(call)
+        if hello != worker.hello:
+            chan.send({"op": HELLO}, hello, tick=tick)
+            worker.hello = hello
+        call_id = worker.next_id
+        worker.next_id += 1
+        body = json.dumps(
+            {"source": call.source, "args_json": call.args_json, "modules_key": call.modules_key},
+            ensure_ascii=False,
+        ).encode("utf-8", "surrogatepass")
+        if limits.timeout_ms > 0:
+            deadline = time.monotonic() + limits.timeout_ms / 1000.0
+        chan.send({"op": CALL, "id": call_id, "hash": call.source_hash}, body, tick=tick)
+        while True:
+            received = chan.recv(POLL_SECONDS)
+            if received is None:
+                tick()
+                continue
+            header, payload = received
+            if header.get("id") != call_id:
+                raise ProtocolError(f"message for call {header.get('id')!r}, expected {call_id}")
+            op = header["op"]
+            if op == QUERY:
+                answer_op, answer = _serve_query(port, payload, limits)
+                chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
+                if time.monotonic() - last_tick >= POLL_SECONDS:
+                    tick()  # a worker that only sends queries must still be interruptible
+            elif op == DONE:
+                text = _payload_text(payload, limits)
+                if header.get("recycle") is True:
+                    worker.stop()
+                    self._forget(worker)
+                return text
+            else:
+                raise ProtocolError(f"unexpected message {op!r} from the worker")
+
+
+def _send_raw(chan: Channel, frame: bytes, tick: Callable[[], None]) -> None:
+    """Send an already framed message (the boot frame is built once per executor)."""
+    os.set_blocking(chan.wfd, False)
+    data = memoryview(frame)
+    wpoll = select.poll()
+    wpoll.register(chan.wfd, select.POLLOUT)
+    while data:
+        try:
+            n = os.write(chan.wfd, data)
+        except BlockingIOError:
+            n = 0
+        except BrokenPipeError:
+            raise ChannelClosed("the worker closed its channel during start-up") from None
+        data = data[n:]
+        if data and not wpoll.poll(int(POLL_SECONDS * 1000)):
+            tick()
+
+
+def _hello_body(call: Call) -> bytes:
+    modules = {
+        name: None if attrs is None else sorted(attrs) for name, attrs in call.modules.items()
+    }
+    return json.dumps(
+        {"modules": modules, "modules_key": call.modules_key, "limits": call.limits.as_dict()},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, bytes]:
+    """Run one ``query`` request from the worker; returns the answer (op, body)."""
+    try:
+        request = codec.decode(payload, max_bytes=_max_frame(limits))
+    except codec.CodecError as exc:
+        raise ProtocolError(f"malformed query request: {exc}") from None
+    if type(request) is not dict or set(request) != {"sql", "params"}:
+        raise ProtocolError("a query request must be {'sql': str, 'params': list}")
+    sql = request["sql"]
+    params = request["params"]
+    if type(sql) is not str or type(params) is not list:
+        raise ProtocolError("a query request must be {'sql': str, 'params': list}")
+    try:
+        rows = port.query(sql, params)
+        body = codec.encode({"rows": list(rows), "rowcount": rows.rowcount}, root="rows")
+    except DatabaseError as exc:
+        info = {
+            "message": _clip(exc.args[0] if exc.args else str(exc)),
+            "sqlstate": _clip(exc.sqlstate, 16),
+            "detail": _clip(exc.detail),
+            "hint": _clip(exc.hint),
+        }
+        return QERR, json.dumps(info).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        info = {"type": type(exc).__name__ if type(exc) in (TypeError, ValueError) else
+                "ValueError", "message": _clip(str(exc))}
+        return QERR, json.dumps(info).encode("utf-8")
+    return ROWS, body.encode("utf-8")
+
+
+def _payload_text(payload: bytes, limits: Limits) -> str:
+    """Validate the worker's result: UTF-8 text within the limits, shaped like a payload."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("the result is not valid UTF-8") from None
+    if len(text) > _max_text(limits):
+        raise LimitExceeded(
+            "max_result_bytes",
+            f"the result is {len(text)} characters; the DBA's limit is "
+            f"{limits.max_result_bytes} (wormhole_limits.max_result_bytes)",
+        )
+    if not (text.startswith('{"ok":') or text.startswith('{"err":')):
+        raise ProtocolError("the result is not a wormhole payload")
+    return text
+
+
+# -- per-process executor and the installation check --------------------------------------
+
+_EXECUTORS: dict[tuple[int, str, str, str], WorkerExecutor] = {}
+
+
+def executor_for(
+    sources: Mapping[str, str], *, bwrap: str = DEFAULT_BWRAP, python: str = DEFAULT_PYTHON
+) -> WorkerExecutor:
+    """The executor of this process (keyed by pid: a forked child never reuses its parent's)."""
+    digest = hashlib.sha256(
+        json.dumps([sources.get(n, "") for n in WORKER_MODULES]).encode("utf-8")
+    ).hexdigest()
+    key = (os.getpid(), bwrap, python, digest)
+    executor = _EXECUTORS.get(key)
+    if executor is None:
+        for other in [k for k in _EXECUTORS if k[0] != os.getpid()]:
+            _EXECUTORS.pop(other).close()  # abandons (different pid): never kills the parent's
+        executor = _EXECUTORS[key] = WorkerExecutor(sources, bwrap=bwrap, python=python)
+    return executor
+
+
+class _NoQueries:
+    def query(self, sql: str, params: Sequence[object]) -> Any:
+        raise DatabaseError("no database in the installation check")
+
+
+_PROBE = (
+    "import os, sys\n"
+    "data = os.read(0, 64)\n"
+    "os.write(1, b'wormhole-probe:' + data + b':' + str(os.getuid()).encode())\n"
+)
+
+_CHECK_SOURCE = "def wormhole_check():\n    return 42\n"
+
+
+def available(
+    bwrap: str = DEFAULT_BWRAP,
+    python: str = DEFAULT_PYTHON,
+    sources: Mapping[str, str] | None = None,
+) -> tuple[bool, str]:
+    """Can this machine run the confined worker? Returns ``(ok, reason)``.
+
+    Always starts the sandbox for real (the exact argv the worker uses) and does a round trip
+    through its pipes. With ``sources`` it also boots the runtime and runs a trivial call.
+    """
+    if not os.path.exists(bwrap):
+        return False, (
+            f"{bwrap} was not found: install bubblewrap (Debian/Ubuntu: apt-get install "
+            "bubblewrap; RHEL/Fedora: dnf install bubblewrap)"
+        )
+    if not os.path.exists(python):
+        return False, f"{python} was not found: the worker needs the system's python3 in /usr"
+    try:
+        proc = subprocess.run(
+            bwrap_argv(bwrap, python, _PROBE),
+            input=b"ping",
+            capture_output=True,
+            timeout=20,
+            env={},
+            close_fds=True,
+            start_new_session=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"cannot run {bwrap}: {exc}"
+    expected = f"wormhole-probe:ping:{SANDBOX_ID}".encode()
+    if proc.returncode != 0 or proc.stdout != expected:
+        err = proc.stderr.decode("utf-8", "replace").strip()[-800:]
+        hint = ""
+        if "namespace" in err.lower() or "permission" in err.lower():
+            hint = (
+                "; unprivileged user namespaces seem disabled (sysctl "
+                "kernel.unprivileged_userns_clone=1, or on Ubuntu 24.04+ an AppArmor profile "
+                "for bwrap / kernel.apparmor_restrict_unprivileged_userns=0)"
+            )
+        return False, f"bubblewrap could not start the sandbox (status {proc.returncode}): {err}{hint}"
+    if sources is None:
+        return True, "bubblewrap starts a confined python3"
+    executor = WorkerExecutor(sources, bwrap=bwrap, python=python)
+    try:
+        digest = hashlib.sha256(_CHECK_SOURCE.encode("utf-8")).hexdigest()
+        text = executor.run(
+            Call(digest, _CHECK_SOURCE, "[[],{}]", {}, "check"), _NoQueries(), lambda: None
+        )
+    except (WorkerCrashed, LimitExceeded) as exc:
+        return False, f"the worker started but a trivial call failed: {exc}"
+    finally:
+        executor.close()
+    if not text.startswith('{"ok":42'):
+        return False, f"the worker started but a trivial call failed: {text[:800]}"
+    return True, "bubblewrap starts the confined worker and a trivial call runs"
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+
+Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
+(loading it once per backend) and calls one function here with the real ``plpy``. Everything
+about *where* user code runs is decided in one place, :func:`choose_executor`:
+
+* DBA-approved hashes (``wormhole_approve``) and roles the DBA trusts run in-process: fastest,
+  no OS boundary, still behind the policy, loops still interruptible;
+* everybody else runs in the confined worker (``sandbox.WorkerExecutor``), or not at all when the
+  DBA has not enabled it (``wormhole_settings.untrusted_execution``).
+
+In plain CPython (tests) ``plpy`` is ``wormhole.testing.PlpyShim`` over a real connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import VERSION, WORKER_MODULES, codec, engine, policy, sandbox
+from .errors import DatabaseError, Interrupted, LimitExceeded
+from .spi import SpiPort
+
+#: SQLSTATEs wormhole raises itself (class WH is unused by PostgreSQL).
+WH_REJECTED = "WH002"
+WH_NOT_FOUND = "WH004"
+WH_BAD_INPUT = "WH005"
+WH_UNAVAILABLE = "WH008"
+WH_ROLE_CHANGED = "WH009"
+
+MAX_SOURCE_BYTES = 256 * 1024
+MAX_HASH_LEN = 64
+
+
+class Backend:
+    """Per-backend state, kept in ``GD`` for the life of the session."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self.sources = dict(sources)
+        self.plans: dict[str, Any] = {}
+        self.cfgver: int | None = None
+        self.modules: dict[str, frozenset[str] | None] = {}
+        self.limits = engine.Limits()
+        self.settings: dict[str, str] = {}
+        self.source_cache: dict[str, str] = {}
+        self.approved: frozenset[str] = frozenset()
+        self.trusted: frozenset[str] = frozenset()
+        self.role_names: dict[int, str] = {}
+        self.worker: sandbox.WorkerExecutor | None = None
+        self.interrupt_flag: Any = _interrupt_flag()
+        self.user_ids: Any = _user_id_functions()
+        self.pid = os.getpid()
+
+
+def backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:
+    state = GD.get("wormhole.backend/" + VERSION)
+    if state is None or state.pid != os.getpid():
+        state = Backend(sources)
+        GD["wormhole.backend/" + VERSION] = state
+    return state  # type: ignore[no-any-return]
+
+
+def _interrupt_flag() -> Any:
+    """PostgreSQL's ``InterruptPending`` flag, read through ctypes; None outside a backend.
+
+    PL/Python never reaches ``CHECK_FOR_INTERRUPTS`` while Python runs, so cancel, timeouts and
+    terminate go unnoticed. Reading the flag (a ``volatile sig_atomic_t`` in the postgres
+    executable) tells us when to run any SPI statement, which then raises PostgreSQL's own error.
+    """
+    try:
+        import ctypes
+
+        return ctypes.c_int.in_dll(ctypes.CDLL(None), "InterruptPending")
+    except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)
+        return None
+
+
+def _user_id_functions() -> Any:
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL(None)
+        get_user, get_session = lib.GetUserId, lib.GetSessionUserId
+        get_user.restype = get_session.restype = ctypes.c_uint
+        get_user.argtypes = get_session.argtypes = []
+        return (get_user, get_session)
+    except Exception:  # noqa: BLE001 - not inside a backend
+        return None
+
+
+def _error(plpy: Any, message: str, sqlstate: str, detail: str | None = None,
+           hint: str | None = None) -> BaseException:
+    """An exception that ends the SQL statement with ``sqlstate`` (plpy.error keywords)."""
+    try:
+        plpy.error(message, detail=detail, hint=hint, sqlstate=sqlstate)
+    except BaseException as exc:  # noqa: BLE001 - plpy.error always raises
+        return exc
+    raise AssertionError("plpy.error returned")  # pragma: no cover
+
+
+def _audit_log(plpy: Any, event: dict[str, Any]) -> None:
+    """Write an audit line to the server log. Not transactional: survives any rollback."""
+    try:
+        plpy.log("wormhole audit: " + json.dumps(event, default=str, sort_keys=True))
+    except Exception:  # noqa: BLE001 - auditing must never turn success into failure
+        pass
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+def _refresh_config(plpy: Any, state: Backend) -> None:
+    """Reload whitelist, limits, settings, approvals and trusted roles when they changed.
+
+    One cheap statement per call reads the configuration version (a one-row table that every
+    change to a wormhole control table bumps, transactionally, by trigger). Only when it moved
+    does the backend reload the rest through ``_wormhole_config()``, a SECURITY DEFINER
+    function (regular roles cannot read the tables themselves). Calling a SECURITY DEFINER
+    function with a pinned search_path on every call would cost more than the call itself.
+    """
+    plan = state.plans.get("\0cfgver")
+    if plan is None:
+        plan = plpy.prepare("SELECT version FROM public._wormhole_state WHERE id = 1")
+        state.plans["\0cfgver"] = plan
+    rows = plpy.execute(plan)
+    cfgver = int(rows[0]["version"]) if rows else -1
+    if state.cfgver == cfgver:
+        return
+    row = plpy.execute("SELECT public._wormhole_config() AS c")[0]["c"]
+    cfg = json.loads(row)
+    modules: dict[str, frozenset[str] | None] = {}
+    for name, names in cfg["modules"].items():
+        modules[name] = None if names is None else frozenset(names)
+    state.modules = modules
+    state.limits = engine.Limits.from_mapping(cfg["limits"])
+    state.settings = dict(cfg["settings"])
+    state.approved = frozenset(cfg.get("approved") or ())
+    state.trusted = frozenset(cfg.get("trusted") or ())
+    state.source_cache.clear()  # a function deleted or edited by a DBA bumps the version too
+    state.cfgver = cfgver
+
+
+def _lookup(plpy: Any, state: Backend, function_hash: str) -> tuple[bool, bool]:
+    """(approved, trusted) for this call; refreshes the configuration first."""
+    _refresh_config(plpy, state)
+    trusted = False
+    if state.trusted:
+        ids = state.user_ids
+        if ids is not None:
+            trusted = _current_role_name(plpy, state) in state.trusted
+        else:
+            trusted = plpy.execute("SELECT current_user::text AS u")[0]["u"] in state.trusted
+    return function_hash in state.approved, trusted
+
+
+def _current_role_name(plpy: Any, state: Backend) -> str:
+    oid = state.user_ids[0]()
+    name = state.role_names.get(oid)
+    if name is None:
+        name = plpy.execute(f"SELECT rolname::text AS n FROM pg_catalog.pg_roles "
+                            f"WHERE oid = {int(oid)}")[0]["n"]
+        state.role_names[oid] = name
+    return name  # type: ignore[no-any-return]
+
+
+def _source(plpy: Any, state: Backend, function_hash: str) -> str | None:
+    src = state.source_cache.get(function_hash)
+    if src is None:
+        rows = plpy.execute(
+            plpy.prepare("SELECT public._wormhole_source($1) AS s", ["text"]), [function_hash]
+        )
+        src = rows[0]["s"] if rows else None
+        if src is not None:
+            if len(state.source_cache) > 1024:
+                state.source_cache.clear()
+            state.source_cache[function_hash] = src
+    return src
+
+
+def _check_hash(plpy: Any, function_hash: object) -> str:
+    if function_hash is None:
+        raise _error(plpy, "wormhole_execute: function hash is NULL", WH_BAD_INPUT,
+                     hint="pass the sha256 hex digest returned by wormhole_install()")
+    if (
+        not isinstance(function_hash, str)
+        or len(function_hash) != MAX_HASH_LEN
+        or any(c not in "0123456789abcdef" for c in function_hash)
+    ):
+        raise _error(
+            plpy,
+            "wormhole_execute: malformed function hash",
+            WH_BAD_INPUT,
+            detail=f"got {str(function_hash)[:80]!r}",
+            hint="pass the 64-character lowercase sha256 hex digest returned by wormhole_install()",
+        )
+    return function_hash
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: object) -> str:
+    """``wormhole_install(source)``: check the function and cache it. Returns its hash.
+
+    Runs as the schema's owner (SECURITY DEFINER) so it can write ``wormhole_functions``; it
+    never runs user code, it only parses, checks and compiles it.
+    """
+    state = backend(GD, sources)
+    who = plpy.execute("SELECT session_user::text AS u")[0]["u"]
+    if source is None:
+        raise _error(plpy, "wormhole_install: source is NULL", WH_BAD_INPUT,
+                     hint="pass the text of one function definition")
+    if not isinstance(source, str):
+        raise _error(plpy, "wormhole_install: source must be text", WH_BAD_INPUT)
+    size = len(source.encode("utf-8", "surrogatepass"))
+    function_hash = engine.source_hash(source)
+    event: dict[str, Any] = {"event": "install", "role": who, "hash": function_hash}
+    if size > MAX_SOURCE_BYTES:
+        event.update(verdict="rejected", reason="too large")
+        _audit_log(plpy, event)
+        raise _error(plpy, f"wormhole_install: source is {size} bytes; the limit is "
+                     f"{MAX_SOURCE_BYTES}", WH_REJECTED)
+    _refresh_config(plpy, state)
+    try:
+        checked = policy.check(source, state.modules)
+    except policy.PolicyError as exc:
+        findings = [[f.lineno, f.col, f.rule, f.message] for f in exc.findings]
+        event.update(verdict="rejected", reason=str(exc), source=source)
+        _audit_log(plpy, event)
+        raise _error(
+            plpy,
+            "wormhole: function rejected by policy: " + "; ".join(
+                f"line {f.lineno}: {f.message}" for f in exc.findings[:5]
+            ),
+            WH_REJECTED,
+            detail=json.dumps({"findings": findings}),
+            hint="see the findings; modules are allowed by a DBA in wormhole_allowed_modules",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a validator failure is a rejection (fail closed)
+        event.update(verdict="rejected", reason=f"validator error: {exc!r}", source=source)
+        _audit_log(plpy, event)
+        raise _error(plpy, f"wormhole: function rejected (validator error: {exc!r})",
+                     WH_REJECTED) from None
+    plan = plpy.prepare(
+        "WITH ins AS ("
+        " INSERT INTO public.wormhole_functions (hash, name, source, installed_by)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
+        " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"
+        " SELECT $4, 'install', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"
+        "   THEN 'accepted' ELSE 'accepted (already installed)' END",
+        ["text", "text", "text", "name"],
+    )
+    plpy.execute(plan, [checked.source_hash, checked.name, source, who])
+    event.update(verdict="accepted", name=checked.name)
+    _audit_log(plpy, event)
+    return checked.source_hash
+
+
+class _Rollback(Exception):
+    """Raised inside the call's subtransaction to undo its writes; carries the payload."""
+
+
+def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
+            function_hash: object, args_json: object, missing: object = "error") -> str:
+    """``wormhole_execute(hash, args)``: run an installed function; return the payload text.
+
+    The call runs in a subtransaction: if user code raises, its writes are rolled back and the
+    error comes back as an ``err`` payload, so the statement itself succeeds and the client's
+    transaction stays usable. Cancel, statement_timeout and terminate end the statement with
+    PostgreSQL's own error.
+    """
+    state = backend(GD, sources)
+    function_hash = _check_hash(plpy, function_hash)
+    if args_json is None or not isinstance(args_json, str):
+        raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
+                     hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
+    approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits
+    if len(args_json) > state.limits.max_args_bytes:
+        raise _error(plpy, f"wormhole_execute: arguments are {len(args_json)} bytes; the limit "
+                     f"is {state.limits.max_args_bytes} (wormhole_limits.max_args_bytes)",
+                     WH_BAD_INPUT)
+    try:
+        decoded = engine.decode_args(args_json, state.limits)
+    except engine.BadArguments as exc:
+        raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
+                     hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
+                     "JSON codec, e.g. '[[1, \"a\"], {}]'") from None
+    source = _source(plpy, state, function_hash)
+    if source is None:
+        if missing == "report":  # the client library: it reinstalls and calls again
+            return '{"missing":true}'
+        raise _error(plpy, f"wormhole_execute: no function with hash {function_hash} is "
+                     "installed in this database", WH_NOT_FOUND,
+                     hint="install it first with wormhole_install(source)")
+    call = engine.Call(
+        source_hash=function_hash,
+        source=source,
+        args_json=args_json,
+        modules=state.modules,
+        modules_key=str(state.cfgver),
+        limits=state.limits,
+    )
+    executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
+    if approved or trusted:
+        call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
+    port = SpiPort(plpy, state.plans)
+    roles_before = _roles(plpy, state)
+    try:
+        with plpy.subtransaction():
+            payload = executor(call, port)
+            if _roles(plpy, state) != roles_before:
+                raise _error(
+                    plpy,
+                    "wormhole: the remote function changed the session's role; refused",
+                    WH_ROLE_CHANGED,
+                    hint="query() runs as the calling role; SET ROLE and friends are refused",
+                )
+            if payload.startswith('{"err"'):
+                raise _Rollback(payload)
+    except _Rollback as rb:
+        payload = rb.args[0]
+        _audit_log(plpy, {"event": "call-failed", "hash": function_hash,
+                          "error": payload[:2000]})
+    except Interrupted as exc:
+        cause = exc.cause
+        if isinstance(cause, LimitExceeded):
+            payload = engine.error_payload(cause)
+            _audit_log(plpy, {"event": "call-limit", "hash": function_hash,
+                              "limit": cause.limit})
+        elif isinstance(cause, BaseException):
+            _audit_log(plpy, {"event": "call-interrupted", "hash": function_hash})
+            raise cause from None
+        else:
+            raise _error(plpy, str(exc), "57014") from None
+    return payload
+
+
+def _roles(plpy: Any, state: Backend) -> tuple[object, ...]:
+    """(current user, session user) of this backend, cheaply.
+
+    ``query()`` refuses SET ROLE and friends lexically, but a PL/pgSQL function could still run
+    one dynamically; comparing before and after the call catches it, and the error that follows
+    undoes the GUC change. Inside a backend the ids come from ``GetUserId()`` and
+    ``GetSessionUserId()`` through ctypes (no SPI round); elsewhere from a query.
+    """
+    ids = state.user_ids
+    if ids is not None:
+        return (ids[0](), ids[1]())
+    row = plpy.execute("SELECT current_user::text AS c, session_user::text AS s")[0]
+    return (row["c"], row["s"])
+
+
+Executor = Callable[[engine.Call, Any], str]
+
+
+def choose_executor(plpy: Any, state: Backend, *, approved: bool, trusted: bool) -> Executor:
+    """THE selection point: in-process for vetted code, the confined worker for the rest."""
+    if approved or trusted:
+        return _in_process(plpy, state)
+    mode = state.settings.get("untrusted_execution", "unavailable")
+    if mode == "worker":
+        return _in_worker(plpy, state)
+    if mode == "disabled":
+        hint = ("a DBA disabled untrusted execution (wormhole_settings.untrusted_execution); "
+                "they can approve this function: wormhole approve HASH")
+    else:
+        hint = ("the confined worker does not work on this server: install bubblewrap "
+                "(apt-get install bubblewrap), then run `wormhole install` again; or a DBA "
+                "can approve this function: wormhole approve HASH")
+    raise _error(plpy, "wormhole: this function is not approved and untrusted execution "
+                 "is not available", WH_UNAVAILABLE, hint=hint)
+
+
+def _interrupt_check(plpy: Any, state: Backend) -> Callable[[], None]:
+    flag = state.interrupt_flag
+
+    def check() -> None:
+        if flag is not None and flag.value:
+            try:
+                plpy.execute("SELECT 1")  # CHECK_FOR_INTERRUPTS raises the real error
+            except plpy.SPIError as exc:
+                raise Interrupted(exc, str(exc)) from None
+
+    return check
+
+
+def _in_process(plpy: Any, state: Backend) -> Executor:
+    check = _interrupt_check(plpy, state)
+
+    def run(call: engine.Call, port: Any) -> str:
+        deadline = (
+            time.monotonic() + call.limits.timeout_ms / 1000.0 if call.limits.timeout_ms else None
+        )
+        fired: list[BaseException] = []
+
+        def tick() -> None:
+            if fired:
+                raise Interrupted(fired[0])
+            if deadline is not None and time.monotonic() > deadline:
+                fired.append(LimitExceeded(
+                    "timeout_ms",
+                    f"the call ran longer than the DBA's limit of {call.limits.timeout_ms} ms "
+                    "(wormhole_limits.timeout_ms)",
+                ))
+                raise Interrupted(fired[0])
+            try:
+                check()
+            except Interrupted as exc:
+                fired.append(exc.cause if exc.cause is not None else exc)
+                raise
+
+        return engine.run_call(call, port, tick)
+
+    return run
+
+
+def _in_worker(plpy: Any, state: Backend) -> Executor:
+    check = _interrupt_check(plpy, state)
+    if state.worker is None:
+        state.worker = sandbox.WorkerExecutor(
+            {name: state.sources[name] for name in WORKER_MODULES}
+        )
+    worker = state.worker
+
+    def run(call: engine.Call, port: Any) -> str:
+        try:
+            return worker.run(call, port, check)
+        except LimitExceeded as exc:
+            return engine.error_payload(exc)
+        except sandbox.WorkerCrashed as exc:
+            return engine.error_payload(exc)
+
+    return run
+
+
+def cache_code(plpy: Any, GD: dict[str, Any], package: Any) -> int:
+    """Store the runtime's compiled code for later backends (install script only).
+
+    Runs as the schema owner; the table is readable by wormhole roles (it is our own code, not
+    a secret) and writable only here. Returns the number of modules stored.
+    """
+    import marshal
+    from importlib.util import MAGIC_NUMBER
+
+    plan = plpy.prepare(
+        "UPDATE public._wormhole_code SET code = $3, magic = $4 WHERE tag = $1 AND module = $2",
+        ["text", "text", "bytea", "bytea"],
+    )
+    for name, code in package.CODES.items():
+        plpy.execute(plan, [package.CODE_TAG, name, marshal.dumps(code), MAGIC_NUMBER])
+    return len(package.CODES)
+
+
+def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:
+    """Check the OS boundary from inside this backend; enable or disable the worker to match.
+
+    Called by the schema script and ``wormhole install``. A DBA's explicit ``disabled`` stays.
+    """
+    state = backend(GD, sources)
+    ok, reason = sandbox.available()
+    rows = plpy.execute("SELECT value FROM public.wormhole_settings "
+                        "WHERE name = 'untrusted_execution'")
+    current = rows[0]["value"] if rows else None
+    if ok and current in (None, "unavailable"):
+        wanted: str | None = "worker"
+    elif not ok and current in (None, "worker"):
+        wanted = "unavailable"
+    else:
+        wanted = None
+    if wanted is not None:
+        plan = plpy.prepare(
+            "INSERT INTO public.wormhole_settings (name, value) VALUES ('untrusted_execution', $1)"
+            " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            ["text"],
+        )
+        plpy.execute(plan, [wanted])
+        current = wanted
+    state.cfgver = None
+    if ok:
+        return f"confined worker: ok ({reason}); untrusted execution: {current}"
+    return (f"confined worker unavailable: {reason}; untrusted execution: {current} "
+            "(install bubblewrap and run `wormhole install` again)")
+
+
+def query(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], sql: object,
+          params_json: object) -> str:
+    """``wormhole_query(sql, params)``: ``query()`` from SQL; returns the rows as codec text."""
+    state = backend(GD, sources)
+    if not isinstance(sql, str):
+        raise _error(plpy, "wormhole_query: sql is NULL", WH_BAD_INPUT)
+    try:
+        params = codec.decode(params_json if isinstance(params_json, str) else "[]")
+    except codec.CodecError as exc:
+        raise _error(plpy, f"wormhole_query: malformed parameters: {exc}", WH_BAD_INPUT) from None
+    if type(params) is not list:
+        raise _error(plpy, "wormhole_query: parameters must be a JSON array", WH_BAD_INPUT)
+    port = SpiPort(plpy, state.plans)
+    try:
+        rows = port.query(sql, params)
+    except DatabaseError as exc:
+        raise _error(plpy, str(exc), exc.sqlstate or "XX000", exc.detail, exc.hint) from None
+    except Interrupted as exc:
+        if isinstance(exc.cause, BaseException):
+            raise exc.cause from None
+        raise
+    return codec.encode({"rows": list(rows), "rowcount": rows.rowcount})
+$wormhole_src$);
+
 INSERT INTO public.wormhole_allowed_modules (module_name, allowed, notes) VALUES
   ('math', true, 'math functions'),
   ('cmath', true, 'complex math'),
@@ -119,6 +6466,7 @@ ALTER TABLE public.wormhole_trusted_roles OWNER TO wormhole_owner;
 ALTER TABLE public.wormhole_limits OWNER TO wormhole_owner;
 ALTER TABLE public.wormhole_settings OWNER TO wormhole_owner;
 ALTER TABLE public._wormhole_state OWNER TO wormhole_owner;
+ALTER TABLE public._wormhole_code OWNER TO wormhole_owner;
 ALTER SEQUENCE public.wormhole_audit_id_seq OWNER TO wormhole_owner;
 
 -- Configuration changes bump a version (backends reload whitelist and limits) and are audited.
@@ -186,39 +6534,41 @@ $fn$;
 -- The runtime, embedded: loaded into GD once per backend -------------------------------------
 CREATE OR REPLACE FUNCTION public._wormhole_boot() RETURNS void
 LANGUAGE plpython3u AS $wormhole_body$
-import sys, types
+import sys, types, marshal
 _key = 'wormhole.runtime/0.1.0'
 if _key not in GD:
-    _sources = {
-        '__init__': '"""The wormhole runtime: the code that runs next to the data.\n\nStdlib only. ``schema.py`` embeds these modules\' source text into the database, so the same\ncode runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the\nconfined worker process. Nothing here imports ``plpy``: the host passes it in.\n"""\n\n#: the runtime version; the schema version is the same number.\nVERSION = "0.1.0"\n\n# Load order for the embedded copy (dependencies first). schema.py reads this list.\nMODULES = (\n    "errors",\n    "rows",\n    "codec",\n    "pgtypes",\n    "sqltext",\n    "policy",\n    "namespace",\n    "engine",\n    "spi",\n    "channel",\n    "worker",\n    "sandbox",\n    "host",\n)\nWORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")\n',
-        'errors': '"""Exceptions raised inside the runtime.\n\nThese are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),\nand the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.\n"""\n\nfrom __future__ import annotations\n\n\nclass DatabaseError(Exception):\n    """A SQL statement run by ``query()`` failed. ``sqlstate`` is PostgreSQL\'s error code.\n\n    The same name is exported client-side (``wormhole.DatabaseError``), so user code can write\n    ``except DatabaseError as e: if e.sqlstate == "23505": ...`` and run it on either side.\n    """\n\n    def __init__(\n        self,\n        message: str,\n        sqlstate: str | None = None,\n        detail: str | None = None,\n        hint: str | None = None,\n    ) -> None:\n        super().__init__(message)\n        self.sqlstate = sqlstate\n        self.detail = detail\n        self.hint = hint\n\n\nclass Interrupted(BaseException):\n    """The backend was cancelled, terminated or timed out while user code ran.\n\n    A ``BaseException`` on purpose: user code\'s ``except Exception`` must not swallow it (the\n    policy rejects bare ``except:`` and ``BaseException``). ``cause`` is the host\'s original\n    error, re-raised once the user code is unwound.\n    """\n\n    def __init__(self, cause: BaseException | None = None, message: str = "interrupted") -> None:\n        super().__init__(message)\n        self.cause = cause\n\n\nclass LimitExceeded(Exception):\n    """A wormhole limit (time, memory, rows, result size, output size) was exceeded."""\n\n    def __init__(self, limit: str, message: str) -> None:\n        super().__init__(message)\n        self.limit = limit\n\n\nclass PolicyViolation(Exception):\n    """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""\n',
-        'rows': '"""``Rows``: what ``query()`` returns on both sides."""\n\nfrom __future__ import annotations\n\nfrom typing import Any\n\n\nclass Rows(list):  # type: ignore[type-arg]\n    """A list of rows, each a ``dict`` from column name to value, in column order.\n\n    ``rowcount`` is the number of rows the statement returned or touched (an ``UPDATE`` without\n    ``RETURNING`` returns an empty ``Rows`` whose ``rowcount`` says how many rows it updated).\n    """\n\n    __slots__ = ("rowcount",)\n\n    def __init__(self, rows: Any = (), rowcount: int | None = None) -> None:\n        super().__init__(rows)\n        self.rowcount = len(self) if rowcount is None else rowcount\n\n    def __repr__(self) -> str:\n        return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"\n',
-        'codec': '"""Type-preserving JSON codec for arguments, results and query rows.\n\nWhy not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,\non text produced by the database), so decoding must never execute code or construct arbitrary\nclasses. Why not plain ``json``: a round trip must preserve Python types that SQL and user code\ncare about (tuple vs list, ``Decimal``, ``datetime`` with its offset, bytes, ...), and plain JSON\nsilently coerces them (tuple -> list, int keys -> str keys, nan -> invalid JSON).\n\nFormat: plain JSON for ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list`` and\n``dict`` with all-``str`` keys (unless it is a single-key dict whose key starts with ``"$"``,\nwhich would be mistaken for a tag). Everything else is a single-key "tag" object::\n\n    {"$t": [...]}                 tuple\n    {"$b": "<base64>"}            bytes (bytearray and memoryview encode as bytes)\n    {"$n": "1.5"}                 Decimal (str(); NaN, sNaN, Infinity, -0 included)\n    {"$f": "nan"|"inf"|"-inf"}    non-finite float\n    {"$i": "<hex>"}               int too large for int(str) (Python\'s 4300-digit limit)\n    {"$date": iso}  {"$time": iso}  {"$dt": iso}   (aware values keep their utcoffset)\n    {"$td": [days, seconds, microseconds]}\n    {"$uuid": "..."}\n    {"$d": [[k, v], ...]}         dict with a non-str key, or a single "$..." key\n    {"$set": [...]}  {"$fset": [...]}\n\nEncoding accepts exact types only (``type(x) is int``): a subclass may override ``__str__``,\n``__iter__``, ``__eq__``... and encoding must never run user code, so the type is checked before\nanything else is touched. ``Rows`` (a list subclass of our own) encodes as a plain list.\n\nDecoding never raises anything but :class:`CodecError`, whatever the input text: nesting depth\nand text size are bounded, and every tag payload is validated.\n"""\n\nfrom __future__ import annotations\n\nimport base64\nimport binascii\nimport datetime as _dt\nimport itertools\nimport json\nimport math\nimport uuid\nfrom decimal import Decimal\nfrom typing import Any, Callable, NoReturn\n\nfrom .rows import Rows\n\n__all__ = [\n    "CodecError",\n    "MAX_DEPTH",\n    "MAX_BYTES",\n    "encode",\n    "decode",\n    "encode_value",\n    "decode_value",\n]\n\nMAX_DEPTH = 200\n"""Maximum container nesting (list, dict, tuple, set, tag payloads count) on both sides."""\n\nMAX_BYTES = 1 << 30\n"""Default maximum size of a text to decode (PostgreSQL\'s own limit for a text value is 1 GB)."""\n\n# Ints whose decimal repr would hit CPython\'s int_max_str_digits guard (4300 digits by default,\n# present in 3.10.7+/3.11) are sent as hex, which has no such limit and parses in linear time.\n_BIG_INT = 1 << 12_000  # about 3612 decimal digits, safely under 4300\n\n_SUPPORTED = (\n    "None, bool, int, float, str, bytes, bytearray, memoryview, list, tuple, dict, set, "\n    "frozenset, Decimal, date, time, datetime, timedelta, UUID, Rows"\n)\n\n\nclass CodecError(ValueError):\n    """A value cannot be encoded, or a text cannot be decoded (malformed, hostile, too big)."""\n\n\nclass _EncodeFailure(Exception):\n    """Internal: carries the offending type name up the stack while the path is collected.\n\n    Building a path string for every element would slow down the common case; instead the path\n    segments are prepended only while unwinding after a failure.\n    """\n\n    def __init__(self, reason: str) -> None:\n        super().__init__(reason)\n        self.reason = reason\n        self.segments: list[str] = []\n\n\n# --------------------------------------------------------------------------------------------\n# encode\n\n\ndef _type_name(obj: object) -> str:\n    # type(obj).__qualname__ is read from the class, never from the instance: no user code runs.\n    t = type(obj)\n    mod = t.__module__\n    name = t.__qualname__\n    return name if mod in ("builtins", "__main__") else f"{mod}.{name}"\n\n\ndef _enc(obj: object, depth: int) -> Any:\n    """Return a JSON-able equivalent of ``obj``; ``obj`` itself when nothing needs changing.\n\n    ``depth`` is the number of JSON brackets enclosing ``obj`` in the output, so that the limit\n    means the same thing here and in :func:`decode` (which counts brackets in the text).\n    """\n    t = type(obj)\n    if t is str or t is bool or obj is None:\n        return obj\n    if t is int:\n        if -_BIG_INT < obj < _BIG_INT:  # type: ignore[operator]\n            return obj\n        _check_depth(depth + 1)\n        return {"$i": format(obj, "x")}\n    if t is float:\n        if obj - obj == 0.0:  # type: ignore[operator]  # finite (nan - nan and inf - inf are nan)\n            return obj\n        _check_depth(depth + 1)\n        return {"$f": "nan" if obj != obj else ("inf" if obj > 0 else "-inf")}  # type: ignore[operator]\n    if t is dict:\n        return _enc_dict(obj, depth + 1)  # type: ignore[arg-type]\n    if t is list or t is Rows:\n        return _enc_list(obj, depth + 1)  # type: ignore[arg-type]\n    enc = _TAGGERS.get(t)\n    if enc is None:\n        raise _EncodeFailure(f"cannot encode value of type {_type_name(obj)!r}")\n    if depth >= _max_depth_box[0]:  # every tag opens at least one more level\n        raise _EncodeFailure(f"nesting deeper than {_max_depth_box[0]} levels")\n    return enc(obj, depth)\n\n\ndef _check_depth(depth: int) -> None:\n    if depth > _max_depth_box[0]:\n        raise _EncodeFailure(f"nesting deeper than {_max_depth_box[0]} levels")\n\n\ndef _is_plain(values: Any) -> bool:\n    """True when every value is JSON-native as is (so the container can be reused unchanged)."""\n    for v in values:\n        t = type(v)\n        if t is str or v is None or t is bool:\n            continue\n        if t is int:\n            if -_BIG_INT < v < _BIG_INT:\n                continue\n        elif t is float:\n            if v - v == 0.0:\n                continue\n        return False\n    return True\n\n\ndef _locate(items: Any, depth: int, seg: Callable[[Any], str]) -> NoReturn:\n    """Slow path after a failure inside a comprehension: find the failing member, add its path."""\n    for key, v in items:\n        try:\n            _enc(v, depth)\n        except _EncodeFailure as f:\n            f.segments.append(seg(key))\n            raise\n    raise AssertionError("unreachable")  # pragma: no cover\n\n\ndef _enc_items(seq: Any, depth: int) -> list[Any]:\n    """Encode the members of a list/tuple whose own bracket is at level ``depth``."""\n    _check_depth(depth)\n    try:\n        return [_enc(v, depth) for v in seq]\n    except _EncodeFailure:\n        _locate(enumerate(seq), depth, lambda i: f"[{i}]")\n\n\ndef _enc_list(seq: list[Any], depth: int) -> list[Any]:\n    """A list (or Rows) whose bracket is at level ``depth``; returned as is when all plain."""\n    _check_depth(depth)\n    if _is_plain(seq):\n        return seq\n    return _enc_items(seq, depth)\n\n\ndef _enc_dict(d: dict[Any, Any], depth: int) -> Any:\n    """A dict whose brace is at level ``depth``. All-str keys and plain values: ``d`` itself."""\n    _check_depth(depth)\n    if not _STR_ONLY.issuperset(map(type, d)) or (len(d) == 1 and next(iter(d))[:1] == "$"):\n        return _enc_pairs(d, depth - 1)\n    if _is_plain(d.values()):\n        return d\n    try:\n        return {k: _enc(v, depth) for k, v in d.items()}\n    except _EncodeFailure:\n        _locate(d.items(), depth, lambda k: f"[{k!r}]")\n\n\n_STR_ONLY = frozenset({str})\n\n\ndef _enc_pairs(d: dict[Any, Any], depth: int) -> dict[str, Any]:\n    """``{"$d": [[k, v], ...]}`` for the dict at ``depth``: keys and values sit 3 levels in."""\n    _check_depth(depth + 3 if d else depth + 2)\n    pairs: list[list[Any]] = []\n    inner = depth + 3\n    for i, (k, v) in enumerate(d.items()):\n        try:\n            ek = _enc(k, inner)\n        except _EncodeFailure as f:\n            f.segments.append(f"<key #{i}>")\n            raise\n        try:\n            ev = _enc(v, inner)\n        except _EncodeFailure as f:\n            # The key encoded fine, so it is made of our own exact types: repr is safe.\n            shown = repr(k)\n            f.segments.append(f"[{shown}]" if len(shown) <= 60 else f"[<key #{i}>]")\n            raise\n        pairs.append([ek, ev])\n    return {"$d": pairs}\n\n\ndef _enc_tuple(obj: tuple[Any, ...], depth: int) -> dict[str, Any]:\n    return {"$t": _enc_items(obj, depth + 2)}\n\n\ndef _enc_set(tag: str) -> Callable[[Any, int], dict[str, Any]]:\n    def enc(obj: set[Any] | frozenset[Any], depth: int) -> dict[str, Any]:\n        _check_depth(depth + 2)\n        items: list[Any] = []\n        try:\n            for v in obj:  # iterating a set never calls the elements\' methods\n                items.append(_enc(v, depth + 2))\n        except _EncodeFailure as f:\n            f.segments.append("{element}")\n            raise\n        return {tag: items}\n\n    return enc\n\n\ndef _enc_td(o: _dt.timedelta, depth: int) -> dict[str, Any]:\n    _check_depth(depth + 2)\n    return {"$td": [o.days, o.seconds, o.microseconds]}\n\n\n_TAGGERS: dict[type, Callable[[Any, int], Any]] = {\n    tuple: _enc_tuple,\n    bytes: lambda o, d: {"$b": base64.b64encode(o).decode("ascii")},\n    bytearray: lambda o, d: {"$b": base64.b64encode(bytes(o)).decode("ascii")},\n    memoryview: lambda o, d: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},\n    Decimal: lambda o, d: {"$n": str(o)},\n    _dt.date: lambda o, d: {"$date": o.isoformat()},\n    _dt.time: lambda o, d: {"$time": o.isoformat()},\n    _dt.datetime: lambda o, d: {"$dt": o.isoformat()},\n    _dt.timedelta: _enc_td,\n    uuid.UUID: lambda o, d: {"$uuid": str(o)},\n    set: _enc_set("$set"),\n    frozenset: _enc_set("$fset"),\n}\n\n# The active depth limit. A one-element list rather than a parameter threaded through every\n# call: the recursion is hot and the limit almost never changes. Runtime code is single-threaded\n# per process (a backend, the worker); the client only encodes with the default.\n_max_depth_box = [MAX_DEPTH]\n\n\ndef encode_value(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> Any:\n    """Return a JSON-able structure (for embedding in a larger message) that decodes to ``obj``.\n\n    The result may share (unmodified) plain containers with ``obj``; serialise it before\n    mutating ``obj``. ``root`` names ``obj`` in error messages (``args[1][\'when\']``).\n    """\n    old = _max_depth_box[0]\n    _max_depth_box[0] = max_depth\n    try:\n        return _enc(obj, 0)\n    except _EncodeFailure as f:\n        path = root + "".join(reversed(f.segments))\n        if f.reason.startswith("cannot encode"):\n            raise CodecError(f"{f.reason} at {path}; supported: {_SUPPORTED}") from None\n        raise CodecError(f"cannot encode {path}: {f.reason}") from None\n    except RecursionError:\n        raise CodecError(f"cannot encode {root}: nesting too deep") from None\n    except (ValueError, TypeError, OverflowError) as e:  # e.g. a released memoryview\n        raise CodecError(f"cannot encode {root}: {type(e).__name__}: {e}") from None\n    finally:\n        _max_depth_box[0] = old\n\n\n# Fast path. Most payloads are lists of flat row dicts. Instead of rebuilding them, check their\n# shape with C-speed type sets (``set(map(type, values))``) and let ``json.dumps`` serialise them\n# directly, converting the scalar tag types through ``default=``. Anything unusual (tuple, set,\n# non-str keys, a "$" key, unsupported types, deep nesting) takes the full walk, which also\n# produces the error message with the path. nan/inf floats and oversized ints make\n# ``json.dumps`` raise ValueError (allow_nan=False, int_max_str_digits): full walk too.\n_SCALAR_TAGS: dict[type, Callable[[Any], dict[str, Any]]] = {\n    bytes: lambda o: {"$b": base64.b64encode(o).decode("ascii")},\n    bytearray: lambda o: {"$b": base64.b64encode(bytes(o)).decode("ascii")},\n    memoryview: lambda o: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},\n    Decimal: lambda o: {"$n": str(o)},\n    _dt.date: lambda o: {"$date": o.isoformat()},\n    _dt.time: lambda o: {"$time": o.isoformat()},\n    _dt.datetime: lambda o: {"$dt": o.isoformat()},\n    _dt.timedelta: lambda o: {"$td": [o.days, o.seconds, o.microseconds]},\n    uuid.UUID: lambda o: {"$uuid": str(o)},\n}\n_LEAVES = frozenset({str, int, float, bool, type(None)} | set(_SCALAR_TAGS))\n_NESTS = frozenset({list, dict, Rows})\n_LEAVES_OR_NESTS = _LEAVES | _NESTS\n_NESTS_SET_DICT = frozenset({dict})\n_chain = itertools.chain.from_iterable\n\n\ndef _default(o: object) -> dict[str, Any]:\n    return _SCALAR_TAGS[type(o)](o)  # only reached for types _fast_ok accepted\n\n\ndef _fast_ok(obj: object, max_depth: int) -> bool:\n    """True when ``obj`` can go straight to ``json.dumps(default=_default)``.\n\n    Works level by level on all the members of that level at once, with C-level iteration\n    (``set(map(type, chain(...)))``), so a list of 100k row dicts costs a few passes in C rather\n    than 100k Python-level checks.\n    """\n    members: list[Any] = [obj]\n    depth = 0\n    str_only = _STR_ONLY.issuperset\n    while True:\n        ts = set(map(type, members))\n        if ts <= _LEAVES:\n            return True\n        if not ts <= _LEAVES_OR_NESTS:\n            return False\n        depth += 1\n        if depth + 2 > max_depth:  # a tagged leaf inside may add two brackets\n            return False\n        if ts <= _NESTS_SET_DICT:\n            dicts: list[Any] = members\n            lists: list[Any] = []\n        else:\n            dicts = [m for m in members if type(m) is dict]\n            lists = [m for m in members if type(m) is list or type(m) is Rows]\n        if dicts:\n            if not str_only(map(type, _chain(dicts))):\n                return False\n            if 1 in map(len, dicts):\n                for d in dicts:\n                    if len(d) == 1 and next(iter(d))[:1] == "$":\n                        return False\n        members = list(_chain(map(dict.values, dicts)))\n        if lists:\n            members.extend(_chain(lists))\n\n\ndef encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:\n    """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""\n    if _fast_ok(obj, max_depth):\n        try:\n            return json.dumps(\n                obj, default=_default, allow_nan=False, check_circular=False, separators=(",", ":")\n            )\n        except (ValueError, OverflowError):\n            pass  # nan/inf or an int too long for str(): the full walk tags them\n    value = encode_value(obj, root=root, max_depth=max_depth)\n    try:\n        return json.dumps(value, allow_nan=False, check_circular=False, separators=(",", ":"))\n    except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above\n        raise CodecError(f"cannot encode {root}: {e}") from None\n\n\n# --------------------------------------------------------------------------------------------\n# decode\n\n\ndef _bad(tag: str, payload: object, why: str = "") -> NoReturn:\n    shown = repr(payload)\n    if len(shown) > 80:\n        shown = shown[:77] + "..."\n    raise CodecError(f"malformed {tag} payload {shown}" + (f": {why}" if why else ""))\n\n\ndef _need_str(tag: str, p: object) -> str:\n    if type(p) is not str:\n        _bad(tag, p, "expected a string")\n    return p  # type: ignore[return-value]\n\n\ndef _need_list(tag: str, p: object) -> list[Any]:\n    if type(p) is not list:\n        _bad(tag, p, "expected a list")\n    return p  # type: ignore[return-value]\n\n\ndef _dec_b(p: object) -> bytes:\n    s = _need_str("$b", p)\n    try:\n        return base64.b64decode(s, validate=True)\n    except (binascii.Error, ValueError) as e:\n        _bad("$b", p, str(e))\n\n\ndef _dec_n(p: object) -> Decimal:\n    s = _need_str("$n", p)\n    if len(s) > 100_000:\n        _bad("$n", p, "too long")\n    try:\n        return Decimal(s)\n    except Exception as e:  # decimal.InvalidOperation (an ArithmeticError)\n        _bad("$n", p, type(e).__name__)\n\n\n_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}\n\n\ndef _dec_f(p: object) -> float:\n    if type(p) is not str or p not in _FLOATS:\n        _bad("$f", p, \'expected "nan", "inf" or "-inf"\')\n    return _FLOATS[p]  # type: ignore[index]\n\n\ndef _dec_i(p: object) -> int:\n    s = _need_str("$i", p)\n    body = s[1:] if s[:1] == "-" else s\n    if not body or not all(c in "0123456789abcdef" for c in body):\n        _bad("$i", p, "expected lowercase hex digits")\n    return int(s, 16)\n\n\ndef _dec_iso(tag: str, parse: Callable[[str], Any]) -> Callable[[object], Any]:\n    def dec(p: object) -> Any:\n        s = _need_str(tag, p)\n        if len(s) > 64:\n            _bad(tag, p, "too long")\n        try:\n            return parse(s)\n        except (ValueError, TypeError, OverflowError) as e:\n            _bad(tag, p, str(e))\n\n    return dec\n\n\ndef _dec_td(p: object) -> _dt.timedelta:\n    lst = _need_list("$td", p)\n    if len(lst) != 3 or any(type(x) is not int for x in lst):\n        _bad("$td", p, "expected [days, seconds, microseconds] ints")\n    try:\n        return _dt.timedelta(days=lst[0], seconds=lst[1], microseconds=lst[2])\n    except (OverflowError, ValueError) as e:\n        _bad("$td", p, str(e))\n\n\ndef _dec_uuid(p: object) -> uuid.UUID:\n    s = _need_str("$uuid", p)\n    if len(s) != 36:\n        _bad("$uuid", p, "expected the 36-character hyphenated form")\n    try:\n        return uuid.UUID(s)\n    except ValueError as e:\n        _bad("$uuid", p, str(e))\n\n\ndef _dec_t(p: object) -> tuple[Any, ...]:\n    return tuple(_need_list("$t", p))\n\n\ndef _dec_d(p: object) -> dict[Any, Any]:\n    lst = _need_list("$d", p)\n    out: dict[Any, Any] = {}\n    for pair in lst:\n        if type(pair) is not list or len(pair) != 2:\n            _bad("$d", p, "expected a list of [key, value] pairs")\n        try:\n            out[pair[0]] = pair[1]\n        except TypeError:\n            _bad("$d", p, "unhashable key")\n    return out\n\n\ndef _dec_set(tag: str, make: Callable[[list[Any]], Any]) -> Callable[[object], Any]:\n    def dec(p: object) -> Any:\n        try:\n            return make(_need_list(tag, p))\n        except TypeError:\n            _bad(tag, p, "unhashable element")\n\n    return dec\n\n\n_UNTAGGERS: dict[str, Callable[[object], Any]] = {\n    "$t": _dec_t,\n    "$b": _dec_b,\n    "$n": _dec_n,\n    "$f": _dec_f,\n    "$i": _dec_i,\n    "$date": _dec_iso("$date", _dt.date.fromisoformat),\n    "$time": _dec_iso("$time", _dt.time.fromisoformat),\n    "$dt": _dec_iso("$dt", _dt.datetime.fromisoformat),\n    "$td": _dec_td,\n    "$uuid": _dec_uuid,\n    "$d": _dec_d,\n    "$set": _dec_set("$set", set),\n    "$fset": _dec_set("$fset", frozenset),\n}\n\n\ndef _hook(d: dict[str, Any]) -> Any:\n    """``json.loads`` object hook: multi-key dicts (the common row case) return at once."""\n    if len(d) != 1:\n        return d\n    for k, v in d.items():\n        if k[:1] != "$":\n            return d\n        untag = _UNTAGGERS.get(k)\n        if untag is None:\n            shown = k if len(k) <= 40 else k[:37] + "..."\n            raise CodecError(f"unknown tag {shown!r}")\n        return untag(v)\n    return d  # pragma: no cover\n\n\ndef _reject_constant(name: str) -> NoReturn:\n    raise CodecError(f"non-standard JSON constant {name!r}")\n\n\n_CONTAINERS = frozenset({list, dict, tuple, set, frozenset})\n\n\ndef _too_deep(root: object, limit: int) -> bool:\n    """True when the decoded ``root`` nests containers more than ``limit`` deep.\n\n    Runs after ``json.loads`` (whose own recursion guard already bounds the C stack), level by\n    level over all members of a level at once with C-level iteration, like :func:`_fast_ok`.\n    Tags count as one level here (two brackets in the text), so whatever :func:`encode`\n    accepts with the same limit decodes.\n    """\n    members: list[Any] = [root]\n    depth = 0\n    str_only = _STR_ONLY.issuperset\n    while True:\n        ts = set(map(type, members))\n        if ts.isdisjoint(_CONTAINERS):\n            return False\n        depth += 1\n        if depth > limit:\n            return True\n        if ts <= _NESTS_SET_DICT:\n            dicts: list[Any] = members\n            others: list[Any] = []\n        else:\n            dicts = [m for m in members if type(m) is dict]\n            others = [m for m in members if type(m) in _CONTAINERS and type(m) is not dict]\n        members = list(_chain(map(dict.values, dicts)))\n        if not str_only(map(type, _chain(dicts))):  # tuple/frozenset keys from "$d"\n            members.extend([k for k in _chain(dicts) if type(k) is not str])\n        if others:\n            members.extend(_chain(others))\n\n\ndef decode_value(value: Any, *, max_depth: int = MAX_DEPTH) -> object:\n    """Decode a JSON-able structure produced by :func:`encode_value` (already parsed JSON).\n\n    Used when a message was parsed as a whole and carries an encoded value inside it.\n    """\n    return _walk(value, 0, max_depth)\n\n\ndef _walk(v: Any, depth: int, max_depth: int) -> Any:\n    t = type(v)\n    if t is list:\n        if depth >= max_depth:\n            raise CodecError(f"nesting deeper than {max_depth} levels")\n        return [_walk(x, depth + 1, max_depth) for x in v]\n    if t is dict:\n        if depth >= max_depth:\n            raise CodecError(f"nesting deeper than {max_depth} levels")\n        d = {k: _walk(x, depth + 1, max_depth) for k, x in v.items()}\n        try:\n            return _hook(d)\n        except CodecError:\n            raise\n        except Exception as e:  # pragma: no cover - defensive\n            raise CodecError(f"cannot decode: {type(e).__name__}") from None\n    if t is str or t is int or t is bool or v is None:\n        return v\n    if t is float:\n        if v - v != 0.0:\n            raise CodecError("non-finite float outside a $f tag")\n        return v\n    raise CodecError(f"not a JSON value: {t.__name__}")\n\n\ndef decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:\n    """Decode text produced by :func:`encode`. Raises only :class:`CodecError`.\n\n    ``max_bytes`` bounds the UTF-8 size of the text (checked before parsing); ``max_depth`` the\n    nesting of the result (``json.loads``\' own recursion guard bounds the stack while parsing;\n    its ``RecursionError`` becomes a ``CodecError`` too).\n    """\n    if isinstance(text, (bytes, bytearray)):\n        if len(text) > max_bytes:\n            raise CodecError(f"text too large: {len(text)} bytes > {max_bytes}")\n        try:\n            text = bytes(text).decode("utf-8")\n        except UnicodeDecodeError as e:\n            raise CodecError(f"text is not UTF-8: {e}") from None\n    elif type(text) is not str:\n        raise CodecError(f"cannot decode a {type(text).__name__}; expected str or bytes")\n    n = len(text)\n    if n > max_bytes or (n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):\n        raise CodecError(f"text too large (limit {max_bytes} bytes)")\n    try:\n        value = json.loads(text, object_hook=_hook, parse_constant=_reject_constant)\n    except CodecError:\n        raise\n    except RecursionError:\n        raise CodecError("nesting too deep") from None\n    except ValueError as e:  # JSONDecodeError, int digit limit\n        raise CodecError(f"invalid JSON: {e}") from None\n    except Exception as e:  # defensive: decode must only ever raise CodecError\n        raise CodecError(f"cannot decode: {type(e).__name__}: {e}") from None\n    # Fewer opening brackets than the limit cannot nest deeper: small messages skip the walk.\n    if text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):\n        raise CodecError(f"nesting deeper than {max_depth} levels")\n    return value\n',
-        'pgtypes': '"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.\n\nWhy: the same ``query()`` call must return equal Python values whether the function runs on the\nclient (psycopg 3, text results) or inside the database (PL/Python\'s SPI). PL/Python hands back\nmany types as the server\'s text output (``date``, ``timestamptz``, ``interval``, ``uuid``,\n``json``...) and ``float4`` as the float32 value widened to a double, while psycopg parses the\ntext output. This module reproduces psycopg\'s loaders, by column type OID, on PL/Python values.\n\nAssumptions (the host must guarantee them in the backend; they are PostgreSQL\'s defaults):\n\n* ``DateStyle`` is ``ISO`` (any order), ``IntervalStyle`` is ``postgres``;\n* ``extra_float_digits`` >= 1 (the default since PostgreSQL 12: shortest exact output), so the\n  text psycopg parses for ``float4``/``float8`` is the shortest round-trip decimal;\n* the client and the server use the same session (``TimeZone`` in particular), which holds\n  because the server side runs inside the client\'s own call.\n\nParameters cross as text in PostgreSQL\'s input syntax with an unknown type on both sides\n(:func:`to_pg_text`), so PostgreSQL infers every parameter type from context the same way on\nboth sides. PL/Python cannot take text for every inferred type: it converts ``bool`` parameters\nby Python truthiness (``\'false\'`` would be true), ``bytea`` with ``bytes()``, and arrays only\nfrom Python sequences. :func:`to_plpy_param` bridges those cases.\n\nStdlib only, no ``plpy``: the host passes values in.\n"""\n\nfrom __future__ import annotations\n\nimport datetime as _dt\nimport json\nimport math\nimport re\nimport struct\nimport uuid\nfrom decimal import Decimal\nfrom typing import Any, Callable, Iterable, Mapping, Sequence\n\nfrom .errors import DatabaseError\n\n__all__ = [\n    "DataError",\n    "Converter",\n    "converters_for",\n    "convert_rows",\n    "apply_converters",\n    "convert_value",\n    "unknown_oids",\n    "session_tzinfo",\n    "to_pg_text",\n    "to_plpy_param",\n    "parse_array_literal",\n]\n\nConverter = Callable[[Any], Any]\n\n\nclass DataError(DatabaseError, ValueError):\n    """A value PostgreSQL returned has no Python equivalent (BC dates, infinity, 24:00:00).\n\n    Mirrors ``psycopg.DataError``, raised by psycopg\'s loaders for the same values with the same\n    messages, so user code sees the same failure on both sides. It is both a ``DatabaseError``\n    (what ``query()`` raises) and a ``ValueError``.\n    """\n\n\n# --------------------------------------------------------------------------------------------\n# OIDs (pg_type.oid, fixed in PostgreSQL\'s catalog)\n\nBOOL, BYTEA, NAME, INT8, INT2, INT4, TEXT = 16, 17, 19, 20, 21, 23, 25\nJSON, FLOAT4, FLOAT8, BPCHAR, VARCHAR = 114, 700, 701, 1042, 1043\nDATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, TIMETZ = 1082, 1083, 1114, 1184, 1186, 1266\nNUMERIC, UUID, JSONB = 1700, 2950, 3802\n\n# array OID -> element OID, for the element types this module knows\nARRAY_ELEMENT: dict[int, int] = {\n    1000: BOOL, 1001: BYTEA, 1003: NAME, 1005: INT2, 1007: INT4, 1009: TEXT, 1014: BPCHAR,\n    1015: VARCHAR, 1016: INT8, 1021: FLOAT4, 1022: FLOAT8, 1182: DATE, 1183: TIME,\n    1115: TIMESTAMP, 1185: TIMESTAMPTZ, 1187: INTERVAL, 1270: TIMETZ, 1231: NUMERIC,\n    2951: UUID, 199: JSON, 3807: JSONB,\n}\n\n# Types PL/Python already returns as psycopg does: ints, bool, text-like, bytea, numeric\n# (Decimal), float8 (the exact double, which is what psycopg parses from the shortest output).\nIDENTITY_OIDS = frozenset({BOOL, BYTEA, NAME, INT8, INT2, INT4, TEXT, BPCHAR, VARCHAR, NUMERIC,\n                           FLOAT8})\n\n\n# --------------------------------------------------------------------------------------------\n# scalar converters (input: the str PL/Python returns; never None)\n\n_F32 = struct.Struct("f")\n\n\ndef _float4(v: float) -> float:\n    """The double psycopg gets for a float4: ``float()`` of PostgreSQL\'s shortest output.\n\n    PostgreSQL (Ryu) prints the shortest decimal that reads back as the same float32 and, among\n    those, the closest to the exact value. ``\'%.{p}e\'`` gives the closest p-digit decimal; its\n    two neighbours are tried too, because at a power of two the rounding interval is lopsided.\n    Measured against the server: a decimal lying exactly halfway between two float32s is never\n    chosen (Ryu treats the interval bounds as open there), so ties do not count as round trips.\n    """\n    if v - v != 0.0 or v == 0.0:  # nan, inf, +-0.0 print and parse back unchanged\n        return v\n    hit = _f4_cache.get(v)\n    if hit is not None:\n        return hit\n    a = -v if v < 0 else v\n    m, e = math.frexp(a)\n    ulp = math.ldexp(1.0, max(e - 24, -149))\n    hi_mid = a + ulp / 2  # exact in a double: 25 significant bits at most\n    lo_mid = a - (ulp / 4 if m == 0.5 and e > -125 else ulp / 2)\n    # A p-digit candidate existing implies a (p+1)-digit one does: binary search on p.\n    lo, hi = 1, 9\n    best = _f4_candidate(a, 9, lo_mid, hi_mid)\n    while lo < hi:\n        mid = (lo + hi) // 2\n        c = _f4_candidate(a, mid, lo_mid, hi_mid)\n        if c is None:\n            lo = mid + 1\n        else:\n            best, hi = c, mid\n    r = v if best is None else (-best if v < 0 else best)\n    if len(_f4_cache) >= 4096:\n        _f4_cache.clear()\n    _f4_cache[v] = r\n    return r\n\n\n_f4_cache: dict[float, float] = {}\n\n\ndef _f4_candidate(a: float, p: int, lo_mid: float, hi_mid: float) -> float | None:\n    """The p-significant-digit decimal closest to ``a`` that reads back as ``a``, if any."""\n    s = "%.*e" % (p - 1, a)\n    if _rt32(s, a, lo_mid, hi_mid):\n        return float(s)\n    mant, exp = s.split("e")\n    digits = int(mant.replace(".", ""))\n    scale = int(exp) - (p - 1)\n    best: float | None = None\n    for d in (digits - 1, digits + 1):\n        cs = f"{d}e{scale}"\n        if d > 0 and _rt32(cs, a, lo_mid, hi_mid):\n            c = float(cs)\n            if best is None or abs(c - a) < abs(best - a):\n                best = c\n    return best\n\n\ndef _rt32(cs: str, a: float, lo_mid: float, hi_mid: float) -> bool:\n    """Does the decimal ``cs`` read back (as strtof would, exactly) as the float32 ``a``?"""\n    c = float(cs)\n    if c == hi_mid or c == lo_mid:\n        # At (or double-rounded onto) a midpoint: decide exactly; an exact tie does not count.\n        x = Decimal(cs)\n        return Decimal(lo_mid) < x < Decimal(hi_mid)\n    try:\n        return _F32.unpack(_F32.pack(c))[0] == a\n    except OverflowError:\n        return False\n\n\ndef _date(s: str) -> _dt.date:\n    # psycopg slices ISO dates at fixed positions; mirror it, failures included.\n    try:\n        return _dt.date(int(s[:4]), int(s[5:7]), int(s[8:]))\n    except ValueError as ex:\n        if s == "infinity" or (s and len(s.split()[0]) > 10):\n            raise DataError(f"date too large (after year 10K): {s!r}") from None\n        elif s == "-infinity" or "BC" in s:\n            raise DataError(f"date too small (before year 1): {s!r}") from None\n        raise DataError(f"can\'t parse date {s!r}: {ex}") from None\n\n\n_USPAD = (0, 100_000, 10_000, 1_000, 100, 10, 1)\n\n\ndef _micros(fr: str | None) -> int:\n    if not fr:\n        return 0\n    us = int(fr[:6])\n    return us * _USPAD[len(fr)] if len(fr) < 6 else us\n\n\n_RE_TIME = re.compile(r"^(\\d+):(\\d+):(\\d+)(?:\\.(\\d+))?")\n\n\ndef _time(s: str) -> _dt.time:\n    m = _RE_TIME.match(s)\n    if not m:\n        raise DataError(f"can\'t parse time {s!r}")\n    ho, mi, se, fr = m.groups()\n    try:\n        return _dt.time(int(ho), int(mi), int(se), _micros(fr))\n    except ValueError as e:\n        raise DataError(f"can\'t parse time {s!r}: {e}") from None\n\n\n_RE_TIMETZ = re.compile(r"""(?ix)\n    ^\n    (\\d+) : (\\d+) : (\\d+) (?: \\. (\\d+) )?       # Time and micros\n    ([-+]) (\\d+) (?: : (\\d+) )? (?: : (\\d+) )?  # Timezone\n    $\n    """)\n\n_tz_cache: dict[int, _dt.timezone] = {}\n\n\ndef _offset_tz(sgn: str, oh: str, om: str | None, os: str | None) -> _dt.timezone:\n    off = 3600 * int(oh) + (60 * int(om) if om else 0) + (int(os) if os else 0)\n    if sgn == "-":\n        off = -off\n    tz = _tz_cache.get(off)\n    if tz is None:\n        tz = _tz_cache[off] = _dt.timezone(_dt.timedelta(seconds=off))\n    return tz\n\n\ndef _timetz(s: str) -> _dt.time:\n    m = _RE_TIMETZ.match(s)\n    if not m:\n        raise DataError(f"can\'t parse timetz {s!r}")\n    ho, mi, se, fr, sgn, oh, om, os = m.groups()\n    try:\n        return _dt.time(int(ho), int(mi), int(se), _micros(fr), _offset_tz(sgn, oh, om, os))\n    except ValueError as e:\n        raise DataError(f"can\'t parse timetz {s!r}: {e}") from None\n\n\n_RE_TIMESTAMP = re.compile(r"""(?ix)\n    ^\n    (\\d+) [^a-z0-9] (\\d+) [^a-z0-9] (\\d+)   # Date\n    (?: T | [^a-z0-9] )                     # Separator, including T\n    (\\d+) [^a-z0-9] (\\d+) [^a-z0-9] (\\d+)   # Time\n    (?: \\.(\\d+) )?                          # Micros\n    $\n    """)\n\n_RE_TIMESTAMPTZ = re.compile(r"""(?ix)\n    ^\n    (\\d+) [^a-z0-9] (\\d+) [^a-z0-9] (\\d+)       # Date\n    (?: T | [^a-z0-9] )                         # Separator, including T\n    (\\d+) [^a-z0-9] (\\d+) [^a-z0-9] (\\d+)       # Time\n    (?: \\.(\\d+) )?                              # Micros\n    ([-+]) (\\d+) (?: : (\\d+) )? (?: : (\\d+) )?  # Timezone\n    $\n    """)\n\n\ndef _timestamp_error(s: str, ex: Exception | None = None) -> DataError:\n    if s == "-infinity" or s.endswith("BC"):\n        return DataError(f"timestamp too small (before year 1): {s!r}")\n    if s == "infinity" or (s and len(s.split()[0]) > 10):\n        return DataError(f"timestamp too large (after year 10K): {s!r}")\n    return DataError(f"can\'t parse timestamp {s!r}: {ex or \'(unknown)\'}")\n\n\ndef _timestamp(s: str) -> _dt.datetime:\n    m = _RE_TIMESTAMP.match(s)\n    if not m:\n        raise _timestamp_error(s)\n    ye, mo, da, ho, mi, se, fr = m.groups()\n    try:\n        return _dt.datetime(int(ye), int(mo), int(da), int(ho), int(mi), int(se), _micros(fr))\n    except ValueError as ex:\n        raise _timestamp_error(s, ex) from None\n\n\ndef _timestamptz(s: str) -> _dt.datetime:\n    """Aware datetime with the offset PostgreSQL printed (the session TimeZone\'s, at that time).\n\n    psycopg returns the same instant in ``ZoneInfo(TimeZone)``; ``==``, ``utcoffset()`` and\n    ``isoformat()`` agree. Pass ``tz=`` to :func:`converters_for` to get psycopg\'s tzinfo too.\n    """\n    m = _RE_TIMESTAMPTZ.match(s)\n    if not m:\n        raise _timestamp_error(s)\n    ye, mo, da, ho, mi, se, fr, sgn, oh, om, os = m.groups()\n    try:\n        return _dt.datetime(int(ye), int(mo), int(da), int(ho), int(mi), int(se), _micros(fr),\n                            _offset_tz(sgn, oh, om, os))\n    except ValueError as ex:\n        raise _timestamp_error(s, ex) from None\n\n\ndef _timestamptz_in(tz: _dt.tzinfo) -> Converter:\n    def conv(s: str) -> _dt.datetime:\n        dt = _timestamptz(s)\n        try:\n            return dt.astimezone(tz)\n        except OverflowError:\n            # near datetime.min/max the shift may overflow: psycopg keeps the fixed offset\n            return dt\n\n    return conv\n\n\n_RE_INTERVAL = re.compile(r"""\n    (?: ([-+]?\\d+) \\s+ years? \\s* )?                # Years\n    (?: ([-+]?\\d+) \\s+ mons? \\s* )?                 # Months\n    (?: ([-+]?\\d+) \\s+ days? \\s* )?                 # Days\n    (?: ([-+])? (\\d+) : (\\d+) : (\\d+ (?:\\.\\d+)?)    # Time\n    )?\n    """, re.VERBOSE)\n\n\ndef _interval(s: str) -> _dt.timedelta:\n    """psycopg\'s rule: a year is 365 days, a month 30 days; the time part carries its sign."""\n    m = _RE_INTERVAL.match(s)\n    if not m:  # pragma: no cover - every group is optional, the pattern always matches\n        raise DataError(f"can\'t parse interval {s!r}")\n    ye, mo, da, sgn, ho, mi, se = m.groups()\n    days = 0\n    seconds = 0\n    micros = 0\n    if ye:\n        days += 365 * int(ye)\n    if mo:\n        days += 30 * int(mo)\n    if da:\n        days += int(da)\n    if ho:\n        seconds = 3600 * int(ho) + 60 * int(mi)\n        micros = round(float(se) * 1_000_000)\n        if sgn == "-":\n            seconds = -seconds\n            micros = -micros\n    try:\n        return _dt.timedelta(days=days, seconds=seconds, microseconds=micros)\n    except OverflowError as e:\n        raise DataError(f"can\'t parse interval {s!r}: {e}") from None\n\n\ndef _uuid(s: str) -> uuid.UUID:\n    return uuid.UUID(s)\n\n\n_SCALAR: dict[int, Converter] = {\n    FLOAT4: _float4,\n    DATE: _date,\n    TIME: _time,\n    TIMETZ: _timetz,\n    TIMESTAMP: _timestamp,\n    TIMESTAMPTZ: _timestamptz,\n    INTERVAL: _interval,\n    UUID: _uuid,\n    JSON: json.loads,\n    JSONB: json.loads,\n}\n\n\ndef _array_of(conv: Converter) -> Converter:\n    """Apply ``conv`` to every non-NULL element of a (nested) list from PL/Python."""\n\n    def walk(lst: list[Any]) -> list[Any]:\n        return [\n            None if x is None else (walk(x) if type(x) is list else conv(x)) for x in lst\n        ]\n\n    return walk\n\n\ndef session_tzinfo(name: str | None) -> _dt.tzinfo:\n    """The tzinfo psycopg uses for a session ``TimeZone`` setting (``ZoneInfo``, else UTC).\n\n    For a host that wants ``timestamptz`` values with exactly psycopg\'s tzinfo (pass the result\n    as ``tz=`` to :func:`converters_for`). Imported lazily: ``zoneinfo`` reads the system\n    tz database.\n    """\n    if not name or name == "UTC":\n        return _dt.timezone.utc\n    try:\n        from zoneinfo import ZoneInfo\n\n        return ZoneInfo(name)\n    except Exception:  # unknown or POSIX-style names: psycopg falls back to UTC too\n        return _dt.timezone.utc\n\n\ndef converters_for(coltypes: Sequence[int], *, tz: _dt.tzinfo | None = None,\n                   domains: Mapping[int, int] | None = None) -> list[Converter | None]:\n    """One converter per column (None: PL/Python\'s value is already psycopg\'s).\n\n    Compute once per plan and reuse for every row. Unknown OIDs (enums, composites, extension\n    types) get None: PL/Python\'s value is left unchanged. ``tz`` (see :func:`session_tzinfo`):\n    convert ``timestamptz`` to that zone, as psycopg does.\n\n    ``domains`` maps a domain\'s OID to its base type\'s OID (``pg_type.typbasetype``): PL/Python\n    reports a domain column by the domain\'s OID, while the wire protocol (hence psycopg) reports\n    the base type, so without it a ``date`` domain would stay a str on the server side.\n    """\n    scalar = dict(_SCALAR)\n    if tz is not None:\n        scalar[TIMESTAMPTZ] = _timestamptz_in(tz)\n    out: list[Converter | None] = []\n    for oid in coltypes:\n        if domains:\n            seen = 0\n            while oid in domains and seen < 32:  # domains over domains\n                oid = domains[oid]\n                seen += 1\n        conv = scalar.get(oid)\n        if conv is None:\n            elem = ARRAY_ELEMENT.get(oid)\n            if elem is not None:\n                econv = scalar.get(elem)\n                if econv is not None:\n                    conv = _array_of(econv)\n        out.append(conv)\n    return out\n\n\ndef unknown_oids(coltypes: Iterable[int]) -> list[int]:\n    """The OIDs this module has no rule for: candidates for a domain lookup by the host."""\n    return [o for o in coltypes\n            if o not in _SCALAR and o not in ARRAY_ELEMENT and o not in IDENTITY_OIDS]\n\n\ndef convert_value(oid: int, value: Any, *, tz: _dt.tzinfo | None = None) -> Any:\n    """Convert one PL/Python value of type ``oid`` (convenience; use converters_for in loops)."""\n    if value is None:\n        return None\n    conv = converters_for([oid], tz=tz)[0]\n    return value if conv is None else conv(value)\n\n\ndef apply_converters(colnames: Sequence[str], converters: Sequence[Converter | None],\n                     rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:\n    """Apply per-column ``converters`` (from :func:`converters_for`) to PL/Python rows.\n\n    Returns new dicts (PL/Python\'s own are left alone). PL/Python rows are dicts, so of two\n    columns with the same name only the last survives (psycopg\'s dict rows do the same); the\n    converter of that last column is the one applied, exactly once.\n    """\n    by_name: dict[str, Converter | None] = {}\n    for name, conv in zip(colnames, converters):\n        by_name[name] = conv  # last one wins, like the row dict\n    active = [(n, c) for n, c in by_name.items() if c is not None]\n    if not active:\n        return [dict(r) for r in rows]\n    out = []\n    for r in rows:\n        d = dict(r)\n        for name, conv in active:\n            v = d[name]\n            if v is not None:\n                d[name] = conv(v)\n        out.append(d)\n    return out\n\n\ndef convert_rows(colnames: Sequence[str], coltypes: Sequence[int],\n                 rows: Iterable[Mapping[str, Any]], *, tz: _dt.tzinfo | None = None\n                 ) -> list[dict[str, Any]]:\n    """PL/Python result rows -> new dicts holding the values psycopg 3 returns.\n\n    ``colnames``/``coltypes`` are ``PLyResult.colnames()``/``coltypes()``. For repeated\n    queries compute :func:`converters_for` once and call :func:`apply_converters`.\n    """\n    return apply_converters(colnames, converters_for(coltypes, tz=tz), rows)\n\n\n# --------------------------------------------------------------------------------------------\n# parameters\n\n\ndef _json_default(o: object) -> Any:\n    raise TypeError(\n        f"cannot send a {type(o).__qualname__} inside a dict parameter: it is sent as JSON, "\n        "which only holds None, bool, int, float, str, list and dict (convert it first, e.g. "\n        "str(value) or float(value))"\n    )\n\n\ndef _check_nul(s: str) -> str:\n    if "\\x00" in s:\n        raise ValueError("a PostgreSQL text parameter cannot contain NUL (\\\\x00) characters")\n    return s\n\n\ndef _float_text(v: float) -> str:\n    if v != v:\n        return "NaN"\n    if v == math.inf:\n        return "Infinity"\n    if v == -math.inf:\n        return "-Infinity"\n    return repr(v)\n\n\ndef _interval_text(td: _dt.timedelta) -> str:\n    # Explicit signs on every field: unambiguous under every IntervalStyle (in sql_standard a\n    # leading \'-\' would otherwise apply to the following fields too). Parsed exactly.\n    return "%+d days %+d seconds %+d microseconds" % (td.days, td.seconds, td.microseconds)\n\n\ndef _array_text(seq: Sequence[Any]) -> str:\n    parts = []\n    for x in seq:\n        t = type(x)\n        if x is None:\n            parts.append("NULL")\n        elif t is list or t is tuple:\n            parts.append(_array_text(x))\n        else:\n            s = to_pg_text(x)\n            assert s is not None\n            parts.append(\'"\' + s.replace("\\\\", "\\\\\\\\").replace(\'"\', \'\\\\"\') + \'"\')\n    return "{" + ",".join(parts) + "}"\n\n\n_TEXT: dict[type, Callable[[Any], str]] = {\n    bool: lambda v: "true" if v else "false",\n    int: str,\n    float: _float_text,\n    Decimal: str,\n    str: _check_nul,\n    bytes: lambda v: "\\\\x" + v.hex(),\n    bytearray: lambda v: "\\\\x" + v.hex(),\n    memoryview: lambda v: "\\\\x" + v.tobytes().hex(),\n    _dt.date: lambda v: v.isoformat(),\n    _dt.time: lambda v: v.isoformat(),\n    _dt.datetime: lambda v: v.isoformat(),\n    _dt.timedelta: _interval_text,\n    uuid.UUID: str,\n    dict: lambda v: _check_nul(json.dumps(v, ensure_ascii=False, allow_nan=False,\n                                          default=_json_default)),\n    list: _array_text,\n    tuple: _array_text,\n}\n\n\ndef to_pg_text(value: object) -> str | None:\n    """``value`` in PostgreSQL\'s text input syntax (None for NULL), for an untyped parameter.\n\n    Exact types only (a subclass could change ``str()``); lists and tuples become array\n    literals with every element double-quoted, dicts become JSON. Raises ``TypeError`` naming\n    the type for anything else.\n    """\n    if value is None:\n        return None\n    f = _TEXT.get(type(value))\n    if f is None:\n        if isinstance(value, list):  # Rows and other list subclasses of our own\n            return _array_text(value)\n        raise TypeError(\n            f"cannot send a value of type {type(value).__qualname__!r} as a query parameter; "\n            "supported: None, bool, int, float, Decimal, str, bytes, bytearray, memoryview, "\n            "date, time, datetime, timedelta, UUID, dict (as JSON), list/tuple (as array)"\n        )\n    return f(value)\n\n\n_SPACE = " \\t\\n\\r\\v\\f"\n\n\ndef _bool_in(text: str) -> bool:\n    """PostgreSQL\'s ``boolin``: t/true/y/yes/on/1 and f/false/n/no/off/0, prefixes allowed."""\n    s = text.strip(_SPACE).lower()\n    n = len(s)\n    if n:\n        c = s[0]\n        if c == "t" and "true".startswith(s) or c == "y" and "yes".startswith(s):\n            return True\n        if c == "f" and "false".startswith(s) or c == "n" and "no".startswith(s):\n            return False\n        if c == "o" and n >= 2:\n            if "on".startswith(s):\n                return True\n            if "off".startswith(s):\n                return False\n        if s == "1":\n            return True\n        if s == "0":\n            return False\n    raise DatabaseError(f\'invalid input syntax for type boolean: "{text}"\', "22P02")\n\n\n_HEX_SKIP = " \\n\\t\\r"\n_OCTAL = re.compile(rb"[0-3][0-7][0-7]")\n\n\ndef _bytea_in(text: str) -> bytes:\n    """PostgreSQL\'s ``byteain`` (hex ``\\\\x..`` format, else the escape format)."""\n    if text.startswith("\\\\x"):\n        h = text[2:]\n        if any(c in h for c in _HEX_SKIP):\n            h = "".join(c for c in h if c not in _HEX_SKIP)\n        try:\n            return bytes.fromhex(h)\n        except ValueError:\n            if len(h) % 2 and all(c in "0123456789abcdefABCDEF" for c in h):\n                raise DatabaseError("invalid hexadecimal data: odd number of digits",\n                                    "22023") from None\n            bad = next((c for c in h if c not in "0123456789abcdefABCDEF"), "?")\n            raise DatabaseError(f\'invalid hexadecimal digit: "{bad}"\', "22023") from None\n    if "\\\\" not in text:\n        return text.encode("utf-8")\n    out = bytearray()\n    raw = text.encode("utf-8")\n    i, n = 0, len(raw)\n    while i < n:\n        c = raw[i]\n        if c != 0x5C:\n            out.append(c)\n            i += 1\n        elif raw[i + 1:i + 2] == b"\\\\":\n            out.append(0x5C)\n            i += 2\n        elif _OCTAL.fullmatch(raw, i + 1, i + 4):\n            out.append(int(raw[i + 1:i + 4], 8))\n            i += 4\n        else:\n            raise DatabaseError("invalid input syntax for type bytea", "22P02")\n    return bytes(out)\n\n\ndef parse_array_literal(text: str) -> list[Any]:\n    """Parse a PostgreSQL array literal into nested lists of ``str`` (``None`` for NULL).\n\n    Used when an array-typed parameter is given as a string (PL/Python needs a list). Follows\n    ``array_in``: optional ``[lo:hi]=`` decoration (dropped), double-quoted elements with\n    backslash escapes, unquoted elements trimmed, unquoted ``NULL`` (any case) is NULL.\n    """\n    def bad(why: str) -> DatabaseError:\n        return DatabaseError(f\'malformed array literal: "{text}"\', "22P02", detail=why)\n\n    s = text\n    i = 0\n    n = len(s)\n    while i < n and s[i] in _SPACE:\n        i += 1\n    if i < n and s[i] == "[":\n        eq = s.find("=", i)\n        if eq < 0:\n            raise bad(\'Missing "=" after array dimensions.\')\n        i = eq + 1\n        while i < n and s[i] in _SPACE:\n            i += 1\n    if i >= n or s[i] != "{":\n        raise bad(\'Array value must start with "{" or dimension information.\')\n\n    def parse(i: int) -> tuple[list[Any], int]:\n        # s[i] == "{"\n        i += 1\n        out: list[Any] = []\n        expect_elem = True\n        while True:\n            while i < n and s[i] in _SPACE:\n                i += 1\n            if i >= n:\n                raise bad("Unexpected end of input.")\n            c = s[i]\n            if c == "}":\n                if out and expect_elem:\n                    raise bad(\'Unexpected "}" character.\')\n                return out, i + 1\n            if not expect_elem:\n                if c != ",":\n                    raise bad(f\'Unexpected "{c}" character.\')\n                expect_elem = True\n                i += 1\n                continue\n            if c == "{":\n                sub, i = parse(i)\n                out.append(sub)\n            elif c == \'"\':\n                buf = []\n                i += 1\n                while True:\n                    if i >= n:\n                        raise bad("Unexpected end of input.")\n                    c = s[i]\n                    if c == "\\\\":\n                        if i + 1 >= n:\n                            raise bad("Unexpected end of input.")\n                        buf.append(s[i + 1])\n                        i += 2\n                    elif c == \'"\':\n                        i += 1\n                        break\n                    else:\n                        buf.append(c)\n                        i += 1\n                out.append("".join(buf))\n            else:\n                buf = []\n                quoted_any = False\n                while i < n and s[i] not in \',{}"\':\n                    if s[i] == "\\\\":\n                        if i + 1 >= n:\n                            raise bad("Unexpected end of input.")\n                        buf.append(s[i + 1])\n                        quoted_any = True\n                        i += 2\n                    else:\n                        buf.append(s[i])\n                        i += 1\n                if i < n and s[i] in \'{"\':\n                    raise bad(f\'Unexpected "{s[i]}" character.\')\n                word = "".join(buf).strip(_SPACE)\n                if not word:\n                    raise bad(\'Unexpected "," character.\' if i < n and s[i] == "," else\n                              \'Unexpected "}" character.\')\n                out.append(None if not quoted_any and word.upper() == "NULL" else word)\n            expect_elem = False\n\n    result, i = parse(i)\n    while i < n and s[i] in _SPACE:\n        i += 1\n    if i != n:\n        raise bad("Junk after closing right brace.")\n    return result\n\n\ndef _elem_for_plpy(base: str) -> Callable[[Any], Any]:\n    if base == "boolean":\n        return lambda v: v if type(v) is bool else _bool_in(_text_or_raise(v))\n    if base == "bytea":\n        return lambda v: bytes(v) if type(v) in (bytes, bytearray, memoryview) else _bytea_in(\n            _text_or_raise(v))\n    return _text_or_raise\n\n\ndef _text_or_raise(v: Any) -> str:\n    s = to_pg_text(v)\n    assert s is not None\n    return s\n\n\ndef _nested_for_plpy(v: Any, elem: Callable[[Any], Any]) -> Any:\n    if v is None:\n        return None\n    t = type(v)\n    if t is list or t is tuple or isinstance(v, list):\n        return [_nested_for_plpy(x, elem) for x in v]\n    return elem(v)\n\n\ndef to_plpy_param(value: object, typname: str) -> object:\n    """What to pass to ``plpy.execute(plan, [...])`` for a parameter PostgreSQL typed ``typname``.\n\n    ``typname`` is ``format_type()`` text (``\'integer[]\'``, ``\'timestamp with time zone\'``,\n    ``\'boolean\'``, ``\'bytea\'``); for a domain pass its base type\'s name (PL/Python converts\n    domains through their base type). The result makes PL/Python build the same datum the\n    client\'s text parameter ``to_pg_text(value)`` gives:\n\n    * arrays: a nested list (PL/Python rejects a string for an array type); a string value is\n      parsed as an array literal first;\n    * ``boolean``: a real bool (PL/Python uses truthiness, so ``\'false\'`` would be true), from\n      the text by PostgreSQL\'s ``boolin`` rules;\n    * ``bytea``: bytes (PL/Python calls ``bytes()`` on the value), from the text by ``byteain``;\n    * anything else: ``to_pg_text(value)``, which PL/Python feeds to the type\'s input function.\n\n    Invalid input raises ``DatabaseError`` with PostgreSQL\'s SQLSTATE and message.\n    """\n    if value is None:\n        return None\n    if typname.endswith("[]"):\n        elem = _elem_for_plpy(typname[:-2])\n        if type(value) in (list, tuple) or isinstance(value, list):\n            return _nested_for_plpy(value, elem)\n        return _nested_for_plpy(parse_array_literal(_text_or_raise(value)), elem)\n    if typname == "boolean":\n        if type(value) is bool:\n            return value\n        return _bool_in(_text_or_raise(value))\n    if typname == "bytea":\n        if type(value) in (bytes, bytearray, memoryview):\n            return bytes(value)  # type: ignore[arg-type]\n        return _bytea_in(_text_or_raise(value))\n    return to_pg_text(value)\n',
-        'sqltext': '"""SQL text handling: one small lexer for parameter translation and the statement guard.\n\nWhy a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where\nPostgreSQL would see them as code, never inside string literals (``\'...\'``, ``E\'...\'``,\n``U&\'...\'``), quoted identifiers, comments (``--``, nested ``/* */``) or dollar-quoted bodies\n(``$$...$$``, ``$tag$...$tag$``); and ``a$1`` is an identifier, not ``a`` followed by ``$1``.\nThe lexer follows PostgreSQL\'s scanner rules with ``standard_conforming_strings = on`` (the\ndefault since 9.1): in a plain ``\'...\'`` string a backslash is an ordinary character.\n\nUnterminated literals and comments run to the end of the text (PostgreSQL rejects them; here\nnothing after them is treated as code, which is the safe reading for the guard).\n"""\n\nfrom __future__ import annotations\n\nimport re\nfrom typing import Iterator\n\nfrom .errors import DatabaseError\n\n__all__ = [\n    "ForbiddenStatement",\n    "to_pyformat",\n    "param_numbers",\n    "split_statements",\n    "check_statement",\n    "tokens",\n]\n\n\nclass ForbiddenStatement(DatabaseError):\n    """``query()`` refused a statement before sending it (SQLSTATE ``WH003``).\n\n    The function runs inside the caller\'s transaction and under the limits the DBA set, so\n    statements that would end or fork that transaction, change the role or session, lift the\n    timeouts, or break the type parity of results are refused. This is a guard against misuse,\n    not the security boundary (that is the database role the code runs as).\n    """\n\n    def __init__(self, message: str) -> None:\n        super().__init__(message, "WH003")\n\n\n# ----------------------------------------------------------------------------------------------\n# lexer\n\n# Token kinds\nWORD = "word"          # unquoted identifier or keyword (text as written)\nQIDENT = "qident"      # "quoted identifier" (value: unescaped text)\nSTRING = "string"      # any string literal\nDOLLAR = "dollar"      # dollar-quoted body\nPARAM = "param"        # $n\nCOMMENT = "comment"\nOP = "op"              # any other character run (operators, punctuation, numbers)\nSEMI = "semi"          # ;\n\n# Identifier characters: PostgreSQL accepts any byte >= 0x80 (any non-ASCII character).\n_IDENT_START = r"A-Za-z_\\x80-\\U0010ffff"\n_IDENT_CONT = r"A-Za-z_0-9$\\x80-\\U0010ffff"\n\n_MASTER = re.compile(\n    rf"""\n      (?P<estr>[eE]\')                                  # E\'...\'  (backslash escapes)\n    | (?P<ustr>[uU]&\')                                 # U&\'...\'\n    | (?P<uident>[uU]&")                               # U&"..."\n    | (?P<word>[{_IDENT_START}][{_IDENT_CONT}]*)       # identifier / keyword\n    | (?P<str>\')                                       # \'...\'\n    | (?P<qident>")                                    # "..."\n    | (?P<dollar>\\$(?:[{_IDENT_START}][A-Za-z_0-9\\x80-\\U0010ffff]*)?\\$)  # $tag$ / $$\n    | (?P<param>\\$[0-9]+)                              # $1\n    | (?P<line>--)                                     # -- comment\n    | (?P<block>/\\*)                                   # /* comment */\n    | (?P<num>[0-9]+(?:\\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\\.[0-9]+(?:[eE][+-]?[0-9]+)?)\n    | (?P<semi>;)\n    | (?P<space>\\s+)\n    """,\n    re.VERBOSE,\n)\n\n_STD_STR_END = re.compile(r"(?:[^\']|\'\')*\'")          # body of \'...\' after the quote\n_E_STR_END = re.compile(r"(?:[^\'\\\\]|\'\'|\\\\.)*\'", re.S)  # body of E\'...\'\n_QIDENT_END = re.compile(r\'(?:[^"]|"")*"\')\n_BLOCK_PART = re.compile(r"/\\*|\\*/")\n\n\ndef _block_end(sql: str, pos: int) -> int:\n    """End of the nested ``/* */`` comment whose opening ``/*`` ends at ``pos``."""\n    depth = 1\n    for m in _BLOCK_PART.finditer(sql, pos):\n        depth += 1 if m.group() == "/*" else -1\n        if depth == 0:\n            return m.end()\n    return len(sql)\n\n\ndef tokens(sql: str) -> Iterator[tuple[str, int, int]]:\n    """Yield ``(kind, start, end)`` for every significant token (whitespace is skipped).\n\n    Characters the master pattern does not claim (operators, punctuation, a lone ``$``) come\n    out one at a time as ``OP``.\n    """\n    n = len(sql)\n    pos = 0\n    match = _MASTER.match\n    while pos < n:\n        m = match(sql, pos)\n        if m is None:  # operator or punctuation character\n            yield OP, pos, pos + 1\n            pos += 1\n            continue\n        kind = m.lastgroup\n        end = m.end()\n        if kind == "space":\n            pos = end\n            continue\n        if kind == "word":\n            yield WORD, pos, end\n        elif kind == "str" or kind == "ustr":\n            e = _STD_STR_END.match(sql, end)\n            end = e.end() if e else n\n            yield STRING, pos, end\n        elif kind == "estr":\n            e = _E_STR_END.match(sql, end)\n            end = e.end() if e else n\n            yield STRING, pos, end\n        elif kind == "qident" or kind == "uident":\n            e = _QIDENT_END.match(sql, end)\n            end = e.end() if e else n\n            yield QIDENT, pos, end\n        elif kind == "dollar":\n            tag = m.group()\n            close = sql.find(tag, end)\n            end = n if close < 0 else close + len(tag)\n            yield DOLLAR, pos, end\n        elif kind == "param":\n            yield PARAM, pos, end\n        elif kind == "line":\n            nl = sql.find("\\n", end)\n            end = n if nl < 0 else nl + 1\n            yield COMMENT, pos, end\n        elif kind == "block":\n            end = _block_end(sql, end)\n            yield COMMENT, pos, end\n        elif kind == "semi":\n            yield SEMI, pos, end\n        else:  # num\n            yield OP, pos, end\n        pos = end\n\n\n# ----------------------------------------------------------------------------------------------\n# psycopg2 translation\n\n# Fast path: text without "$" or "%" needs no lexing at all.\n_NEEDS_WORK = re.compile(r"[$%]")\n\n\ndef to_pyformat(sql: str) -> str:\n    """Translate ``$n`` placeholders to psycopg2\'s ``%(pn)s`` and escape every other ``%``.\n\n    psycopg2 %-formats the whole query text when parameters are given (the driver always\n    passes a dict, possibly empty), so a ``%`` anywhere, literals and comments included, must\n    become ``%%``; ``$n`` is rewritten only where PostgreSQL would read it as a parameter.\n    """\n    if not _NEEDS_WORK.search(sql):\n        return sql\n    out: list[str] = []\n    last = 0\n    for kind, start, end in tokens(sql):\n        if kind == PARAM:\n            out.append(sql[last:start].replace("%", "%%"))\n            out.append(f"%(p{int(sql[start + 1:end])})s")\n            last = end\n    out.append(sql[last:].replace("%", "%%"))\n    return "".join(out)\n\n\ndef param_numbers(sql: str) -> set[int]:\n    """The ``$n`` parameter numbers used as parameters in ``sql`` (not inside literals)."""\n    if "$" not in sql:\n        return set()\n    return {int(sql[s + 1:e]) for kind, s, e in tokens(sql) if kind == PARAM}\n\n\n# ----------------------------------------------------------------------------------------------\n# statements\n\n\ndef _statements(sql: str) -> list[list[tuple[str, int, int]]]:\n    """Top-level statements as token lists (comments dropped, empty statements dropped).\n\n    A ``;`` inside ``CREATE FUNCTION/PROCEDURE ... BEGIN ATOMIC ... END`` does not end the\n    statement (psql tracks the same thing).\n    """\n    stmts: list[list[tuple[str, int, int]]] = []\n    cur: list[tuple[str, int, int]] = []\n    routine = False\n    depth = 0\n    heads: list[str] = []\n    for tok in tokens(sql):\n        kind, s, e = tok\n        if kind == COMMENT:\n            continue\n        if kind == SEMI and depth <= 0:\n            if cur:\n                stmts.append(cur)\n            cur, routine, depth, heads = [], False, 0, []\n            continue\n        if kind == WORD:\n            w = sql[s:e].lower()\n            nwords = len(heads)\n            if nwords < 4:\n                heads.append(w)\n                if heads[0] == "create" and w in ("function", "procedure"):\n                    routine = True\n            if routine:\n                if w == "begin" or w == "case":\n                    depth += 1\n                elif w == "end":\n                    depth -= 1\n        cur.append(tok)\n    if cur:\n        stmts.append(cur)\n    return stmts\n\n\ndef split_statements(sql: str) -> list[str]:\n    """The top-level statements of ``sql``, as text (trimmed, without the ``;``)."""\n    return [sql[st[0][1]:st[-1][2]] for st in _statements(sql)]\n\n\n_TXN = {\n    "begin": "BEGIN", "start": "START TRANSACTION", "commit": "COMMIT", "end": "END",\n    "rollback": "ROLLBACK", "abort": "ABORT", "savepoint": "SAVEPOINT", "release": "RELEASE",\n}\n# GUCs a call must not change: the DBA\'s limits, the identity, and the output formats the\n# server-side type conversion (pgtypes) relies on.\n_GUARDED_SETTINGS = {\n    "statement_timeout": "it would lift the timeout the DBA set for the call",\n    "lock_timeout": "it would lift the timeout the DBA set for the call",\n    "idle_in_transaction_session_timeout": "it would lift a timeout the DBA set",\n    "idle_session_timeout": "it would lift a timeout the DBA set",\n    "transaction_timeout": "it would lift a timeout the DBA set",\n    "role": "changing the role would escape the privileges the call runs with",\n    "session_authorization": "changing the role would escape the privileges the call runs with",\n    "datestyle": "results are converted assuming DateStyle ISO",\n    "intervalstyle": "results are converted assuming IntervalStyle postgres",\n    "extra_float_digits": "results are converted assuming shortest-exact float output",\n}\n\n\ndef _refuse(what: str, why: str) -> ForbiddenStatement:\n    return ForbiddenStatement(f"wormhole refuses {what} inside a remote function: {why}")\n\n\ndef _ident(sql: str, tok: tuple[str, int, int]) -> str | None:\n    """The identifier a WORD/QIDENT token names (case-folded / unescaped), else None."""\n    kind, s, e = tok\n    if kind == WORD:\n        return sql[s:e].lower()\n    if kind == QIDENT:\n        body = sql[s:e]\n        if body[:1] in "uU":\n            body = _unicode_ident(body[2:])\n            return body\n        return body[1:-1].replace(\'""\', \'"\')\n    return None\n\n\ndef _unicode_ident(quoted: str) -> str:\n    """Decode the default-escape form of a ``U&"..."`` identifier (``\\\\XXXX``, ``\\\\+XXXXXX``)."""\n    body = quoted[1:-1].replace(\'""\', \'"\')\n\n    def sub(m: re.Match[str]) -> str:\n        g = m.group()\n        if g == "\\\\\\\\":\n            return "\\\\"\n        try:\n            return chr(int(g[2:] if g[1] == "+" else g[1:], 16))\n        except ValueError:\n            return g\n\n    return re.sub(r"\\\\\\\\|\\\\\\+[0-9A-Fa-f]{6}|\\\\[0-9A-Fa-f]{4}", sub, body)\n\n\ndef check_statement(sql: str) -> None:\n    """Raise :class:`ForbiddenStatement` unless ``sql`` is one statement ``query()`` may run.\n\n    Refused, and why:\n\n    * more than one statement (a trailing ``;`` and comments are fine): each call is one\n      statement so that parameters, results and errors map one to one;\n    * transaction control (``BEGIN``, ``START TRANSACTION``, ``COMMIT``, ``END``, ``ROLLBACK``,\n      ``ABORT``, ``SAVEPOINT``, ``RELEASE``, ``PREPARE TRANSACTION``, ``COMMIT/ROLLBACK\n      PREPARED``): the call runs inside the caller\'s transaction, which it must not end;\n    * role and session changes (``SET [SESSION|LOCAL] ROLE``, ``... SESSION AUTHORIZATION``,\n      ``SET SESSION CHARACTERISTICS``, ``RESET ROLE``, ``RESET SESSION AUTHORIZATION``,\n      ``RESET ALL``, ``DISCARD``) and any reference to ``set_config`` (the function form of\n      ``SET``), and ``UPDATE`` of ``pg_settings`` (its rule calls ``set_config``);\n    * ``SET``/``RESET`` of the timeouts (``statement_timeout``, ``lock_timeout``,\n      ``idle_in_transaction_session_timeout``, ``idle_session_timeout``,\n      ``transaction_timeout``): user code must not lift the limits the DBA set for it; and of\n      ``DateStyle``, ``IntervalStyle``, ``extra_float_digits``, which would break the type\n      parity of results. Other settings (``search_path``, ``TimeZone``, ``work_mem``...) are\n      allowed: they are the caller\'s own session;\n    * ``COPY`` (file and program access; ``COPY ... STDIN/STDOUT`` cannot work through SPI),\n      ``LOAD`` (loads a shared library), ``DO`` (anonymous code that bypasses these checks);\n    * ``LISTEN``/``UNLISTEN``: a listener registered by a call would outlive it in the\n      session. ``NOTIFY`` is allowed: it is transactional, like any write, and equivalent to\n      ``SELECT pg_notify(...)``.\n\n    Keywords are matched case-insensitively after comments and whitespace. Not a security\n    boundary: code reached indirectly (functions, ``EXECUTE`` in PL/pgSQL) is not inspected.\n    """\n    stmts = _statements(sql)\n    if len(stmts) > 1:\n        raise _refuse("more than one statement per query() call",\n                      "send each statement in its own query() call")\n    for st in stmts:\n        _check_one(sql, st)\n\n\ndef _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:\n    idents = [_ident(sql, t) for t in st]\n    words = [sql[s:e].lower() if k == WORD else None for k, s, e in st]\n    if "set_config" in idents:\n        raise _refuse("set_config()", "it changes settings of the session the call runs in; "\n                      "role, timeouts and result formats must stay as the DBA set them")\n    if "pg_settings" in idents and "update" in words:\n        raise _refuse("UPDATE of pg_settings", "it is set_config() in disguise")\n    first = words[0]\n    if first is None:\n        return\n    second = words[1] if len(words) > 1 else None\n    if first in _TXN:\n        if first != "start" or second == "transaction":\n            raise _refuse(_TXN[first] if first != "start" else "START TRANSACTION",\n                          "the call runs inside the caller\'s transaction, which only the "\n                          "caller may end; use `with wormhole.transaction():` on the client")\n    if first == "prepare" and second == "transaction":\n        raise _refuse("PREPARE TRANSACTION", "the call runs inside the caller\'s transaction")\n    if first in ("copy", "load", "do", "listen", "unlisten", "discard"):\n        why = {\n            "copy": "COPY reads and writes server files and programs, and COPY FROM STDIN/"\n                    "TO STDOUT cannot work from inside a function; use INSERT/SELECT",\n            "load": "it loads a shared library into the server process",\n            "do": "anonymous code blocks would bypass these checks",\n            "listen": "a listener would outlive the call in the caller\'s session",\n            "unlisten": "the session\'s listeners belong to the caller",\n            "discard": "it resets the session state (role, settings, plans) of the caller",\n        }[first]\n        raise _refuse(first.upper(), why)\n    if first in ("set", "reset"):\n        i = 1\n        if first == "set" and words[i:i + 1] in (["session"], ["local"]):\n            # SET SESSION x / SET LOCAL x, but "SET SESSION AUTHORIZATION" and\n            # "SET SESSION CHARACTERISTICS" start with the same word\n            if not (words[i] == "session" and len(words) > 2 and words[2] in (\n                    "authorization", "characteristics")):\n                i += 1\n        name = idents[i] if i < len(idents) else None\n        nxt = words[i + 1] if i + 1 < len(words) else None\n        if name == "session" and nxt in ("authorization", "characteristics"):\n            raise _refuse(f"{first.upper()} SESSION {nxt.upper()}",\n                          "the role and session characteristics belong to the caller")\n        if name == "all" and first == "reset":\n            raise _refuse("RESET ALL", "it would reset the role and the limits set for the call")\n        if name is not None:\n            why = _GUARDED_SETTINGS.get(name)\n            if why is not None:\n                raise _refuse(f"{first.upper()} {name}", why)\n',
-        'policy': '"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).\n\n``check(source, modules)`` runs at install time and again before a hash first runs in a process\n(a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises\n``PolicyError`` carrying *every* finding with its line, RestrictedPython-style. It is one layer\nof two (see SECURITY.md and /work/shared/research/security.md): it gives users clear, early errors\nand shrinks what the confined worker has to contain; it is not a sandbox by itself.\n\nHow it stays closed:\n\n* The text is checked before parsing (size, control/bidi/format characters, coding cookies), then\n  parsed exactly once from ``str`` and *that* tree is rewritten and compiled: what was checked is\n  what runs (``compile(bytes)`` would honour a UTF-7 cookie that ``ast.parse(str)`` ignores).\n* Every AST node type needs a ``visit_<Type>`` method here; a node without one is rejected. A new\n  Python release\'s new nodes are therefore refused until someone reviews them\n  (``tests/unit/test_policy.py`` lists every node type of the running Python).\n* The walk is iterative with a depth and a node cap, and any exception inside the validator is a\n  rejection, never an acceptance.\n* Names are checked wherever an identifier occurs (``Name``, ``Attribute.attr``, every kind of\n  parameter, keywords, import aliases, ``except ... as``, match captures, function and class\n  names, ``nonlocal``): no leading ``_`` (dunders, ``__subclasses__``, ``__globals__``, the\n  runtime\'s own ``_wh_*`` hooks; the bare throwaway name ``_`` is fine), no frame/code/generator\n  internals, no introspection builtins.\n\nThe transformer then inserts the run-time hooks (all start with ``_wh_`` so user code can never\nname, rebind or shadow them; ``namespace.build_globals`` binds them):\n\n``_wh_tick()``               start of every function and lambda body, every loop body, and as an\n                             always-true condition in every comprehension: in-process execution\n                             notices cancel and timeouts between Python-level steps.\n``_wh_getattr(o, name)``     attribute *reads* of the few names whose meaning depends on the\n                             object at run time (``format``: ``str.format`` traverses attributes\n                             from a format string; ``obj``: ``AttributeError.obj`` hands out the\n                             object a failed lookup was made on).\n``_wh_setattr(o, name, v)``  every attribute store: only the call\'s own objects may be changed,\n``_wh_delattr(o, name)``     never shared ones (module classes and functions live for the whole\n                             process; changing them would reach later calls and trusted code).\n``_wh_pow/_wh_mul/_wh_lshift(a, b)`` and the in-place ``_wh_ipow/_wh_imul/_wh_ilshift``:\n                             size guards for ``**``, ``*`` and ``<<`` (``10**10**8``,\n                             ``\'x\' * 10**10``) so one expression cannot allocate gigabytes.\n\nStatement rewrites that need a temporary use ``_wh_t<N>`` names (unreachable for the same\nreason). ``Checked.code`` is the module code: executing it defines the function.\n"""\n\nfrom __future__ import annotations\n\nimport ast\nimport builtins\nimport hashlib\nimport re\nimport types\nimport unicodedata\nimport warnings\nfrom collections.abc import Callable, Iterator, Mapping\nfrom dataclasses import dataclass\nfrom typing import NamedTuple\n\n__all__ = [\n    "CATALOGUE",\n    "DYNAMIC_ATTRIBUTES",\n    "FILENAME",\n    "FORBIDDEN_ATTRIBUTES",\n    "FORBIDDEN_NAMES",\n    "HOOKS",\n    "Checked",\n    "Finding",\n    "PolicyError",\n    "allowed_names",\n    "check",\n]\n\n#: code is compiled under this filename, so tracebacks say which frames are the user\'s own and\n#: line numbers are relative to the shipped source (line 1 = the ``def`` line).\nFILENAME = "<wormhole>"\n\nMAX_SOURCE_CHARS = 64 * 1024\n#: AST nesting; CPython\'s own recursive passes (ast construction, compile) fail somewhere past\n#: 1,000 and a 700-term sum is already ~700 deep. 200 leaves room for the hooks we add.\nMAX_DEPTH = 200\nMAX_NODES = 50_000\n#: most findings reported; past that the list stops being useful and only costs memory.\nMAX_FINDINGS = 200\n\n# --------------------------------------------------------------------------------------------\n# hooks (namespace.build_globals binds every one of these)\n\nTICK = "_wh_tick"\nGETATTR = "_wh_getattr"\nSETATTR = "_wh_setattr"\nDELATTR = "_wh_delattr"\nPOW = "_wh_pow"\nMUL = "_wh_mul"\nLSHIFT = "_wh_lshift"\nIPOW = "_wh_ipow"\nIMUL = "_wh_imul"\nILSHIFT = "_wh_ilshift"\nHOOKS = (TICK, GETATTR, SETATTR, DELATTR, POW, MUL, LSHIFT, IPOW, IMUL, ILSHIFT)\n\n#: attribute reads routed through ``_wh_getattr`` (see the module docstring).\nDYNAMIC_ATTRIBUTES = frozenset({"format", "obj"})\n\n# --------------------------------------------------------------------------------------------\n# names\n\n\ndef _reasons(reason: str, *names: str) -> dict[str, str]:\n    return {name: reason for name in names}\n\n\n#: names user code may not use at all (read, bind or delete), with the reason in the message.\nFORBIDDEN_NAMES: dict[str, str] = {\n    **_reasons("runs arbitrary code", "eval", "exec", "compile"),\n    **_reasons("reads files on the server", "open"),\n    **_reasons("reads the server\'s standard input", "input"),\n    **_reasons(\n        "is an interactive helper added by the site module (help() imports modules, "\n        "breakpoint() starts a debugger, exit() and quit() raise SystemExit)",\n        "breakpoint", "help", "license", "credits", "copyright", "exit", "quit",\n    ),\n    **_reasons("exposes namespaces (introspection)", "vars", "dir", "globals", "locals"),\n    **_reasons(\n        "takes the attribute name as a string, which would bypass the attribute checks",\n        "getattr", "setattr", "delattr", "hasattr",\n    ),\n    **_reasons(\n        "is the root of the class graph (object.__subclasses__() reaches every class)",\n        "object",\n    ),\n    **_reasons("gives raw access to buffers", "memoryview"),\n    **_reasons(\n        "creates descriptors, which are not supported in wormhole functions",\n        "classmethod", "staticmethod", "property",\n    ),\n    **_reasons("is PL/Python\'s own handle and is out of reach", "plpy", "GD", "SD", "TD"),\n    **_reasons(\n        "cannot be caught or raised by wormhole functions (it would swallow the runtime\'s "\n        "interrupt)",\n        "BaseException", "SystemExit", "KeyboardInterrupt", "GeneratorExit",\n        "BaseExceptionGroup", "ExceptionGroup",\n    ),\n    **_reasons("is the module of all builtins", "builtins"),\n}\n\n#: attribute names that are never allowed, even without a leading underscore: frames, code and\n#: generator internals (CVE-2023-37271 walked ``gi_frame.f_back``), ``format_map`` (traverses\n#: attributes from a string, CVE-2023-41039) and ``mro`` (``ValueError.mro()[-2]`` is\n#: ``BaseException``, which could then catch the runtime\'s interrupt).\nFORBIDDEN_ATTRIBUTES: frozenset[str] = frozenset({\n    "format_map", "mro",\n    "gi_frame", "gi_code", "gi_yieldfrom", "gi_running", "gi_suspended", "gi_yieldframe",\n    "cr_frame", "cr_code", "cr_await", "cr_running", "cr_suspended", "cr_origin",\n    "ag_frame", "ag_code", "ag_await", "ag_running",\n    "f_back", "f_builtins", "f_code", "f_globals", "f_locals", "f_lasti", "f_lineno",\n    "f_trace", "f_trace_lines", "f_trace_opcodes",\n    "tb_frame", "tb_next", "tb_lasti", "tb_lineno",\n    "co_code", "co_consts", "co_names", "co_varnames", "co_cellvars", "co_freevars",\n    "co_filename", "co_name", "co_qualname", "co_firstlineno", "co_lnotab", "co_linetable",\n    "co_exceptiontable", "co_flags", "co_argcount", "co_posonlyargcount",\n    "co_kwonlyargcount", "co_nlocals", "co_stacksize", "co_positions", "co_lines",\n    "func_globals", "func_code", "func_closure", "func_defaults", "func_dict",\n    "im_func", "im_self", "im_class", "cell_contents",\n})\n#: prefixes of generator/coroutine internals; no ordinary API uses them.\n_FORBIDDEN_ATTRIBUTE_PREFIXES = ("gi_", "cr_", "ag_")\n\n#: dunder methods a class body may *define* (never call or read: ``x.__eq__`` stays forbidden).\n#: Deliberately small. Left out: ``__getattr__``/``__getattribute__``/``__setattr__`` (they\n#: intercept the runtime\'s own attribute guards), ``__format__`` (str.format), ``__del__`` (runs\n#: at garbage collection, outside any call), ``__init_subclass__``/``__set_name__``/\n#: ``__class_getitem__``/``__instancecheck__`` (implicit calls from class machinery),\n#: ``__reduce__*``/``__getstate__`` (serialisation hooks), ``__index__``/``__int__`` (called by\n#: C code inside the size guards).\nDUNDER_METHODS = frozenset({\n    "__init__", "__repr__", "__str__",\n    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__bool__",\n    "__len__", "__iter__", "__next__", "__contains__", "__getitem__",\n    "__enter__", "__exit__",\n    "__add__", "__sub__", "__mul__", "__truediv__", "__neg__",\n})\n\n#: exceptions that must not be caught: the runtime\'s ``Interrupted`` is a BaseException.\n_UNCATCHABLE = frozenset({\n    "BaseException", "SystemExit", "KeyboardInterrupt", "GeneratorExit",\n    "BaseExceptionGroup", "ExceptionGroup",\n})\n\n#: the exception classes namespace.py provides as builtins; the only builtins a class may\n#: inherit from (plus the user\'s own classes and, checked at run time, module exceptions).\nEXCEPTION_NAMES = frozenset({\n    "Exception", "ArithmeticError", "AssertionError", "AttributeError", "FloatingPointError",\n    "IndexError", "KeyError", "LookupError", "NameError", "NotImplementedError",\n    "OverflowError", "RecursionError", "RuntimeError", "StopIteration", "TypeError",\n    "UnboundLocalError", "UnicodeError", "UnicodeDecodeError", "UnicodeEncodeError",\n    "ValueError", "ZeroDivisionError", "MemoryError", "DatabaseError",\n})\n\n#: names every function sees without importing; an import alias may not shadow them.\nGLOBAL_NAMES = frozenset({"query", "DatabaseError", "print"})\n\n# --------------------------------------------------------------------------------------------\n# the catalogue: module -> vetted public names (used when the DBA whitelists a module with\n# NULL names). Never a module object: ``datetime.sys``, ``json.codecs``, ``re.enum``,\n# ``statistics.sys``, ``random._os``, ``fractions.sys``, ``calendar.sys``, ``uuid.os`` are\n# measured re-export escape hatches on this Python. Names missing on an older Python are skipped.\n\nCATALOGUE: dict[str, frozenset[str]] = {\n    "math": frozenset({\n        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "comb",\n        "copysign", "cos", "cosh", "degrees", "dist", "e", "erf", "erfc", "exp", "exp2",\n        "expm1", "fabs", "factorial", "floor", "fmod", "frexp", "fsum", "gamma", "gcd", "hypot",\n        "inf", "isclose", "isfinite", "isinf", "isnan", "isqrt", "lcm", "ldexp", "lgamma", "log",\n        "log10", "log1p", "log2", "modf", "nan", "nextafter", "perm", "pi", "pow", "prod",\n        "radians", "remainder", "sin", "sinh", "sqrt", "tan", "tanh", "tau", "trunc", "ulp",\n        # factorial/comb/perm are replaced by size-guarded versions in namespace.py\n    }),\n    "cmath": frozenset({\n        "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "e", "exp", "inf",\n        "infj", "isclose", "isfinite", "isinf", "isnan", "log", "log10", "nan", "nanj",\n        "phase", "pi", "polar", "rect", "sin", "sinh", "sqrt", "tan", "tanh", "tau",\n    }),\n    # json: no dump/load (they take file objects), no JSONEncoder/JSONDecoder classes (subclass\n    # hooks), no codecs/decoder/encoder/scanner (modules).\n    "json": frozenset({"dumps", "loads", "JSONDecodeError"}),\n    # datetime: no sys, no datetime_CAPI (a PyCapsule of C pointers).\n    "datetime": frozenset({\n        "date", "datetime", "time", "timedelta", "timezone", "tzinfo", "MINYEAR", "MAXYEAR",\n        "UTC",\n    }),\n    # decimal: no getcontext/setcontext/DefaultContext/BasicContext/ExtendedContext: the\n    # current context is per thread and lives for the whole process, so changing it would\n    # change every later call (and the runtime\'s own Decimal handling). localcontext() and\n    # Context() give a function its own precision.\n    "decimal": frozenset({\n        "Decimal", "Context", "localcontext", "DecimalTuple",\n        "ROUND_05UP", "ROUND_CEILING", "ROUND_DOWN", "ROUND_FLOOR", "ROUND_HALF_DOWN",\n        "ROUND_HALF_EVEN", "ROUND_HALF_UP", "ROUND_UP",\n        "MAX_EMAX", "MAX_PREC", "MIN_EMIN", "MIN_ETINY",\n        "DecimalException", "Clamped", "DivisionByZero", "FloatOperation", "Inexact",\n        "InvalidOperation", "Overflow", "Rounded", "Subnormal", "Underflow",\n    }),\n    # fractions: no sys, no math/numbers/operator/re modules it imports.\n    "fractions": frozenset({"Fraction"}),\n    "statistics": frozenset({\n        "NormalDist", "StatisticsError", "correlation", "covariance", "fmean",\n        "geometric_mean", "harmonic_mean", "linear_regression", "mean", "median",\n        "median_grouped", "median_high", "median_low", "mode", "multimode", "pstdev",\n        "pvariance", "quantiles", "stdev", "variance",\n    }),\n    # re: no enum/sre_compile/sre_parse/copyreg/functools (modules), no template()/purge().\n    # Catastrophic backtracking runs in C and cannot be interrupted in-process.\n    "re": frozenset({\n        "compile", "escape", "findall", "finditer", "fullmatch", "match", "search", "split",\n        "sub", "subn", "error", "Pattern", "Match",\n        "A", "ASCII", "I", "IGNORECASE", "L", "LOCALE", "M", "MULTILINE", "NOFLAG", "S",\n        "DOTALL", "U", "UNICODE", "X", "VERBOSE",\n    }),\n    # string: constants and capwords only. Formatter traverses attributes and returns live\n    # objects (CVE-2023-41039, CVE-2026-76825); Template is left out to keep one formatting\n    # path (f-strings and the guarded str.format).\n    "string": frozenset({\n        "ascii_letters", "ascii_lowercase", "ascii_uppercase", "capwords", "digits",\n        "hexdigits", "octdigits", "printable", "punctuation", "whitespace",\n    }),\n    # collections: no abc (a module), no UserDict/UserList/UserString (only useful as bases).\n    "collections": frozenset({\n        "ChainMap", "Counter", "OrderedDict", "defaultdict", "deque", "namedtuple",\n    }),\n    # itertools: count/cycle/repeat are wrapped so an endless one still notices interrupts.\n    "itertools": frozenset({\n        "accumulate", "chain", "combinations", "combinations_with_replacement", "compress",\n        "count", "cycle", "dropwhile", "filterfalse", "groupby", "islice", "pairwise",\n        "permutations", "product", "repeat", "starmap", "takewhile", "tee", "zip_longest",\n    }),\n    # functools: no wraps/update_wrapper (they copy arbitrary attributes, dunders included,\n    # between objects), no singledispatch/partialmethod/cached_property (descriptors,\n    # __set_name__), no total_ordering (sets dunders with setattr).\n    "functools": frozenset({"cmp_to_key", "lru_cache", "cache", "partial", "reduce"}),\n    # operator: no attrgetter/methodcaller (attribute names as strings bypass the attribute\n    # checks), no in-place i* functions (they would bypass the size guards); mul/pow/lshift are\n    # replaced by the guarded versions.\n    "operator": frozenset({\n        "abs", "add", "and_", "concat", "contains", "countOf", "eq", "floordiv", "ge",\n        "getitem", "gt", "index", "indexOf", "inv", "invert", "is_", "is_not", "itemgetter",\n        "le", "lshift", "lt", "mod", "mul", "ne", "neg", "not_", "or_", "pos", "pow", "rshift",\n        "sub", "truediv", "truth", "xor",\n    }),\n    # random: the functions are bound to a fresh Random() per call (namespace.py), so calls\n    # share no generator state and seed() only affects the caller. No _os (a module).\n    "random": frozenset({\n        "Random", "SystemRandom", "betavariate", "choice", "choices", "expovariate",\n        "gammavariate", "gauss", "getrandbits", "lognormvariate", "normalvariate",\n        "paretovariate", "randbytes", "randint", "random", "randrange", "sample", "seed",\n        "shuffle", "triangular", "uniform", "vonmisesvariate", "weibullvariate",\n    }),\n    "heapq": frozenset({\n        "heapify", "heappop", "heappush", "heappushpop", "heapreplace", "merge", "nlargest",\n        "nsmallest",\n    }),\n    "bisect": frozenset({\n        "bisect", "bisect_left", "bisect_right", "insort", "insort_left", "insort_right",\n    }),\n    # uuid: no uuid1/getnode (they may run ifconfig/ip/arp as subprocesses to find a MAC\n    # address), no os/sys (modules), no SafeUUID (enum members are shared, mutable objects).\n    "uuid": frozenset({\n        "UUID", "uuid3", "uuid4", "uuid5", "NAMESPACE_DNS", "NAMESPACE_OID",\n        "NAMESPACE_URL", "NAMESPACE_X500",\n    }),\n    # hashlib: no file_digest (file objects), no pbkdf2_hmac/scrypt (deliberately slow C loops\n    # that cannot be interrupted in-process), no shake_* (digest length is caller-chosen).\n    "hashlib": frozenset({\n        "algorithms_available", "algorithms_guaranteed", "blake2b", "blake2s", "md5", "new",\n        "sha1", "sha224", "sha256", "sha384", "sha3_224", "sha3_256", "sha3_384", "sha3_512",\n        "sha512",\n    }),\n    "base64": frozenset({\n        "a85decode", "a85encode", "b16decode", "b16encode", "b32decode", "b32encode",\n        "b32hexdecode", "b32hexencode", "b64decode", "b64encode", "b85decode", "b85encode",\n        "standard_b64decode", "standard_b64encode", "urlsafe_b64decode", "urlsafe_b64encode",\n    }),\n    # textwrap: the functions only. TextWrapper has a class-level dict\n    # (unicode_whitespace_trans) that every call in the process would share and could change.\n    "textwrap": frozenset({"dedent", "fill", "indent", "shorten", "wrap"}),\n    # calendar: no sys; no setfirstweekday (module-global state shared by later calls), no\n    # LocaleTextCalendar/LocaleHTMLCalendar (they call locale.setlocale, which is process-wide\n    # and would change the backend\'s locale), no prcal/prmonth (print to the server log), no\n    # HTMLCalendar (class-level lists, cssclasses, shared by every call and mutable).\n    "calendar": frozenset({\n        "Calendar", "TextCalendar", "IllegalMonthError", "IllegalWeekdayError",\n        "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY",\n        "calendar", "day_abbr", "day_name", "firstweekday", "isleap", "leapdays", "month",\n        "month_abbr", "month_name", "monthcalendar", "monthrange", "timegm", "weekday",\n        "weekheader",\n    }),\n    # time: clocks and conversions only. No sleep (blocks in C: an in-process call could not be\n    # cancelled), no tzset (changes the process\'s time zone), no clock_settime*.\n    "time": frozenset({\n        "altzone", "asctime", "ctime", "daylight", "gmtime", "localtime", "mktime",\n        "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "process_time",\n        "process_time_ns", "strftime", "strptime", "struct_time", "time", "time_ns",\n        "timezone", "tzname",\n    }),\n    # unicodedata: no ucd_3_2_0 (an object of the old database, not needed).\n    "unicodedata": frozenset({\n        "bidirectional", "category", "combining", "decimal", "decomposition", "digit",\n        "east_asian_width", "is_normalized", "lookup", "mirrored", "name", "normalize",\n        "numeric", "unidata_version",\n    }),\n}\n\n#: names refused even when a DBA lists them explicitly: they defeat the policy\'s invariant that\n#: every attribute name appears literally in the source, or they return live interpreter state.\nHARD_DENY: dict[str, frozenset[str]] = {\n    "operator": frozenset({"attrgetter", "methodcaller"}),\n    "string": frozenset({"Formatter"}),\n    "functools": frozenset({"wraps", "update_wrapper"}),\n    "decimal": frozenset({"getcontext", "setcontext", "DefaultContext", "BasicContext",\n                          "ExtendedContext"}),\n}\n\n\ndef _dba_hint(module: str) -> str:\n    return (\n        f"a DBA can allow it with: INSERT INTO wormhole_allowed_modules (module_name, allowed) "\n        f"VALUES (\'{module}\', true)"\n    )\n\n\ndef allowed_names(module: str, modules: Mapping[str, frozenset[str] | None]) -> frozenset[str]:\n    """The names ``module`` exposes to user code under this whitelist.\n\n    Raises ``KeyError`` if the module is not whitelisted and ``LookupError`` (with the message\n    for the DBA) if it is whitelisted with NULL names but wormhole has no catalogue for it.\n    Underscore names and ``HARD_DENY`` names are removed even when the DBA listed them.\n    """\n    names = modules[module]\n    if names is None:\n        if module not in CATALOGUE:\n            raise LookupError(\n                f"module {module!r} is whitelisted without a list of names and wormhole has no "\n                f"catalogue for it; a DBA must list the public names functions may use"\n            )\n        names = CATALOGUE[module]\n    deny = HARD_DENY.get(module, frozenset())\n    return frozenset(n for n in names if n.isidentifier() and not n.startswith("_")\n                     and n not in deny)\n\n\n# --------------------------------------------------------------------------------------------\n# results\n\n\n@dataclass(frozen=True)\nclass Finding:\n    """One reason the policy refuses a function: line (1 = the ``def``), column, rule, message."""\n\n    lineno: int\n    col: int\n    rule: str\n    message: str\n\n\nclass PolicyError(Exception):\n    """The function was refused. ``findings`` holds every reason, sorted by position."""\n\n    def __init__(self, findings: list[Finding]) -> None:\n        self.findings = list(findings)\n        super().__init__(str(self))\n\n    def __str__(self) -> str:\n        return "\\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)\n\n\n@dataclass(frozen=True)\nclass Checked:\n    """A function that passed: its name, compiled module code, parameter names and hash.\n\n    ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.\n    """\n\n    name: str\n    code: types.CodeType\n    params: tuple[str, ...]\n    source_hash: str\n\n\n# --------------------------------------------------------------------------------------------\n# text checks (before parsing)\n\n# PEP 263: the tokenizer honours this on line 1 or 2; ast.parse(str) ignores it, compile(bytes)\n# does not, so a cookie is how a UTF-7 payload hides code in a comment.\n_COOKIE = re.compile(r"^[ \\t\\f]*#.*?coding[:=]", re.ASCII)\n_ASCII_CONTROL = re.compile(r"[\\x00-\\x08\\x0b-\\x1f\\x7f]")\n_CONTROL_NAMES = {"\\r": "carriage return", "\\f": "form feed", "\\v": "vertical tab",\n                  "\\x00": "NUL"}\n\n\ndef _text_findings(source: str) -> list[Finding]:\n    findings: list[Finding] = []\n    lines = source.split("\\n")\n    for lineno, line in enumerate(lines[:2], 1):\n        if _COOKIE.match(line):\n            findings.append(Finding(lineno, 0, "coding-cookie",\n                                    "a coding declaration (\'# coding: ...\') is not allowed; "\n                                    "the source is always UTF-8 text"))\n    ascii_only = source.isascii()\n    for lineno, line in enumerate(lines, 1):\n        if ascii_only and not _ASCII_CONTROL.search(line):\n            continue\n        for col, ch in enumerate(line):\n            if ch == "\\t" or " " <= ch <= "~":\n                continue\n            category = unicodedata.category(ch)\n            if category in ("Cc", "Cf", "Cs", "Zl", "Zp"):\n                what = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, f"U+{ord(ch):04X}")\n                kind = {"Cc": "control character", "Cf": "invisible format character",\n                        "Cs": "lone surrogate", "Zl": "line separator",\n                        "Zp": "paragraph separator"}[category]\n                findings.append(Finding(\n                    lineno, col, "bad-character",\n                    f"{kind} {what} (U+{ord(ch):04X}) is not allowed in the source"\n                    + (" (bidi and zero-width characters can make code read differently "\n                       "from how it runs)" if category == "Cf" else ""),\n                ))\n            if len(findings) >= MAX_FINDINGS:\n                return findings\n    return findings\n\n\n# --------------------------------------------------------------------------------------------\n# the validator\n\n\n_AS_NAME = re.compile(rb"\\bas\\s+([^\\s:#]+)\\s*:")\n\n\nclass _Ctx(NamedTuple):\n    depth: int\n    #: inside a ``with`` block or a ``try`` that has ``finally``, within the current function\n    #: (a ``yield`` there would let code run when the generator is closed at garbage collection)\n    in_cleanup: bool\n\n\nclass _Validator:\n    """Checks the tree iteratively; every node type needs a ``visit_<Type>`` method."""\n\n    def __init__(self, source: str, modules: Mapping[str, frozenset[str] | None]) -> None:\n        self.lines = [line.encode("utf-8", "surrogatepass") for line in source.split("\\n")]\n        self.modules = modules\n        self.findings: list[Finding] = []\n        self.function: ast.FunctionDef | None = None\n        self.class_names: set[str] = set()\n        self.methods: set[int] = set()  # ids of FunctionDef nodes directly in a class body\n        self.ok_super: set[int] = set()  # ids of Name(\'super\') nodes in a zero-arg call\n        self.ok_dunder_attr: set[int] = set()  # ids of super().__dunder__ Attribute nodes\n        # for the early module-attribute check: names bound by `import m [as n]`, names bound\n        # any other way, and `n.attr` reads to check once the walk is done.\n        self.import_bound: dict[str, str] = {}\n        self.other_bound: set[str] = set()\n        self.module_reads: list[tuple[ast.Attribute, str]] = []\n\n    # -- helpers\n\n    def add(self, node: ast.AST | None, rule: str, message: str) -> None:\n        lineno = getattr(node, "lineno", 1) if node is not None else 1\n        col = getattr(node, "col_offset", 0) if node is not None else 0\n        self.findings.append(Finding(int(lineno), int(col), rule, message))\n\n    def _span(self, node: ast.AST) -> bytes:\n        """The node\'s source text (UTF-8 bytes), one line only; b\'\' if unknown."""\n        lineno = getattr(node, "lineno", None)\n        col = getattr(node, "col_offset", None)\n        if lineno is None or col is None or not 1 <= lineno <= len(self.lines):\n            return b""\n        end_col = getattr(node, "end_col_offset", None)\n        line = self.lines[lineno - 1]\n        if getattr(node, "end_lineno", lineno) != lineno or end_col is None:\n            end_col = len(line)\n        return bytes(line[col:end_col])\n\n    def _tail(self, node: ast.AST, size: int) -> bytes | None:\n        """The ``size`` bytes that end the node (an attribute\'s name, a capture\'s name)."""\n        end_lineno = getattr(node, "end_lineno", None)\n        end_col = getattr(node, "end_col_offset", None)\n        if end_lineno is None or end_col is None or not 1 <= end_lineno <= len(self.lines):\n            return None\n        line = self.lines[end_lineno - 1]\n        return bytes(line[max(end_col - size, 0):end_col]) if end_col >= size else None\n\n    def _identifier(self, name: str, node: ast.AST, what: str, *, text: bytes | None = None,\n                    dunder_ok: bool = False) -> None:\n        """Check one identifier. ``text``: the source bytes it was written as, when known.\n\n        The parser NFKC-normalises identifiers (``ｅval`` arrives as ``eval``), so the written\n        form is compared with the name to catch look-alikes; the name itself is checked too.\n        """\n        if not name.isascii() or (text is not None and text != name.encode("ascii", "replace")):\n            self.add(node, "non-ascii-identifier",\n                     f"{what} {name!r} is written with non-ASCII characters; identifiers must "\n                     f"be plain ASCII (look-alike letters can disguise names such as eval)")\n        if name.startswith("_") and not dunder_ok and name != "_":\n            self.add(node, "underscore-name",\n                     f"{what} {name!r} starts with \'_\'; names starting with an underscore "\n                     f"(dunders, private names, the runtime\'s hooks) are not allowed")\n        elif name in FORBIDDEN_NAMES:\n            self.add(node, "forbidden-name", f"{name!r} is not allowed: it "\n                     f"{FORBIDDEN_NAMES[name]}")\n\n    def _attribute_name(self, name: str, node: ast.AST, text: bytes | None) -> None:\n        if not name.isascii() or (text is not None and text != name.encode("ascii", "replace")):\n            self.add(node, "non-ascii-identifier",\n                     f"attribute {name!r} is written with non-ASCII characters; identifiers "\n                     f"must be plain ASCII")\n        elif name.startswith("_"):\n            self.add(node, "underscore-attribute",\n                     f"attribute {name!r} starts with \'_\'; underscore attributes (dunders "\n                     f"such as __class__, __globals__, __subclasses__) are not allowed")\n        elif name in FORBIDDEN_ATTRIBUTES or name.startswith(_FORBIDDEN_ATTRIBUTE_PREFIXES):\n            self.add(node, "forbidden-attribute",\n                     f"attribute {name!r} is not allowed (frame, code, generator and "\n                     f"formatting internals reach outside the function)")\n\n    def _nonascii_outside_strings(self, node: ast.AST, what: str) -> None:\n        """For identifiers the AST gives no position for: any non-ASCII byte in the node\'s\n        first line outside string literals and comments is a non-ASCII identifier."""\n        span = self._span(node)\n        if span.isascii():\n            return\n        for sub in ast.walk(node):\n            if isinstance(sub, ast.Constant) and isinstance(sub.value, (str, bytes)):\n                piece = self._span(sub)\n                if piece:\n                    span = span.replace(piece, b"")\n        span = span.split(b"#", 1)[0]\n        if not span.isascii():\n            self.add(node, "non-ascii-identifier",\n                     f"{what} is written with non-ASCII characters; identifiers must be plain "\n                     f"ASCII")\n\n    def _literal(self, node: ast.expr | None) -> bool:\n        """A default value that runs no code: a constant, -constant, or a tuple of them."""\n        if node is None or isinstance(node, ast.Constant):\n            return True\n        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):\n            return isinstance(node.operand, ast.Constant) and isinstance(\n                node.operand.value, (int, float, complex)) and not isinstance(\n                node.operand.value, bool)\n        if isinstance(node, ast.Tuple) and len(node.elts) <= 64:\n            return all(self._literal(e) for e in node.elts)\n        return False\n\n    def _type_expression(self, node: ast.expr) -> bool:\n        """An annotation that only looks names up: ``int``, ``list[str]``, ``dt.date | None``.\n\n        Annotations are evaluated when the ``def`` runs; these forms call nothing but the\n        trusted ``__class_getitem__``/``type.__or__`` of builtin types (user classes may not\n        define those hooks). Names inside are still checked as names.\n        """\n        stack: list[ast.expr] = [node]\n        seen = 0\n        while stack:\n            n = stack.pop()\n            seen += 1\n            if seen > 64:\n                return False\n            if isinstance(n, (ast.Name, ast.Constant)):\n                continue\n            if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load):\n                stack.append(n.value)\n            elif isinstance(n, ast.Subscript):\n                stack.extend((n.value, n.slice))\n            elif isinstance(n, (ast.Tuple, ast.List)):\n                stack.extend(n.elts)\n            elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr):\n                stack.extend((n.left, n.right))\n            else:\n                return False\n        return True\n\n    def _annotation(self, node: ast.expr | None) -> None:\n        if node is not None and not self._type_expression(node):\n            self.add(node, "annotation",\n                     "annotations may only name types (int, list[str], date | None): they run "\n                     "when the function is defined")\n\n    def _bind(self, name: str | None) -> None:\n        if name is not None:\n            self.other_bound.add(name)\n\n    # -- the walk\n\n    def run(self, tree: ast.Module) -> None:\n        stack: list[tuple[ast.AST, _Ctx]] = [(tree, _Ctx(0, False))]\n        count = 0\n        too_deep = False\n        while stack:\n            node, ctx = stack.pop()\n            count += 1\n            if count > MAX_NODES:\n                self.add(None, "too-large",\n                         f"the function has more than {MAX_NODES} syntax nodes; split it up")\n                return\n            if ctx.depth > MAX_DEPTH:\n                if not too_deep:\n                    self.add(node, "too-deep",\n                             f"expression or statement nesting deeper than {MAX_DEPTH} levels "\n                             f"(e.g. a very long chain of \'+\'); split it up")\n                    too_deep = True\n                continue\n            visit: Callable[[ast.AST, _Ctx], _Ctx | None] | None = getattr(\n                self, "visit_" + type(node).__name__, None)\n            if visit is None:\n                self.add(node, "construct",\n                         f"construct {type(node).__name__} is not allowed in wormhole functions")\n                continue\n            child_ctx = visit(node, ctx)\n            if child_ctx is None:\n                continue\n            child_ctx = child_ctx._replace(depth=ctx.depth + 1)\n            children = list(ast.iter_child_nodes(node))\n            for child in reversed(children):\n                stack.append((child, child_ctx))\n            if len(self.findings) >= MAX_FINDINGS:\n                return\n        self._check_module_reads()\n\n    def _check_module_reads(self) -> None:\n        for node, module in self.module_reads:\n            assert isinstance(node.value, ast.Name)\n            alias = node.value.id\n            if alias in self.other_bound:\n                continue\n            try:\n                names = allowed_names(module, self.modules)\n            except LookupError:\n                continue  # already reported at the import\n            if node.attr not in names and not node.attr.startswith("_"):\n                self.add(node, "module-attribute",\n                         f"{module}.{node.attr} is not available: a whitelisted module is "\n                         f"reachable only through its allowed public names (never its "\n                         f"submodules or re-exported modules); allowed: "\n                         f"{\', \'.join(sorted(names)) or \'(none)\'}")\n\n    # -- module and definitions\n\n    def visit_Module(self, node: ast.Module, ctx: _Ctx) -> _Ctx | None:\n        functions = [s for s in node.body if isinstance(s, ast.FunctionDef)]\n        for stmt in node.body:\n            if not isinstance(stmt, ast.FunctionDef):\n                self.add(stmt, "top-level",\n                         "the source must be exactly one function definition; move "\n                         f"this {type(stmt).__name__} statement inside the function")\n        if not functions:\n            if not node.body or all(isinstance(s, ast.FunctionDef) for s in node.body):\n                self.add(None, "top-level", "the source must be exactly one function definition")\n        elif len(functions) > 1:\n            self.add(functions[1], "top-level",\n                     "the source must be exactly one function definition; define helper "\n                     "functions inside it")\n        if functions:\n            self.function = functions[0]\n        return ctx\n\n    def _arguments(self, args: ast.arguments) -> None:\n        for default in [*args.defaults, *args.kw_defaults]:\n            if not self._literal(default):\n                self.add(default, "default-value",\n                         "default values must be literal constants (numbers, strings, True, "\n                         "False, None or tuples of them): defaults run when the function is "\n                         "defined")\n\n    def visit_FunctionDef(self, node: ast.FunctionDef, ctx: _Ctx) -> _Ctx | None:\n        is_method = id(node) in self.methods\n        dunder = node.name.startswith("__") and node.name.endswith("__")\n        text = None\n        span = self._span(node)\n        rest = span[3:].lstrip() if span.startswith(b"def") else None\n        if rest is not None:\n            text = rest[: len(node.name.encode("ascii", "replace"))]\n        if is_method and dunder and node.name not in DUNDER_METHODS and node.name.isascii():\n            self.add(node, "dunder-method",\n                     f"method {node.name!r} is not allowed; the dunder methods a class may "\n                     f"define are: {\', \'.join(sorted(DUNDER_METHODS))}")\n        else:\n            self._identifier(node.name, node, "function name", text=text,\n                             dunder_ok=is_method and node.name in DUNDER_METHODS)\n        if node.decorator_list:\n            self.add(node.decorator_list[0], "decorator",\n                     "decorators are not allowed: they run code when the function is defined")\n        self._annotation(node.returns)\n        self._arguments(node.args)\n        self._bind(node.name)\n        if getattr(node, "type_params", None):\n            self.add(node, "construct", "type parameters are not allowed")\n        return _Ctx(ctx.depth, False)\n\n    def visit_Lambda(self, node: ast.Lambda, ctx: _Ctx) -> _Ctx | None:\n        self._arguments(node.args)\n        return _Ctx(ctx.depth, False)\n\n    def visit_arguments(self, node: ast.arguments, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_arg(self, node: ast.arg, ctx: _Ctx) -> _Ctx | None:\n        span = self._span(node)\n        self._identifier(node.arg, node, "parameter",\n                         text=span[: len(node.arg)] if span else None)\n        self._annotation(node.annotation)\n        self._bind(node.arg)\n        return ctx\n\n    def visit_ClassDef(self, node: ast.ClassDef, ctx: _Ctx) -> _Ctx | None:\n        span = self._span(node)\n        rest = span[5:].lstrip() if span.startswith(b"class") else None\n        self._identifier(node.name, node, "class name",\n                         text=rest[: len(node.name)] if rest is not None else None)\n        if node.decorator_list:\n            self.add(node.decorator_list[0], "decorator",\n                     "decorators are not allowed: they run code when the class is defined")\n        for kw in node.keywords:\n            self.add(kw, "class-keyword",\n                     f"class keyword {kw.arg or \'**\'}= is not allowed (metaclasses and "\n                     f"__init_subclass__ arguments run code when the class is defined)")\n        for base in node.bases:\n            if isinstance(base, ast.Name):\n                if base.id in self.class_names or base.id in EXCEPTION_NAMES:\n                    continue\n                if base.id in _BUILTIN_TYPE_NAMES:\n                    self.add(base, "class-base",\n                             f"a class may not inherit from {base.id!r}: the bases allowed are "\n                             f"your own classes and exception classes")\n            elif isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):\n                continue  # e.g. json.JSONDecodeError; the run-time guard checks it\n            else:\n                self.add(base, "class-base",\n                         "class bases must be plain names (your own classes or exception "\n                         "classes)")\n        for stmt in node.body:\n            if isinstance(stmt, ast.FunctionDef):\n                self.methods.add(id(stmt))\n        self.class_names.add(node.name)\n        self._bind(node.name)\n        return ctx\n\n    def visit_Return(self, node: ast.Return, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Yield(self, node: ast.Yield, ctx: _Ctx) -> _Ctx | None:\n        return self._yield(node, ctx)\n\n    def visit_YieldFrom(self, node: ast.YieldFrom, ctx: _Ctx) -> _Ctx | None:\n        return self._yield(node, ctx)\n\n    def _yield(self, node: ast.expr, ctx: _Ctx) -> _Ctx | None:\n        if ctx.in_cleanup:\n            self.add(node, "yield-in-cleanup",\n                     "yield inside \'with\' or \'try ... finally\' is not allowed: the cleanup "\n                     "would run whenever the generator is garbage-collected, outside the call")\n        return ctx\n\n    # -- rejected outright, with a message that says why\n\n    def visit_AsyncFunctionDef(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:\n        self.add(node, "async", "async def is not allowed (wormhole functions are synchronous)")\n        return None\n\n    def visit_Await(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:\n        self.add(node, "async", "await is not allowed (wormhole functions are synchronous)")\n        return None\n\n    def visit_AsyncFor(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:\n        self.add(node, "async", "async for is not allowed (wormhole functions are synchronous)")\n        return None\n\n    def visit_AsyncWith(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:\n        self.add(node, "async", "async with is not allowed (wormhole functions are synchronous)")\n        return None\n\n    def visit_TryStar(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:\n        self.add(node, "try-star",\n                 "except* is not allowed (exception groups with a crafted split() crash "\n                 "CPython 3.11, gh-128049)")\n        return None\n\n    def visit_Global(self, node: ast.Global, ctx: _Ctx) -> _Ctx | None:\n        self.add(node, "global",\n                 "global is not allowed: a wormhole function has no module state; return "\n                 "values or use nonlocal in nested functions")\n        return None\n\n    # -- statements\n\n    def visit_Nonlocal(self, node: ast.Nonlocal, ctx: _Ctx) -> _Ctx | None:\n        for name in node.names:\n            self._identifier(name, node, "name")\n        self._nonascii_outside_strings(node, "a nonlocal name")\n        return ctx\n\n    def visit_Assign(self, node: ast.Assign, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_AugAssign(self, node: ast.AugAssign, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_AnnAssign(self, node: ast.AnnAssign, ctx: _Ctx) -> _Ctx | None:\n        self._annotation(node.annotation)\n        return ctx\n\n    def visit_Delete(self, node: ast.Delete, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Expr(self, node: ast.Expr, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Pass(self, node: ast.Pass, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Break(self, node: ast.Break, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Continue(self, node: ast.Continue, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_If(self, node: ast.If, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_While(self, node: ast.While, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_For(self, node: ast.For, ctx: _Ctx) -> _Ctx | None:\n        self._store_target(node.target, "a for-loop target")\n        return ctx\n\n    def _store_target(self, target: ast.expr, where: str) -> None:\n        """Attribute stores are guarded by rewriting ``a.b = v``; that rewrite is only done\n        for assignment statements, so other binding positions must bind names."""\n        for sub in ast.walk(target):\n            if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store):\n                self.add(sub, "attribute-target",\n                         f"assigning to an attribute in {where} is not allowed; bind a name "\n                         f"and assign the attribute in the body")\n\n    def visit_With(self, node: ast.With, ctx: _Ctx) -> _Ctx | None:\n        return ctx._replace(in_cleanup=True)\n\n    def visit_withitem(self, node: ast.withitem, ctx: _Ctx) -> _Ctx | None:\n        if node.optional_vars is not None:\n            self._store_target(node.optional_vars, "a with ... as target")\n        return ctx\n\n    def visit_Raise(self, node: ast.Raise, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Try(self, node: ast.Try, ctx: _Ctx) -> _Ctx | None:\n        return ctx._replace(in_cleanup=True) if node.finalbody else ctx\n\n    def visit_ExceptHandler(self, node: ast.ExceptHandler, ctx: _Ctx) -> _Ctx | None:\n        if node.type is None:\n            self.add(node, "bare-except",\n                     "bare \'except:\' is not allowed (it would catch the runtime\'s interrupt); "\n                     "write \'except Exception:\'")\n        else:\n            types_ = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]\n            for t in types_:\n                if isinstance(t, ast.Name) and t.id in _UNCATCHABLE:\n                    self.add(t, "catch-base-exception",\n                             f"catching {t.id} is not allowed (it would catch the runtime\'s "\n                             f"interrupt); catch Exception or something narrower")\n                elif not isinstance(t, (ast.Name, ast.Attribute)):\n                    self.add(t, "except-type",\n                             "the exception type in \'except\' must be a name such as ValueError "\n                             "or json.JSONDecodeError, or a tuple of them")\n        if node.name is not None:\n            # the AST has no position for the name: find "as <name>" on the handler\'s line\n            line = self.lines[node.lineno - 1] if 1 <= node.lineno <= len(self.lines) else b""\n            found = _AS_NAME.search(bytes(line[node.col_offset:]))\n            self._identifier(node.name, node, "name", text=found.group(1) if found else None)\n            self._bind(node.name)\n        return ctx\n\n    def visit_Assert(self, node: ast.Assert, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Match(self, node: ast.Match, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_match_case(self, node: ast.match_case, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_MatchValue(self, node: ast.MatchValue, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_MatchSingleton(self, node: ast.MatchSingleton, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_MatchSequence(self, node: ast.MatchSequence, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_MatchOr(self, node: ast.MatchOr, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_MatchStar(self, node: ast.MatchStar, ctx: _Ctx) -> _Ctx | None:\n        if node.name is not None:\n            span = self._span(node)\n            self._identifier(node.name, node, "capture name",\n                             text=span[1:].strip() if span else None)\n            self._bind(node.name)\n        return ctx\n\n    def visit_MatchAs(self, node: ast.MatchAs, ctx: _Ctx) -> _Ctx | None:\n        if node.name is not None:\n            self._identifier(node.name, node, "capture name",\n                             text=self._tail(node, len(node.name)))\n            self._bind(node.name)\n        return ctx\n\n    def visit_MatchMapping(self, node: ast.MatchMapping, ctx: _Ctx) -> _Ctx | None:\n        if node.rest is not None:\n            self._identifier(node.rest, node, "capture name")\n            self._nonascii_outside_strings(node, "the \'**rest\' capture name")\n            self._bind(node.rest)\n        return ctx\n\n    def visit_MatchClass(self, node: ast.MatchClass, ctx: _Ctx) -> _Ctx | None:\n        if node.kwd_attrs:\n            self.add(node, "match-class-attributes",\n                     "class patterns with keyword attributes (case Point(x=...)) are not "\n                     "allowed: they read attributes by name without an attribute check; match "\n                     "on a dict or a tuple instead")\n            return None\n        return ctx\n\n    # -- imports\n\n    def visit_Import(self, node: ast.Import, ctx: _Ctx) -> _Ctx | None:\n        for alias in node.names:\n            if "." in alias.name:\n                self.add(node, "import-dotted",\n                         f"\'import {alias.name}\' is not allowed: submodules are not importable; "\n                         f"import a whitelisted module by its exact name")\n                continue\n            self._module(alias.name, node)\n            self._alias(alias, node)\n            if alias.name in self.modules:\n                self.import_bound[alias.asname or alias.name] = alias.name\n        return None\n\n    def visit_ImportFrom(self, node: ast.ImportFrom, ctx: _Ctx) -> _Ctx | None:\n        if node.level or node.module is None:\n            self.add(node, "relative-import", "relative imports are not allowed")\n            return None\n        if not self._module(node.module, node):\n            return None\n        try:\n            names = allowed_names(node.module, self.modules)\n        except LookupError:\n            return None  # reported by _module\n        for alias in node.names:\n            if alias.name == "*":\n                self.add(node, "star-import",\n                         f"\'from {node.module} import *\' is not allowed; import the names you "\n                         f"use")\n                continue\n            self._alias(alias, node)\n            if alias.name not in names and not alias.name.startswith("_"):\n                self.add(node, "import-name",\n                         f"\'{alias.name}\' cannot be imported from {node.module}: only its "\n                         f"allowed public names are reachable (never its submodules or "\n                         f"re-exported modules); allowed: {\', \'.join(sorted(names)) or \'(none)\'}")\n            self._bind(alias.asname or alias.name)\n        return None\n\n    def _module(self, module: str, node: ast.AST) -> bool:\n        for part in module.split("."):\n            self._identifier(part, node, "module name")\n        if not module.isascii():\n            return False\n        self._nonascii_outside_strings(node, "the import")\n        if module not in self.modules:\n            self.add(node, "forbidden-module",\n                     f"module {module!r} is not allowed; {_dba_hint(module)}")\n            return False\n        try:\n            allowed_names(module, self.modules)\n        except LookupError as exc:\n            self.add(node, "module-names-unlisted", str(exc))\n            return False\n        return True\n\n    def _alias(self, alias: ast.alias, node: ast.AST) -> None:\n        if alias.name != "*":\n            for part in alias.name.split("."):\n                self._identifier(part, node, "imported name")\n        if alias.asname is not None:\n            self._identifier(alias.asname, node, "import alias")\n            if (alias.asname in _BUILTIN_NAMES or alias.asname in GLOBAL_NAMES\n                    or (alias.asname in self.modules and alias.asname != alias.name)):\n                self.add(node, "import-shadow",\n                         f"\'as {alias.asname}\' is not allowed: the alias would shadow a "\n                         f"builtin or another whitelisted module")\n\n    def visit_alias(self, node: ast.alias, ctx: _Ctx) -> _Ctx | None:\n        return ctx  # checked by visit_Import / visit_ImportFrom, which do not descend\n\n    # -- expressions\n\n    def visit_Name(self, node: ast.Name, ctx: _Ctx) -> _Ctx | None:\n        self._identifier(node.id, node, "name", text=self._span(node) or None)\n        if node.id == "super" and id(node) not in self.ok_super:\n            self.add(node, "super",\n                     "super may only be called with no arguments, as super().method(...)")\n        if not isinstance(node.ctx, ast.Load):\n            self._bind(node.id)\n        return ctx\n\n    def visit_Attribute(self, node: ast.Attribute, ctx: _Ctx) -> _Ctx | None:\n        text = self._tail(node, len(node.attr))\n        if id(node) in self.ok_dunder_attr:\n            return ctx\n        self._attribute_name(node.attr, node, text)\n        if isinstance(node.value, ast.Name) and node.value.id in self.import_bound:\n            self.module_reads.append((node, self.import_bound[node.value.id]))\n        return ctx\n\n    def visit_Call(self, node: ast.Call, ctx: _Ctx) -> _Ctx | None:\n        func = node.func\n        if isinstance(func, ast.Name) and func.id == "super":\n            if node.args or node.keywords:\n                self.add(node, "super",\n                         "super may only be called with no arguments, as super().method(...)")\n            else:\n                self.ok_super.add(id(func))\n        if isinstance(func, ast.Name) and func.id == "type" and (\n                len(node.args) != 1 or node.keywords):\n            self.add(node, "type-call",\n                     "type() may only be called with one argument; three-argument type() "\n                     "creates classes and is not allowed")\n        # super().__init__(...) and friends: the one place a dunder may be named.\n        if (isinstance(func, ast.Attribute) and func.attr in DUNDER_METHODS\n                and isinstance(func.ctx, ast.Load)\n                and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Name)\n                and func.value.func.id == "super" and not func.value.args\n                and not func.value.keywords):\n            self.ok_dunder_attr.add(id(func))\n        return ctx\n\n    def visit_keyword(self, node: ast.keyword, ctx: _Ctx) -> _Ctx | None:\n        if node.arg is not None:\n            span = self._span(node)\n            self._identifier(node.arg, node, "keyword argument",\n                             text=span[: len(node.arg)] if span else None)\n        return ctx\n\n    def visit_NamedExpr(self, node: ast.NamedExpr, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_BoolOp(self, node: ast.BoolOp, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_BinOp(self, node: ast.BinOp, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_UnaryOp(self, node: ast.UnaryOp, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_IfExp(self, node: ast.IfExp, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Compare(self, node: ast.Compare, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Dict(self, node: ast.Dict, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Set(self, node: ast.Set, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_List(self, node: ast.List, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Tuple(self, node: ast.Tuple, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Starred(self, node: ast.Starred, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Subscript(self, node: ast.Subscript, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Slice(self, node: ast.Slice, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_Constant(self, node: ast.Constant, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_JoinedStr(self, node: ast.JoinedStr, ctx: _Ctx) -> _Ctx | None:\n        return ctx\n\n    def visit_FormattedValue(self, node: ast.FormattedValue, ctx: _Ctx) -> _Ctx | None:\n        return ctx  # the value and the spec are ordinary nodes, checked like any other\n\n    def _comprehension_scope(self, node: ast.AST, ctx: _Ctx) -> _Ctx:\n        return ctx._replace(in_cleanup=False)\n\n    def visit_ListComp(self, node: ast.ListComp, ctx: _Ctx) -> _Ctx | None:\n        return self._comprehension_scope(node, ctx)\n\n    def visit_SetComp(self, node: ast.SetComp, ctx: _Ctx) -> _Ctx | None:\n        return self._comprehension_scope(node, ctx)\n\n    def visit_DictComp(self, node: ast.DictComp, ctx: _Ctx) -> _Ctx | None:\n        return self._comprehension_scope(node, ctx)\n\n    def visit_GeneratorExp(self, node: ast.GeneratorExp, ctx: _Ctx) -> _Ctx | None:\n        return self._comprehension_scope(node, ctx)\n\n    def visit_comprehension(self, node: ast.comprehension, ctx: _Ctx) -> _Ctx | None:\n        if node.is_async:\n            self.add(node.target, "async", "async comprehensions are not allowed")\n        self._store_target(node.target, "a comprehension target")\n        return ctx\n\n    # -- contexts and operators: leaves with nothing to check\n\n    def _leaf(self, node: ast.AST, ctx: _Ctx) -> _Ctx | None:\n        return None\n\n    visit_Load = visit_Store = visit_Del = _leaf\n    visit_And = visit_Or = _leaf\n    visit_Add = visit_Sub = visit_Mult = visit_MatMult = visit_Div = visit_Mod = _leaf\n    visit_Pow = visit_LShift = visit_RShift = visit_BitOr = visit_BitXor = _leaf\n    visit_BitAnd = visit_FloorDiv = _leaf\n    visit_Invert = visit_Not = visit_UAdd = visit_USub = _leaf\n    visit_Eq = visit_NotEq = visit_Lt = visit_LtE = visit_Gt = visit_GtE = _leaf\n    visit_Is = visit_IsNot = visit_In = visit_NotIn = _leaf\n\n\n#: builtin type names a class may not inherit from (subclasses of str, dict... would fool the\n#: exact-type checks of the guards and the result codec).\n_BUILTIN_TYPE_NAMES = frozenset({\n    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list",\n    "range", "set", "slice", "str", "tuple", "type", "object", "super", "enumerate", "filter",\n    "map", "zip", "reversed", "property", "classmethod", "staticmethod", "memoryview",\n})\n\n#: every name the real builtins module defines (an import alias may not shadow one).\n_BUILTIN_NAMES = frozenset(dir(builtins))\n\n\n# --------------------------------------------------------------------------------------------\n# the transformer (runs only on a tree that passed the validator)\n\n\ndef _call(hook: str, args: list[ast.expr], like: ast.AST) -> ast.Call:\n    call = ast.Call(func=ast.Name(id=hook, ctx=ast.Load()), args=args, keywords=[])\n    return ast.copy_location(call, like)\n\n\ndef _tick_stmt(like: ast.AST) -> ast.Expr:\n    return ast.copy_location(ast.Expr(value=_call(TICK, [], like)), like)\n\n\n_BINOP_HOOKS: dict[type[ast.operator], tuple[str, str]] = {\n    ast.Pow: (POW, IPOW), ast.Mult: (MUL, IMUL), ast.LShift: (LSHIFT, ILSHIFT),\n}\n\n\ndef _load_copy(target: ast.expr) -> ast.expr:\n    """A Load-context copy of a simple assignment target (``x``, ``a.b``, ``a[k]``)."""\n    if isinstance(target, ast.Name):\n        return ast.copy_location(ast.Name(id=target.id, ctx=ast.Load()), target)\n    if isinstance(target, ast.Attribute):\n        return ast.copy_location(\n            ast.Attribute(value=target.value, attr=target.attr, ctx=ast.Load()), target)\n    assert isinstance(target, ast.Subscript)\n    return ast.copy_location(\n        ast.Subscript(value=target.value, slice=target.slice, ctx=ast.Load()), target)\n\n\ndef _simple(node: ast.expr) -> bool:\n    """Evaluating it twice has no side effects: a name or a constant."""\n    return isinstance(node, (ast.Name, ast.Constant))\n\n\nclass _Rewriter:\n    """Rewrites the checked tree in place, iteratively (the tree can be MAX_DEPTH deep)."""\n\n    def __init__(self) -> None:\n        self.temp = 0\n\n    def run(self, tree: ast.Module) -> None:\n        stack: list[ast.AST] = [tree]\n        while stack:\n            node = stack.pop()\n            self.node(node)\n            for name, value in ast.iter_fields(node):\n                if isinstance(value, list):\n                    if value and isinstance(value[0], ast.stmt):\n                        value[:] = self.statements(value)\n                    for i, item in enumerate(value):\n                        if isinstance(item, ast.expr):\n                            value[i] = item = self.expression(item)\n                        if isinstance(item, ast.AST):\n                            stack.append(item)\n                elif isinstance(value, ast.AST):\n                    if isinstance(value, ast.expr):\n                        value = self.expression(value)\n                        setattr(node, name, value)\n                    stack.append(value)\n\n    def node(self, node: ast.AST) -> None:\n        """Insert the tick where a body starts."""\n        if isinstance(node, (ast.FunctionDef, ast.For, ast.While)):\n            node.body.insert(0, _tick_stmt(node.body[0]))\n        elif isinstance(node, ast.Lambda):\n            # `_wh_tick() or body`: the tick returns None, so the value is the body\'s.\n            node.body = ast.copy_location(\n                ast.BoolOp(op=ast.Or(), values=[_call(TICK, [], node.body), node.body]),\n                node.body)\n        elif isinstance(node, ast.comprehension):\n            tick = ast.UnaryOp(op=ast.Not(), operand=_call(TICK, [], node.iter))\n            node.ifs.insert(0, ast.copy_location(tick, node.iter))\n\n    def expression(self, node: ast.expr) -> ast.expr:\n        if isinstance(node, ast.BinOp) and type(node.op) in _BINOP_HOOKS:\n            hook = _BINOP_HOOKS[type(node.op)][0]\n            return _call(hook, [node.left, node.right], node)\n        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)\n                and node.attr in DYNAMIC_ATTRIBUTES):\n            return _call(GETATTR, [node.value, ast.Constant(value=node.attr)], node)\n        return node\n\n    def statements(self, body: list[ast.stmt]) -> list[ast.stmt]:\n        out: list[ast.stmt] = []\n        for stmt in body:\n            out.extend(self.statement(stmt))\n        return out\n\n    def statement(self, stmt: ast.stmt) -> list[ast.stmt]:\n        if isinstance(stmt, ast.AugAssign):\n            return self.aug_assign(stmt)\n        if isinstance(stmt, ast.Assign):\n            return self.assign(stmt)\n        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Attribute):\n            if stmt.value is None:\n                return [ast.copy_location(ast.Expr(value=stmt.target.value), stmt)]\n            store = _call(SETATTR, [stmt.target.value, ast.Constant(value=stmt.target.attr),\n                                    stmt.value], stmt)\n            return [ast.copy_location(ast.Expr(value=store), stmt)]\n        if isinstance(stmt, ast.Delete):\n            out: list[ast.stmt] = []\n            for target in stmt.targets:\n                if isinstance(target, ast.Attribute):\n                    call = _call(DELATTR, [target.value, ast.Constant(value=target.attr)], target)\n                    out.append(ast.copy_location(ast.Expr(value=call), target))\n                else:\n                    out.append(ast.copy_location(ast.Delete(targets=[target]), target))\n            return out\n        return [stmt]\n\n    def aug_assign(self, stmt: ast.AugAssign) -> list[ast.stmt]:\n        target = stmt.target\n        hooks = _BINOP_HOOKS.get(type(stmt.op))\n        if isinstance(target, ast.Attribute):\n            # a.b op= v  ->  t = a.b; t op= v; _wh_setattr(a, \'b\', t): the guard sees the store,\n            # and the in-place operator still runs (a list attribute is extended, not copied).\n            prefix: list[ast.stmt] = []\n            obj: ast.expr = target.value\n            if not _simple(obj):\n                holder = self._temp(stmt)\n                prefix.append(ast.copy_location(ast.Assign(\n                    targets=[ast.Name(id=holder, ctx=ast.Store())], value=obj), stmt))\n                obj = ast.Name(id=holder, ctx=ast.Load())\n            tmp = self._temp(stmt)\n            load = ast.Name(id=tmp, ctx=ast.Load())\n            prefix.append(ast.copy_location(ast.Assign(\n                targets=[ast.Name(id=tmp, ctx=ast.Store())],\n                value=ast.Attribute(value=obj, attr=target.attr, ctx=ast.Load())), stmt))\n            if hooks is not None:\n                prefix.append(ast.copy_location(ast.Assign(\n                    targets=[ast.Name(id=tmp, ctx=ast.Store())],\n                    value=_call(hooks[1], [load, stmt.value], stmt)), stmt))\n            else:\n                prefix.append(ast.copy_location(ast.AugAssign(\n                    target=ast.Name(id=tmp, ctx=ast.Store()), op=stmt.op, value=stmt.value),\n                    stmt))\n            store = _call(SETATTR, [obj, ast.Constant(value=target.attr), load], stmt)\n            return [*prefix, ast.copy_location(ast.Expr(value=store), stmt)]\n        if hooks is None:\n            return [stmt]\n        if isinstance(target, ast.Name) or (\n                isinstance(target, ast.Subscript) and _simple(target.value)\n                and _simple(target.slice)):\n            # x op= v  ->  x = _wh_iop(x, v); the hook applies the in-place operator itself.\n            call = _call(hooks[1], [_load_copy(target), stmt.value], stmt)\n            return [ast.copy_location(ast.Assign(targets=[target], value=call), stmt)]\n        return [stmt]  # a[f()] *= n: left unguarded rather than evaluate f() twice\n\n    def assign(self, stmt: ast.Assign) -> list[ast.stmt]:\n        if not any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)\n                   for t in stmt.targets for sub in ast.walk(t)):\n            return [stmt]\n        # a.b = v  ->  _wh_setattr(a, \'b\', v). With several or nested targets the value goes\n        # to a temporary first, so it is evaluated once and stored left to right as Python does.\n        if len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute):\n            t = stmt.targets[0]\n            call = _call(SETATTR, [t.value, ast.Constant(value=t.attr), stmt.value], stmt)\n            return [ast.copy_location(ast.Expr(value=call), stmt)]\n        tmp = self._temp(stmt)\n        out: list[ast.stmt] = [ast.copy_location(\n            ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=stmt.value), stmt)]\n        for target in stmt.targets:\n            out.extend(self._store(target, ast.Name(id=tmp, ctx=ast.Load()), stmt))\n        return out\n\n    def _store(self, target: ast.expr, value: ast.expr, like: ast.stmt) -> list[ast.stmt]:\n        if isinstance(target, ast.Attribute):\n            call = _call(SETATTR, [target.value, ast.Constant(value=target.attr), value], like)\n            return [ast.copy_location(ast.Expr(value=call), like)]\n        if isinstance(target, (ast.Tuple, ast.List)) and any(\n                isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)\n                for sub in ast.walk(target)):\n            # unpack into temporaries, then store each one\n            names: list[ast.expr] = []\n            later: list[tuple[ast.expr, str]] = []\n            for elt in target.elts:\n                inner = elt.value if isinstance(elt, ast.Starred) else elt\n                tmp = self._temp(like)\n                store: ast.expr = ast.Name(id=tmp, ctx=ast.Store())\n                if isinstance(elt, ast.Starred):\n                    store = ast.Starred(value=store, ctx=ast.Store())\n                names.append(store)\n                later.append((inner, tmp))\n            out: list[ast.stmt] = [ast.copy_location(ast.Assign(\n                targets=[type(target)(elts=names, ctx=ast.Store())], value=value), like)]\n            for inner, tmp in later:\n                out.extend(self._store(inner, ast.Name(id=tmp, ctx=ast.Load()), like))\n            return out\n        return [ast.copy_location(ast.Assign(targets=[target], value=value), like)]\n\n    def _temp(self, like: ast.AST) -> str:\n        self.temp += 1\n        return f"_wh_t{self.temp}"\n\n\n# --------------------------------------------------------------------------------------------\n# entry point\n\n\ndef _fix_locations(tree: ast.AST) -> None:\n    """``ast.fix_missing_locations``, iteratively (the library version recurses per level).\n\n    Nodes the rewriter made without a position take their parent\'s, so tracebacks through the\n    hooks still point at the user\'s line.\n    """\n    stack: list[tuple[ast.AST, int, int, int, int]] = [(tree, 1, 0, 1, 0)]\n    while stack:\n        node, lineno, col, end_lineno, end_col = stack.pop()\n        if "lineno" in node._attributes:\n            if getattr(node, "lineno", None) is None:\n                node.lineno = lineno  # type: ignore[attr-defined]\n            else:\n                lineno = node.lineno  # type: ignore[attr-defined]\n            if getattr(node, "end_lineno", None) is None:\n                node.end_lineno = end_lineno  # type: ignore[attr-defined]\n            else:\n                end_lineno = node.end_lineno  # type: ignore[attr-defined]\n        if "col_offset" in node._attributes:\n            if getattr(node, "col_offset", None) is None:\n                node.col_offset = col  # type: ignore[attr-defined]\n            else:\n                col = node.col_offset  # type: ignore[attr-defined]\n            if getattr(node, "end_col_offset", None) is None:\n                node.end_col_offset = end_col  # type: ignore[attr-defined]\n            else:\n                end_col = node.end_col_offset  # type: ignore[attr-defined]\n        for child in ast.iter_child_nodes(node):\n            stack.append((child, lineno, col, end_lineno, end_col))\n\n\ndef _parse(source: str) -> ast.Module | Finding:\n    try:\n        with warnings.catch_warnings():\n            # invalid escape sequences warn (DeprecationWarning on 3.11, SyntaxWarning later);\n            # with -W error that would turn legitimate regexes into syntax errors.\n            warnings.simplefilter("ignore")\n            return ast.parse(source, filename=FILENAME, mode="exec", type_comments=False)\n    except SyntaxError as exc:\n        return Finding(exc.lineno or 1, max((exc.offset or 1) - 1, 0), "syntax-error",\n                       f"invalid syntax: {exc.msg}")\n    except (RecursionError, MemoryError):\n        return Finding(1, 0, "too-deep", "the source is nested too deeply to be parsed")\n\n\ndef _params(fn: ast.FunctionDef) -> tuple[str, ...]:\n    a = fn.args\n    names = [p.arg for p in [*a.posonlyargs, *a.args]]\n    if a.vararg is not None:\n        names.append(a.vararg.arg)\n    names.extend(p.arg for p in a.kwonlyargs)\n    if a.kwarg is not None:\n        names.append(a.kwarg.arg)\n    return tuple(names)\n\n\ndef _sorted(findings: list[Finding]) -> list[Finding]:\n    unique: dict[Finding, None] = dict.fromkeys(findings)\n    return sorted(unique, key=lambda f: (f.lineno, f.col))[:MAX_FINDINGS]\n\n\ndef _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:\n    if not isinstance(source, str):\n        raise PolicyError([Finding(1, 0, "source", "the source must be text")])\n    if len(source) > MAX_SOURCE_CHARS:\n        raise PolicyError([Finding(1, 0, "too-large",\n                                   f"the source is {len(source)} characters; the limit is "\n                                   f"{MAX_SOURCE_CHARS}")])\n    findings = _text_findings(source)\n    if findings:\n        raise PolicyError(_sorted(findings))\n    tree = _parse(source)\n    if isinstance(tree, Finding):\n        raise PolicyError([tree])\n    validator = _Validator(source, modules)\n    validator.run(tree)\n    if validator.findings or validator.function is None:\n        raise PolicyError(_sorted(validator.findings) or [\n            Finding(1, 0, "top-level", "the source must be exactly one function definition")])\n    fn = validator.function\n    _Rewriter().run(tree)\n    _fix_locations(tree)\n    try:\n        with warnings.catch_warnings():\n            warnings.simplefilter("ignore")\n            code = compile(tree, FILENAME, "exec", dont_inherit=True, optimize=0)\n    except SyntaxError as exc:\n        # errors only the compiler\'s symbol table finds: \'break\' outside a loop, \'nonlocal x\'\n        # with no binding, \'return\' in a class body...\n        raise PolicyError([Finding(exc.lineno or 1, max((exc.offset or 1) - 1, 0),\n                                   "syntax-error", f"invalid syntax: {exc.msg}")]) from None\n    except RecursionError:\n        raise PolicyError([Finding(1, 0, "too-deep",\n                                   "the function is nested too deeply to be compiled")]) from None\n    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()\n    return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest)\n\n\ndef check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:\n    """Check ``source`` (exactly one top-level ``def``) against the policy and compile it.\n\n    ``modules`` is the DBA\'s whitelist: module name -> allowed public names, or None for the\n    catalogue\'s vetted names. Returns ``Checked``; raises ``PolicyError`` with every finding.\n    Any other failure inside the validator is a rejection too (fail closed).\n    """\n    try:\n        return _check(source, modules)\n    except PolicyError:\n        raise\n    except Exception as exc:  # noqa: BLE001 - fail closed: a validator bug rejects\n        raise PolicyError([Finding(1, 0, "validator-error",\n                                   f"the policy could not check this function "\n                                   f"({type(exc).__name__}); it is rejected")]) from None\n\n\ndef node_types() -> Iterator[type[ast.AST]]:\n    """Every concrete AST node class of the running Python (for the release checklist test)."""\n    seen: set[type[ast.AST]] = set()\n    stack: list[type[ast.AST]] = [ast.AST]\n    while stack:\n        cls = stack.pop()\n        for sub in cls.__subclasses__():\n            if sub not in seen and sub.__module__ == "ast" and sub.__name__[0] != "_":\n                seen.add(sub)\n                stack.append(sub)\n    for cls in sorted(seen, key=lambda c: c.__name__):\n        if cls._fields or not cls.__subclasses__():\n            yield cls\n',
-        'namespace': '"""The globals user code runs with (``build_globals``), fresh for every call.\n\nWhat a function can reach is exactly what this module hands it:\n\n* a curated ``__builtins__`` (an allow-list; every builtin left out is listed in\n  ``EXCLUDED_BUILTINS`` with the reason, RestrictedPython ``Guards.py`` style);\n* ``query`` and ``DatabaseError``, so code written for the client runs unchanged;\n* the hooks the policy\'s transformer inserts (``policy.HOOKS``): the tick, the attribute\n  guards and the size guards;\n* whitelisted modules, only as read-only *views* of their allowed public names (never module\n  objects: ``datetime.sys``, ``json.codecs``, ``re.enum`` would hand out ``sys.modules``).\n\nNothing here is a security boundary by itself (see SECURITY.md): in the confined worker these\nguards give clear errors and defence in depth; in-process (DBA-approved code only) they are\nbest effort. What in-process mode cannot stop: C-level loops that never return to Python\n(``any(iter(int, 1))`` is wrapped, but e.g. ``sorted`` over a huge list, a regex with\ncatastrophic backtracking such as ``(a+)+$``, ``bytes(10**10)``, ``\'x\'.ljust(10**10)``,\n``math.prod`` of huge numbers, or ``list(itertools.product(range(10**4), repeat=4))``) and\nmemory use in general. The worker\'s OS limits (wall clock, RLIMIT_AS, RLIMIT_CPU) bound those.\n"""\n\nfrom __future__ import annotations\n\nimport builtins\nimport functools\nimport importlib\nimport itertools\nimport math\nimport random\nimport types\nfrom collections.abc import Callable, Iterable, Iterator, Mapping\nfrom fractions import Fraction\nfrom string import Formatter\nfrom typing import Any, NoReturn\n\nfrom .errors import DatabaseError, LimitExceeded, PolicyViolation\nfrom .policy import (\n    CATALOGUE,\n    DELATTR,\n    EXCEPTION_NAMES,\n    FORBIDDEN_ATTRIBUTES,\n    GETATTR,\n    ILSHIFT,\n    IMUL,\n    IPOW,\n    LSHIFT,\n    MUL,\n    POW,\n    SETATTR,\n    TICK,\n    allowed_names,\n)\nfrom .rows import Rows\n\n__all__ = [\n    "CATALOGUE",\n    "EXCLUDED_BUILTINS",\n    "MAX_INT_BITS",\n    "MAX_REPEAT",\n    "ModuleView",\n    "build_globals",\n    "safe_builtin_names",\n]\n\n#: the largest integer one ``**``, ``*``, ``<<`` or math.factorial/comb/perm may produce\n#: (4 Mbit ~ 1.26 million decimal digits, 512 KiB). ``10**10**8`` would need 41 MB and seconds\n#: of C code that no interrupt can stop.\nMAX_INT_BITS = 1 << 22\n#: the most items (or characters) one sequence repetition (``\'x\' * n``, ``[0] * n``) may produce.\nMAX_REPEAT = 10_000_000\n#: ranges longer than this are iterated through a ticking generator (they lose ``len()`` and\n#: indexing), so ``sum(range(10**12))`` notices interrupts instead of running in C for hours.\nRANGE_FAST = 10_000_000\n\n_MODULE_NAME = "__wormhole__"  # what classes get as __module__ (a class body needs __name__)\n\n# --------------------------------------------------------------------------------------------\n# builtins\n\n#: builtins handed over unchanged.\n_PLAIN_BUILTINS = (\n    "abs", "all", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",\n    "complex", "dict", "divmod", "enumerate", "filter", "float", "format", "frozenset", "hash",\n    "hex", "int", "isinstance", "issubclass", "len", "list", "map", "max", "min", "next", "oct",\n    "ord", "repr", "reversed", "round", "set", "slice", "sorted", "str", "sum", "super",\n    "tuple", "zip", "NotImplemented", "Ellipsis",\n    # ``format(value, spec)`` calls value.__format__(spec): a spec cannot traverse attributes\n    # (only ``str.format`` field names can, and that is guarded). ``super`` is allowed by the\n    # policy only as ``super()`` with no arguments.\n)\n\n#: builtins replaced by guarded versions (built in ``build_globals``).\n_GUARDED_BUILTINS = ("pow", "type", "range", "iter", "print", "__import__", "__build_class__")\n\n#: every other builtin of CPython 3.11, and why it is missing.\nEXCLUDED_BUILTINS: dict[str, str] = {\n    "eval": "runs arbitrary code", "exec": "runs arbitrary code",\n    "compile": "makes code objects",\n    "open": "file access",\n    "input": "reads the server\'s stdin",\n    "breakpoint": "starts a debugger (site builtin)",\n    "help": "site builtin; imports arbitrary modules (pydoc)",\n    "license": "site builtin; reads files", "credits": "site builtin",\n    "copyright": "site builtin",\n    "exit": "site builtin; raises SystemExit", "quit": "site builtin; raises SystemExit",\n    "vars": "introspection: returns namespaces (vars(type)[\'...\'] bypasses attribute checks)",\n    "dir": "introspection", "globals": "introspection: the call\'s globals incl. the hooks",\n    "locals": "introspection",\n    "getattr": "attribute names as strings bypass the policy\'s attribute checks",\n    "setattr": "attribute names as strings bypass the policy\'s attribute checks",\n    "delattr": "attribute names as strings bypass the policy\'s attribute checks",\n    "hasattr": "attribute names as strings (probes dunders, triggers properties)",\n    "object": "root of the class graph (object.__subclasses__())",\n    "memoryview": "raw buffer access",\n    "classmethod": "descriptors are not supported", "staticmethod": "descriptors are not "\n    "supported", "property": "descriptors are not supported",\n    "id": "leaks memory addresses (defeats ASLR)",\n    "aiter": "async is not supported", "anext": "async is not supported",\n    "BaseException": "catching it would swallow the runtime\'s Interrupted",\n    "SystemExit": "must not be raised or caught by user code",\n    "KeyboardInterrupt": "must not be raised or caught by user code",\n    "GeneratorExit": "must not be raised or caught by user code",\n    "BaseExceptionGroup": "exception groups: except* is refused (CPython gh-128049)",\n    "ExceptionGroup": "exception groups: except* is refused (CPython gh-128049)",\n    "__debug__": "not needed", "__doc__": "not needed", "__loader__": "the import system",\n    "__name__": "set to \'__wormhole__\' in globals instead", "__package__": "not needed",\n    "__spec__": "the import system",\n    "True": "a keyword; never looked up", "False": "a keyword; never looked up",\n    "None": "a keyword; never looked up",\n}\n_NOT_NEEDED_EXCEPTIONS = (\n    # no file, network, process or import access, so these cannot happen in user code; warnings\n    # are not user-visible. Catching one of them would only hide a runtime bug.\n    "OSError", "EnvironmentError", "IOError", "BlockingIOError", "BrokenPipeError",\n    "ChildProcessError", "ConnectionAbortedError", "ConnectionError",\n    "ConnectionRefusedError", "ConnectionResetError", "FileExistsError",\n    "FileNotFoundError", "InterruptedError", "IsADirectoryError", "NotADirectoryError",\n    "PermissionError", "ProcessLookupError", "TimeoutError", "ImportError",\n    "ModuleNotFoundError", "EOFError", "SyntaxError", "IndentationError", "TabError",\n    "SystemError", "ReferenceError", "BufferError", "StopAsyncIteration", "EncodingWarning",\n    "UnicodeTranslateError", "Warning", "UserWarning", "DeprecationWarning",\n    "PendingDeprecationWarning", "SyntaxWarning", "RuntimeWarning", "FutureWarning",\n    "ImportWarning", "UnicodeWarning", "BytesWarning", "ResourceWarning",\n)\nEXCLUDED_BUILTINS.update({name: "not reachable from wormhole functions" for name in\n                          _NOT_NEEDED_EXCEPTIONS})\n\n_EXCEPTIONS = tuple(sorted(EXCEPTION_NAMES - {"DatabaseError"}))\n\n_BASE_BUILTINS: dict[str, object] = {\n    name: getattr(builtins, name) for name in (*_PLAIN_BUILTINS, *_EXCEPTIONS)\n}\n\n\ndef safe_builtin_names() -> frozenset[str]:\n    """Every name the curated ``__builtins__`` defines."""\n    return frozenset(_BASE_BUILTINS) | frozenset(_GUARDED_BUILTINS)\n\n\n# --------------------------------------------------------------------------------------------\n# size guards (the transformer routes ``**``, ``*`` and ``<<`` here)\n\n\ndef _too_big(what: str, bits: int) -> NoReturn:\n    raise LimitExceeded(\n        "size", f"{what} would produce a number of about {bits:,} bits; the limit is "\n        f"{MAX_INT_BITS:,} bits")\n\n\ndef _is_int(x: object) -> bool:\n    return type(x) is int or type(x) is bool\n\n\ndef _check_pow(base: Any, exp: Any) -> None:\n    if _is_int(exp) and exp > 1:\n        if _is_int(base):\n            if abs(base) > 1 and (abs(base).bit_length() - 1) * exp > MAX_INT_BITS:\n                _too_big(f"{base} ** {exp}", (abs(base).bit_length() - 1) * exp)\n        elif type(base) is Fraction:\n            size = max(abs(base.numerator).bit_length(), base.denominator.bit_length())\n            if size > 1 and (size - 1) * exp > MAX_INT_BITS:\n                _too_big(f"Fraction ** {exp}", (size - 1) * exp)\n\n\ndef guarded_pow(base: Any, exp: Any, mod: Any = None) -> Any:\n    """``base ** exp`` (and ``pow``) with a cap on the size of integer and Fraction results.\n\n    Three-argument ``pow`` is modular, so its result is bounded by ``mod``.\n    """\n    if mod is None:\n        if type(base) is not float and type(exp) is not float:\n            _check_pow(base, exp)\n        return base**exp\n    return builtins.pow(base, exp, mod)\n\n\n_SEQUENCES = (str, bytes, bytearray, list, tuple)\n\n\ndef guarded_mul(a: Any, b: Any) -> Any:\n    """``a * b`` with caps on integer size and on sequence repetition.\n\n    This runs for every ``*`` in user code, so the common cases (floats, small ints) take the\n    first branch with no further calls.\n    """\n    ta = type(a)\n    tb = type(b)\n    if ta is float or tb is float:\n        return a * b\n    if (ta is int or ta is bool) and (tb is int or tb is bool):\n        if a.bit_length() + b.bit_length() > MAX_INT_BITS:\n            _too_big("the multiplication", a.bit_length() + b.bit_length())\n    elif (ta is int or ta is bool) and isinstance(b, _SEQUENCES) and a > 0:\n        _check_repeat(len(b), a)\n    elif (tb is int or tb is bool) and isinstance(a, _SEQUENCES) and b > 0:\n        _check_repeat(len(a), b)\n    return a * b\n\n\ndef _check_repeat(length: int, times: int) -> None:\n    if length * times > MAX_REPEAT:\n        raise LimitExceeded(\n            "size", f"repeating a sequence of length {length} {times} times would make "\n            f"{length * times:,} items; the limit is {MAX_REPEAT:,}")\n\n\ndef guarded_lshift(a: Any, b: Any) -> Any:\n    """``a << b`` with a cap on the result\'s size."""\n    if _is_int(a) and _is_int(b) and a and b > 0 and a.bit_length() + b > MAX_INT_BITS:\n        _too_big(f"{a} << {b}", a.bit_length() + b)\n    return a << b\n\n\ndef guarded_ipow(a: Any, b: Any) -> Any:\n    _check_pow(a, b)\n    a **= b\n    return a\n\n\ndef guarded_imul(a: Any, b: Any) -> Any:\n    """``a *= b``: the same checks as ``*``, then the in-place operator (lists stay the same\n    object, as Python\'s own ``*=`` keeps them)."""\n    if _is_int(a) and _is_int(b):\n        if a.bit_length() + b.bit_length() > MAX_INT_BITS:\n            _too_big("the multiplication", a.bit_length() + b.bit_length())\n    elif _is_int(b) and isinstance(a, _SEQUENCES) and b > 0:\n        _check_repeat(len(a), b)\n    elif _is_int(a) and isinstance(b, _SEQUENCES) and a > 0:\n        _check_repeat(len(b), a)\n    a *= b\n    return a\n\n\ndef guarded_ilshift(a: Any, b: Any) -> Any:\n    if _is_int(a) and _is_int(b) and a and b > 0 and a.bit_length() + b > MAX_INT_BITS:\n        _too_big(f"{a} << {b}", a.bit_length() + b)\n    a <<= b\n    return a\n\n\ndef _factorial(n: Any) -> Any:\n    if _is_int(n) and n > 2 and n * (n.bit_length() - 1) > MAX_INT_BITS:\n        _too_big(f"factorial({n})", n * (n.bit_length() - 1))\n    return math.factorial(n)\n\n\ndef _comb(n: Any, k: Any) -> Any:\n    if _is_int(n) and _is_int(k) and 0 <= k <= n:\n        bits = min(k, n - k) * n.bit_length()\n        if bits > MAX_INT_BITS:\n            _too_big(f"comb({n}, {k})", bits)\n    return math.comb(n, k)\n\n\ndef _perm(n: Any, k: Any = None) -> Any:\n    if _is_int(n) and (k is None or _is_int(k)):\n        kk = n if k is None else k\n        if 0 <= kk <= n and kk * n.bit_length() > MAX_INT_BITS:\n            _too_big(f"perm({n}, {kk})", kk * n.bit_length())\n    return math.perm(n, k)\n\n\n# --------------------------------------------------------------------------------------------\n# attribute guards\n\n\ndef _check_attribute_name(name: object) -> str:\n    # ``type(name) is str``: a str subclass could override startswith (RestrictedPython 7.2).\n    if type(name) is not str:\n        raise PolicyViolation("attribute names must be str")\n    if name.startswith(("_", "gi_", "cr_", "ag_")) or name in FORBIDDEN_ATTRIBUTES:\n        raise PolicyViolation(f"attribute {name!r} is not allowed")\n    return name\n\n\n_FORMATTER = Formatter()\n\n\n@functools.lru_cache(maxsize=256)\ndef _check_format(fmt: str, depth: int = 0) -> None:\n    """Refuse replacement fields that look up attributes or items (``{0.__class__}``,\n    ``{0[k]}``), including in nested format specs; ``str.format`` would resolve them in C.\n    """\n    if depth > 2:\n        raise ValueError("Max string recursion exceeded")\n    for _literal, field, spec, _conversion in _FORMATTER.parse(fmt):\n        if field is not None and ("." in field or "[" in field):\n            raise PolicyViolation(\n                f"format field {{{field}}} is not allowed: str.format fields may not look up "\n                f"attributes or items (use an f-string, whose expressions are checked)")\n        if spec:\n            _check_format(spec, depth + 1)\n\n\ndef safe_format(fmt: str, /, *args: Any, **kwargs: Any) -> str:\n    """``str.format`` with the field check (what ``str.format`` means in user code)."""\n    if not isinstance(fmt, str):\n        raise TypeError("descriptor \'format\' requires a \'str\' object")\n    _check_format(str(fmt))\n    return str.format(fmt, *args, **kwargs)\n\n\ndef guarded_getattr(obj: object, name: str) -> object:\n    """``obj.name`` for the names whose meaning depends on ``obj`` (``policy.DYNAMIC_ATTRIBUTES``).\n\n    ``str.format`` becomes ``safe_format``; ``AttributeError.obj`` (the object a failed lookup\n    was made on, possibly the runtime\'s own; CVE-2024-47532) is refused.\n    """\n    _check_attribute_name(name)\n    if name == "format":\n        if obj is str:\n            return safe_format\n        if isinstance(obj, str):\n            text = obj\n\n            def format(*args: Any, **kwargs: Any) -> str:  # noqa: A001 - it is str.format\n                return safe_format(text, *args, **kwargs)\n\n            return format\n    elif name == "obj" and isinstance(obj, BaseException):\n        raise PolicyViolation("the \'obj\' attribute of exceptions is not available")\n    return getattr(obj, name)\n\n\n# --------------------------------------------------------------------------------------------\n# module views\n\n\nclass ModuleView:\n    """A read-only view of a module\'s allowed public names; never the module itself.\n\n    Values live in a plain dict built once; nothing here ever calls ``getattr`` on the real\n    module at access time, so a failed lookup\'s ``AttributeError`` carries the view, not the\n    module (CVE-2024-47532). ``__slots__`` means no ``__dict__`` to reach or replace.\n    """\n\n    __slots__ = ("_wh_name", "_wh_values", "_wh_refused")\n\n    def __init__(self, name: str, values: Mapping[str, object],\n                 refused: Mapping[str, str]) -> None:\n        object.__setattr__(self, "_wh_name", name)\n        object.__setattr__(self, "_wh_values", values)\n        object.__setattr__(self, "_wh_refused", refused)\n\n    def __getattr__(self, attr: str) -> object:\n        values: Mapping[str, object] = object.__getattribute__(self, "_wh_values")\n        if type(attr) is str and attr in values:\n            return values[attr]\n        name = object.__getattribute__(self, "_wh_name")\n        reason = object.__getattribute__(self, "_wh_refused").get(attr)\n        raise AttributeError(\n            f"module {name!r} has no attribute {attr!r} available to wormhole functions"\n            + (f" ({reason})" if reason else ""))\n\n    def __setattr__(self, attr: str, value: object) -> None:\n        raise AttributeError("module views are read-only")\n\n    def __delattr__(self, attr: str) -> None:\n        raise AttributeError("module views are read-only")\n\n    def __dir__(self) -> list[str]:\n        return sorted(object.__getattribute__(self, "_wh_values"))\n\n    def __repr__(self) -> str:\n        return f"<module {object.__getattribute__(self, \'_wh_name\')!r} (wormhole view)>"\n\n    def __reduce__(self) -> NoReturn:\n        raise TypeError("module views cannot be pickled")\n\n\n#: per-module replacements for catalogued names (size guards).\n_STATIC_OVERRIDES: dict[str, dict[str, object]] = {\n    "math": {"factorial": _factorial, "comb": _comb, "perm": _perm},\n    "operator": {"mul": guarded_mul, "pow": guarded_pow, "lshift": guarded_lshift},\n}\n\n#: random\'s module functions are bound methods of one hidden shared instance; these are\n#: re-bound to a fresh ``Random()`` per call instead.\n_RANDOM_METHODS = frozenset({\n    "betavariate", "choice", "choices", "expovariate", "gammavariate", "gauss", "getrandbits",\n    "lognormvariate", "normalvariate", "paretovariate", "randbytes", "randint", "random",\n    "randrange", "sample", "seed", "shuffle", "triangular", "uniform", "vonmisesvariate",\n    "weibullvariate",\n})\n\n_STATIC_VALUES: dict[tuple[str, frozenset[str]], tuple[dict[str, object], dict[str, str]]] = {}\n#: ids of every value a view or the builtins hand out; those objects live as long as the\n#: process (the caches keep them alive, so the ids stay valid) and must not be changed.\n_SHARED_IDS: set[int] = {id(v) for v in _BASE_BUILTINS.values()}\n_CALLABLE_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,\n                   types.BuiltinMethodType, types.MethodWrapperType, types.WrapperDescriptorType,\n                   types.MethodDescriptorType, types.ClassMethodDescriptorType,\n                   types.GetSetDescriptorType, types.MemberDescriptorType, functools.partial)\n\n\ndef _freeze(value: object) -> object:\n    """Module-level containers are shared by every call in the process: hand out copies that\n    cannot be changed (``hashlib.algorithms_available.clear()`` must not reach the next call)."""\n    if isinstance(value, (set, frozenset)) and type(value) in (set, frozenset):\n        return frozenset(value)\n    if isinstance(value, list) and type(value) is list:\n        return tuple(value)\n    if isinstance(value, dict) and type(value) is dict:\n        return types.MappingProxyType(dict(value))\n    return value\n\n\ndef _static_values(module: str, names: frozenset[str]) -> tuple[dict[str, object],\n                                                                  dict[str, str]]:\n    """The module\'s allowed values, imported once per process per (module, names)."""\n    key = (module, names)\n    hit = _STATIC_VALUES.get(key)\n    if hit is not None:\n        return hit\n    real = importlib.import_module(module)\n    overrides = _STATIC_OVERRIDES.get(module, {})\n    values: dict[str, object] = {}\n    refused: dict[str, str] = {}\n    for name in sorted(names):\n        if name in overrides:\n            values[name] = overrides[name]\n            continue\n        try:\n            value = getattr(real, name)\n        except AttributeError:\n            continue  # not on this Python version\n        if isinstance(value, types.ModuleType):\n            refused[name] = "it is a module; modules are reachable only as views of " \\\n                            "whitelisted names"\n            continue\n        values[name] = _freeze(value)\n    _SHARED_IDS.update(id(v) for v in values.values())\n    _STATIC_VALUES[key] = (values, refused)\n    return values, refused\n\n\ndef _ticking(iterable: Iterable[Any], tick: Callable[[], object]) -> Iterator[Any]:\n    """Iterate with a tick per item, so an endless C-level source notices interrupts."""\n    for item in iterable:\n        tick()\n        yield item\n\n\ndef _view(module: str, names: frozenset[str], tick: Callable[[], object]) -> ModuleView:\n    static, refused = _static_values(module, names)\n    values = static\n    if module == "random":\n        rng = random.Random()  # seeded from os.urandom: calls share no generator state\n        values = dict(static)\n        for name in _RANDOM_METHODS & names:\n            values[name] = getattr(rng, name)\n    elif module == "itertools":\n        values = dict(static)\n        if "count" in names:\n            values["count"] = lambda start=0, step=1: _ticking(\n                itertools.count(start, step), tick)\n        if "cycle" in names:\n            values["cycle"] = lambda iterable: _ticking(itertools.cycle(iterable), tick)\n        if "repeat" in names:\n            def repeat(obj: object, times: int | None = None) -> Iterator[object]:\n                if times is None or times > RANGE_FAST:\n                    return _ticking(itertools.repeat(obj) if times is None\n                                    else itertools.repeat(obj, times), tick)\n                return itertools.repeat(obj, times)\n            values["repeat"] = repeat\n    return ModuleView(module, values, refused)\n\n\n# --------------------------------------------------------------------------------------------\n# per-call globals\n\n\ndef _exception_base(base: object) -> bool:\n    """A class from outside the call may be a base only if it is a plain exception class whose\n    hierarchy runs no class-creation hooks."""\n    return (isinstance(base, type) and type(base) is type and issubclass(base, Exception)\n            and not any("__init_subclass__" in vars(c) for c in base.__mro__\n                        if c is not object))\n\n\ndef guarded_type(*args: object) -> type:\n    """One-argument ``type()``. Three arguments would create classes with arbitrary\n    dunders; the type of a class (``type(int)`` is ``type``) would give that back."""\n    if len(args) != 1:\n        raise PolicyViolation("type() takes exactly one argument in wormhole functions")\n    result = type(args[0])\n    if issubclass(result, type):\n        raise PolicyViolation("the type of a class is not available")\n    return result\n\n\ndef build_globals(\n    *,\n    modules: Mapping[str, frozenset[str] | None],\n    query: Callable[..., Rows],\n    print_fn: Callable[[str], None],\n    tick: Callable[[], None],\n) -> dict[str, object]:\n    """Fresh globals for one call of checked code: ``exec(checked.code, build_globals(...))``.\n\n    ``modules`` is the DBA\'s whitelist (as for ``policy.check``); ``query`` is bound as the\n    global ``query``; ``print_fn`` receives each ``print()``\'s text (the caller caps the total);\n    ``tick`` is called between Python-level steps and must return None (it raises to stop the\n    call; once it has raised it should keep raising). Nothing is shared between calls except\n    immutable, vetted values.\n    """\n    glb: dict[str, object] = {}\n    user_classes: set[type] = set()\n    views: dict[str, ModuleView] = {}\n\n    def guarded_import(name: str, globals: object = None, locals: object = None,\n                       fromlist: Iterable[str] | None = (), level: int = 0) -> ModuleView:\n        if type(name) is not str or level != 0:\n            raise ImportError("relative imports are not allowed")\n        if name not in modules:\n            raise ImportError(f"module {name!r} is not allowed")\n        if "." in name and not fromlist:\n            raise ImportError(f"\'import {name}\' is not allowed; use \'from {name} import ...\'")\n        try:\n            names = allowed_names(name, modules)\n        except LookupError as exc:\n            raise ImportError(str(exc)) from None\n        for wanted in fromlist or ():\n            if type(wanted) is not str or wanted not in names:\n                raise ImportError(f"cannot import {wanted!r} from {name!r}")\n        view = views.get(name)\n        if view is None:\n            view = views[name] = _view(name, names, tick)\n        return view\n\n    def build_class(func: Callable[[], None], name: str, *bases: object,\n                    **keywords: object) -> type:\n        if keywords:\n            raise PolicyViolation("class keywords (metaclass=...) are not allowed")\n        for base in bases:\n            if not ((isinstance(base, type) and base in user_classes)\n                    or _exception_base(base)):\n                raise PolicyViolation(\n                    f"class {name!r} may not inherit from {base!r}: bases must be your own "\n                    f"classes or exception classes")\n        cls: type = builtins.__build_class__(func, name, *bases)\n        user_classes.add(cls)\n        return cls\n\n    def guarded_range(*args: int) -> Iterable[int]:\n        r = range(*args)\n        try:\n            n = len(r)\n        except OverflowError:\n            n = RANGE_FAST + 1\n        return r if n <= RANGE_FAST else _ticking(r, tick)\n\n    def guarded_iter(obj: Any, *sentinel: object) -> Iterator[Any]:\n        if not sentinel:\n            return iter(obj)\n        # iter(callable, sentinel) over a builtin (iter(int, 1)) is an endless C loop\n        return _ticking(iter(obj, *sentinel), tick)\n\n    def guarded_print(*args: object, sep: str | None = " ", end: str | None = "\\n",\n                      file: object = None, flush: bool = False) -> None:\n        if file is not None:\n            raise PolicyViolation("print(file=...) is not available; print() output is "\n                                  "returned to the client")\n        sep = " " if sep is None else sep\n        end = "\\n" if end is None else end\n        if type(sep) is not str or type(end) is not str:\n            raise TypeError("sep and end must be str")\n        print_fn(sep.join([str(a) for a in args]) + end)\n\n    def mutable(obj: object) -> bool:\n        """May user code change ``obj``\'s attributes?\n\n        Yes for the call\'s own classes, their instances and its own functions, and for other\n        objects the call created (a ``decimal.Context``, a ``TextWrapper``). No for anything\n        shared by every call in the process: classes and functions it did not define (module\n        classes and functions: trusted code calls them later), module views, and the values a\n        view or the builtins hand out (``calendar.month_name``).\n        """\n        if type(obj) in user_classes or (isinstance(obj, type) and obj in user_classes):\n            return True\n        if type(obj) is types.FunctionType:\n            return obj.__globals__ is glb\n        if isinstance(obj, (type, ModuleView, *_CALLABLE_TYPES)):\n            return False\n        return id(obj) not in _SHARED_IDS\n\n    def guarded_setattr(obj: object, name: str, value: object) -> None:\n        _check_attribute_name(name)\n        if not mutable(obj):\n            raise PolicyViolation(\n                f"cannot set attribute {name!r} on a {type(obj).__name__!r} object: only "\n                f"your own classes, their instances and your functions can be changed")\n        setattr(obj, name, value)\n\n    def guarded_delattr(obj: object, name: str) -> None:\n        _check_attribute_name(name)\n        if not mutable(obj):\n            raise PolicyViolation(\n                f"cannot delete attribute {name!r} of a {type(obj).__name__!r} object")\n        delattr(obj, name)\n\n    safe_builtins = dict(_BASE_BUILTINS)\n    safe_builtins.update({\n        "pow": guarded_pow,\n        "type": guarded_type,\n        "range": guarded_range,\n        "iter": guarded_iter,\n        "print": guarded_print,\n        "__import__": guarded_import,\n        "__build_class__": build_class,\n    })\n    glb.update({\n        "__builtins__": safe_builtins,\n        "__name__": _MODULE_NAME,\n        "query": query,\n        "DatabaseError": DatabaseError,\n        TICK: tick,\n        GETATTR: guarded_getattr,\n        SETATTR: guarded_setattr,\n        DELATTR: guarded_delattr,\n        POW: guarded_pow,\n        MUL: guarded_mul,\n        LSHIFT: guarded_lshift,\n        IPOW: guarded_ipow,\n        IMUL: guarded_imul,\n        ILSHIFT: guarded_ilshift,\n    })\n    return glb\n',
-        'engine': '"""Run one remote call: the code every executor shares.\n\n``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or\ncheck and compile) the code by hash, build a fresh namespace, decode the arguments, call the\nfunction, encode the result, and turn any exception into the error payload the client\nunderstands. It runs unchanged inside a backend (in-process executor) and inside the confined\nworker; the only thing that differs is the ``QueryPort`` that ``query()`` talks to and the\n``tick`` hook that notices interrupts.\n\nThe payload (JSON text, see docs/architecture.md):\n``{"ok": <codec value>, "out": [...]}`` or ``{"err": {...}, "out": [...]}``.\n"""\n\nfrom __future__ import annotations\n\nimport builtins\nimport hashlib\nimport json\nfrom collections.abc import Callable, Mapping, Sequence\nfrom dataclasses import dataclass, field\nfrom typing import Any, Protocol\n\nfrom . import codec, namespace, policy\nfrom .errors import DatabaseError, Interrupted, LimitExceeded\nfrom .rows import Rows\n\n#: the filename the policy compiles user code under; frames with it are the user\'s own.\nUSER_FILENAME = "<wormhole>"\n\n\nclass QueryPort(Protocol):\n    """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a worker."""\n\n    def query(self, sql: str, params: Sequence[object]) -> Rows: ...\n\n\n@dataclass(frozen=True)\nclass Limits:\n    """Per-call limits, set by the DBA in ``wormhole_limits`` (never by a user GUC)."""\n\n    timeout_ms: int = 0  # 0: only statement_timeout applies\n    memory_mb: int = 512  # worker address space\n    cpu_seconds: int = 60  # worker CPU time\n    max_output_bytes: int = 65536  # print() output returned to the client\n    max_result_bytes: int = 256 * 1024 * 1024  # encoded result\n    max_args_bytes: int = 64 * 1024 * 1024  # encoded arguments\n\n    @classmethod\n    def from_mapping(cls, values: Mapping[str, object]) -> Limits:\n        known = {f for f in cls.__dataclass_fields__}\n        kwargs: dict[str, Any] = {}\n        for key, value in values.items():\n            if key in known and value is not None:\n                kwargs[key] = int(value)  # type: ignore[call-overload]\n        return cls(**kwargs)\n\n    def as_dict(self) -> dict[str, int]:\n        return {f: getattr(self, f) for f in self.__dataclass_fields__}\n\n\n@dataclass\nclass Call:\n    """One call as the host hands it to an executor."""\n\n    source_hash: str\n    source: str\n    args_json: str\n    modules: Mapping[str, frozenset[str] | None]\n    modules_key: str = ""  # changes whenever the whitelist changes (compile cache key)\n    limits: Limits = field(default_factory=Limits)\n\n\nclass BadArguments(DatabaseError):\n    """The argument payload is not what the client library sends (WH005)."""\n\n    def __init__(self, message: str) -> None:\n        super().__init__(message, sqlstate="WH005")\n\n\nclass HashMismatch(DatabaseError):\n    """The stored source does not hash to the requested hash (WH004)."""\n\n    def __init__(self, message: str) -> None:\n        super().__init__(message, sqlstate="WH004")\n\n\ndef source_hash(source: str) -> str:\n    """The function\'s identity: sha256 of its shipped source text (content addressing)."""\n    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()\n\n\n# hash + whitelist key -> checked code. Per process (a backend or a worker), never shared.\n_COMPILED: dict[tuple[str, str], policy.Checked] = {}\n_MAX_COMPILED = 512\n\n\ndef checked_code(call: Call) -> policy.Checked:\n    """Return the checked, compiled code for ``call``; check and compile only on a miss.\n\n    The source is re-hashed and re-checked against the *current* whitelist before its first\n    run in this process, so a stored row that was edited behind wormhole\'s back, or a module\n    the DBA has since forbidden, is refused at run time too.\n    """\n    key = (call.source_hash, call.modules_key)\n    hit = _COMPILED.get(key)\n    if hit is not None:\n        return hit\n    actual = source_hash(call.source)\n    if actual != call.source_hash:\n        raise HashMismatch(\n            f"stored source for {call.source_hash[:12]}... hashes to {actual[:12]}...; "\n            "refusing to run it (was wormhole_functions edited by hand?)"\n        )\n    checked = policy.check(call.source, call.modules)\n    if len(_COMPILED) >= _MAX_COMPILED:\n        _COMPILED.clear()\n    _COMPILED[key] = checked\n    return checked\n\n\ndef decode_args(args_json: str, limits: Limits) -> tuple[list[Any], dict[str, Any]]:\n    """Decode ``[[positional...], {keyword: value}]`` as the client library encodes it."""\n    if not isinstance(args_json, str):\n        raise BadArguments("arguments must be text (JSON produced by the wormhole client)")\n    if len(args_json) > limits.max_args_bytes:\n        raise BadArguments(\n            f"arguments are {len(args_json)} bytes; the limit is {limits.max_args_bytes}"\n        )\n    try:\n        value = codec.decode(args_json)\n    except codec.CodecError as exc:\n        raise BadArguments(f"malformed arguments: {exc}") from None\n    if (\n        type(value) is not list\n        or len(value) != 2\n        or type(value[0]) is not list\n        or type(value[1]) is not dict\n        or not all(type(k) is str for k in value[1])\n    ):\n        raise BadArguments(\n            "arguments must be [[positional, ...], {keyword: value, ...}] "\n            "as produced by the wormhole client"\n        )\n    return value[0], value[1]\n\n\nclass _Output:\n    """Collects ``print()`` output, capped so a loop of prints cannot exhaust memory."""\n\n    def __init__(self, limit: int) -> None:\n        self.parts: list[str] = []\n        self.size = 0\n        self.limit = limit\n        self.truncated = False\n\n    def write(self, text: str) -> None:\n        if self.truncated:\n            return\n        if self.size + len(text) > self.limit:\n            text = text[: max(0, self.limit - self.size)]\n            self.truncated = True\n        self.size += len(text)\n        if text:\n            self.parts.append(text)\n\n    def lines(self) -> list[str]:\n        out = "".join(self.parts)\n        result = out.splitlines()\n        if self.truncated:\n            result.append(f"[wormhole: output truncated at {self.limit} bytes]")\n        return result\n\n\ndef _noop() -> None:\n    return None\n\n\ndef run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> str:\n    """Run ``call`` and return the payload text. Never raises, except for interrupts.\n\n    ``Interrupted`` (cancel, timeout, termination noticed by ``tick`` or by the port) is\n    re-raised so the host can end the statement with PostgreSQL\'s own error. Everything else\n    (the user\'s exceptions, database errors, policy refusals, bad arguments) becomes an\n    ``err`` payload, so the host can roll back the call\'s subtransaction and still return\n    normally: the client\'s transaction stays usable.\n    """\n    out = _Output(call.limits.max_output_bytes)\n    try:\n        checked = checked_code(call)\n        args, kwargs = decode_args(call.args_json, call.limits)\n        port_query = port.query\n\n        def query(sql: str, *args: object) -> Rows:\n            return port_query(sql, args)\n\n        glb = namespace.build_globals(\n            modules=call.modules, query=query, print_fn=out.write, tick=tick\n        )\n        exec(checked.code, glb)  # defines the function; the policy allows nothing else\n        function = glb[checked.name]\n        result = function(*args, **kwargs)\n        try:\n            value = codec.encode_value(result)\n        except codec.CodecError as exc:\n            raise TypeError(f"the return value cannot be sent to the client: {exc}") from None\n        text = json.dumps({"ok": value, "out": out.lines()}, ensure_ascii=False,\n                          allow_nan=False, separators=(",", ":"))\n        if len(text) > call.limits.max_result_bytes:\n            raise LimitExceeded(\n                "max_result_bytes",\n                f"the result is {len(text)} bytes; the DBA\'s limit is "\n                f"{call.limits.max_result_bytes} (wormhole_limits.max_result_bytes)",\n            )\n        return text\n    except Interrupted:\n        raise\n    except RecursionError as exc:\n        return error_payload(exc, out)\n    except Exception as exc:  # noqa: BLE001 - every user error becomes a payload\n        return error_payload(exc, out)\n\n\n_BUILTIN_EXCEPTIONS = frozenset(\n    name\n    for name, obj in vars(builtins).items()\n    if isinstance(obj, type) and issubclass(obj, BaseException)\n)\n\n\ndef error_info(exc: BaseException) -> dict[str, Any]:\n    """Describe ``exc`` as plain data (no objects cross back to the client)."""\n    etype = type(exc)\n    name = etype.__name__\n    builtin = etype.__module__ == "builtins" and name in _BUILTIN_EXCEPTIONS\n    try:\n        message = str(exc)\n    except Exception:  # noqa: BLE001 - a user __str__ that raises must not lose the error\n        message = f"<{name}: str() failed>"\n    if len(message) > 8192:\n        message = message[:8192] + "... [truncated]"\n    info: dict[str, Any] = {"type": name, "builtin": builtin, "message": message}\n    if isinstance(exc, policy.PolicyError):\n        info["type"] = "RejectedFunction"\n        info["builtin"] = False\n        info["findings"] = [\n            [f.lineno, f.col, f.rule, f.message] for f in exc.findings\n        ]\n        info["sqlstate"] = "WH002"\n    elif isinstance(exc, DatabaseError):\n        info["sqlstate"] = exc.sqlstate\n        info["detail"] = exc.detail\n        info["hint"] = exc.hint\n        if type(exc) is DatabaseError or isinstance(exc, (BadArguments, HashMismatch)):\n            info["type"] = "DatabaseError"\n            info["builtin"] = False\n    elif isinstance(exc, LimitExceeded):\n        info["type"] = "LimitExceeded"\n        info["builtin"] = False\n        info["sqlstate"] = "WH006"\n        info["limit"] = exc.limit\n    tb = []\n    frame_tb = exc.__traceback__\n    while frame_tb is not None:\n        code = frame_tb.tb_frame.f_code\n        if code.co_filename == USER_FILENAME:\n            tb.append([frame_tb.tb_lineno, code.co_name])\n        frame_tb = frame_tb.tb_next\n    info["tb"] = tb[-50:]\n    return info\n\n\ndef error_payload(exc: BaseException, out: _Output | None = None) -> str:\n    lines = out.lines() if out is not None else []\n    return json.dumps({"err": error_info(exc), "out": lines}, ensure_ascii=False,\n                      separators=(",", ":"))\n',
-        'spi': '"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.\n\nThe same class serves user code in-process and the worker\'s ``query`` messages, so both modes\nrun SQL through one path:\n\n* the statement is checked (one statement; no transaction control, role changes,\n  ``set_config``...: ``sqltext.check_statement``);\n* parameter types are inferred by PostgreSQL itself, once per backend and SQL text, by\n  ``PREPARE``-ing the statement and reading ``pg_prepared_statements`` (``plpy.prepare`` needs\n  explicit types: ``["unknown"]`` fails and ``["text"]`` breaks ``int_col = $1``). The plan is\n  then prepared with those types and reused;\n* rows are converted by column type OID so they equal what psycopg returns client-side.\n\n``plpy`` is passed in: the real module inside PostgreSQL, or ``wormhole.testing.PlpyShim`` (a\nsmall implementation of the same interface over a real psycopg connection) in plain CPython.\n"""\n\nfrom __future__ import annotations\n\nfrom collections.abc import Sequence\nfrom typing import Any\n\nfrom . import pgtypes, sqltext\nfrom .errors import DatabaseError, Interrupted\nfrom .rows import Rows\n\n#: SQLSTATEs that mean "stop now": user code must not be able to catch and continue.\nINTERRUPT_SQLSTATES = frozenset(\n    {\n        "57014",  # query_canceled: cancel, statement_timeout\n        "57P01",  # admin_shutdown: terminate\n        "57P02",  # crash_shutdown\n        "57P03",  # cannot_connect_now\n    }\n)\n\n_INFER_NAME = "_wormhole_infer"\n\n\nclass _Plan:\n    __slots__ = ("plan", "typnames", "nparams", "converters", "has_rows")\n\n    def __init__(self, plan: Any, typnames: list[str], nparams: int) -> None:\n        self.plan = plan\n        self.typnames = typnames\n        self.nparams = nparams\n        self.converters: Any = None\n        self.has_rows: bool | None = None\n\n\nclass SpiPort:\n    """A ``QueryPort`` that runs statements with SPI as the calling role."""\n\n    def __init__(self, plpy: Any, plans: dict[str, Any] | None = None, max_plans: int = 1024):\n        self.plpy = plpy\n        # plans are per backend (prepared statements live there); the host keeps this dict\n        # in its per-backend state so every call in the session reuses them.\n        self.plans: dict[str, Any] = plans if plans is not None else {}\n        self.max_plans = max_plans\n\n    # -- QueryPort ---------------------------------------------------------------------------\n    def query(self, sql: str, params: Sequence[object]) -> Rows:\n        if type(sql) is not str:\n            raise DatabaseError("query() needs the SQL text as a str", sqlstate="WH005")\n        entry = self.plans.get(sql)\n        if entry is None:\n            entry = self._prepare(sql)\n        if len(params) != entry.nparams:\n            raise DatabaseError(\n                f"the statement has {entry.nparams} parameter(s) but {len(params)} "\n                f"argument(s) were given",\n                sqlstate="08P01",\n            )\n        try:\n            args = [pgtypes.to_plpy_param(v, t) for v, t in zip(params, entry.typnames)]\n        except (TypeError, ValueError) as exc:\n            raise DatabaseError(f"cannot send parameter: {exc}", sqlstate="22023") from None\n        result = self._run(entry.plan, args)\n        return self._rows(entry, result)\n\n    # -- internals ---------------------------------------------------------------------------\n    def _run(self, plan: Any, args: list[object]) -> Any:\n        plpy = self.plpy\n        try:\n            return plpy.execute(plan, args) if args else plpy.execute(plan)\n        except plpy.SPIError as exc:\n            raise self._translate(exc) from None\n\n    def _translate(self, exc: Any) -> BaseException:\n        sqlstate = getattr(exc, "sqlstate", None)\n        if sqlstate in INTERRUPT_SQLSTATES:\n            return Interrupted(exc, str(exc))\n        return DatabaseError(\n            _message(exc), sqlstate, getattr(exc, "detail", None), getattr(exc, "hint", None)\n        )\n\n    def _prepare(self, sql: str) -> _Plan:\n        plpy = self.plpy\n        sqltext.check_statement(sql)\n        numbers = sqltext.param_numbers(sql)\n        nparams = max(numbers) if numbers else 0\n        typnames: list[str] = []\n        try:\n            if nparams:\n                typnames = self._infer(sql, nparams)\n                plan = plpy.prepare(sql, typnames)\n            else:\n                plan = plpy.prepare(sql)\n        except plpy.SPIError as exc:\n            raise self._translate(exc) from None\n        entry = _Plan(plan, typnames, nparams)\n        if len(self.plans) >= self.max_plans:\n            self.plans.clear()\n        self.plans[sql] = entry\n        return entry\n\n    def _infer(self, sql: str, nparams: int) -> list[str]:\n        """Ask PostgreSQL which types it infers for ``$1..$n`` (as the client\'s server would)."""\n        plpy = self.plpy\n        plpy.execute(f"PREPARE {_INFER_NAME} AS {sql}")\n        try:\n            rows = plpy.execute(\n                "SELECT parameter_types::text[] AS t FROM pg_catalog.pg_prepared_statements "\n                f"WHERE name = \'{_INFER_NAME}\'"\n            )\n        finally:\n            plpy.execute(f"DEALLOCATE {_INFER_NAME}")\n        types = list(rows[0]["t"])\n        if len(types) < nparams:\n            types += ["text"] * (nparams - len(types))\n        return types\n\n    def _rows(self, entry: _Plan, result: Any) -> Rows:\n        nrows = result.nrows()\n        if entry.has_rows is None:\n            try:\n                names = result.colnames()\n                types = result.coltypes()\n            except Exception:  # noqa: BLE001 - plpy raises plpy.Error: no result set\n                entry.has_rows = False\n            else:\n                entry.has_rows = True\n                entry.converters = (list(names), pgtypes.converters_for(list(types)))\n        if not entry.has_rows:\n            return Rows((), nrows)\n        names, converters = entry.converters\n        return Rows(pgtypes.apply_converters(names, converters, result), nrows)\n\n\ndef _message(exc: Any) -> str:\n    # plpy.SPIError\'s str() is the primary message; keep it as PostgreSQL wrote it.\n    args = getattr(exc, "args", ())\n    if args and isinstance(args[0], str):\n        return args[0]\n    return str(exc)\n',
-        'channel': '"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).\n\nA frame is::\n\n    4-byte big-endian header length | 4-byte big-endian body length | header | body\n\nThe header is a UTF-8 JSON object with a string ``"op"``; the body is raw bytes. Big payloads (a\ncall\'s result text, rows, a call\'s source and arguments) travel in the body, so they are never\nescaped twice, and the backend can hand a result to the client without decoding it.\n\nBoth ends validate what they read: sizes are bounded before anything is allocated, the header\nmust be a JSON object with a string ``op``, and anything else raises ``ProtocolError``. The\nbackend treats every frame from the worker as untrusted input.\n\n``recv`` takes a timeout and keeps a partial frame buffered across calls, so the backend can\nwake every few milliseconds to check PostgreSQL\'s interrupts while a worker is still writing.\n``send`` can do the same (``tick``) when the peer does not read: a worker that stops reading\ncannot block the backend in ``write`` forever.\n\nMessages (see docs/architecture.md). Each carries ``"id"``, the call it belongs to, where it\nbelongs to a call; a call may exchange any number of messages before its ``done``, which is what\nstreaming will use.\n\nbackend -> worker\n    ``boot``  body: JSON ``{module: source}`` (read by the bootstrap, before this module exists)\n    ``hello`` body: JSON ``{"modules": {name: [attr, ...] | null}, "modules_key": str,\n    "limits": {...}}``\n    ``call``  header: ``hash``, ``id``; body: JSON ``{"source", "args_json", "modules_key"}``\n    ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``\n    ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",\n    "type"}``\nworker -> backend\n    ``query`` body: codec text of ``{"sql": str, "params": [...]}``\n    ``done``  body: the payload text (UTF-8); header may carry ``"recycle": true``\n"""\n\nfrom __future__ import annotations\n\nimport errno\nimport json\nimport os\nimport select\nimport time\nfrom collections.abc import Callable\nfrom typing import Any\n\n__all__ = [\n    "BOOT",\n    "CALL",\n    "DONE",\n    "HELLO",\n    "MAX_HEADER",\n    "QERR",\n    "QUERY",\n    "ROWS",\n    "Channel",\n    "ChannelClosed",\n    "ChannelError",\n    "ProtocolError",\n]\n\nBOOT = "boot"\nHELLO = "hello"\nCALL = "call"\nROWS = "rows"\nQERR = "qerr"\nQUERY = "query"\nDONE = "done"\n\n#: largest header accepted (headers are small: an op, an id, a hash).\nMAX_HEADER = 64 * 1024\n#: default largest body accepted.\nDEFAULT_MAX_FRAME = 64 * 1024 * 1024\n#: hard ceiling for any body (PostgreSQL\'s text values stop at 1 GB anyway).\nABSOLUTE_MAX_FRAME = 1024 * 1024 * 1024 - 1\n\n_PREFIX = 8\n_READ_CHUNK = 1024 * 1024\n_POLL_MS = 20\n\n\nclass ChannelError(Exception):\n    """Base class of the channel\'s errors."""\n\n\nclass ChannelClosed(ChannelError):\n    """The peer closed its end (end of file on read, broken pipe on write)."""\n\n\nclass ProtocolError(ChannelError):\n    """The peer sent something that is not a well-formed frame within the limits."""\n\n\ndef _check_fd(fd: object, what: str) -> int:\n    if type(fd) is not int or fd < 0:\n        raise ValueError(f"{what} must be a file descriptor (a non-negative int)")\n    return fd\n\n\nclass Channel:\n    """One end of a framed, bidirectional pipe connection.\n\n    ``rfd`` is read from, ``wfd`` written to. ``max_frame`` bounds the body of a received frame\n    (headers are always bounded by ``MAX_HEADER``). The channel does not own the descriptors:\n    ``close()`` closes them only if ``own_fds`` is true.\n    """\n\n    def __init__(\n        self,\n        rfd: int,\n        wfd: int,\n        max_frame: int = DEFAULT_MAX_FRAME,\n        *,\n        own_fds: bool = False,\n    ) -> None:\n        self.rfd = _check_fd(rfd, "rfd")\n        self.wfd = _check_fd(wfd, "wfd")\n        if type(max_frame) is not int or not 0 <= max_frame <= ABSOLUTE_MAX_FRAME:\n            raise ValueError(f"max_frame must be an int between 0 and {ABSOLUTE_MAX_FRAME}")\n        self.max_frame = max_frame\n        self.own_fds = own_fds\n        self.closed = False\n        self._buf = bytearray()\n        self._need: tuple[int, int] | None = None  # (header length, body length) once known\n        self._eof = False\n        self._wnonblock = False\n        self._poll = select.poll()\n        self._poll.register(self.rfd, select.POLLIN | select.POLLPRI)\n\n    # -- sending ---------------------------------------------------------------------------\n\n    @staticmethod\n    def frame(header: dict[str, Any], body: bytes = b"") -> bytes:\n        """Encode one frame (exposed for tests and for the bootstrap frame)."""\n        if type(header) is not dict or type(header.get("op")) is not str:\n            raise TypeError("a header must be a dict with a str \'op\'")\n        if not isinstance(body, (bytes, bytearray, memoryview)):\n            raise TypeError("a body must be bytes")\n        head = json.dumps(header, ensure_ascii=False, allow_nan=False,\n                          separators=(",", ":")).encode("utf-8")\n        if len(head) > MAX_HEADER:\n            raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")\n        if len(body) > ABSOLUTE_MAX_FRAME:\n            raise ValueError(f"body is {len(body)} bytes; the limit is {ABSOLUTE_MAX_FRAME}")\n        return b"".join(\n            (len(head).to_bytes(4, "big"), len(body).to_bytes(4, "big"), head, bytes(body))\n        )\n\n    def send(\n        self,\n        header: dict[str, Any],\n        body: bytes = b"",\n        *,\n        tick: Callable[[], None] | None = None,\n    ) -> None:\n        """Send one frame.\n\n        Without ``tick`` the write blocks until the peer has taken it all. With ``tick`` the\n        descriptor is made non-blocking and ``tick()`` is called every 20 ms while the peer\n        does not read; whatever ``tick`` raises aborts the send (the frame is then partly\n        written: the caller must discard the channel).\n        """\n        if self.closed:\n            raise ChannelClosed("the channel is closed")\n        data = memoryview(self.frame(header, body))\n        if tick is not None and not self._wnonblock:\n            os.set_blocking(self.wfd, False)\n            self._wnonblock = True\n        wpoll: select.poll | None = None\n        last_tick = time.monotonic()\n        while data:\n            try:\n                n = os.write(self.wfd, data)\n            except BlockingIOError:\n                n = 0\n            except OSError as exc:\n                if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:\n                    raise ChannelClosed("the peer closed the channel") from None\n                raise\n            data = data[n:]\n            if data and n == 0:\n                if wpoll is None:\n                    wpoll = select.poll()\n                    wpoll.register(self.wfd, select.POLLOUT)\n                events = wpoll.poll(_POLL_MS if tick is not None else -1)\n                if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in events):\n                    raise ChannelClosed("the peer closed the channel")\n            if data and tick is not None:\n                now = time.monotonic()\n                if now - last_tick >= _POLL_MS / 1000:\n                    last_tick = now\n                    tick()\n\n    # -- receiving -------------------------------------------------------------------------\n\n    def recv(self, timeout: float | None = None) -> tuple[dict[str, Any], bytes] | None:\n        """Return the next ``(header, body)``, or ``None`` if ``timeout`` seconds pass first.\n\n        ``timeout=None`` blocks. A frame that arrives in pieces is kept across calls.\n        Raises ``ChannelClosed`` at end of file (also in the middle of a frame) and\n        ``ProtocolError`` for a malformed or oversized frame.\n        """\n        if self.closed:\n            raise ChannelClosed("the channel is closed")\n        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)\n        while True:\n            frame = self._parse()\n            if frame is not None:\n                return frame\n            if self._eof:\n                if self._buf:\n                    raise ChannelClosed(\n                        f"the peer closed the channel in the middle of a frame "\n                        f"({len(self._buf)} bytes buffered)"\n                    )\n                raise ChannelClosed("the peer closed the channel")\n            if deadline is None:\n                if os.get_blocking(self.rfd):\n                    self._fill()  # a blocking read: one syscall instead of poll + read\n                    continue\n                wait_ms = -1\n            else:\n                left = deadline - time.monotonic()\n                if left <= 0:\n                    return None\n                wait_ms = max(1, int(left * 1000 + 0.999))\n            events = self._poll.poll(wait_ms)\n            if not events:\n                if deadline is not None and time.monotonic() >= deadline:\n                    return None\n                continue\n            self._fill()\n\n    def _wanted(self) -> int:\n        if self._need is None:\n            return _PREFIX - len(self._buf)\n        hlen, blen = self._need\n        return _PREFIX + hlen + blen - len(self._buf)\n\n    def _fill(self) -> None:\n        # read at least 64 KiB when we can: a whole small frame (and whatever follows it) in\n        # one syscall; the surplus stays buffered for the next frame.\n        want = min(max(self._wanted(), 65536), _READ_CHUNK)\n        try:\n            chunk = os.read(self.rfd, want)\n        except BlockingIOError:\n            return\n        except OSError as exc:\n            if exc.errno in (errno.ECONNRESET, errno.EPIPE):\n                self._eof = True\n                return\n            raise\n        if not chunk:\n            self._eof = True\n            return\n        self._buf += chunk\n\n    def _parse(self) -> tuple[dict[str, Any], bytes] | None:\n        if self._need is None:\n            if len(self._buf) < _PREFIX:\n                return None\n            hlen = int.from_bytes(self._buf[0:4], "big")\n            blen = int.from_bytes(self._buf[4:8], "big")\n            if hlen == 0 or hlen > MAX_HEADER:\n                raise ProtocolError(f"frame header of {hlen} bytes (limit {MAX_HEADER})")\n            if blen > self.max_frame:\n                raise ProtocolError(f"frame body of {blen} bytes (limit {self.max_frame})")\n            self._need = (hlen, blen)\n        hlen, blen = self._need\n        total = _PREFIX + hlen + blen\n        if len(self._buf) < total:\n            return None\n        raw_head = bytes(self._buf[_PREFIX:_PREFIX + hlen])\n        body = bytes(self._buf[_PREFIX + hlen:total])\n        del self._buf[:total]\n        self._need = None\n        return decode_header(raw_head), body\n\n    def close(self) -> None:\n        """Mark the channel closed; close the descriptors if the channel owns them."""\n        if self.closed:\n            return\n        self.closed = True\n        if self.own_fds:\n            for fd in {self.rfd, self.wfd}:\n                try:\n                    os.close(fd)\n                except OSError:\n                    pass\n\n\ndef _reject_constant(name: str) -> Any:\n    raise ValueError(f"{name} is not allowed")\n\n\ndef decode_header(raw: bytes) -> dict[str, Any]:\n    """Decode and validate a frame header: a JSON object with a str ``op``."""\n    try:\n        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)\n    except (ValueError, RecursionError, MemoryError) as exc:\n        raise ProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None\n    if type(header) is not dict:\n        raise ProtocolError("frame header is not a JSON object")\n    if type(header.get("op")) is not str:\n        raise ProtocolError("frame header has no string \'op\'")\n    return header\n',
-        'worker': '"""The confined worker\'s main loop (runs inside bubblewrap, never inside a backend).\n\n``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap\nwith the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one\n``boot`` frame holding the sources of ``runtime.WORKER_MODULES``, builds the package\n``wormhole_rt`` from them in ``sys.modules`` (so the runtime\'s relative imports work) and calls\n:func:`main`.\n\nThe bootstrap itself is ``sandbox.BOOTSTRAP`` (it lives with the backend, which starts it).\n\n``main`` reads ``hello`` (the module whitelist and the limits), applies hard resource limits\nthat the code it runs cannot raise again, and then serves calls one after the other: for each\n``call`` it runs ``engine.run_call`` with a :class:`ChannelPort` (``query()`` becomes a\n``query`` message answered by the backend with ``rows`` or ``qerr``) and answers ``done`` with\nthe payload text. The engine\'s compile cache lives on across calls.\n"""\n\nfrom __future__ import annotations\n\nimport json\nimport math\nimport os\nimport resource\nimport struct\nimport sys\nfrom collections.abc import Mapping, Sequence\nfrom typing import Any\n\nfrom . import codec, engine\nfrom .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed\nfrom .errors import DatabaseError\nfrom .rows import Rows\n\n#: the name of the package the bootstrap builds inside the worker.\nPACKAGE = "wormhole_rt"\n\n#: the channel limit inside the worker (the backend is trusted; args are capped by limits).\nWORKER_MAX_FRAME = 1024 * 1024 * 1024 - 1\n#: how many of the call\'s ``cpu_seconds`` budgets the worker\'s hard CPU limit allows in all;\n#: once fewer than one budget is left the worker asks to be replaced.\nCPU_BUDGETS = 8\n#: open file descriptors: the channel, stderr, and a few for the stdlib\'s lazy imports.\nMAX_OPEN_FILES = 16\n#: the exit code of a worker that received something it does not understand.\nEXIT_PROTOCOL = 2\n\n\nclass ChannelPort:\n    """The ``QueryPort`` inside the worker: ``query()`` is an RPC to the backend."""\n\n    def __init__(self, chan: Channel, call_id: int = 0) -> None:\n        self.chan = chan\n        self.call_id = call_id\n\n    def query(self, sql: str, params: Sequence[object]) -> Rows:\n        if type(sql) is not str:\n            raise TypeError("query() needs the SQL text as a str")\n        try:\n            body = codec.encode({"sql": sql, "params": list(params)}, root="params")\n        except codec.CodecError as exc:\n            raise TypeError(f"a query parameter cannot be sent to the database: {exc}") from None\n        try:\n            data = body.encode("utf-8")\n        except UnicodeEncodeError:\n            raise ValueError(\n                "the query text or a parameter is not valid Unicode (a lone surrogate)"\n            ) from None\n        self.chan.send({"op": QUERY, "id": self.call_id}, data)\n        received = self.chan.recv(None)\n        assert received is not None\n        header, answer = received\n        op = header["op"]\n        if op == ROWS:\n            value = codec.decode(answer.decode("utf-8"))\n            if type(value) is not dict or type(value.get("rows")) is not list:\n                raise SystemExit(EXIT_PROTOCOL)\n            rowcount = value.get("rowcount")\n            return Rows(value["rows"], rowcount if type(rowcount) is int else None)\n        if op == QERR:\n            raise _query_error(json.loads(answer.decode("utf-8")))\n        raise SystemExit(EXIT_PROTOCOL)\n\n\ndef _query_error(info: Mapping[str, Any]) -> Exception:\n    def text(key: str) -> str | None:\n        value = info.get(key)\n        return value if type(value) is str else None\n\n    message = text("message") or "query failed"\n    kind = text("type")\n    if kind == "TypeError":\n        return TypeError(message)\n    if kind == "ValueError":\n        return ValueError(message)\n    return DatabaseError(message, text("sqlstate"), text("detail"), text("hint"))\n\n\ndef _modules(value: object) -> dict[str, frozenset[str] | None]:\n    if type(value) is not dict:\n        raise SystemExit(EXIT_PROTOCOL)\n    result: dict[str, frozenset[str] | None] = {}\n    for name, attrs in value.items():\n        result[name] = None if attrs is None else frozenset(attrs)\n    return result\n\n\ndef _hard(limit: int, value: int) -> None:\n    resource.setrlimit(limit, (value, value))\n\n\ndef apply_limits(limits: engine.Limits) -> None:\n    """Set the worker\'s hard resource limits (called once, before any user code is loaded).\n\n    Hard limits can only be lowered by an unprivileged process, so nothing the user\'s code does\n    can raise them again. CPU time is the exception: the soft limit moves with each call\n    (:func:`arm_cpu`) under a hard ceiling of ``CPU_BUDGETS`` calls\' worth.\n    """\n    if limits.memory_mb > 0:\n        _hard(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)\n    _hard(resource.RLIMIT_CORE, 0)\n    _hard(resource.RLIMIT_FSIZE, 0)\n    _hard(resource.RLIMIT_NPROC, 0)\n    _hard(resource.RLIMIT_NOFILE, MAX_OPEN_FILES)\n    _hard(resource.RLIMIT_MEMLOCK, 0)\n    _hard(resource.RLIMIT_MSGQUEUE, 0)\n    locks = getattr(resource, "RLIMIT_LOCKS", None)\n    if isinstance(locks, int):\n        _hard(locks, 0)\n    if limits.cpu_seconds > 0:\n        total = limits.cpu_seconds * CPU_BUDGETS\n        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, total))\n\n\n# -- seccomp -----------------------------------------------------------------------------------\n\n# Classic BPF, assembled here so no extra package is needed, installed by the worker itself\n# (prctl through ctypes) once its limits are set. Not bubblewrap\'s --seccomp: bubblewrap execs\n# python after loading the filter, so the filter could not deny execve.\n_BPF_LD_W_ABS = 0x20\n_BPF_JEQ_K = 0x15\n_BPF_JGE_K = 0x35\n_BPF_RET_K = 0x06\n_SECCOMP_RET_ALLOW = 0x7FFF0000\n_SECCOMP_RET_ERRNO = 0x00050000\n_SECCOMP_RET_KILL_PROCESS = 0x80000000\n_EPERM = 1\n_AUDIT_ARCH_X86_64 = 0xC000003E\n_X32_SYSCALL_BIT = 0x40000000\n\n#: syscalls the worker never needs, x86_64 numbers. Denied with EPERM, so Python raises a clean\n#: ``PermissionError``. Processes (fork/clone/exec), sockets, tracing, namespaces, mounts,\n#: kernel keyrings, BPF, perf, io_uring, userfaultfd, module loading, reboot & co.\n_DENIED_X86_64 = {\n    "socket": 41, "connect": 42, "accept": 43, "sendto": 44, "sendmsg": 46, "bind": 49,\n    "listen": 50, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59,\n    "kill": 62, "ptrace": 101, "syslog": 103, "setuid": 105, "setgid": 106,\n    "setreuid": 113, "setregid": 114, "setresuid": 117, "setresgid": 119,\n    "personality": 135, "chroot": 161, "mount": 165, "umount2": 166, "swapon": 167,\n    "swapoff": 168, "reboot": 169, "sethostname": 170, "setdomainname": 171, "iopl": 172,\n    "ioperm": 173, "init_module": 175, "delete_module": 176, "quotactl": 179, "tkill": 200,\n    "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250,\n    "migrate_pages": 256, "unshare": 272, "move_pages": 279, "perf_event_open": 298,\n    "accept4": 288, "recvmmsg": 299, "fanotify_init": 300, "name_to_handle_at": 303,\n    "open_by_handle_at": 304, "setns": 308, "sendmmsg": 307, "process_vm_readv": 310,\n    "process_vm_writev": 311, "kcmp": 312, "finit_module": 313, "seccomp": 317,\n    "bpf": 321, "execveat": 322, "userfaultfd": 323, "pkey_alloc": 330,\n    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,\n    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,\n    "fspick": 433, "pidfd_open": 434, "clone3": 435, "pidfd_getfd": 438,\n    "landlock_create_ruleset": 444, "process_madvise": 440, "mount_setattr": 442,\n    "memfd_secret": 447,\n}\n\n\ndef _insn(code: int, jt: int, jf: int, k: int) -> bytes:\n    return struct.pack("=HBBI", code, jt, jf, k)\n\n\ndef seccomp_program() -> bytes | None:\n    """The worker\'s seccomp filter as a BPF program, or None where it is not written yet.\n\n    Only x86_64 is covered (syscall numbers are per architecture); on other machines the worker\n    still has its namespaces and rlimits (python3-seccomp would cover them: future work). Any other architecture value at run time (i386 or x32\n    entry points) kills the process.\n    """\n    if sys.platform != "linux" or os.uname().machine != "x86_64":\n        return None\n    numbers = sorted(set(_DENIED_X86_64.values()))\n    prog = [\n        _insn(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch\n        _insn(_BPF_JEQ_K, 1, 0, _AUDIT_ARCH_X86_64),\n        _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),\n        _insn(_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr\n        _insn(_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT),\n        _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),\n    ]\n    deny_ret = _SECCOMP_RET_ERRNO | _EPERM\n    for index, number in enumerate(numbers):\n        # on a match jump to the final "deny"; it sits (remaining comparisons + 1) ahead\n        remaining = len(numbers) - index - 1\n        prog.append(_insn(_BPF_JEQ_K, remaining + 1, 0, number))\n    prog.append(_insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW))\n    prog.append(_insn(_BPF_RET_K, 0, 0, deny_ret))\n    return b"".join(prog)\n\n\n_PR_SET_NO_NEW_PRIVS = 38\n_PR_SET_SECCOMP = 22\n_SECCOMP_MODE_FILTER = 2\n\n\ndef install_seccomp() -> bool:\n    """Install :func:`seccomp_program` on this process (irreversible). False where unsupported."""\n    program = seccomp_program()\n    if program is None:\n        return False\n    import ctypes\n\n    class SockFprog(ctypes.Structure):\n        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]\n\n    libc = ctypes.CDLL(None, use_errno=True)\n    buf = ctypes.create_string_buffer(program, len(program))\n    fprog = SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))\n    prctl = libc.prctl\n    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,\n                      ctypes.c_ulong]\n    if prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:\n        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")\n    if prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:\n        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")\n    return True\n\n\ndef confine(limits: engine.Limits) -> bool:\n    """Everything the worker does to itself before user code: rlimits, then seccomp.\n\n    Returns whether the seccomp filter is installed. ``ctypes`` is loaded before the limits (it\n    maps libffi), and the filter last (it denies nothing the limits need).\n    """\n    import ctypes  # noqa: F401 - load it while memory and files are not yet limited\n\n    apply_limits(limits)\n    try:\n        return install_seccomp()\n    except OSError as exc:\n        sys.stderr.write(f"wormhole worker: seccomp filter not installed: {exc}\\n")\n        return False\n\n\ndef cpu_used() -> float:\n    usage = resource.getrusage(resource.RUSAGE_SELF)\n    return usage.ru_utime + usage.ru_stime\n\n\ndef arm_cpu(limits: engine.Limits) -> bool:\n    """Give the next call ``cpu_seconds`` of CPU (soft limit); False once the budget is spent."""\n    if limits.cpu_seconds <= 0:\n        return True\n    _, hard = resource.getrlimit(resource.RLIMIT_CPU)\n    soft = math.ceil(cpu_used()) + limits.cpu_seconds\n    if hard != resource.RLIM_INFINITY and soft > hard:\n        return False\n    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))\n    return True\n\n\ndef _seal_stdio() -> None:\n    # The channel is fds 0 and 1; nothing may print onto it by accident.\n    sys.stdin = None\n    sys.stdout = None\n\n\ndef main(rfd: int = 0, wfd: int = 1) -> None:\n    """Serve calls until the backend closes the channel."""\n    _seal_stdio()\n    try:\n        import faulthandler\n\n        faulthandler.enable()  # a crash leaves a Python traceback in the stderr tail\n    except Exception:  # noqa: BLE001 - diagnostics only\n        pass\n    chan = Channel(rfd, wfd, WORKER_MAX_FRAME)\n    modules: dict[str, frozenset[str] | None] = {}\n    modules_key = ""\n    limits: engine.Limits | None = None\n    try:\n        while True:\n            received = chan.recv(None)\n            assert received is not None\n            header, body = received\n            op = header["op"]\n            if op == HELLO:\n                hello = json.loads(body.decode("utf-8"))\n                if type(hello) is not dict:\n                    raise SystemExit(EXIT_PROTOCOL)\n                modules = _modules(hello.get("modules"))\n                modules_key = str(hello.get("modules_key", ""))\n                new_limits = engine.Limits.from_mapping(hello.get("limits") or {})\n                if limits is None:\n                    confine(new_limits)\n                limits = new_limits\n            elif op == CALL and limits is not None:\n                call_id = header.get("id")\n                request = json.loads(body.decode("utf-8"))\n                if type(request) is not dict or type(call_id) is not int:\n                    raise SystemExit(EXIT_PROTOCOL)\n                call = engine.Call(\n                    source_hash=str(header.get("hash", "")),\n                    source=request["source"],\n                    args_json=request["args_json"],\n                    modules=modules,\n                    modules_key=modules_key,\n                    limits=limits,\n                )\n                recycle = not arm_cpu(limits)\n                payload = engine.run_call(call, ChannelPort(chan, call_id))\n                try:\n                    data = payload.encode("utf-8")\n                except UnicodeEncodeError:\n                    data = engine.error_payload(ValueError(\n                        "the result contains text that is not valid Unicode (a lone surrogate)"\n                    )).encode("utf-8")\n                reply: dict[str, Any] = {"op": DONE, "id": call_id}\n                if recycle or not arm_cpu(limits):\n                    reply["recycle"] = True\n                chan.send(reply, data)\n            else:\n                raise SystemExit(EXIT_PROTOCOL)\n    except ChannelClosed:\n        return\n',
-        'sandbox': '"""Launch and supervise the confined worker; the backend\'s interruptible wait loop.\n\nUser code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in\na worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup\nnamespaces, an empty root with a read-only ``/usr``, no capabilities, an unprivileged id, a\ncleared environment) and that confines itself further (hard ``setrlimit`` limits, a seccomp\nfilter) before it loads any user code (``worker.confine``).\n\nOne worker per backend process, started on the first call and reused by the next ones (its\ncompile cache lives on). A worker that dies, sends a malformed frame, outlives its time or is\ninterrupted is killed (SIGKILL to its process group), reaped, and replaced on the next call.\n\nThe backend waits for the worker in a loop that wakes every 20 ms to run the host\'s\n``check_interrupts`` (PostgreSQL\'s cancel, ``statement_timeout`` and terminate) and to enforce\n``limits.timeout_ms``; while it waits it serves the worker\'s ``query`` messages with the\nbackend\'s ``QueryPort`` (SPI, as the calling role). Everything the worker sends is untrusted:\nsizes are bounded, types checked strictly, and the result payload is passed on as text, never\ndecoded into objects here.\n"""\n\nfrom __future__ import annotations\n\nimport hashlib\nimport json\nimport os\nimport select\nimport signal\nimport subprocess\nimport sys\nimport time\nfrom collections.abc import Callable, Mapping, Sequence\nfrom typing import Any\n\nfrom . import WORKER_MODULES, codec\nfrom .channel import (\n    ABSOLUTE_MAX_FRAME,\n    BOOT,\n    CALL,\n    DONE,\n    HELLO,\n    QERR,\n    QUERY,\n    ROWS,\n    Channel,\n    ChannelClosed,\n    ProtocolError,\n)\nfrom .engine import Call, Limits, QueryPort\nfrom .errors import DatabaseError, LimitExceeded\n\n__all__ = [\n    "BOOTSTRAP",\n    "DEFAULT_BWRAP",\n    "DEFAULT_PYTHON",\n    "WorkerCrashed",\n    "WorkerExecutor",\n    "available",\n    "bwrap_argv",\n    "executor_for",\n    "BOOT_LOADER",\n]\n\nDEFAULT_BWRAP = "/usr/bin/bwrap"\nDEFAULT_PYTHON = "/usr/bin/python3"\n#: the identity inside the sandbox\'s user namespace ("nobody").\nSANDBOX_ID = 65534\n#: the backend\'s wake-up interval while it waits for the worker.\nPOLL_SECONDS = 0.02\n#: how much of the worker\'s stderr is kept for crash reports.\nSTDERR_TAIL = 4096\n\n#: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one\n#: ``boot`` frame from fd 0 holding ``{module: source}`` for ``runtime.WORKER_MODULES``\n#: (dependencies first) and builds the package ``wormhole_rt`` in ``sys.modules`` so the\n#: runtime\'s relative imports resolve to those sources (and to nothing else: the package has no\n#: path); ``BOOTSTRAP`` then serves calls on fds 0 and 1 (``worker.main``).\nBOOT_LOADER = """\\\nimport json, os, sys, types\ndef _read(n):\n    data = b\'\'\n    while len(data) < n:\n        chunk = os.read(0, n - len(data))\n        if not chunk:\n            raise SystemExit(3)\n        data += chunk\n    return data\n_p = _read(8)\n_head = json.loads(_read(int.from_bytes(_p[:4], \'big\')))\n_sources = json.loads(_read(int.from_bytes(_p[4:], \'big\')))\nif _head.get(\'op\') != \'boot\' or type(_sources) is not dict:\n    raise SystemExit(4)\n_pkg = types.ModuleType(\'wormhole_rt\')\n_pkg.__path__ = []\n_pkg.__package__ = \'wormhole_rt\'\nsys.modules[\'wormhole_rt\'] = _pkg\nfor _name, _src in _sources.items():\n    _mod = types.ModuleType(\'wormhole_rt.\' + _name)\n    _mod.__package__ = \'wormhole_rt\'\n    _mod.__file__ = \'<wormhole_rt/\' + _name + \'.py>\'\n    sys.modules[_mod.__name__] = _mod\n    setattr(_pkg, _name, _mod)\n    exec(compile(_src, _mod.__file__, \'exec\'), _mod.__dict__)\ndel _read, _p, _head, _sources, _pkg, _name, _src, _mod\n"""\nBOOTSTRAP = BOOT_LOADER + "sys.modules[\'wormhole_rt.worker\'].main(0, 1)\\n"\n\n\nclass WorkerCrashed(Exception):\n    """The worker died, was killed, could not start, or broke the protocol.\n\n    ``reason`` says what happened (signal or exit status, and the tail of its stderr). The\n    worker has been stopped and reaped; the next call starts a fresh one.\n    """\n\n    def __init__(self, reason: str) -> None:\n        super().__init__(f"the confined worker failed: {reason}")\n        self.reason = reason\n\n\n# -- the bubblewrap command line -----------------------------------------------------------\n\n\ndef _root_links() -> list[str]:\n    """``/lib``, ``/lib64`` and ``/bin`` as the host has them (symlinks into /usr on merged-/usr\n    systems such as Debian 12; read-only binds where they are real directories)."""\n    args: list[str] = []\n    for path in ("/bin", "/lib", "/lib64", "/lib32", "/libx32"):\n        if os.path.islink(path):\n            args += ["--symlink", os.readlink(path), path]\n        elif os.path.isdir(path):\n            args += ["--ro-bind", path, path]\n    return args\n\n\ndef bwrap_argv(\n    bwrap: str = DEFAULT_BWRAP,\n    python: str = DEFAULT_PYTHON,\n    code: str = BOOTSTRAP,\n) -> list[str]:\n    """The exact command line the worker runs with (``code`` is what ``python3 -c`` runs).\n\n    Tests run attack snippets with this very argv, so what they prove is what the worker gets.\n    """\n    argv = [\n        bwrap,\n        "--unshare-all",  # new user, pid, net, ipc, uts and cgroup namespaces\n        "--unshare-user",  # ... and fail (not silently continue) without a user namespace\n        "--disable-userns",  # no nested user namespaces (kernel attack surface)\n        "--die-with-parent",  # SIGKILL when the backend that started it dies\n        "--new-session",  # setsid: no controlling terminal (TIOCSTI)\n        "--clearenv",\n        "--cap-drop", "ALL",\n        "--uid", str(SANDBOX_ID),\n        "--gid", str(SANDBOX_ID),\n        "--hostname", "wormhole",\n        "--ro-bind", "/usr", "/usr",\n        *_root_links(),\n        "--remount-ro", "/",  # the root tmpfs bubblewrap builds: read-only too\n        "--chdir", "/",\n    ]\n    argv += ["--", python, "-I", "-S", "-B", "-c", code]\n    return argv\n\n\n# -- the worker process ---------------------------------------------------------------------\n\n\ndef _signal_name(number: int) -> str:\n    try:\n        return signal.Signals(number).name\n    except ValueError:\n        return f"signal {number}"\n\n\nclass _Worker:\n    """One running worker: the bwrap process, its channel, its stderr tail."""\n\n    def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:\n        self.limits = limits\n        self.started = time.monotonic()\n        self.proc = subprocess.Popen(\n            argv,\n            stdin=subprocess.PIPE,\n            stdout=subprocess.PIPE,\n            stderr=subprocess.PIPE,\n            close_fds=True,\n            env={},\n            cwd="/",\n            start_new_session=True,\n            bufsize=0,\n        )\n        assert self.proc.stdin is not None and self.proc.stdout is not None\n        assert self.proc.stderr is not None\n        self.pid = self.proc.pid\n        self.errfd = self.proc.stderr.fileno()\n        os.set_blocking(self.errfd, False)\n        self.tail = bytearray()\n        self.chan = Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno(), _max_frame(limits))\n        self.hello: bytes | None = None\n        self.next_id = 1\n        self.alive = True\n        self.boot = boot\n\n    def drain(self) -> None:\n        """Keep the last ``STDERR_TAIL`` bytes of the worker\'s stderr (never blocks)."""\n        for _ in range(64):\n            try:\n                chunk = os.read(self.errfd, 65536)\n            except (BlockingIOError, OSError):\n                return\n            if not chunk:\n                return\n            self.tail += chunk\n            if len(self.tail) > STDERR_TAIL:\n                del self.tail[: len(self.tail) - STDERR_TAIL]\n\n    def stop(self) -> None:\n        """SIGKILL the process group, reap it, close the pipes. Idempotent."""\n        if not self.alive:\n            return\n        self.alive = False\n        if self.proc.returncode is None:\n            try:\n                os.killpg(self.pid, signal.SIGKILL)\n            except (ProcessLookupError, PermissionError):\n                pass\n            try:\n                self.proc.kill()\n            except OSError:\n                pass\n        try:\n            self.proc.wait(timeout=5)\n        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored\n            pass\n        self.drain()\n        self.chan.close()\n        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):\n            try:\n                if stream is not None:\n                    stream.close()\n            except OSError:\n                pass\n\n    def abandon(self) -> None:\n        """Forget a worker inherited through fork(): it is the parent\'s, not ours to kill."""\n        self.alive = False\n        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):\n            try:\n                if stream is not None:\n                    stream.close()\n            except OSError:\n                pass\n\n    def exit_reason(self) -> str:\n        """Wait briefly for the process to end on its own and describe how it ended."""\n        try:\n            self.proc.wait(timeout=1.0)\n        except subprocess.TimeoutExpired:\n            pass\n        code = self.proc.returncode\n        self.stop()\n        if code is None:\n            what = "the worker closed its channel"\n        else:\n            # bubblewrap exits with 128 + N when the sandboxed process was killed by signal N\n            signum = -code if code < 0 else code - 128 if code > 128 else 0\n            if signum:\n                what = f"the worker was killed by signal {signum} ({_signal_name(signum)})"\n                what += _signal_hint(signum, self.limits)\n            else:\n                what = f"the worker exited with status {code}"\n        tail = self.tail.decode("utf-8", "replace").strip()\n        if tail:\n            what += "; its last words: " + tail[-1500:]\n        return what\n\n\ndef _signal_hint(signum: int, limits: Limits) -> str:\n    if signum == signal.SIGXCPU:\n        return f": it used more than the DBA\'s {limits.cpu_seconds} s of CPU time (cpu_seconds)"\n    if signum == signal.SIGKILL:\n        return (\n            f" (the hard CPU limit, the memory limit of {limits.memory_mb} MB via the kernel\'s "\n            "OOM killer, or a kill from outside)"\n        )\n    if signum in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):\n        return f" (an interpreter crash, or memory exhausted: memory_mb={limits.memory_mb})"\n    if signum == signal.SIGSYS:\n        return " (a forbidden system call)"\n    return ""\n\n\ndef _max_frame(limits: Limits) -> int:\n    size = 4 * limits.max_result_bytes + 8 * limits.max_output_bytes + (1 << 20)\n    size = max(size, 4 * limits.max_args_bytes + (1 << 20), 64 << 20)\n    return min(size, ABSOLUTE_MAX_FRAME)\n\n\ndef _max_text(limits: Limits) -> int:\n    # the engine caps the success payload at max_result_bytes characters; an error payload\n    # holds at most max_output_bytes of print() output (JSON-escaped: up to 6x) and a short\n    # message and traceback.\n    return limits.max_result_bytes + 6 * limits.max_output_bytes + 65536\n\n\ndef _rlimit_key(limits: Limits) -> tuple[int, int]:\n    return (limits.memory_mb, limits.cpu_seconds)\n\n\ndef _clip(value: object, limit: int = 8192) -> str | None:\n    if value is None:\n        return None\n    text = str(value)\n    return text if len(text) <= limit else text[:limit] + "... [truncated]"\n\n\nclass WorkerExecutor:\n    """Runs calls in the confined worker; one worker process at a time, started lazily."""\n\n    def __init__(\n        self,\n        sources: Mapping[str, str],\n        *,\n        bwrap: str = DEFAULT_BWRAP,\n        python: str = DEFAULT_PYTHON,\n    ) -> None:\n        missing = [name for name in WORKER_MODULES if name not in sources]\n        if missing:\n            raise ValueError(f"worker sources are missing: {\', \'.join(missing)}")\n        ordered = {name: sources[name] for name in WORKER_MODULES}\n        body = json.dumps(ordered, ensure_ascii=False).encode("utf-8")\n        self._boot = Channel.frame({"op": BOOT}, body)\n        self.bwrap = bwrap\n        self.python = python\n        self._worker: _Worker | None = None\n        self._pid = os.getpid()\n        #: statistics (also read by tests and benchmarks)\n        self.starts = 0\n        self.last_start_seconds = 0.0\n\n    # -- lifecycle -----------------------------------------------------------------------\n\n    @property\n    def worker_pid(self) -> int | None:\n        """The pid of the running bubblewrap process (None when no worker is running)."""\n        w = self._worker\n        return w.pid if w is not None and w.alive else None\n\n    def close(self) -> None:\n        """Stop the worker (if any). The executor stays usable: the next call starts one."""\n        worker, self._worker = self._worker, None\n        if worker is not None:\n            if os.getpid() == self._pid:\n                worker.stop()\n            else:\n                worker.abandon()\n\n    def _start(self, limits: Limits) -> _Worker:\n        argv = bwrap_argv(self.bwrap, self.python, BOOTSTRAP)\n        begin = time.monotonic()\n        try:\n            worker = _Worker(argv, self._boot, limits)\n        except OSError as exc:\n            raise WorkerCrashed(\n                f"cannot start {self.bwrap} ({exc.strerror or exc}); install bubblewrap "\n                "(Debian: apt-get install bubblewrap) and check that user namespaces are enabled"\n            ) from None\n        self.starts += 1\n        self.last_start_seconds = time.monotonic() - begin\n        return worker\n\n    def _current(self, limits: Limits) -> _Worker:\n        if os.getpid() != self._pid:  # forked: the worker belongs to the parent\n            if self._worker is not None:\n                self._worker.abandon()\n            self._worker = None\n            self._pid = os.getpid()\n        worker = self._worker\n        if worker is not None and (\n            not worker.alive\n            or worker.proc.poll() is not None\n            or _rlimit_key(worker.limits) != _rlimit_key(limits)\n        ):\n            worker.stop()\n            worker = self._worker = None\n        if worker is None:\n            worker = self._worker = self._start(limits)\n        return worker\n\n    # -- one call ------------------------------------------------------------------------\n\n    def run(self, call: Call, port: QueryPort, check_interrupts: Callable[[], None]) -> str:\n        """Run ``call`` in the worker and return its payload text (never decoded here).\n\n        Raises ``WorkerCrashed`` when the worker dies or misbehaves, ``LimitExceeded`` for\n        ``timeout_ms`` or an oversized result, and re-raises whatever ``check_interrupts`` or\n        ``port`` raise other than ``DatabaseError`` (the worker is killed first).\n        """\n        limits = call.limits\n        worker = self._current(limits)\n        try:\n            return self._run(worker, call, port, check_interrupts)\n        except ChannelClosed:\n            reason = worker.exit_reason()\n            self._forget(worker)\n            raise WorkerCrashed(reason) from None\n        except ProtocolError as exc:\n            worker.stop()\n            self._forget(worker)\n            raise WorkerCrashed(f"the worker sent a malformed message ({exc}); it was stopped") \\\n                from None\n        except BaseException:\n            worker.stop()\n            self._forget(worker)\n            raise\n\n    def _forget(self, worker: _Worker) -> None:\n        if self._worker is worker:\n            self._worker = None\n\n    def _run(\n        self,\n        worker: _Worker,\n        call: Call,\n        port: QueryPort,\n        check_interrupts: Callable[[], None],\n    ) -> str:\n        limits = call.limits\n        chan = worker.chan\n        chan.max_frame = _max_frame(limits)\n        deadline: float | None = None\n        last_tick = time.monotonic()\n\n        def tick() -> None:\n            nonlocal last_tick\n            last_tick = time.monotonic()\n            check_interrupts()\n            if deadline is not None and time.monotonic() > deadline:\n                raise LimitExceeded(\n                    "timeout_ms",\n                    f"the call ran longer than the DBA\'s limit of {limits.timeout_ms} ms "\n                    "(wormhole_limits.timeout_ms); the worker was stopped",\n                )\n            worker.drain()\n\n        if worker.boot:\n            _send_raw(chan, worker.boot, tick)\n            worker.boot = b""\n        hello = _hello_body(call)\n        if hello != worker.hello:\n            chan.send({"op": HELLO}, hello, tick=tick)\n            worker.hello = hello\n        call_id = worker.next_id\n        worker.next_id += 1\n        body = json.dumps(\n            {"source": call.source, "args_json": call.args_json, "modules_key": call.modules_key},\n            ensure_ascii=False,\n        ).encode("utf-8", "surrogatepass")\n        if limits.timeout_ms > 0:\n            deadline = time.monotonic() + limits.timeout_ms / 1000.0\n        chan.send({"op": CALL, "id": call_id, "hash": call.source_hash}, body, tick=tick)\n        while True:\n            received = chan.recv(POLL_SECONDS)\n            if received is None:\n                tick()\n                continue\n            header, payload = received\n            if header.get("id") != call_id:\n                raise ProtocolError(f"message for call {header.get(\'id\')!r}, expected {call_id}")\n            op = header["op"]\n            if op == QUERY:\n                answer_op, answer = _serve_query(port, payload, limits)\n                chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)\n                if time.monotonic() - last_tick >= POLL_SECONDS:\n                    tick()  # a worker that only sends queries must still be interruptible\n            elif op == DONE:\n                text = _payload_text(payload, limits)\n                if header.get("recycle") is True:\n                    worker.stop()\n                    self._forget(worker)\n                return text\n            else:\n                raise ProtocolError(f"unexpected message {op!r} from the worker")\n\n\ndef _send_raw(chan: Channel, frame: bytes, tick: Callable[[], None]) -> None:\n    """Send an already framed message (the boot frame is built once per executor)."""\n    os.set_blocking(chan.wfd, False)\n    data = memoryview(frame)\n    wpoll = select.poll()\n    wpoll.register(chan.wfd, select.POLLOUT)\n    while data:\n        try:\n            n = os.write(chan.wfd, data)\n        except BlockingIOError:\n            n = 0\n        except BrokenPipeError:\n            raise ChannelClosed("the worker closed its channel during start-up") from None\n        data = data[n:]\n        if data and not wpoll.poll(int(POLL_SECONDS * 1000)):\n            tick()\n\n\ndef _hello_body(call: Call) -> bytes:\n    modules = {\n        name: None if attrs is None else sorted(attrs) for name, attrs in call.modules.items()\n    }\n    return json.dumps(\n        {"modules": modules, "modules_key": call.modules_key, "limits": call.limits.as_dict()},\n        sort_keys=True,\n        separators=(",", ":"),\n    ).encode("utf-8")\n\n\ndef _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, bytes]:\n    """Run one ``query`` request from the worker; returns the answer (op, body)."""\n    try:\n        request = codec.decode(payload, max_bytes=_max_frame(limits))\n    except codec.CodecError as exc:\n        raise ProtocolError(f"malformed query request: {exc}") from None\n    if type(request) is not dict or set(request) != {"sql", "params"}:\n        raise ProtocolError("a query request must be {\'sql\': str, \'params\': list}")\n    sql = request["sql"]\n    params = request["params"]\n    if type(sql) is not str or type(params) is not list:\n        raise ProtocolError("a query request must be {\'sql\': str, \'params\': list}")\n    try:\n        rows = port.query(sql, params)\n        body = codec.encode({"rows": list(rows), "rowcount": rows.rowcount}, root="rows")\n    except DatabaseError as exc:\n        info = {\n            "message": _clip(exc.args[0] if exc.args else str(exc)),\n            "sqlstate": _clip(exc.sqlstate, 16),\n            "detail": _clip(exc.detail),\n            "hint": _clip(exc.hint),\n        }\n        return QERR, json.dumps(info).encode("utf-8")\n    except (TypeError, ValueError) as exc:\n        info = {"type": type(exc).__name__ if type(exc) in (TypeError, ValueError) else\n                "ValueError", "message": _clip(str(exc))}\n        return QERR, json.dumps(info).encode("utf-8")\n    return ROWS, body.encode("utf-8")\n\n\ndef _payload_text(payload: bytes, limits: Limits) -> str:\n    """Validate the worker\'s result: UTF-8 text within the limits, shaped like a payload."""\n    try:\n        text = payload.decode("utf-8")\n    except UnicodeDecodeError:\n        raise ProtocolError("the result is not valid UTF-8") from None\n    if len(text) > _max_text(limits):\n        raise LimitExceeded(\n            "max_result_bytes",\n            f"the result is {len(text)} characters; the DBA\'s limit is "\n            f"{limits.max_result_bytes} (wormhole_limits.max_result_bytes)",\n        )\n    if not (text.startswith(\'{"ok":\') or text.startswith(\'{"err":\')):\n        raise ProtocolError("the result is not a wormhole payload")\n    return text\n\n\n# -- per-process executor and the installation check --------------------------------------\n\n_EXECUTORS: dict[tuple[int, str, str, str], WorkerExecutor] = {}\n\n\ndef executor_for(\n    sources: Mapping[str, str], *, bwrap: str = DEFAULT_BWRAP, python: str = DEFAULT_PYTHON\n) -> WorkerExecutor:\n    """The executor of this process (keyed by pid: a forked child never reuses its parent\'s)."""\n    digest = hashlib.sha256(\n        json.dumps([sources.get(n, "") for n in WORKER_MODULES]).encode("utf-8")\n    ).hexdigest()\n    key = (os.getpid(), bwrap, python, digest)\n    executor = _EXECUTORS.get(key)\n    if executor is None:\n        for other in [k for k in _EXECUTORS if k[0] != os.getpid()]:\n            _EXECUTORS.pop(other).close()  # abandons (different pid): never kills the parent\'s\n        executor = _EXECUTORS[key] = WorkerExecutor(sources, bwrap=bwrap, python=python)\n    return executor\n\n\nclass _NoQueries:\n    def query(self, sql: str, params: Sequence[object]) -> Any:\n        raise DatabaseError("no database in the installation check")\n\n\n_PROBE = (\n    "import os, sys\\n"\n    "data = os.read(0, 64)\\n"\n    "os.write(1, b\'wormhole-probe:\' + data + b\':\' + str(os.getuid()).encode())\\n"\n)\n\n_CHECK_SOURCE = "def wormhole_check():\\n    return 42\\n"\n\n\ndef available(\n    bwrap: str = DEFAULT_BWRAP,\n    python: str = DEFAULT_PYTHON,\n    sources: Mapping[str, str] | None = None,\n) -> tuple[bool, str]:\n    """Can this machine run the confined worker? Returns ``(ok, reason)``.\n\n    Always starts the sandbox for real (the exact argv the worker uses) and does a round trip\n    through its pipes. With ``sources`` it also boots the runtime and runs a trivial call.\n    """\n    if not os.path.exists(bwrap):\n        return False, (\n            f"{bwrap} was not found: install bubblewrap (Debian/Ubuntu: apt-get install "\n            "bubblewrap; RHEL/Fedora: dnf install bubblewrap)"\n        )\n    if not os.path.exists(python):\n        return False, f"{python} was not found: the worker needs the system\'s python3 in /usr"\n    try:\n        proc = subprocess.run(\n            bwrap_argv(bwrap, python, _PROBE),\n            input=b"ping",\n            capture_output=True,\n            timeout=20,\n            env={},\n            close_fds=True,\n            start_new_session=True,\n        )\n    except (OSError, subprocess.SubprocessError) as exc:\n        return False, f"cannot run {bwrap}: {exc}"\n    expected = f"wormhole-probe:ping:{SANDBOX_ID}".encode()\n    if proc.returncode != 0 or proc.stdout != expected:\n        err = proc.stderr.decode("utf-8", "replace").strip()[-800:]\n        hint = ""\n        if "namespace" in err.lower() or "permission" in err.lower():\n            hint = (\n                "; unprivileged user namespaces seem disabled (sysctl "\n                "kernel.unprivileged_userns_clone=1, or on Ubuntu 24.04+ an AppArmor profile "\n                "for bwrap / kernel.apparmor_restrict_unprivileged_userns=0)"\n            )\n        return False, f"bubblewrap could not start the sandbox (status {proc.returncode}): {err}{hint}"\n    if sources is None:\n        return True, "bubblewrap starts a confined python3"\n    executor = WorkerExecutor(sources, bwrap=bwrap, python=python)\n    try:\n        digest = hashlib.sha256(_CHECK_SOURCE.encode("utf-8")).hexdigest()\n        text = executor.run(\n            Call(digest, _CHECK_SOURCE, "[[],{}]", {}, "check"), _NoQueries(), lambda: None\n        )\n    except (WorkerCrashed, LimitExceeded) as exc:\n        return False, f"the worker started but a trivial call failed: {exc}"\n    finally:\n        executor.close()\n    if not text.startswith(\'{"ok":42\'):\n        return False, f"the worker started but a trivial call failed: {text[:800]}"\n    return True, "bubblewrap starts the confined worker and a trivial call runs"\n',
-        'host': '"""The backend side: what the SQL functions call.\n\nEach plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``\n(loading it once per backend) and calls one function here with the real ``plpy``. Everything\nabout *where* user code runs is decided in one place, :func:`choose_executor`:\n\n* DBA-approved hashes (``wormhole_approve``) and roles the DBA trusts run in-process: fastest,\n  no OS boundary, still behind the policy, loops still interruptible;\n* everybody else runs in the confined worker (``sandbox.WorkerExecutor``), or not at all when the\n  DBA has not enabled it (``wormhole_settings.untrusted_execution``).\n\nIn plain CPython (tests) ``plpy`` is ``wormhole.testing.PlpyShim`` over a real connection.\n"""\n\nfrom __future__ import annotations\n\nimport json\nimport os\nimport time\nfrom collections.abc import Callable, Mapping\nfrom typing import Any\n\nfrom . import VERSION, WORKER_MODULES, codec, engine, policy, sandbox\nfrom .errors import DatabaseError, Interrupted, LimitExceeded\nfrom .spi import SpiPort\n\n#: SQLSTATEs wormhole raises itself (class WH is unused by PostgreSQL).\nWH_REJECTED = "WH002"\nWH_NOT_FOUND = "WH004"\nWH_BAD_INPUT = "WH005"\nWH_UNAVAILABLE = "WH008"\nWH_ROLE_CHANGED = "WH009"\n\nMAX_SOURCE_BYTES = 256 * 1024\nMAX_HASH_LEN = 64\n\n\nclass Backend:\n    """Per-backend state, kept in ``GD`` for the life of the session."""\n\n    def __init__(self, sources: Mapping[str, str]) -> None:\n        self.sources = dict(sources)\n        self.plans: dict[str, Any] = {}\n        self.cfgver: int | None = None\n        self.modules: dict[str, frozenset[str] | None] = {}\n        self.limits = engine.Limits()\n        self.settings: dict[str, str] = {}\n        self.source_cache: dict[str, str] = {}\n        self.approved: frozenset[str] = frozenset()\n        self.trusted: frozenset[str] = frozenset()\n        self.role_names: dict[int, str] = {}\n        self.worker: sandbox.WorkerExecutor | None = None\n        self.interrupt_flag: Any = _interrupt_flag()\n        self.user_ids: Any = _user_id_functions()\n        self.pid = os.getpid()\n\n\ndef backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:\n    state = GD.get("wormhole.backend/" + VERSION)\n    if state is None or state.pid != os.getpid():\n        state = Backend(sources)\n        GD["wormhole.backend/" + VERSION] = state\n    return state  # type: ignore[no-any-return]\n\n\ndef _interrupt_flag() -> Any:\n    """PostgreSQL\'s ``InterruptPending`` flag, read through ctypes; None outside a backend.\n\n    PL/Python never reaches ``CHECK_FOR_INTERRUPTS`` while Python runs, so cancel, timeouts and\n    terminate go unnoticed. Reading the flag (a ``volatile sig_atomic_t`` in the postgres\n    executable) tells us when to run any SPI statement, which then raises PostgreSQL\'s own error.\n    """\n    try:\n        import ctypes\n\n        return ctypes.c_int.in_dll(ctypes.CDLL(None), "InterruptPending")\n    except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)\n        return None\n\n\ndef _user_id_functions() -> Any:\n    try:\n        import ctypes\n\n        lib = ctypes.CDLL(None)\n        get_user, get_session = lib.GetUserId, lib.GetSessionUserId\n        get_user.restype = get_session.restype = ctypes.c_uint\n        get_user.argtypes = get_session.argtypes = []\n        return (get_user, get_session)\n    except Exception:  # noqa: BLE001 - not inside a backend\n        return None\n\n\ndef _error(plpy: Any, message: str, sqlstate: str, detail: str | None = None,\n           hint: str | None = None) -> BaseException:\n    """An exception that ends the SQL statement with ``sqlstate`` (plpy.error keywords)."""\n    try:\n        plpy.error(message, detail=detail, hint=hint, sqlstate=sqlstate)\n    except BaseException as exc:  # noqa: BLE001 - plpy.error always raises\n        return exc\n    raise AssertionError("plpy.error returned")  # pragma: no cover\n\n\ndef _audit_log(plpy: Any, event: dict[str, Any]) -> None:\n    """Write an audit line to the server log. Not transactional: survives any rollback."""\n    try:\n        plpy.log("wormhole audit: " + json.dumps(event, default=str, sort_keys=True))\n    except Exception:  # noqa: BLE001 - auditing must never turn success into failure\n        pass\n\n\n# --- configuration ----------------------------------------------------------------------------\n\ndef _refresh_config(plpy: Any, state: Backend) -> None:\n    """Reload whitelist, limits, settings, approvals and trusted roles when they changed.\n\n    One cheap statement per call reads the configuration version (a one-row table that every\n    change to a wormhole control table bumps, transactionally, by trigger). Only when it moved\n    does the backend reload the rest through ``_wormhole_config()``, a SECURITY DEFINER\n    function (regular roles cannot read the tables themselves). Calling a SECURITY DEFINER\n    function with a pinned search_path on every call would cost more than the call itself.\n    """\n    plan = state.plans.get("\\0cfgver")\n    if plan is None:\n        plan = plpy.prepare("SELECT version FROM public._wormhole_state WHERE id = 1")\n        state.plans["\\0cfgver"] = plan\n    rows = plpy.execute(plan)\n    cfgver = int(rows[0]["version"]) if rows else -1\n    if state.cfgver == cfgver:\n        return\n    row = plpy.execute("SELECT public._wormhole_config() AS c")[0]["c"]\n    cfg = json.loads(row)\n    modules: dict[str, frozenset[str] | None] = {}\n    for name, names in cfg["modules"].items():\n        modules[name] = None if names is None else frozenset(names)\n    state.modules = modules\n    state.limits = engine.Limits.from_mapping(cfg["limits"])\n    state.settings = dict(cfg["settings"])\n    state.approved = frozenset(cfg.get("approved") or ())\n    state.trusted = frozenset(cfg.get("trusted") or ())\n    state.source_cache.clear()  # a function deleted or edited by a DBA bumps the version too\n    state.cfgver = cfgver\n\n\ndef _lookup(plpy: Any, state: Backend, function_hash: str) -> tuple[bool, bool]:\n    """(approved, trusted) for this call; refreshes the configuration first."""\n    _refresh_config(plpy, state)\n    trusted = False\n    if state.trusted:\n        ids = state.user_ids\n        if ids is not None:\n            trusted = _current_role_name(plpy, state) in state.trusted\n        else:\n            trusted = plpy.execute("SELECT current_user::text AS u")[0]["u"] in state.trusted\n    return function_hash in state.approved, trusted\n\n\ndef _current_role_name(plpy: Any, state: Backend) -> str:\n    oid = state.user_ids[0]()\n    name = state.role_names.get(oid)\n    if name is None:\n        name = plpy.execute(f"SELECT rolname::text AS n FROM pg_catalog.pg_roles "\n                            f"WHERE oid = {int(oid)}")[0]["n"]\n        state.role_names[oid] = name\n    return name  # type: ignore[no-any-return]\n\n\ndef _source(plpy: Any, state: Backend, function_hash: str) -> str | None:\n    src = state.source_cache.get(function_hash)\n    if src is None:\n        rows = plpy.execute(\n            plpy.prepare("SELECT public._wormhole_source($1) AS s", ["text"]), [function_hash]\n        )\n        src = rows[0]["s"] if rows else None\n        if src is not None:\n            if len(state.source_cache) > 1024:\n                state.source_cache.clear()\n            state.source_cache[function_hash] = src\n    return src\n\n\ndef _check_hash(plpy: Any, function_hash: object) -> str:\n    if function_hash is None:\n        raise _error(plpy, "wormhole_execute: function hash is NULL", WH_BAD_INPUT,\n                     hint="pass the sha256 hex digest returned by wormhole_install()")\n    if (\n        not isinstance(function_hash, str)\n        or len(function_hash) != MAX_HASH_LEN\n        or any(c not in "0123456789abcdef" for c in function_hash)\n    ):\n        raise _error(\n            plpy,\n            "wormhole_execute: malformed function hash",\n            WH_BAD_INPUT,\n            detail=f"got {str(function_hash)[:80]!r}",\n            hint="pass the 64-character lowercase sha256 hex digest returned by wormhole_install()",\n        )\n    return function_hash\n\n\n# --- entry points -----------------------------------------------------------------------------\n\ndef install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: object) -> str:\n    """``wormhole_install(source)``: check the function and cache it. Returns its hash.\n\n    Runs as the schema\'s owner (SECURITY DEFINER) so it can write ``wormhole_functions``; it\n    never runs user code, it only parses, checks and compiles it.\n    """\n    state = backend(GD, sources)\n    who = plpy.execute("SELECT session_user::text AS u")[0]["u"]\n    if source is None:\n        raise _error(plpy, "wormhole_install: source is NULL", WH_BAD_INPUT,\n                     hint="pass the text of one function definition")\n    if not isinstance(source, str):\n        raise _error(plpy, "wormhole_install: source must be text", WH_BAD_INPUT)\n    size = len(source.encode("utf-8", "surrogatepass"))\n    function_hash = engine.source_hash(source)\n    event: dict[str, Any] = {"event": "install", "role": who, "hash": function_hash}\n    if size > MAX_SOURCE_BYTES:\n        event.update(verdict="rejected", reason="too large")\n        _audit_log(plpy, event)\n        raise _error(plpy, f"wormhole_install: source is {size} bytes; the limit is "\n                     f"{MAX_SOURCE_BYTES}", WH_REJECTED)\n    _refresh_config(plpy, state)\n    try:\n        checked = policy.check(source, state.modules)\n    except policy.PolicyError as exc:\n        findings = [[f.lineno, f.col, f.rule, f.message] for f in exc.findings]\n        event.update(verdict="rejected", reason=str(exc), source=source)\n        _audit_log(plpy, event)\n        raise _error(\n            plpy,\n            "wormhole: function rejected by policy: " + "; ".join(\n                f"line {f.lineno}: {f.message}" for f in exc.findings[:5]\n            ),\n            WH_REJECTED,\n            detail=json.dumps({"findings": findings}),\n            hint="see the findings; modules are allowed by a DBA in wormhole_allowed_modules",\n        ) from None\n    except Exception as exc:  # noqa: BLE001 - a validator failure is a rejection (fail closed)\n        event.update(verdict="rejected", reason=f"validator error: {exc!r}", source=source)\n        _audit_log(plpy, event)\n        raise _error(plpy, f"wormhole: function rejected (validator error: {exc!r})",\n                     WH_REJECTED) from None\n    plan = plpy.prepare(\n        "WITH ins AS ("\n        " INSERT INTO public.wormhole_functions (hash, name, source, installed_by)"\n        " VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING RETURNING 1)"\n        " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"\n        " SELECT $4, \'install\', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"\n        "   THEN \'accepted\' ELSE \'accepted (already installed)\' END",\n        ["text", "text", "text", "name"],\n    )\n    plpy.execute(plan, [checked.source_hash, checked.name, source, who])\n    event.update(verdict="accepted", name=checked.name)\n    _audit_log(plpy, event)\n    return checked.source_hash\n\n\nclass _Rollback(Exception):\n    """Raised inside the call\'s subtransaction to undo its writes; carries the payload."""\n\n\ndef execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],\n            function_hash: object, args_json: object, missing: object = "error") -> str:\n    """``wormhole_execute(hash, args)``: run an installed function; return the payload text.\n\n    The call runs in a subtransaction: if user code raises, its writes are rolled back and the\n    error comes back as an ``err`` payload, so the statement itself succeeds and the client\'s\n    transaction stays usable. Cancel, statement_timeout and terminate end the statement with\n    PostgreSQL\'s own error.\n    """\n    state = backend(GD, sources)\n    function_hash = _check_hash(plpy, function_hash)\n    if args_json is None or not isinstance(args_json, str):\n        raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,\n                     hint="pass the JSON text produced by the wormhole client, e.g. \'[[],{}]\'")\n    approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits\n    if len(args_json) > state.limits.max_args_bytes:\n        raise _error(plpy, f"wormhole_execute: arguments are {len(args_json)} bytes; the limit "\n                     f"is {state.limits.max_args_bytes} (wormhole_limits.max_args_bytes)",\n                     WH_BAD_INPUT)\n    try:\n        engine.decode_args(args_json, state.limits)\n    except engine.BadArguments as exc:\n        raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,\n                     hint="arguments are [[positional, ...], {keyword: value}] in wormhole\'s "\n                     "JSON codec, e.g. \'[[1, \\"a\\"], {}]\'") from None\n    source = _source(plpy, state, function_hash)\n    if source is None:\n        if missing == "report":  # the client library: it reinstalls and calls again\n            return \'{"missing":true}\'\n        raise _error(plpy, f"wormhole_execute: no function with hash {function_hash} is "\n                     "installed in this database", WH_NOT_FOUND,\n                     hint="install it first with wormhole_install(source)")\n    call = engine.Call(\n        source_hash=function_hash,\n        source=source,\n        args_json=args_json,\n        modules=state.modules,\n        modules_key=str(state.cfgver),\n        limits=state.limits,\n    )\n    executor = choose_executor(plpy, state, approved=approved, trusted=trusted)\n    port = SpiPort(plpy, state.plans)\n    roles_before = _roles(plpy, state)\n    try:\n        with plpy.subtransaction():\n            payload = executor(call, port)\n            if _roles(plpy, state) != roles_before:\n                raise _error(\n                    plpy,\n                    "wormhole: the remote function changed the session\'s role; refused",\n                    WH_ROLE_CHANGED,\n                    hint="query() runs as the calling role; SET ROLE and friends are refused",\n                )\n            if payload.startswith(\'{"err"\'):\n                raise _Rollback(payload)\n    except _Rollback as rb:\n        payload = rb.args[0]\n        _audit_log(plpy, {"event": "call-failed", "hash": function_hash,\n                          "error": payload[:2000]})\n    except Interrupted as exc:\n        cause = exc.cause\n        if isinstance(cause, LimitExceeded):\n            payload = engine.error_payload(cause)\n            _audit_log(plpy, {"event": "call-limit", "hash": function_hash,\n                              "limit": cause.limit})\n        elif isinstance(cause, BaseException):\n            _audit_log(plpy, {"event": "call-interrupted", "hash": function_hash})\n            raise cause from None\n        else:\n            raise _error(plpy, str(exc), "57014") from None\n    return payload\n\n\ndef _roles(plpy: Any, state: Backend) -> tuple[object, ...]:\n    """(current user, session user) of this backend, cheaply.\n\n    ``query()`` refuses SET ROLE and friends lexically, but a PL/pgSQL function could still run\n    one dynamically; comparing before and after the call catches it, and the error that follows\n    undoes the GUC change. Inside a backend the ids come from ``GetUserId()`` and\n    ``GetSessionUserId()`` through ctypes (no SPI round); elsewhere from a query.\n    """\n    ids = state.user_ids\n    if ids is not None:\n        return (ids[0](), ids[1]())\n    row = plpy.execute("SELECT current_user::text AS c, session_user::text AS s")[0]\n    return (row["c"], row["s"])\n\n\nExecutor = Callable[[engine.Call, Any], str]\n\n\ndef choose_executor(plpy: Any, state: Backend, *, approved: bool, trusted: bool) -> Executor:\n    """THE selection point: in-process for vetted code, the confined worker for the rest."""\n    if approved or trusted:\n        return _in_process(plpy, state)\n    mode = state.settings.get("untrusted_execution", "unavailable")\n    if mode == "worker":\n        return _in_worker(plpy, state)\n    if mode == "disabled":\n        hint = ("a DBA disabled untrusted execution (wormhole_settings.untrusted_execution); "\n                "they can approve this function: wormhole approve HASH")\n    else:\n        hint = ("the confined worker does not work on this server: install bubblewrap "\n                "(apt-get install bubblewrap), then run `wormhole install` again; or a DBA "\n                "can approve this function: wormhole approve HASH")\n    raise _error(plpy, "wormhole: this function is not approved and untrusted execution "\n                 "is not available", WH_UNAVAILABLE, hint=hint)\n\n\ndef _interrupt_check(plpy: Any, state: Backend) -> Callable[[], None]:\n    flag = state.interrupt_flag\n\n    def check() -> None:\n        if flag is not None and flag.value:\n            try:\n                plpy.execute("SELECT 1")  # CHECK_FOR_INTERRUPTS raises the real error\n            except plpy.SPIError as exc:\n                raise Interrupted(exc, str(exc)) from None\n\n    return check\n\n\ndef _in_process(plpy: Any, state: Backend) -> Executor:\n    check = _interrupt_check(plpy, state)\n\n    def run(call: engine.Call, port: Any) -> str:\n        deadline = (\n            time.monotonic() + call.limits.timeout_ms / 1000.0 if call.limits.timeout_ms else None\n        )\n        fired: list[BaseException] = []\n\n        def tick() -> None:\n            if fired:\n                raise Interrupted(fired[0])\n            if deadline is not None and time.monotonic() > deadline:\n                fired.append(LimitExceeded(\n                    "timeout_ms",\n                    f"the call ran longer than the DBA\'s limit of {call.limits.timeout_ms} ms "\n                    "(wormhole_limits.timeout_ms)",\n                ))\n                raise Interrupted(fired[0])\n            try:\n                check()\n            except Interrupted as exc:\n                fired.append(exc.cause if exc.cause is not None else exc)\n                raise\n\n        return engine.run_call(call, port, tick)\n\n    return run\n\n\ndef _in_worker(plpy: Any, state: Backend) -> Executor:\n    check = _interrupt_check(plpy, state)\n    if state.worker is None:\n        state.worker = sandbox.WorkerExecutor(\n            {name: state.sources[name] for name in WORKER_MODULES}\n        )\n    worker = state.worker\n\n    def run(call: engine.Call, port: Any) -> str:\n        try:\n            return worker.run(call, port, check)\n        except LimitExceeded as exc:\n            return engine.error_payload(exc)\n        except sandbox.WorkerCrashed as exc:\n            return engine.error_payload(exc)\n\n    return run\n\n\ndef selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:\n    """Check the OS boundary from inside this backend; enable or disable the worker to match.\n\n    Called by the schema script and ``wormhole install``. A DBA\'s explicit ``disabled`` stays.\n    """\n    state = backend(GD, sources)\n    ok, reason = sandbox.available()\n    rows = plpy.execute("SELECT value FROM public.wormhole_settings "\n                        "WHERE name = \'untrusted_execution\'")\n    current = rows[0]["value"] if rows else None\n    if ok and current in (None, "unavailable"):\n        wanted: str | None = "worker"\n    elif not ok and current in (None, "worker"):\n        wanted = "unavailable"\n    else:\n        wanted = None\n    if wanted is not None:\n        plan = plpy.prepare(\n            "INSERT INTO public.wormhole_settings (name, value) VALUES (\'untrusted_execution\', $1)"\n            " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",\n            ["text"],\n        )\n        plpy.execute(plan, [wanted])\n        current = wanted\n    state.cfgver = None\n    if ok:\n        return f"confined worker: ok ({reason}); untrusted execution: {current}"\n    return (f"confined worker unavailable: {reason}; untrusted execution: {current} "\n            "(install bubblewrap and run `wormhole install` again)")\n\n\ndef query(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], sql: object,\n          params_json: object) -> str:\n    """``wormhole_query(sql, params)``: ``query()`` from SQL; returns the rows as codec text."""\n    state = backend(GD, sources)\n    if not isinstance(sql, str):\n        raise _error(plpy, "wormhole_query: sql is NULL", WH_BAD_INPUT)\n    try:\n        params = codec.decode(params_json if isinstance(params_json, str) else "[]")\n    except codec.CodecError as exc:\n        raise _error(plpy, f"wormhole_query: malformed parameters: {exc}", WH_BAD_INPUT) from None\n    if type(params) is not list:\n        raise _error(plpy, "wormhole_query: parameters must be a JSON array", WH_BAD_INPUT)\n    port = SpiPort(plpy, state.plans)\n    try:\n        rows = port.query(sql, params)\n    except DatabaseError as exc:\n        raise _error(plpy, str(exc), exc.sqlstate or "XX000", exc.detail, exc.hint) from None\n    except Interrupted as exc:\n        if isinstance(exc.cause, BaseException):\n            raise exc.cause from None\n        raise\n    return codec.encode({"rows": list(rows), "rowcount": rows.rowcount})\n',
-    }
+    from importlib.util import MAGIC_NUMBER
+    _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
+                         'WHERE tag = $1', ['text'])
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf'])}
+    if '__init__' not in _rows:
+        plpy.error('wormhole: the runtime is missing from public._wormhole_code',
+                   hint='reinstall the schema: wormhole install --dsn ...')
+    _sources = {name: r['source'] for name, r in _rows.items()}
+    _codes = {}
+    def _code(name):
+        r = _rows[name]
+        if r['code'] is not None and bytes(r['magic']) == MAGIC_NUMBER:
+            c = marshal.loads(r['code'])
+        else:
+            c = compile(r['source'], '<wormhole runtime ' + name + '>', 'exec')
+        _codes[name] = c
+        return c
     _pkgname = 'wormhole_rt_0_1_0'
     _pkg = types.ModuleType(_pkgname)
     _pkg.__path__ = []
     _pkg.__package__ = _pkgname
     sys.modules[_pkgname] = _pkg
-    exec(compile(_sources['__init__'], '<wormhole runtime>', 'exec'), _pkg.__dict__)
+    exec(_code('__init__'), _pkg.__dict__)
     for _name in _pkg.MODULES:
         _mod = types.ModuleType(_pkgname + '.' + _name)
         _mod.__package__ = _pkgname
         sys.modules[_mod.__name__] = _mod
-        exec(compile(_sources[_name], '<wormhole runtime ' + _name + '>', 'exec'),
-             _mod.__dict__)
+        exec(_code(_name), _mod.__dict__)
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
+    _pkg.CODES = _codes
+    _pkg.CODE_TAG = '63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf'
     GD[_key] = _pkg
 $wormhole_body$;
 
@@ -259,6 +6609,15 @@ return _rt.host.query(plpy, GD, _rt.SOURCES, sql, params_json)
 $wormhole_body$;
 COMMENT ON FUNCTION public.wormhole_query(text, text) IS
   'query() from SQL: $n parameters, rows as wormhole codec JSON';
+
+CREATE OR REPLACE FUNCTION public._wormhole_cache_code() RETURNS int
+LANGUAGE plpython3u SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $wormhole_body$
+_rt = GD.get('wormhole.runtime/0.1.0')
+if _rt is None:
+    plpy.execute('SELECT public._wormhole_boot()')
+    _rt = GD['wormhole.runtime/0.1.0']
+return _rt.host.cache_code(plpy, GD, _rt)
+$wormhole_body$;
 
 CREATE OR REPLACE FUNCTION public._wormhole_selftest() RETURNS text
 LANGUAGE plpython3u AS $wormhole_body$
@@ -307,6 +6666,8 @@ ALTER FUNCTION public.wormhole_query(text, text) OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public.wormhole_query(text, text) FROM PUBLIC;
 ALTER FUNCTION public._wormhole_selftest() OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public._wormhole_selftest() FROM PUBLIC;
+ALTER FUNCTION public._wormhole_cache_code() OWNER TO wormhole_owner;
+REVOKE ALL ON FUNCTION public._wormhole_cache_code() FROM PUBLIC;
 ALTER FUNCTION public.wormhole_approve(text, text) OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public.wormhole_approve(text, text) FROM PUBLIC;
 ALTER FUNCTION public.wormhole_revoke(text) OWNER TO wormhole_owner;
@@ -325,7 +6686,8 @@ GRANT EXECUTE ON FUNCTION public._wormhole_config() TO wormhole_admin;
 GRANT EXECUTE ON FUNCTION public._wormhole_selftest() TO wormhole_admin;
 REVOKE ALL ON public.wormhole_allowed_modules, public.wormhole_functions, public.wormhole_audit,
   public.wormhole_approvals, public.wormhole_trusted_roles, public.wormhole_limits,
-  public.wormhole_settings, public._wormhole_state FROM PUBLIC;
+  public.wormhole_settings, public._wormhole_state, public._wormhole_code FROM PUBLIC;
+GRANT SELECT ON public._wormhole_code TO wormhole_user, wormhole_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.wormhole_allowed_modules, public.wormhole_limits,
   public.wormhole_trusted_roles, public.wormhole_settings TO wormhole_admin;
 GRANT SELECT ON public.wormhole_functions, public.wormhole_audit, public.wormhole_approvals
@@ -335,4 +6697,5 @@ GRANT SELECT ON public._wormhole_state TO wormhole_user, wormhole_admin;
 
 -- Enable the confined worker only where it works on this server (bubblewrap, user namespaces).
 SELECT public._wormhole_selftest() AS wormhole_boundary;
+SELECT public._wormhole_cache_code() AS wormhole_cached_modules;
 COMMIT;

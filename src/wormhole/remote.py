@@ -89,6 +89,13 @@ class RemoteFunction(Generic[P, R]):
         self.source, self.filename, self.lineno = _capture(fn)
         self.hash = engine.source_hash(self.source)
         self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters.values())
+        # fast path: f(a, b) called positionally with every argument needs no bind()
+        self._positional_names: tuple[str, ...] | None = (
+            tuple(p.name for p in params)
+            if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+            else None
+        )
         self.echo = echo
         functools.update_wrapper(self, fn)
 
@@ -108,6 +115,11 @@ class RemoteFunction(Generic[P, R]):
 
     def encode_args(self, *args: Any, **kwargs: Any) -> str:
         """Bind and encode the arguments; fail before any round trip if one cannot be sent."""
+        names = self._positional_names
+        if not kwargs and names is not None and len(args) == len(names):
+            encoded = [self._encode_one(n, v) for n, v in zip(names, args)]
+            return json.dumps([encoded, {}], ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":"))
         bound = self.signature.bind(*args, **kwargs)  # TypeError like a local call
         positional = []
         for name, value in zip(self.signature.parameters, bound.args):

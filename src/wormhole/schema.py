@@ -67,38 +67,69 @@ def runtime_sources() -> dict[str, str]:
     return sources
 
 
+SOURCE_TAG = "$wormhole_src$"
+
+
+def code_tag() -> str:
+    """Identifies this runtime's sources (the compiled-code cache is keyed by it)."""
+    import hashlib
+
+    return hashlib.sha256(repr(sorted(runtime_sources().items())).encode()).hexdigest()
+
+
+def _runtime_rows() -> str:
+    """INSERTs of the runtime's module sources into ``_wormhole_code`` (code filled later)."""
+    tag = code_tag()
+    out = []
+    for name, text in runtime_sources().items():
+        if SOURCE_TAG in text or BODY_TAG in text:
+            raise ValueError(f"runtime/{name}.py contains a reserved dollar-quote tag")
+        out.append(
+            f"INSERT INTO public._wormhole_code (tag, module, source) VALUES\n"
+            f"  ('{tag}', '{name}', {SOURCE_TAG}{text}{SOURCE_TAG});\n"
+        )
+    return "".join(out)
+
+
 def _boot_body() -> str:
-    sources = runtime_sources()
-    for name, text in sources.items():
-        if BODY_TAG in text:
-            raise ValueError(f"runtime/{name}.py contains {BODY_TAG}")
-    lines = [
-        "import sys, types",
-        f"_key = 'wormhole.runtime/{VERSION}'",
-        "if _key not in GD:",
-        "    _sources = {",
-    ]
-    for name, text in sources.items():
-        lines.append(f"        {name!r}: {text!r},")
-    lines += [
-        "    }",
-        f"    _pkgname = 'wormhole_rt_{VERSION.replace('.', '_')}'",
-        "    _pkg = types.ModuleType(_pkgname)",
-        "    _pkg.__path__ = []",
-        "    _pkg.__package__ = _pkgname",
-        "    sys.modules[_pkgname] = _pkg",
-        "    exec(compile(_sources['__init__'], '<wormhole runtime>', 'exec'), _pkg.__dict__)",
-        "    for _name in _pkg.MODULES:",
-        "        _mod = types.ModuleType(_pkgname + '.' + _name)",
-        "        _mod.__package__ = _pkgname",
-        "        sys.modules[_mod.__name__] = _mod",
-        "        exec(compile(_sources[_name], '<wormhole runtime ' + _name + '>', 'exec'),",
-        "             _mod.__dict__)",
-        "        setattr(_pkg, _name, _mod)",
-        "    _pkg.SOURCES = _sources",
-        "    GD[_key] = _pkg",
-    ]
-    return "\n".join(lines)
+    """Load the runtime into GD: marshalled code from ``_wormhole_code`` where the install
+    script cached it (fast), else compile the sources stored beside it."""
+    return f"""import sys, types, marshal
+_key = 'wormhole.runtime/{VERSION}'
+if _key not in GD:
+    from importlib.util import MAGIC_NUMBER
+    _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
+                         'WHERE tag = $1', ['text'])
+    _rows = {{r['module']: r for r in plpy.execute(_plan, ['{code_tag()}'])}}
+    if '__init__' not in _rows:
+        plpy.error('wormhole: the runtime is missing from public._wormhole_code',
+                   hint='reinstall the schema: wormhole install --dsn ...')
+    _sources = {{name: r['source'] for name, r in _rows.items()}}
+    _codes = {{}}
+    def _code(name):
+        r = _rows[name]
+        if r['code'] is not None and bytes(r['magic']) == MAGIC_NUMBER:
+            c = marshal.loads(r['code'])
+        else:
+            c = compile(r['source'], '<wormhole runtime ' + name + '>', 'exec')
+        _codes[name] = c
+        return c
+    _pkgname = 'wormhole_rt_{VERSION.replace('.', '_')}'
+    _pkg = types.ModuleType(_pkgname)
+    _pkg.__path__ = []
+    _pkg.__package__ = _pkgname
+    sys.modules[_pkgname] = _pkg
+    exec(_code('__init__'), _pkg.__dict__)
+    for _name in _pkg.MODULES:
+        _mod = types.ModuleType(_pkgname + '.' + _name)
+        _mod.__package__ = _pkgname
+        sys.modules[_mod.__name__] = _mod
+        exec(_code(_name), _mod.__dict__)
+        setattr(_pkg, _name, _mod)
+    _pkg.SOURCES = _sources
+    _pkg.CODES = _codes
+    _pkg.CODE_TAG = '{code_tag()}'
+    GD[_key] = _pkg"""
 
 
 def _entry(call: str) -> str:
@@ -206,11 +237,23 @@ CREATE TABLE IF NOT EXISTS public.wormhole_settings (
   name  text PRIMARY KEY,
   value text NOT NULL
 );
+-- The runtime itself: module sources, and their compiled code (marshal, for the server's
+-- Python: `magic`), cached by the install script so backends need not compile them.
+DROP TABLE IF EXISTS public._wormhole_code;  -- rebuilt on every install or upgrade
+CREATE TABLE public._wormhole_code (
+  tag    text NOT NULL,   -- sha256 of the runtime sources
+  module text NOT NULL,
+  source text NOT NULL,
+  code   bytea,           -- marshal of the module's code object (our own code only)
+  magic  bytea,           -- importlib.util.MAGIC_NUMBER of the Python that compiled it
+  PRIMARY KEY (tag, module)
+);
 CREATE TABLE IF NOT EXISTS public._wormhole_state (
   id      int PRIMARY KEY CHECK (id = 1),
   version bigint NOT NULL
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
+{_runtime_rows()}
 INSERT INTO public.wormhole_allowed_modules (module_name, allowed, notes) VALUES
   {_values(DEFAULT_MODULES)}
 ON CONFLICT (module_name) DO NOTHING;
@@ -228,6 +271,7 @@ ALTER TABLE public.wormhole_trusted_roles OWNER TO wormhole_owner;
 ALTER TABLE public.wormhole_limits OWNER TO wormhole_owner;
 ALTER TABLE public.wormhole_settings OWNER TO wormhole_owner;
 ALTER TABLE public._wormhole_state OWNER TO wormhole_owner;
+ALTER TABLE public._wormhole_code OWNER TO wormhole_owner;
 ALTER SEQUENCE public.wormhole_audit_id_seq OWNER TO wormhole_owner;
 
 -- Configuration changes bump a version (backends reload whitelist and limits) and are audited.
@@ -326,6 +370,11 @@ RETURNS text LANGUAGE plpython3u AS {t}
 COMMENT ON FUNCTION public.wormhole_query(text, text) IS
   'query() from SQL: $n parameters, rows as wormhole codec JSON';
 
+CREATE OR REPLACE FUNCTION public._wormhole_cache_code() RETURNS int
+LANGUAGE plpython3u {PRIVATE_DEFINER} AS {t}
+{_entry("_rt.host.cache_code(plpy, GD, _rt)")}
+{t};
+
 CREATE OR REPLACE FUNCTION public._wormhole_selftest() RETURNS text
 LANGUAGE plpython3u AS {t}
 {_entry("_rt.host.selftest(plpy, GD, _rt.SOURCES)")}
@@ -363,6 +412,7 @@ $fn$;
         "wormhole_execute(text, text, text)",
         "wormhole_query(text, text)",
         "_wormhole_selftest()",
+        "_wormhole_cache_code()",
         "wormhole_approve(text, text)",
         "wormhole_revoke(text)",
     )
@@ -378,7 +428,8 @@ GRANT EXECUTE ON FUNCTION public._wormhole_config() TO wormhole_admin;
 GRANT EXECUTE ON FUNCTION public._wormhole_selftest() TO wormhole_admin;
 REVOKE ALL ON public.wormhole_allowed_modules, public.wormhole_functions, public.wormhole_audit,
   public.wormhole_approvals, public.wormhole_trusted_roles, public.wormhole_limits,
-  public.wormhole_settings, public._wormhole_state FROM PUBLIC;
+  public.wormhole_settings, public._wormhole_state, public._wormhole_code FROM PUBLIC;
+GRANT SELECT ON public._wormhole_code TO wormhole_user, wormhole_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.wormhole_allowed_modules, public.wormhole_limits,
   public.wormhole_trusted_roles, public.wormhole_settings TO wormhole_admin;
 GRANT SELECT ON public.wormhole_functions, public.wormhole_audit, public.wormhole_approvals
@@ -388,6 +439,7 @@ GRANT SELECT ON public._wormhole_state TO wormhole_user, wormhole_admin;
 
 -- Enable the confined worker only where it works on this server (bubblewrap, user namespaces).
 SELECT public._wormhole_selftest() AS wormhole_boundary;
+SELECT public._wormhole_cache_code() AS wormhole_cached_modules;
 COMMIT;
 """)
     return "".join(parts)

@@ -37,4 +37,4 @@ def test_runtime_is_stdlib_only_and_never_imports_plpy():
 def test_generated_sql_embeds_every_runtime_module():
     sql = schema.generate()
     for name in MODULES:
-        assert f"'{name}': " in sql
+        assert f"'{name}', $wormhole_src$" in sql

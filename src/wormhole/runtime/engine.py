@@ -68,6 +68,8 @@ class Call:
     modules: Mapping[str, frozenset[str] | None]
     modules_key: str = ""  # changes whenever the whitelist changes (compile cache key)
     limits: Limits = field(default_factory=Limits)
+    #: the arguments already decoded by the host (in-process), so they are decoded once
+    decoded: tuple[list[Any], dict[str, Any]] | None = None
 
 
 class BadArguments(DatabaseError):
@@ -187,7 +189,10 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
     out = _Output(call.limits.max_output_bytes)
     try:
         checked = checked_code(call)
-        args, kwargs = decode_args(call.args_json, call.limits)
+        if call.decoded is not None:
+            args, kwargs = call.decoded
+        else:
+            args, kwargs = decode_args(call.args_json, call.limits)
         port_query = port.query
 
         def query(sql: str, *args: object) -> Rows:

@@ -281,7 +281,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
                      f"is {state.limits.max_args_bytes} (wormhole_limits.max_args_bytes)",
                      WH_BAD_INPUT)
     try:
-        engine.decode_args(args_json, state.limits)
+        decoded = engine.decode_args(args_json, state.limits)
     except engine.BadArguments as exc:
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
@@ -302,6 +302,8 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         limits=state.limits,
     )
     executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
+    if approved or trusted:
+        call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
     port = SpiPort(plpy, state.plans)
     roles_before = _roles(plpy, state)
     try:
@@ -430,6 +432,24 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
             return engine.error_payload(exc)
 
     return run
+
+
+def cache_code(plpy: Any, GD: dict[str, Any], package: Any) -> int:
+    """Store the runtime's compiled code for later backends (install script only).
+
+    Runs as the schema owner; the table is readable by wormhole roles (it is our own code, not
+    a secret) and writable only here. Returns the number of modules stored.
+    """
+    import marshal
+    from importlib.util import MAGIC_NUMBER
+
+    plan = plpy.prepare(
+        "UPDATE public._wormhole_code SET code = $3, magic = $4 WHERE tag = $1 AND module = $2",
+        ["text", "text", "bytea", "bytea"],
+    )
+    for name, code in package.CODES.items():
+        plpy.execute(plan, [package.CODE_TAG, name, marshal.dumps(code), MAGIC_NUMBER])
+    return len(package.CODES)
 
 
 def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:
