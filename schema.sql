@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -171,7 +171,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -818,7 +818,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1314,7 +1314,14 @@ def _interval_text(td: _dt.timedelta) -> str:
     return "%+d days %+d seconds %+d microseconds" % (td.days, td.seconds, td.microseconds)
 
 
+def _no_elements(seq: Sequence[Any]) -> bool:
+    return all((type(x) is list or type(x) is tuple) and _no_elements(x) for x in seq)
+
+
 def _array_text(seq: Sequence[Any]) -> str:
+    if _no_elements(seq):
+        # [[]] is an empty array for PL/Python; PostgreSQL's array_in rejects '{{}}'
+        return "{}"
     parts = []
     for x in seq:
         t = type(x)
@@ -1483,6 +1490,8 @@ def parse_array_literal(text: str) -> list[Any]:
                 continue
             if c == "{":
                 sub, i = parse(i)
+                if not sub:  # only the outermost array may be empty
+                    raise bad('Unexpected "}" character.')
                 out.append(sub)
             elif c == '"':
                 buf = []
@@ -1592,7 +1601,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -1965,7 +1974,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", why)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3518,7 +3527,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4181,7 +4190,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4463,7 +4472,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4620,7 +4629,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -4928,7 +4937,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5261,7 +5270,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -5338,7 +5347,7 @@ STDERR_TAIL = 4096
 #: runtime's relative imports resolve to those sources (and to nothing else: the package has no
 #: path); ``BOOTSTRAP`` then serves calls on fds 0 and 1 (``worker.main``).
 BOOT_LOADER = """\
-import json, os, sys, types
+import json, os, sys, types, marshal, binascii
 def _read(n):
     data = b''
     while len(data) < n:
@@ -5362,8 +5371,12 @@ for _name, _src in _sources.items():
     _mod.__file__ = '<wormhole_rt/' + _name + '.py>'
     sys.modules[_mod.__name__] = _mod
     setattr(_pkg, _name, _mod)
-    exec(compile(_src, _mod.__file__, 'exec'), _mod.__dict__)
-del _read, _p, _head, _sources, _pkg, _name, _src, _mod
+    if type(_src) is dict:  # code the backend compiled already (same /usr/bin/python3)
+        _code = marshal.loads(binascii.a2b_base64(_src['marshal']))
+    else:
+        _code = compile(_src, _mod.__file__, 'exec')
+    exec(_code, _mod.__dict__)
+del _read, _p, _head, _sources, _pkg, _name, _src, _mod, _code
 """
 BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
 
@@ -5914,7 +5927,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6331,12 +6344,49 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
     return run
 
 
+def _worker_modules(state: Backend) -> dict[str, Any]:
+    """What the worker boots from: the code this backend already compiled (marshal; the worker
+    runs the same /usr/bin/python3 as the server's PL/Python) or, failing that, the sources."""
+    import sys
+
+    package = sys.modules.get(__package__ or "")
+    codes = getattr(package, "CODES", None) or {}
+    out: dict[str, Any] = {}
+    import binascii
+    import marshal
+
+    same = sys.version_info[:2] == _worker_python_version()
+    for name in WORKER_MODULES:
+        code = codes.get(name)
+        if same and code is not None:
+            out[name] = {"marshal": binascii.b2a_base64(marshal.dumps(code)).decode("ascii")}
+        else:
+            out[name] = state.sources[name]
+    return out
+
+
+def _worker_python_version() -> tuple[int, int]:
+    """The major.minor of the worker's Python (Debian 12: /usr/bin/python3 is 3.11)."""
+    import re
+    import subprocess
+
+    try:
+        real = os.path.realpath(sandbox.DEFAULT_PYTHON)
+        m = re.search(r"python(\d+)\.(\d+)$", real)
+        if m:
+            return (int(m.group(1)), int(m.group(2)))
+        out = subprocess.run([sandbox.DEFAULT_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=5).stdout
+        nums = re.findall(r"\d+", out)
+        return (int(nums[0]), int(nums[1]))
+    except Exception:  # noqa: BLE001 - unknown: send sources
+        return (0, 0)
+
+
 def _in_worker(plpy: Any, state: Backend) -> Executor:
     check = _interrupt_check(plpy, state)
     if state.worker is None:
-        state.worker = sandbox.WorkerExecutor(
-            {name: state.sources[name] for name in WORKER_MODULES}
-        )
+        state.worker = sandbox.WorkerExecutor(_worker_modules(state))
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:
@@ -6540,7 +6590,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6568,7 +6618,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '63f01bd378c532314997e452741568e27cba609d06a8f656f97ed8f34e7ebdcf'
+    _pkg.CODE_TAG = '918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd'
     GD[_key] = _pkg
 $wormhole_body$;
 

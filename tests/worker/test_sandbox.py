@@ -190,7 +190,7 @@ def test_cpu_limit(executor: sandbox.WorkerExecutor) -> None:
     begin = time.monotonic()
     with pytest.raises(sandbox.WorkerCrashed) as info:
         executor.run(make_call(LOOP, cpu_seconds=1), MemoryPort(), never)
-    assert time.monotonic() - begin < 3
+    assert time.monotonic() - begin < 15  # 1 CPU-second; wall time depends on machine load
     assert "SIGXCPU" in info.value.reason and "cpu_seconds" in info.value.reason
 
 

@@ -415,12 +415,49 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
     return run
 
 
+def _worker_modules(state: Backend) -> dict[str, Any]:
+    """What the worker boots from: the code this backend already compiled (marshal; the worker
+    runs the same /usr/bin/python3 as the server's PL/Python) or, failing that, the sources."""
+    import sys
+
+    package = sys.modules.get(__package__ or "")
+    codes = getattr(package, "CODES", None) or {}
+    out: dict[str, Any] = {}
+    import binascii
+    import marshal
+
+    same = sys.version_info[:2] == _worker_python_version()
+    for name in WORKER_MODULES:
+        code = codes.get(name)
+        if same and code is not None:
+            out[name] = {"marshal": binascii.b2a_base64(marshal.dumps(code)).decode("ascii")}
+        else:
+            out[name] = state.sources[name]
+    return out
+
+
+def _worker_python_version() -> tuple[int, int]:
+    """The major.minor of the worker's Python (Debian 12: /usr/bin/python3 is 3.11)."""
+    import re
+    import subprocess
+
+    try:
+        real = os.path.realpath(sandbox.DEFAULT_PYTHON)
+        m = re.search(r"python(\d+)\.(\d+)$", real)
+        if m:
+            return (int(m.group(1)), int(m.group(2)))
+        out = subprocess.run([sandbox.DEFAULT_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=5).stdout
+        nums = re.findall(r"\d+", out)
+        return (int(nums[0]), int(nums[1]))
+    except Exception:  # noqa: BLE001 - unknown: send sources
+        return (0, 0)
+
+
 def _in_worker(plpy: Any, state: Backend) -> Executor:
     check = _interrupt_check(plpy, state)
     if state.worker is None:
-        state.worker = sandbox.WorkerExecutor(
-            {name: state.sources[name] for name in WORKER_MODULES}
-        )
+        state.worker = sandbox.WorkerExecutor(_worker_modules(state))
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:

@@ -75,7 +75,7 @@ STDERR_TAIL = 4096
 #: runtime's relative imports resolve to those sources (and to nothing else: the package has no
 #: path); ``BOOTSTRAP`` then serves calls on fds 0 and 1 (``worker.main``).
 BOOT_LOADER = """\
-import json, os, sys, types
+import json, os, sys, types, marshal, binascii
 def _read(n):
     data = b''
     while len(data) < n:
@@ -99,8 +99,12 @@ for _name, _src in _sources.items():
     _mod.__file__ = '<wormhole_rt/' + _name + '.py>'
     sys.modules[_mod.__name__] = _mod
     setattr(_pkg, _name, _mod)
-    exec(compile(_src, _mod.__file__, 'exec'), _mod.__dict__)
-del _read, _p, _head, _sources, _pkg, _name, _src, _mod
+    if type(_src) is dict:  # code the backend compiled already (same /usr/bin/python3)
+        _code = marshal.loads(binascii.a2b_base64(_src['marshal']))
+    else:
+        _code = compile(_src, _mod.__file__, 'exec')
+    exec(_code, _mod.__dict__)
+del _read, _p, _head, _sources, _pkg, _name, _src, _mod, _code
 """
 BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
 
