@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -171,7 +171,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -576,13 +576,13 @@ def _bad(tag: str, payload: object, why: str = "") -> NoReturn:
 def _need_str(tag: str, p: object) -> str:
     if type(p) is not str:
         _bad(tag, p, "expected a string")
-    return p  # type: ignore[return-value]
+    return p
 
 
 def _need_list(tag: str, p: object) -> list[Any]:
     if type(p) is not list:
         _bad(tag, p, "expected a list")
-    return p  # type: ignore[return-value]
+    return p
 
 
 def _dec_b(p: object) -> bytes:
@@ -609,7 +609,7 @@ _FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 def _dec_f(p: object) -> float:
     if type(p) is not str or p not in _FLOATS:
         _bad("$f", p, 'expected "nan", "inf" or "-inf"')
-    return _FLOATS[p]  # type: ignore[index]
+    return _FLOATS[p]
 
 
 def _dec_i(p: object) -> int:
@@ -818,7 +818,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -852,7 +852,7 @@ import re
 import struct
 import uuid
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 from .errors import DatabaseError
 
@@ -975,7 +975,7 @@ def _rt32(cs: str, a: float, lo_mid: float, hi_mid: float) -> bool:
         x = Decimal(cs)
         return Decimal(lo_mid) < x < Decimal(hi_mid)
     try:
-        return _F32.unpack(_F32.pack(c))[0] == a
+        return bool(_F32.unpack(_F32.pack(c))[0] == a)
     except OverflowError:
         return False
 
@@ -1595,13 +1595,14 @@ def to_plpy_param(value: object, typname: str) -> object:
             return value
         return _bool_in(_text_or_raise(value))
     if typname == "bytea":
-        if type(value) in (bytes, bytearray, memoryview):
-            return bytes(value)  # type: ignore[arg-type]
+        t = type(value)
+        if t is bytes or t is bytearray or t is memoryview:
+            return bytes(cast("bytes", value))
         return _bytea_in(_text_or_raise(value))
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -1751,6 +1752,69 @@ def tokens(sql: str) -> Iterator[tuple[str, int, int]]:
         pos = end
 
 
+# Fast scanner for translation: jumps (at C speed) to the next place where a literal, comment or
+# parameter may start, skipping ordinary code. The look-behinds keep identifiers such as
+# ``a$1``, ``b$x$`` or ``typE'`` from being read as a parameter, dollar quote or E'' string.
+_NOT_AFTER_IDENT = r"(?<![A-Za-z0-9_$\x80-\U0010ffff])"
+_JUMP = re.compile(
+    rf"""
+    (?=[eEuU'"$/-])  # cheap first-character filter before the alternation
+    (?:
+      {_NOT_AFTER_IDENT}(?P<estr>[eE]')
+    | {_NOT_AFTER_IDENT}(?P<uq>[uU]&['"])
+    | (?P<str>')
+    | (?P<qident>")
+    | {_NOT_AFTER_IDENT}(?P<dollar>\$(?:[{_IDENT_START}][A-Za-z_0-9\x80-\U0010ffff]*)?\$)
+    | {_NOT_AFTER_IDENT}(?P<param>\$[0-9]+)
+    | (?P<line>--)
+    | (?P<block>/\*)
+    )
+    """,
+    re.VERBOSE,
+)
+
+
+def _scan(sql: str) -> Iterator[tuple[str, int, int]]:
+    """Like :func:`tokens` but yields only literals, comments and parameters."""
+    n = len(sql)
+    pos = 0
+    search = _JUMP.search
+    while pos < n:
+        m = search(sql, pos)
+        if m is None:
+            return
+        kind = m.lastgroup
+        start, end = m.start(), m.end()
+        if kind == "param":
+            # a parameter is "$" digits not followed by more identifier characters ("$1a")
+            yield PARAM, start, end
+        elif kind == "str" or (kind == "uq" and sql[end - 1] == "'"):
+            e = _STD_STR_END.match(sql, end)
+            end = e.end() if e else n
+            yield STRING, start, end
+        elif kind == "estr":
+            e = _E_STR_END.match(sql, end)
+            end = e.end() if e else n
+            yield STRING, start, end
+        elif kind == "qident" or kind == "uq":
+            e = _QIDENT_END.match(sql, end)
+            end = e.end() if e else n
+            yield QIDENT, start, end
+        elif kind == "dollar":
+            tag = m.group()
+            close = sql.find(tag, end)
+            end = n if close < 0 else close + len(tag)
+            yield DOLLAR, start, end
+        elif kind == "line":
+            nl = sql.find("\n", end)
+            end = n if nl < 0 else nl + 1
+            yield COMMENT, start, end
+        else:  # block
+            end = _block_end(sql, end)
+            yield COMMENT, start, end
+        pos = end
+
+
 # ----------------------------------------------------------------------------------------------
 # psycopg2 translation
 
@@ -1769,7 +1833,7 @@ def to_pyformat(sql: str) -> str:
         return sql
     out: list[str] = []
     last = 0
-    for kind, start, end in tokens(sql):
+    for kind, start, end in _scan(sql):
         if kind == PARAM:
             out.append(sql[last:start].replace("%", "%%"))
             out.append(f"%(p{int(sql[start + 1:end])})s")
@@ -1782,7 +1846,7 @@ def param_numbers(sql: str) -> set[int]:
     """The ``$n`` parameter numbers used as parameters in ``sql`` (not inside literals)."""
     if "$" not in sql:
         return set()
-    return {int(sql[s + 1:e]) for kind, s, e in tokens(sql) if kind == PARAM}
+    return {int(sql[s + 1:e]) for kind, s, e in _scan(sql) if kind == PARAM}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1915,12 +1979,48 @@ def check_statement(sql: str) -> None:
     Keywords are matched case-insensitively after comments and whitespace. Not a security
     boundary: code reached indirectly (functions, ``EXECUTE`` in PL/pgSQL) is not inspected.
     """
+    if _quick_ok(sql):
+        return
     stmts = _statements(sql)
     if len(stmts) > 1:
         raise _refuse("more than one statement per query() call",
                       "send each statement in its own query() call")
     for st in stmts:
         _check_one(sql, st)
+
+
+_LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$))*")
+_FIRST_WORD = re.compile(rf"[{_IDENT_START}][{_IDENT_CONT}]*")
+_FIRST_WORDS_TO_CHECK = frozenset(
+    {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "prepare",
+     "copy", "load", "do", "listen", "unlisten", "discard", "set", "reset"}
+)
+
+
+def _quick_ok(sql: str) -> bool:
+    """True when ``sql`` is certainly allowed, decided without lexing the whole text.
+
+    No ``;`` means one statement; no ``set_config``/``pg_settings`` substring and no ``U&"``
+    identifier (which could spell them with escapes) means no such reference; then only the
+    first word matters. Anything else takes the full lexer.
+    """
+    if ";" in sql:
+        return False
+    low = sql.lower()
+    if "set_config" in low or "pg_settings" in low or 'u&"' in low:
+        return False
+    pos = 0
+    n = len(sql)
+    while True:
+        pos = _LEADING.match(sql, pos).end()  # type: ignore[union-attr]  # always matches
+        if sql.startswith("/*", pos):
+            pos = _block_end(sql, pos + 2)
+            continue
+        break
+    if pos >= n:
+        return True
+    m = _FIRST_WORD.match(sql, pos)
+    return m is None or m.group().lower() not in _FIRST_WORDS_TO_CHECK
 
 
 def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
@@ -1969,12 +2069,12 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
         if name == "all" and first == "reset":
             raise _refuse("RESET ALL", "it would reset the role and the limits set for the call")
         if name is not None:
-            why = _GUARDED_SETTINGS.get(name)
-            if why is not None:
-                raise _refuse(f"{first.upper()} {name}", why)
+            guarded = _GUARDED_SETTINGS.get(name)
+            if guarded is not None:
+                raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3527,7 +3627,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4190,7 +4290,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4472,7 +4572,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4629,7 +4729,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -4937,7 +5037,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5270,7 +5370,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -5927,7 +6027,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -5945,6 +6045,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -5961,7 +6062,7 @@ WH_UNAVAILABLE = "WH008"
 WH_ROLE_CHANGED = "WH009"
 
 MAX_SOURCE_BYTES = 256 * 1024
-MAX_HASH_LEN = 64
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class Backend:
@@ -6112,11 +6213,7 @@ def _check_hash(plpy: Any, function_hash: object) -> str:
     if function_hash is None:
         raise _error(plpy, "wormhole_execute: function hash is NULL", WH_BAD_INPUT,
                      hint="pass the sha256 hex digest returned by wormhole_install()")
-    if (
-        not isinstance(function_hash, str)
-        or len(function_hash) != MAX_HASH_LEN
-        or any(c not in "0123456789abcdef" for c in function_hash)
-    ):
+    if not isinstance(function_hash, str) or _HASH.fullmatch(function_hash) is None:
         raise _error(
             plpy,
             "wormhole_execute: malformed function hash",
@@ -6590,7 +6687,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6618,7 +6715,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '918bf7eca43b9c68922c5e1293aefbc3d47ba7a5118443b3f3e795fbacee2abd'
+    _pkg.CODE_TAG = 'cdae1790df96bf685bc1500ae59cf67fdfbbb66ed9febd989a29395e28a3a2a0'
     GD[_key] = _pkg
 $wormhole_body$;
 

@@ -112,7 +112,7 @@ def run(app_dsn: str) -> None:
             with _Trace(conn) as trace:
                 result = call()
             print(f"{title}\n  -> {result!r}\n  round trips: {trace.round_trips} "
-                  f"(warm call; the same logic client-side takes {_CLIENT_RTS[title]})")
+                  f"(warm call; the same statements sent from the client: {_CLIENT_RTS[title]})")
     finally:
         set_connection(None)
         conn.close()

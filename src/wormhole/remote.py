@@ -190,7 +190,7 @@ class RemoteFunction(Generic[P, R]):
 
     def _execute(self, driver: Driver, args_json: str) -> str:
         try:
-            payload = driver.call_text(EXECUTE_SQL, [self.hash, args_json])
+            payload = driver.call_text(EXECUTE_SQL, [self.hash, args_json], prepare=True)
         except errors.DatabaseError as exc:
             raise _schema_error(exc) from exc
         if payload is None:

@@ -24,8 +24,12 @@ class Driver(Protocol):
         """Run one statement with ``$n`` parameters (sent as text of unknown type)."""
         ...
 
-    def call_text(self, sql: str, params: Sequence[str | None]) -> str | None:
+    def call_text(self, sql: str, params: Sequence[str | None], prepare: bool = False
+                  ) -> str | None:
         """Run ``sql`` (a ``SELECT public.wormhole_*(...)``) and return its single text value.
+
+        ``prepare``: the statement is the hot path; a driver that can should prepare it on the
+        server the first time (psycopg 3 does; psycopg2 cannot).
 
         Outside a transaction the statement runs on its own (autocommit for that one
         statement: one round trip, no BEGIN/COMMIT); inside one it joins it.

@@ -87,7 +87,8 @@ class Psycopg2Driver:
         finally:
             cur.close()
 
-    def call_text(self, sql: str, params: Sequence[str | None]) -> str | None:
+    def call_text(self, sql: str, params: Sequence[str | None], prepare: bool = False
+                  ) -> str | None:
         conn = self.connection
         cur = None
         try:

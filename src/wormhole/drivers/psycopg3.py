@@ -48,7 +48,8 @@ class Psycopg3Driver:
         finally:
             cur.close()
 
-    def call_text(self, sql: str, params: Sequence[str | None]) -> str | None:
+    def call_text(self, sql: str, params: Sequence[str | None], prepare: bool = False
+                  ) -> str | None:
         conn = self.connection
         standalone = (
             not conn.autocommit
@@ -61,7 +62,10 @@ class Psycopg3Driver:
                 # no round trip), instead of BEGIN + SELECT + COMMIT
                 conn.autocommit = True
             try:
-                cur.execute(sql, params)
+                # the hot statement is prepared on first use per connection (one extra round
+                # trip, once), so every warm call is exactly one round trip; psycopg would
+                # otherwise prepare on the 5th execution, adding a round trip to a later call
+                cur.execute(sql, params, prepare=prepare)
                 row = cur.fetchone()
             finally:
                 if standalone and not conn.closed:  # a broken connection keeps the real error

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,7 +33,7 @@ WH_UNAVAILABLE = "WH008"
 WH_ROLE_CHANGED = "WH009"
 
 MAX_SOURCE_BYTES = 256 * 1024
-MAX_HASH_LEN = 64
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class Backend:
@@ -183,11 +184,7 @@ def _check_hash(plpy: Any, function_hash: object) -> str:
     if function_hash is None:
         raise _error(plpy, "wormhole_execute: function hash is NULL", WH_BAD_INPUT,
                      hint="pass the sha256 hex digest returned by wormhole_install()")
-    if (
-        not isinstance(function_hash, str)
-        or len(function_hash) != MAX_HASH_LEN
-        or any(c not in "0123456789abcdef" for c in function_hash)
-    ):
+    if not isinstance(function_hash, str) or _HASH.fullmatch(function_hash) is None:
         raise _error(
             plpy,
             "wormhole_execute: malformed function hash",

@@ -1,0 +1,83 @@
+"""Installing the schema: psql -f schema.sql and `wormhole install`, twice, and upgrades."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from wormhole import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def blank(server):
+    """A database without wormhole."""
+    name = f"blank_{os.getpid()}"
+    with psycopg.connect(server.dsn(), autocommit=True) as a:
+        a.execute(f"DROP DATABASE IF EXISTS {name}")
+        a.execute(f"CREATE DATABASE {name}")
+    yield name
+    with psycopg.connect(server.dsn(), autocommit=True) as a:
+        a.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def psql_file(server, dbname):
+    env = dict(os.environ)
+    cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(ROOT / "schema.sql"),
+           server.dsn(dbname)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def test_psql_f_schema_sql_twice_keeps_state(server, blank):
+    first = psql_file(server, blank)
+    assert first.returncode == 0, first.stderr
+    with psycopg.connect(server.dsn(blank), autocommit=True) as a:
+        a.execute("GRANT wormhole_user TO app")
+        a.execute("UPDATE wormhole_allowed_modules SET allowed = false WHERE module_name = 'json'")
+        a.execute("INSERT INTO wormhole_allowed_modules (module_name, allowed, names) "
+                  "VALUES ('mymod', true, ARRAY['f'])")
+    with psycopg.connect(server.dsn(blank, "app"), autocommit=True) as c:
+        h = c.execute("SELECT wormhole_install('def kept(x):\n    return x\n')").fetchone()[0]
+    with psycopg.connect(server.dsn(blank), autocommit=True) as a:
+        audit_before = a.execute("SELECT count(*) FROM wormhole_audit").fetchone()[0]
+        a.execute("SELECT wormhole_approve(%s)", (h,))
+    second = psql_file(server, blank)  # an upgrade / re-run
+    assert second.returncode == 0, second.stderr
+    with psycopg.connect(server.dsn(blank), autocommit=True) as a:
+        assert a.execute("SELECT allowed FROM wormhole_allowed_modules "
+                         "WHERE module_name = 'json'").fetchone()[0] is False
+        assert a.execute("SELECT names FROM wormhole_allowed_modules "
+                         "WHERE module_name = 'mymod'").fetchone()[0] == ["f"]
+        assert a.execute("SELECT count(*) FROM wormhole_functions WHERE hash = %s",
+                         (h,)).fetchone()[0] == 1
+        assert a.execute("SELECT count(*) FROM wormhole_approvals").fetchone()[0] == 1
+        assert a.execute("SELECT count(*) FROM wormhole_audit").fetchone()[0] > audit_before
+    with psycopg.connect(server.dsn(blank, "app"), autocommit=True) as c:
+        out = c.execute("SELECT wormhole_execute(%s, '[[5],{}]')", (h,)).fetchone()[0]
+        assert out == '{"ok":5,"out":[]}'
+
+
+def test_cli_install_and_status(server, blank, capsys):
+    assert cli.main(["install", "--dsn", server.dsn(blank), "--grant", "app"]) == 0
+    out = capsys.readouterr().out
+    assert "installed" in out and "confined worker: ok" in out
+    assert cli.main(["install", "--dsn", server.dsn(blank)]) == 0  # twice is harmless
+    assert cli.main(["status", "--dsn", server.dsn(blank)]) == 0
+    status = capsys.readouterr().out
+    assert "schema version: 0.1.0" in status and "untrusted_execution: worker" in status
+
+
+def test_cli_schema_prints_the_checked_in_file(capsys):
+    assert cli.main(["schema"]) == 0
+    assert capsys.readouterr().out == (ROOT / "schema.sql").read_text()
+
+
+def test_regular_role_cannot_install_the_schema(server, blank):
+    with psycopg.connect(server.dsn(blank, "app"), autocommit=True) as c:
+        with pytest.raises(psycopg.Error):
+            cli.install_schema(c)
