@@ -226,7 +226,8 @@ def _rollback(frame: _Frame) -> None:
         return
     try:
         if frame.savepoint is None:
-            driver.run_control("ROLLBACK")
+            if driver.transaction_status() != "idle":  # e.g. a failed COMMIT already ended it
+                driver.run_control("ROLLBACK")
         else:
             driver.run_control(f"ROLLBACK TO SAVEPOINT {frame.savepoint}")
             driver.run_control(f"RELEASE SAVEPOINT {frame.savepoint}")
