@@ -274,6 +274,7 @@ PARAM_CASES: list[tuple[str, list[object]]] = [
     ("SELECT $1::int[] AS v", [[1, None, 3]]),
     ("SELECT $1::int[] AS v", [(1, 2)]),
     ("SELECT $1::int[] AS v", [[]]),
+    ("SELECT $1::int[] AS v", [[[], []]]),
     ("SELECT $1::int[] AS v", [[[1, 2], [3, 4]]]),
     ("SELECT $1::int[] AS v", ["{1,2,NULL}"]),
     ("SELECT $1::int[] AS v", [" [0:1]={ 7 , 8 } "]),

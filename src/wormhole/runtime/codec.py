@@ -91,11 +91,10 @@ class _EncodeFailure(Exception):
 
 
 def _type_name(obj: object) -> str:
-    # type(obj).__qualname__ is read from the class, never from the instance: no user code runs.
-    t = type(obj)
-    mod = t.__module__
-    name = t.__qualname__
-    return name if mod in ("builtins", "__main__") else f"{mod}.{name}"
+    # Read from the class, never from the instance: no user code runs. A metaclass could
+    # still make __qualname__ odd; fall back to the C-level name.
+    name = type(obj).__qualname__
+    return name if type(name) is str else type(obj).__name__
 
 
 def _enc(obj: object, depth: int) -> Any:
@@ -150,24 +149,20 @@ def _is_plain(values: Any) -> bool:
     return True
 
 
-def _locate(items: Any, depth: int, seg: Callable[[Any], str]) -> NoReturn:
-    """Slow path after a failure inside a comprehension: find the failing member, add its path."""
-    for key, v in items:
-        try:
-            _enc(v, depth)
-        except _EncodeFailure as f:
-            f.segments.append(seg(key))
-            raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def _enc_items(seq: Any, depth: int) -> list[Any]:
     """Encode the members of a list/tuple whose own bracket is at level ``depth``."""
     _check_depth(depth)
+    out: list[Any] = []
+    append = out.append
+    i = -1
     try:
-        return [_enc(v, depth) for v in seq]
-    except _EncodeFailure:
-        _locate(enumerate(seq), depth, lambda i: f"[{i}]")
+        for v in seq:
+            i += 1
+            append(_enc(v, depth))
+    except _EncodeFailure as f:
+        f.segments.append(f"[{i}]")
+        raise
+    return out
 
 
 def _enc_list(seq: list[Any], depth: int) -> list[Any]:
@@ -185,10 +180,23 @@ def _enc_dict(d: dict[Any, Any], depth: int) -> Any:
         return _enc_pairs(d, depth - 1)
     if _is_plain(d.values()):
         return d
+    out: dict[str, Any] = {}
+    k = ""
+    # scalar tags sit one level below this dict: check that once, then dispatch directly
+    tags = _SCALAR_TAGS if depth < _max_depth_box[0] else _NO_TAGS
     try:
-        return {k: _enc(v, depth) for k, v in d.items()}
-    except _EncodeFailure:
-        _locate(d.items(), depth, lambda k: f"[{k!r}]")
+        for k, v in d.items():
+            t = type(v)
+            if t is str or v is None or t is bool:
+                out[k] = v
+            elif t in tags:
+                out[k] = tags[t](v)
+            else:
+                out[k] = _enc(v, depth)
+    except _EncodeFailure as f:
+        f.segments.append(f"[{k!r}]")
+        raise
+    return out
 
 
 _STR_ONLY = frozenset({str})
@@ -308,6 +316,9 @@ _NESTS_SET_DICT = frozenset({dict})
 _chain = itertools.chain.from_iterable
 
 
+_NO_TAGS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
 def _default(o: object) -> dict[str, Any]:
     return _SCALAR_TAGS[type(o)](o)  # only reached for types _fast_ok accepted
 
@@ -379,13 +390,13 @@ def _bad(tag: str, payload: object, why: str = "") -> NoReturn:
 def _need_str(tag: str, p: object) -> str:
     if type(p) is not str:
         _bad(tag, p, "expected a string")
-    return p  # type: ignore[return-value]
+    return p
 
 
 def _need_list(tag: str, p: object) -> list[Any]:
     if type(p) is not list:
         _bad(tag, p, "expected a list")
-    return p  # type: ignore[return-value]
+    return p
 
 
 def _dec_b(p: object) -> bytes:
@@ -412,7 +423,7 @@ _FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 def _dec_f(p: object) -> float:
     if type(p) is not str or p not in _FLOATS:
         _bad("$f", p, 'expected "nan", "inf" or "-inf"')
-    return _FLOATS[p]  # type: ignore[index]
+    return _FLOATS[p]
 
 
 def _dec_i(p: object) -> int:

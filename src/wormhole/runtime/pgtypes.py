@@ -32,7 +32,7 @@ import re
 import struct
 import uuid
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 from .errors import DatabaseError
 
@@ -155,7 +155,7 @@ def _rt32(cs: str, a: float, lo_mid: float, hi_mid: float) -> bool:
         x = Decimal(cs)
         return Decimal(lo_mid) < x < Decimal(hi_mid)
     try:
-        return _F32.unpack(_F32.pack(c))[0] == a
+        return bool(_F32.unpack(_F32.pack(c))[0] == a)
     except OverflowError:
         return False
 
@@ -494,7 +494,14 @@ def _interval_text(td: _dt.timedelta) -> str:
     return "%+d days %+d seconds %+d microseconds" % (td.days, td.seconds, td.microseconds)
 
 
+def _no_elements(seq: Sequence[Any]) -> bool:
+    return all((type(x) is list or type(x) is tuple) and _no_elements(x) for x in seq)
+
+
 def _array_text(seq: Sequence[Any]) -> str:
+    if _no_elements(seq):
+        # [[]] is an empty array for PL/Python; PostgreSQL's array_in rejects '{{}}'
+        return "{}"
     parts = []
     for x in seq:
         t = type(x)
@@ -663,6 +670,8 @@ def parse_array_literal(text: str) -> list[Any]:
                 continue
             if c == "{":
                 sub, i = parse(i)
+                if not sub:  # only the outermost array may be empty
+                    raise bad('Unexpected "}" character.')
                 out.append(sub)
             elif c == '"':
                 buf = []
@@ -766,7 +775,8 @@ def to_plpy_param(value: object, typname: str) -> object:
             return value
         return _bool_in(_text_or_raise(value))
     if typname == "bytea":
-        if type(value) in (bytes, bytearray, memoryview):
-            return bytes(value)  # type: ignore[arg-type]
+        t = type(value)
+        if t is bytes or t is bytearray or t is memoryview:
+            return bytes(cast("bytes", value))
         return _bytea_in(_text_or_raise(value))
     return to_pg_text(value)

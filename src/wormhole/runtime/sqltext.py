@@ -148,6 +148,69 @@ def tokens(sql: str) -> Iterator[tuple[str, int, int]]:
         pos = end
 
 
+# Fast scanner for translation: jumps (at C speed) to the next place where a literal, comment or
+# parameter may start, skipping ordinary code. The look-behinds keep identifiers such as
+# ``a$1``, ``b$x$`` or ``typE'`` from being read as a parameter, dollar quote or E'' string.
+_NOT_AFTER_IDENT = r"(?<![A-Za-z0-9_$\x80-\U0010ffff])"
+_JUMP = re.compile(
+    rf"""
+    (?=[eEuU'"$/-])  # cheap first-character filter before the alternation
+    (?:
+      {_NOT_AFTER_IDENT}(?P<estr>[eE]')
+    | {_NOT_AFTER_IDENT}(?P<uq>[uU]&['"])
+    | (?P<str>')
+    | (?P<qident>")
+    | {_NOT_AFTER_IDENT}(?P<dollar>\$(?:[{_IDENT_START}][A-Za-z_0-9\x80-\U0010ffff]*)?\$)
+    | {_NOT_AFTER_IDENT}(?P<param>\$[0-9]+)
+    | (?P<line>--)
+    | (?P<block>/\*)
+    )
+    """,
+    re.VERBOSE,
+)
+
+
+def _scan(sql: str) -> Iterator[tuple[str, int, int]]:
+    """Like :func:`tokens` but yields only literals, comments and parameters."""
+    n = len(sql)
+    pos = 0
+    search = _JUMP.search
+    while pos < n:
+        m = search(sql, pos)
+        if m is None:
+            return
+        kind = m.lastgroup
+        start, end = m.start(), m.end()
+        if kind == "param":
+            # a parameter is "$" digits not followed by more identifier characters ("$1a")
+            yield PARAM, start, end
+        elif kind == "str" or (kind == "uq" and sql[end - 1] == "'"):
+            e = _STD_STR_END.match(sql, end)
+            end = e.end() if e else n
+            yield STRING, start, end
+        elif kind == "estr":
+            e = _E_STR_END.match(sql, end)
+            end = e.end() if e else n
+            yield STRING, start, end
+        elif kind == "qident" or kind == "uq":
+            e = _QIDENT_END.match(sql, end)
+            end = e.end() if e else n
+            yield QIDENT, start, end
+        elif kind == "dollar":
+            tag = m.group()
+            close = sql.find(tag, end)
+            end = n if close < 0 else close + len(tag)
+            yield DOLLAR, start, end
+        elif kind == "line":
+            nl = sql.find("\n", end)
+            end = n if nl < 0 else nl + 1
+            yield COMMENT, start, end
+        else:  # block
+            end = _block_end(sql, end)
+            yield COMMENT, start, end
+        pos = end
+
+
 # ----------------------------------------------------------------------------------------------
 # psycopg2 translation
 
@@ -166,7 +229,7 @@ def to_pyformat(sql: str) -> str:
         return sql
     out: list[str] = []
     last = 0
-    for kind, start, end in tokens(sql):
+    for kind, start, end in _scan(sql):
         if kind == PARAM:
             out.append(sql[last:start].replace("%", "%%"))
             out.append(f"%(p{int(sql[start + 1:end])})s")
@@ -179,7 +242,7 @@ def param_numbers(sql: str) -> set[int]:
     """The ``$n`` parameter numbers used as parameters in ``sql`` (not inside literals)."""
     if "$" not in sql:
         return set()
-    return {int(sql[s + 1:e]) for kind, s, e in tokens(sql) if kind == PARAM}
+    return {int(sql[s + 1:e]) for kind, s, e in _scan(sql) if kind == PARAM}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,12 +375,48 @@ def check_statement(sql: str) -> None:
     Keywords are matched case-insensitively after comments and whitespace. Not a security
     boundary: code reached indirectly (functions, ``EXECUTE`` in PL/pgSQL) is not inspected.
     """
+    if _quick_ok(sql):
+        return
     stmts = _statements(sql)
     if len(stmts) > 1:
         raise _refuse("more than one statement per query() call",
                       "send each statement in its own query() call")
     for st in stmts:
         _check_one(sql, st)
+
+
+_LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$))*")
+_FIRST_WORD = re.compile(rf"[{_IDENT_START}][{_IDENT_CONT}]*")
+_FIRST_WORDS_TO_CHECK = frozenset(
+    {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "prepare",
+     "copy", "load", "do", "listen", "unlisten", "discard", "set", "reset"}
+)
+
+
+def _quick_ok(sql: str) -> bool:
+    """True when ``sql`` is certainly allowed, decided without lexing the whole text.
+
+    No ``;`` means one statement; no ``set_config``/``pg_settings`` substring and no ``U&"``
+    identifier (which could spell them with escapes) means no such reference; then only the
+    first word matters. Anything else takes the full lexer.
+    """
+    if ";" in sql:
+        return False
+    low = sql.lower()
+    if "set_config" in low or "pg_settings" in low or 'u&"' in low:
+        return False
+    pos = 0
+    n = len(sql)
+    while True:
+        pos = _LEADING.match(sql, pos).end()  # type: ignore[union-attr]  # always matches
+        if sql.startswith("/*", pos):
+            pos = _block_end(sql, pos + 2)
+            continue
+        break
+    if pos >= n:
+        return True
+    m = _FIRST_WORD.match(sql, pos)
+    return m is None or m.group().lower() not in _FIRST_WORDS_TO_CHECK
 
 
 def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
@@ -366,6 +465,6 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
         if name == "all" and first == "reset":
             raise _refuse("RESET ALL", "it would reset the role and the limits set for the call")
         if name is not None:
-            why = _GUARDED_SETTINGS.get(name)
-            if why is not None:
-                raise _refuse(f"{first.upper()} {name}", why)
+            guarded = _GUARDED_SETTINGS.get(name)
+            if guarded is not None:
+                raise _refuse(f"{first.upper()} {name}", guarded)
