@@ -205,11 +205,11 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
         function = glb[checked.name]
         result = function(*args, **kwargs)
         try:
-            value = codec.encode_value(result)
+            value = codec.encode(result, root="result")  # text directly: no second pass
         except codec.CodecError as exc:
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
-        text = json.dumps({"ok": value, "out": out.lines()}, ensure_ascii=False,
-                          allow_nan=False, separators=(",", ":"))
+        text = ('{"ok":' + value + ',"out":'
+                + json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
         if len(text) > call.limits.max_result_bytes:
             raise LimitExceeded(
                 "max_result_bytes",
