@@ -277,6 +277,7 @@ class MemoryResult:
     samples: list[tuple[int, int, int, int]]  # (calls so far, backend VmRSS, RssAnon, worker kB)
     seconds: float
     error: str | None = None
+    planned: int = 0  # calls intended; fewer were made when the time budget ran out
 
     @property
     def growth_kb(self) -> int:
@@ -288,39 +289,109 @@ class MemoryResult:
         return self.samples[-1][3] - self.samples[0][3] if len(self.samples) > 1 else 0
 
 
+EXECUTE_SQL = "SELECT public.wormhole_execute($1, $2)"
+
+
+class _PipelinedCaller:
+    """Sends one statement (``SELECT public.wormhole_execute(hash, args)``: exactly what the
+    wormhole client sends) many times, fast.
+
+    Each call is its own statement and its own transaction (a Sync after each), but they go
+    in batches over libpq's pipeline mode, so the server does nothing but run calls.
+    """
+
+    BATCH = 200
+
+    def __init__(self, conninfo: str, statement: str, params: list[str]) -> None:
+        from psycopg import pq
+
+        self.pq = pq
+        self.pg = pq.PGconn.connect(conninfo.encode())
+        if self.pg.status != pq.ConnStatus.OK:
+            raise RuntimeError(self.pg.get_error_message().decode())
+        res = self.pg.prepare(b"call", statement.encode())
+        if res.status != pq.ExecStatus.COMMAND_OK:
+            raise RuntimeError((res.error_message or b"prepare failed").decode())
+        res = self.pg.exec_(b"SELECT pg_backend_pid()")
+        self.pid = int(res.get_value(0, 0) or 0)
+        self.wormhole = statement == EXECUTE_SQL
+        self.params = [p.encode() for p in params]
+        self.pg.enter_pipeline_mode()
+
+    def calls(self, n: int) -> None:
+        pq, pg = self.pq, self.pg
+        while n > 0:
+            batch = min(n, self.BATCH)
+            for _ in range(batch):
+                pg.send_query_prepared(b"call", self.params)
+                pg.pipeline_sync()
+            while pg.flush() != 0:
+                pass
+            for _ in range(batch):
+                res = pg.get_result()
+                if res is None or res.status != pq.ExecStatus.TUPLES_OK:
+                    raise RuntimeError(pg.get_error_message().decode() or "no result")
+                payload = (res.get_value(0, 0) or b"").decode()
+                if self.wormhole and not payload.startswith('{"ok"'):
+                    raise RuntimeError(f"the call failed: {payload[:300]}")
+                if pg.get_result() is not None:  # end of this statement's results
+                    raise RuntimeError("unexpected extra result")
+                sync = pg.get_result()
+                if sync is None or sync.status != pq.ExecStatus.PIPELINE_SYNC:
+                    raise RuntimeError("pipeline out of step")
+            n -= batch
+
+    def close(self) -> None:
+        self.pg.finish()
+
+
 def memory(label: str, conninfo: str, calls: int, warmup_calls: int,
-           checkpoints: int = 10) -> MemoryResult:
-    """Backend RSS after a warm-up and at checkpoints over ``calls`` more calls on one
-    connection (get_user_summary through the public API)."""
+           budget_seconds: float, checkpoints: int = 10, statement: str = EXECUTE_SQL
+           ) -> MemoryResult:
+    """Backend RSS after a warm-up and at checkpoints over ``calls`` more calls of
+    get_user_summary on one connection (installed and warmed through the public API first).
+    ``statement``: another one-parameter statement to run instead, as a control.
+
+    Stops at the first checkpoint past ``budget_seconds``; ``calls`` of the result says how
+    many calls were made.
+    """
     fn = functions.get_user_summary
     samples: list[tuple[int, int, int, int]] = []
     t0 = time.monotonic()
+    caller = None
+    done = 0
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        if statement == EXECUTE_SQL:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                with wormhole.connection(conn):
+                    fn(1)  # installed (once per database) and working
+            caller = _PipelinedCaller(conninfo, statement, [fn.hash, fn.encode_args(42)])
+        else:
+            caller = _PipelinedCaller(conninfo, statement, ["42"])
 
-            def sample(done: int) -> None:
-                s = _status(pid)
-                worker = 0
-                for child in _descendants(pid):
-                    try:
-                        worker += _status(child).get("RssAnon", 0)
-                    except OSError:
-                        pass
-                samples.append((done, s["VmRSS"], s["RssAnon"], worker))
+        def sample(done: int) -> None:
+            s = _status(caller.pid)
+            worker = 0
+            for child in _descendants(caller.pid):
+                try:
+                    worker += _status(child).get("RssAnon", 0)
+                except OSError:
+                    pass
+            samples.append((done, s["VmRSS"], s["RssAnon"], worker))
 
-            with wormhole.connection(conn):
-                for i in range(warmup_calls):
-                    fn(1 + i % 1000)
-                sample(0)
-                step = max(1, calls // checkpoints)
-                done = 0
-                while done < calls:
-                    for i in range(done, min(calls, done + step)):
-                        fn(1 + i % 1000)
-                    done = min(calls, done + step)
-                    sample(done)
+        caller.calls(warmup_calls)
+        sample(0)
+        step = max(1, calls // checkpoints)
+        deadline = time.monotonic() + budget_seconds
+        while done < calls and time.monotonic() < deadline:
+            caller.calls(min(step, calls - done))
+            done = min(calls, done + step)
+            sample(done)
     except Exception as exc:  # noqa: BLE001
-        return MemoryResult(label, calls, warmup_calls, samples, time.monotonic() - t0,
-                            f"{type(exc).__name__}: {exc}")
-    return MemoryResult(label, calls, warmup_calls, samples, time.monotonic() - t0)
+        return MemoryResult(label, samples[-1][0] if samples else 0, warmup_calls, samples,
+                            time.monotonic() - t0, f"{type(exc).__name__}: {exc}")
+    finally:
+        if caller is not None:
+            caller.close()
+    return MemoryResult(label, done, warmup_calls, samples, time.monotonic() - t0,
+                        planned=calls)

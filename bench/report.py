@@ -171,7 +171,9 @@ def targets(res: RunResults) -> list[Target]:
         full = mem.calls >= 1_000_000
         grown = mem.growth_kb if mem.error is None and len(mem.samples) > 1 else None
         ok = None if grown is None or not full else grown <= 1024
-        note = "" if full else f"this run made {mem.calls:,} calls; the target needs 1M"
+        rate = mem.growth_kb * 1024 / mem.calls if mem.calls else 0.0
+        note = "" if full else (f"this run made {mem.calls:,} calls in {mem.seconds:.0f} s, "
+                                f"{rate:+.1f} bytes per call; the target needs 1M")
         out.append(Target(f"memory: backend RssAnon growth over {mem.calls:,} calls "
                           f"({mem.label})", "no per-call growth over 1M calls (≤ 1 MiB)",
                           grown, ok, "–" if grown is None else f"{grown:+,} kB", note))
@@ -343,14 +345,22 @@ def render(res: RunResults) -> str:
 
     if res.memory:
         add("## Backend memory over many calls\n")
-        add("get_user_summary through the public API on one connection; backend RSS from "
-            "`/proc/<pid>/status` after the warm-up and at checkpoints. RssAnon is the "
-            "backend's private memory (VmRSS also counts the shared buffers it has touched). "
-            "Worker column: RssAnon of the processes under the backend (bwrap and the "
-            "confined worker).\n")
+        add("get_user_summary on one connection: installed and warmed up through the public "
+            "API, then the exact statement the client sends (`SELECT "
+            "public.wormhole_execute(hash, args)`), each call its own statement and "
+            "transaction, pipelined over libpq in batches of 200 so the server does nothing "
+            "but run calls. Backend RSS from `/proc/<pid>/status` after the warm-up and at "
+            "checkpoints. RssAnon is the backend's private memory (VmRSS also counts the "
+            "shared buffers it has touched). Worker column: RssAnon of the processes under "
+            "the backend (bwrap and the confined worker). The control runs the hand-written "
+            "PL/Python function the same way, to tell wormhole's growth from PL/Python's or "
+            "PostgreSQL's own.\n")
         for mem in res.memory:
-            add(f"**{mem.label}**: {mem.calls:,} calls after {mem.warmup_calls:,} warm-up "
-                f"calls, {mem.seconds:.0f} s" + (f"; failed: `{mem.error}`" if mem.error else ""))
+            short = (f" (of {mem.planned:,} planned: the time budget ran out)"
+                     if mem.planned and mem.calls < mem.planned else "")
+            add(f"**{mem.label}**: {mem.calls:,} calls{short} after {mem.warmup_calls:,} "
+                f"warm-up calls, {mem.seconds:.0f} s"
+                + (f"; failed: `{mem.error}`" if mem.error else ""))
             add("")
             if mem.samples:
                 add("\n".join(_table(["calls after warm-up", "VmRSS kB", "RssAnon kB",

@@ -46,6 +46,7 @@ class Plan:
     big_repeats: int
     memory_calls: int  # in-process
     worker_memory_calls: int
+    memory_seconds: float  # time budget for the in-process memory run (the worker gets 1/4)
     clients: int = 8
     multi_workloads: tuple[str, ...] = ("process_order", "get_user_summary")
     scale: database.Scale = field(default_factory=lambda: database.FULL_SCALE)
@@ -54,22 +55,22 @@ class Plan:
 FULL = Plan(
     paths=(UNIX, TCP, PROXY0, PROXY_HALF, PROXY2),
     multi_paths=(UNIX, TCP, PROXY_HALF, PROXY2),
-    rounds=5, duration=0.5, multi_duration=0.5,
-    cold_trials=15, overhead_blocks=30, big_rows=100_000, big_repeats=7,
-    memory_calls=1_000_000, worker_memory_calls=100_000,
+    rounds=5, duration=0.4, multi_duration=0.4,
+    cold_trials=12, overhead_blocks=30, big_rows=100_000, big_repeats=3,
+    memory_calls=1_000_000, worker_memory_calls=100_000, memory_seconds=150,
 )
 QUICK = Plan(
     paths=(UNIX, PROXY_HALF),
     multi_paths=(UNIX, PROXY_HALF),
     rounds=2, duration=0.12, multi_duration=0.15,
     cold_trials=3, overhead_blocks=5, big_rows=100_000, big_repeats=1,
-    memory_calls=10_000, worker_memory_calls=2_000,
+    memory_calls=20_000, worker_memory_calls=5_000, memory_seconds=12,
 )
 SMOKE = Plan(
     paths=(UNIX,), multi_paths=(),
     rounds=1, duration=0.01, multi_duration=0.01, clients=1,
     cold_trials=1, overhead_blocks=1, big_rows=1_000, big_repeats=1,
-    memory_calls=50, worker_memory_calls=20,
+    memory_calls=50, worker_memory_calls=20, memory_seconds=1,
     scale=database.SMOKE_SCALE,
 )
 
@@ -333,12 +334,20 @@ def run(plan: Plan, *, mode: str, output: FsPath | None, command: str) -> report
             log(f"client-side overhead failed: {exc}")
         log(f"{plan.big_rows:,}-row result")
         res.big = extras.big_result(unix, unix_approved, plan.big_rows, plan.big_repeats)
-        for label, dsn, calls in (
-            ("wormhole in-process (approved)", unix_approved, plan.memory_calls),
-            ("wormhole confined worker", unix, plan.worker_memory_calls),
+        for label, dsn, calls, budget in (
+            ("wormhole in-process (approved)", unix_approved, plan.memory_calls,
+             plan.memory_seconds),
+            ("wormhole confined worker", unix, plan.worker_memory_calls,
+             plan.memory_seconds / 4),
         ):
-            log(f"backend memory over {calls:,} calls, {label}")
-            res.memory.append(extras.memory(label, dsn, calls, warmup_calls=max(100, calls // 100)))
+            log(f"backend memory over {calls:,} calls (at most {budget:.0f} s), {label}")
+            res.memory.append(extras.memory(label, dsn, calls, budget_seconds=budget,
+                                            warmup_calls=max(1000, calls // 100)))
+        log("backend memory, control: the hand-written PL/Python function")
+        res.memory.append(extras.memory(
+            "control: plpython3u get_user_summary_py", unix, plan.worker_memory_calls,
+            budget_seconds=plan.memory_seconds / 4, warmup_calls=1000,
+            statement="SELECT * FROM get_user_summary_py($1)"))
         res.machine["load average after the run"] = FsPath("/proc/loadavg").read_text().strip()
         res.seconds = time.monotonic() - t_start
         if output is not None:
