@@ -82,3 +82,24 @@ def test_disabled_untrusted_execution_refuses_unapproved_code(db, connect):
 
 def test_boundary_self_test_enabled_the_worker(server):
     assert "confined worker: ok" in server.boundary
+
+
+def test_unavailable_boundary_refuses_and_says_what_to_install(db, connect):
+    """What `wormhole install` records when bubblewrap does not work on the server."""
+    with db.admin() as a:
+        a.execute("UPDATE wormhole_settings SET value = 'unavailable' "
+                  "WHERE name = 'untrusted_execution'")
+    c = connect()
+    with wormhole.connection(c):
+        with pytest.raises(errors.DatabaseError) as info:
+            plain(1)
+    assert info.value.sqlstate == "WH008"
+    assert "apt-get install bubblewrap" in (info.value.hint or "")
+
+
+def test_boundary_check_reports_a_missing_bubblewrap():
+    from wormhole.runtime import sandbox
+
+    ok, reason = sandbox.available(bwrap="/nonexistent/bwrap")
+    assert not ok
+    assert "bubblewrap" in reason
