@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -171,7 +171,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -829,7 +829,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1613,7 +1613,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2085,7 +2085,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3638,7 +3638,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4301,7 +4301,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4505,7 +4505,7 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
             modules=call.modules, query=query, print_fn=out.write, tick=tick
         )
         exec(checked.code, glb)  # defines the function; the policy allows nothing else
-        function = glb[checked.name]
+        function: Callable[..., Any] = glb[checked.name]  # type: ignore[assignment]
         result = function(*args, **kwargs)
         try:
             value = codec.encode(result, root="result")  # text directly: no second pass
@@ -4583,7 +4583,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4740,7 +4740,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5048,7 +5048,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5381,7 +5381,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6038,7 +6038,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6101,7 +6101,7 @@ def backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:
     if state is None or state.pid != os.getpid():
         state = Backend(sources)
         GD["wormhole.backend/" + VERSION] = state
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 def _interrupt_flag() -> Any:
@@ -6203,7 +6203,7 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
         name = plpy.execute(f"SELECT rolname::text AS n FROM pg_catalog.pg_roles "
                             f"WHERE oid = {int(oid)}")[0]["n"]
         state.role_names[oid] = name
-    return name  # type: ignore[no-any-return]
+    return name
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> str | None:
@@ -6698,7 +6698,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6726,7 +6726,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '05810f209589d1451ce1ec36a4b951cd928164c355cedf43e1adc8786661368b'
+    _pkg.CODE_TAG = '93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef'
     GD[_key] = _pkg
 $wormhole_body$;
 

@@ -170,7 +170,8 @@ def main(dsn: str | None = None) -> int:
         admin = psycopg.connect(dsn, autocommit=True)
         print(install_schema(admin))
         _ensure_role(admin, app_role)
-        if admin.execute("SELECT to_regclass('public.users')").fetchone()[0] is None:
+        row = admin.execute("SELECT to_regclass('public.users')").fetchone()
+        if row is None or row[0] is None:
             setup(admin, app_role)
         app_dsn = psycopg.conninfo.make_conninfo(dsn, user=app_role)
         admin.close()

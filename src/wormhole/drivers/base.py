@@ -8,7 +8,7 @@ this Protocol; nothing above this layer touches a driver module directly.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..runtime.rows import Rows
 
@@ -17,8 +17,10 @@ from ..runtime.rows import Rows
 class Driver(Protocol):
     """What wormhole needs from a client connection."""
 
-    #: the user's connection object (psycopg.Connection, psycopg2 connection, ...)
-    connection: object
+    @property
+    def connection(self) -> Any:
+        """The user's connection object (psycopg.Connection, psycopg2 connection, ...)."""
+        ...
 
     def query(self, sql: str, params: Sequence[object]) -> Rows:
         """Run one statement with ``$n`` parameters (sent as text of unknown type)."""

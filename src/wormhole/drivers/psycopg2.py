@@ -6,9 +6,9 @@ import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-import psycopg2.extras
+import psycopg2  # type: ignore[import-untyped]
+import psycopg2.extensions  # type: ignore[import-untyped]
+import psycopg2.extras  # type: ignore[import-untyped]
 
 from ..runtime import sqltext
 from ..runtime.rows import Rows

@@ -202,7 +202,7 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
             modules=call.modules, query=query, print_fn=out.write, tick=tick
         )
         exec(checked.code, glb)  # defines the function; the policy allows nothing else
-        function = glb[checked.name]
+        function: Callable[..., Any] = glb[checked.name]  # type: ignore[assignment]
         result = function(*args, **kwargs)
         try:
             value = codec.encode(result, root="result")  # text directly: no second pass

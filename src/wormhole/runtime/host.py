@@ -61,7 +61,7 @@ def backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:
     if state is None or state.pid != os.getpid():
         state = Backend(sources)
         GD["wormhole.backend/" + VERSION] = state
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 def _interrupt_flag() -> Any:
@@ -163,7 +163,7 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
         name = plpy.execute(f"SELECT rolname::text AS n FROM pg_catalog.pg_roles "
                             f"WHERE oid = {int(oid)}")[0]["n"]
         state.role_names[oid] = name
-    return name  # type: ignore[no-any-return]
+    return name
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> str | None:
