@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -171,7 +171,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -794,6 +794,10 @@ def _walk(v: Any, depth: int, max_depth: int) -> Any:
     raise CodecError(f"not a JSON value: {t.__name__}")
 
 
+#: one decoder per process: ``json.loads`` with hooks builds a decoder and a C scanner per call.
+_DECODER = json.JSONDecoder(object_hook=_hook, parse_constant=_reject_constant)
+
+
 def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:
     """Decode text produced by :func:`encode`. Raises only :class:`CodecError`.
 
@@ -814,7 +818,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     if n > max_bytes or (n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
         raise CodecError(f"text too large (limit {max_bytes} bytes)")
     try:
-        value = json.loads(text, object_hook=_hook, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)  # json.loads(text, object_hook=..., parse_constant=...)
     except CodecError:
         raise
     except RecursionError:
@@ -829,7 +833,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1613,7 +1617,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -1670,18 +1674,23 @@ OP = "op"              # any other character run (operators, punctuation, number
 SEMI = "semi"          # ;
 
 # Identifier characters: PostgreSQL accepts any byte >= 0x80 (any non-ASCII character).
-_IDENT_START = r"A-Za-z_\x80-\U0010ffff"
-_IDENT_CONT = r"A-Za-z_0-9$\x80-\U0010ffff"
+# Written as the complement of the excluded ASCII characters: exactly the same sets as
+# [A-Za-z_\x80-\U0010ffff] (start), [A-Za-z_0-9$\x80-\U0010ffff] (continue) and
+# [A-Za-z_0-9\x80-\U0010ffff] (dollar-quote tag), but ``re`` compiles a class reaching
+# \U0010ffff very slowly (~50 ms per backend start-up for this module's patterns).
+_IDENT_START = r"[^\x00-\x40\x5b-\x5e\x60\x7b-\x7f]"
+_IDENT_CONT = r"[^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
+_TAG_CONT = r"[^\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
 
 _MASTER = re.compile(
     rf"""
       (?P<estr>[eE]')                                  # E'...'  (backslash escapes)
     | (?P<ustr>[uU]&')                                 # U&'...'
     | (?P<uident>[uU]&")                               # U&"..."
-    | (?P<word>[{_IDENT_START}][{_IDENT_CONT}]*)       # identifier / keyword
+    | (?P<word>{_IDENT_START}{_IDENT_CONT}*)           # identifier / keyword
     | (?P<str>')                                       # '...'
     | (?P<qident>")                                    # "..."
-    | (?P<dollar>\$(?:[{_IDENT_START}][A-Za-z_0-9\x80-\U0010ffff]*)?\$)  # $tag$ / $$
+    | (?P<dollar>\$(?:{_IDENT_START}{_TAG_CONT}*)?\$)  # $tag$ / $$
     | (?P<param>\$[0-9]+)                              # $1
     | (?P<line>--)                                     # -- comment
     | (?P<block>/\*)                                   # /* comment */
@@ -1766,7 +1775,7 @@ def tokens(sql: str) -> Iterator[tuple[str, int, int]]:
 # Fast scanner for translation: jumps (at C speed) to the next place where a literal, comment or
 # parameter may start, skipping ordinary code. The look-behinds keep identifiers such as
 # ``a$1``, ``b$x$`` or ``typE'`` from being read as a parameter, dollar quote or E'' string.
-_NOT_AFTER_IDENT = r"(?<![A-Za-z0-9_$\x80-\U0010ffff])"
+_NOT_AFTER_IDENT = rf"(?<!{_IDENT_CONT})"
 _JUMP = re.compile(
     rf"""
     (?=[eEuU'"$/-])  # cheap first-character filter before the alternation
@@ -1775,7 +1784,7 @@ _JUMP = re.compile(
     | {_NOT_AFTER_IDENT}(?P<uq>[uU]&['"])
     | (?P<str>')
     | (?P<qident>")
-    | {_NOT_AFTER_IDENT}(?P<dollar>\$(?:[{_IDENT_START}][A-Za-z_0-9\x80-\U0010ffff]*)?\$)
+    | {_NOT_AFTER_IDENT}(?P<dollar>\$(?:{_IDENT_START}{_TAG_CONT}*)?\$)
     | {_NOT_AFTER_IDENT}(?P<param>\$[0-9]+)
     | (?P<line>--)
     | (?P<block>/\*)
@@ -2001,7 +2010,7 @@ def check_statement(sql: str) -> None:
 
 
 _LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$))*")
-_FIRST_WORD = re.compile(rf"[{_IDENT_START}][{_IDENT_CONT}]*")
+_FIRST_WORD = re.compile(rf"{_IDENT_START}{_IDENT_CONT}*")
 _FIRST_WORDS_TO_CHECK = frozenset(
     {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "prepare",
      "copy", "load", "do", "listen", "unlisten", "discard", "set", "reset"}
@@ -2085,7 +2094,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3638,7 +3647,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4301,7 +4310,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4511,8 +4520,9 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
             value = codec.encode(result, root="result")  # text directly: no second pass
         except codec.CodecError as exc:
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
-        text = ('{"ok":' + value + ',"out":'
-                + json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
+        printed = (json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":"))
+                   if out.parts or out.truncated else "[]")
+        text = '{"ok":' + value + ',"out":' + printed + "}"
         if len(text) > call.limits.max_result_bytes:
             raise LimitExceeded(
                 "max_result_bytes",
@@ -4583,7 +4593,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4740,7 +4750,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -4878,8 +4888,7 @@ class Channel:
             raise TypeError("a header must be a dict with a str 'op'")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError("a body must be bytes")
-        head = json.dumps(header, ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
+        head = _HEADER_ENCODER.encode(header).encode("utf-8")
         if len(head) > MAX_HEADER:
             raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")
         if len(body) > ABSOLUTE_MAX_FRAME:
@@ -5035,10 +5044,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+# built once: ``json.dumps``/``json.loads`` with options build an encoder/decoder per message.
+_HEADER_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_HEADER_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_header(raw: bytes) -> dict[str, Any]:
     """Decode and validate a frame header: a JSON object with a str ``op``."""
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        header = _HEADER_DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError, MemoryError) as exc:
         raise ProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
     if type(header) is not dict:
@@ -5048,7 +5062,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5381,7 +5395,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -5408,7 +5422,6 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -5563,6 +5576,8 @@ class _Worker:
     """One running worker: the bwrap process, its channel, its stderr tail."""
 
     def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:
+        import subprocess  # here, not at module level: most backends never start a worker
+
         self.limits = limits
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -5603,6 +5618,8 @@ class _Worker:
 
     def stop(self) -> None:
         """SIGKILL the process group, reap it, close the pipes. Idempotent."""
+        import subprocess
+
         if not self.alive:
             return
         self.alive = False
@@ -5640,6 +5657,8 @@ class _Worker:
 
     def exit_reason(self) -> str:
         """Wait briefly for the process to end on its own and describe how it ended."""
+        import subprocess
+
         try:
             self.proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
@@ -5991,6 +6010,8 @@ def available(
     Always starts the sandbox for real (the exact argv the worker uses) and does a round trip
     through its pipes. With ``sources`` it also boots the runtime and runs a trivial call.
     """
+    import subprocess
+
     if not os.path.exists(bwrap):
         return False, (
             f"{bwrap} was not found: install bubblewrap (Debian/Ubuntu: apt-get install "
@@ -6038,7 +6059,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6094,6 +6115,8 @@ class Backend:
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
         self.pid = os.getpid()
+        #: whether ``_repair_subtransaction_dealloc`` ran in this backend
+        self.subxact_checked = False
 
 
 def backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:
@@ -6140,6 +6163,55 @@ def _error(plpy: Any, message: str, sqlstate: str, detail: str | None = None,
     except BaseException as exc:  # noqa: BLE001 - plpy.error always raises
         return exc
     raise AssertionError("plpy.error returned")  # pragma: no cover
+
+
+#: how many throw-away ``plpy.subtransaction()`` objects the leak probe creates
+_SUBXACT_PROBE = 256
+
+
+def _repair_subtransaction_dealloc(plpy: Any) -> bool:
+    """Stop PL/Python from leaking every ``plpy.subtransaction()`` object (once per backend).
+
+    PostgreSQL 15's ``PLy_subtransaction_dealloc`` is an empty function (later releases drop
+    it), so each object's 24 bytes are never returned to Python's allocator: one leaked block
+    per call, since every call runs in a subtransaction (issue 5: ~32 bytes of backend RSS per
+    call, forever). The objects come from ``PyObject_New``, so their type's ``tp_dealloc`` is
+    pointed at ``PyObject_Free``, which is what the default deallocator of a plain (non-GC,
+    static) type does. Only when a probe proves the leak, and only if a second probe proves the
+    repair (else the old pointer is put back). Returns whether the type was repaired.
+    """
+    try:
+        import ctypes
+        import sys
+
+        tp = type(plpy.subtransaction())
+        if tp.__name__ != "PLySubtransaction" or tp.__flags__ & ((1 << 9) | (1 << 14)):
+            return False  # not PL/Python's static, non-GC type (heap type or GC: leave it)
+        if not hasattr(sys, "getallocatedblocks"):
+            return False
+
+        def leaked() -> int:
+            before = sys.getallocatedblocks()
+            for _ in range(_SUBXACT_PROBE):
+                plpy.subtransaction()
+            return sys.getallocatedblocks() - before
+
+        if leaked() < _SUBXACT_PROBE:
+            return False  # this PostgreSQL frees them
+        # PyTypeObject: ob_refcnt, ob_type, ob_size, tp_name, tp_basicsize, tp_itemsize,
+        # then tp_dealloc (CPython's stable layout since 3.0).
+        slot = ctypes.c_void_p.from_address(id(tp) + 6 * ctypes.sizeof(ctypes.c_void_p))
+        if ctypes.c_ssize_t.from_address(id(tp) + 4 * ctypes.sizeof(ctypes.c_void_p)).value \
+                != tp.__basicsize__:
+            return False  # not the layout we expect
+        old = slot.value
+        slot.value = ctypes.cast(ctypes.pythonapi.PyObject_Free, ctypes.c_void_p).value
+        if leaked() >= _SUBXACT_PROBE // 2:
+            slot.value = old
+            return False
+        return True
+    except Exception:  # noqa: BLE001 - a repair that cannot run leaves PL/Python as it was
+        return False
 
 
 def _audit_log(plpy: Any, event: dict[str, Any]) -> None:
@@ -6308,6 +6380,9 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     PostgreSQL's own error.
     """
     state = backend(GD, sources)
+    if not state.subxact_checked:
+        state.subxact_checked = True
+        _repair_subtransaction_dealloc(plpy)
     function_hash = _check_hash(plpy, function_hash)
     if args_json is None or not isinstance(args_json, str):
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
@@ -6698,7 +6773,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6726,7 +6801,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '93ee7d6a4dde2782883a40302c67db7a639ca02ab2c41c007fbaa92fd5444bef'
+    _pkg.CODE_TAG = '21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3'
     GD[_key] = _pkg
 $wormhole_body$;
 

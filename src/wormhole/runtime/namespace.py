@@ -168,7 +168,11 @@ def _too_big(what: str, bits: int) -> NoReturn:
 
 
 def _is_int(x: object) -> bool:
-    return type(x) is int or type(x) is bool
+    # any int, subclasses included: the stdlib hands out int subclasses (``re.I | 10**10`` is
+    # a ``RegexFlag`` of any size) that an exact-type check would wave through unguarded.
+    # User code cannot define int subclasses (policy: class bases), so none overrides the
+    # int methods used here.
+    return isinstance(x, int)
 
 
 def _check_pow(base: Any, exp: Any) -> None:
@@ -203,16 +207,16 @@ def guarded_mul(a: Any, b: Any) -> Any:
     This runs for every ``*`` in user code, so the common cases (floats, small ints) take the
     first branch with no further calls.
     """
-    ta = type(a)
-    tb = type(b)
-    if ta is float or tb is float:
+    if type(a) is float or type(b) is float:
         return a * b
-    if (ta is int or ta is bool) and (tb is int or tb is bool):
+    ia = isinstance(a, int)  # subclasses too (see _is_int)
+    ib = isinstance(b, int)
+    if ia and ib:
         if a.bit_length() + b.bit_length() > MAX_INT_BITS:
             _too_big("the multiplication", a.bit_length() + b.bit_length())
-    elif (ta is int or ta is bool) and isinstance(b, _SEQUENCES) and a > 0:
+    elif ia and isinstance(b, _SEQUENCES) and a > 0:
         _check_repeat(len(b), a)
-    elif (tb is int or tb is bool) and isinstance(a, _SEQUENCES) and b > 0:
+    elif ib and isinstance(a, _SEQUENCES) and b > 0:
         _check_repeat(len(a), b)
     return a * b
 
@@ -500,7 +504,11 @@ def _exception_base(base: object) -> bool:
 
 def guarded_type(*args: object) -> type:
     """One-argument ``type()``. Three arguments would create classes with arbitrary
-    dunders; the type of a class (``type(int)`` is ``type``) would give that back."""
+    dunders; the type of a class (``type(int)`` is ``type``) would give that back.
+
+    ``build_globals`` wraps this per call so that the type of a range is the call's guarded
+    ``range`` (``type(range(1))(10**15)`` must not hand out the real, unticked ``range``).
+    """
     if len(args) != 1:
         raise PolicyViolation("type() takes exactly one argument in wormhole functions")
     result = type(args[0])
@@ -570,6 +578,11 @@ def build_globals(
             n = RANGE_FAST + 1
         return r if n <= RANGE_FAST else _ticking(r, tick)
 
+    def call_type(*args: object) -> Any:
+        result = guarded_type(*args)
+        # the real range would build long ranges that sum()/any() walk in C, unticked
+        return guarded_range if result is range else result
+
     def guarded_iter(obj: Any, *sentinel: object) -> Iterator[Any]:
         if not sentinel:
             return iter(obj)
@@ -622,7 +635,7 @@ def build_globals(
     safe_builtins = dict(_BASE_BUILTINS)
     safe_builtins.update({
         "pow": guarded_pow,
-        "type": guarded_type,
+        "type": call_type,
         "range": guarded_range,
         "iter": guarded_iter,
         "print": guarded_print,

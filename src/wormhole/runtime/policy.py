@@ -1288,9 +1288,16 @@ class _Rewriter:
                                     stmt.value], stmt)
             return [ast.copy_location(ast.Expr(value=store), stmt)]
         if isinstance(stmt, ast.Delete):
+            # del a.b, (c.d, e), [f.g]: Python deletes left to right, unpacking tuple and list
+            # targets; every attribute among them goes through the guard (a ``del (a.b,)`` left
+            # as a raw Delete would change shared classes behind ``_wh_delattr``'s back).
             out: list[ast.stmt] = []
-            for target in stmt.targets:
-                if isinstance(target, ast.Attribute):
+            pending: list[ast.expr] = list(reversed(stmt.targets))
+            while pending:
+                target = pending.pop()
+                if isinstance(target, (ast.Tuple, ast.List)):
+                    pending.extend(reversed(target.elts))
+                elif isinstance(target, ast.Attribute):
                     call = _call(DELATTR, [target.value, ast.Constant(value=target.attr)], target)
                     out.append(ast.copy_location(ast.Expr(value=call), target))
                 else:
@@ -1328,13 +1335,40 @@ class _Rewriter:
             return [*prefix, ast.copy_location(ast.Expr(value=store), stmt)]
         if hooks is None:
             return [stmt]
-        if isinstance(target, ast.Name) or (
-                isinstance(target, ast.Subscript) and _simple(target.value)
-                and _simple(target.slice)):
+        held: list[ast.stmt] = []
+        if isinstance(target, ast.Subscript) and not (
+                _simple(target.value) and _simple(target.slice)):
+            # a.b[f()] op= v  ->  t1 = a.b; t2 = f(); t1[t2] = _wh_iop(t1[t2], v): the
+            # container and the key are evaluated once, in Python's order, and the size
+            # guard still sees the operation (it used to be left unguarded).
+            value = self._hold(target.value, stmt, held)
+            key = self._hold(target.slice, stmt, held)
+            target = ast.copy_location(
+                ast.Subscript(value=value, slice=key, ctx=ast.Store()), target)
+        if isinstance(target, (ast.Name, ast.Subscript)):
             # x op= v  ->  x = _wh_iop(x, v); the hook applies the in-place operator itself.
             call = _call(hooks[1], [_load_copy(target), stmt.value], stmt)
-            return [ast.copy_location(ast.Assign(targets=[target], value=call), stmt)]
-        return [stmt]  # a[f()] *= n: left unguarded rather than evaluate f() twice
+            return [*held, ast.copy_location(ast.Assign(targets=[target], value=call), stmt)]
+        return [stmt]
+
+    def _hold(self, node: ast.expr, like: ast.stmt, prefix: list[ast.stmt]) -> ast.expr:
+        """``node`` evaluated once into temporaries (appended to ``prefix``), in Python's
+        left-to-right order; slices and tuples of keys keep their shape (a Slice is only valid
+        inside a subscript)."""
+        if _simple(node):
+            return node
+        if isinstance(node, ast.Slice):
+            parts = [None if p is None else self._hold(p, like, prefix)
+                     for p in (node.lower, node.upper, node.step)]
+            return ast.copy_location(ast.Slice(lower=parts[0], upper=parts[1], step=parts[2]),
+                                     node)
+        if isinstance(node, ast.Tuple) and any(isinstance(e, ast.Slice) for e in node.elts):
+            elts = [self._hold(e, like, prefix) for e in node.elts]
+            return ast.copy_location(ast.Tuple(elts=elts, ctx=ast.Load()), node)
+        holder = self._temp(like)
+        prefix.append(ast.copy_location(ast.Assign(
+            targets=[ast.Name(id=holder, ctx=ast.Store())], value=node), like))
+        return ast.copy_location(ast.Name(id=holder, ctx=ast.Load()), node)
 
     def assign(self, stmt: ast.Assign) -> list[ast.stmt]:
         if not any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
