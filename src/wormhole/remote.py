@@ -238,14 +238,24 @@ class RemoteFunction(Generic[P, R]):
         )
 
     def _result(self, payload: str) -> Any:
+        # fast path for results: `{"ok":<value>,"out":[...]}` decoded in one pass by the codec
+        # (no generic json.loads + second walk). ',"out":[' cannot occur inside the trailing
+        # list of strings (quotes are escaped there), so the last occurrence is the trailer.
+        if payload.startswith('{"ok":') and payload.endswith("]}"):
+            cut = payload.rfind(',"out":[')
+            if cut > 6:
+                try:
+                    value = codec.decode(payload[6:cut])
+                    lines = json.loads(payload[cut + 7 : -1])
+                except (codec.CodecError, ValueError):
+                    raise errors.InterfaceError("malformed payload from wormhole_execute") from None
+                self._emit(lines)
+                return value
         try:
             data = json.loads(payload)
         except ValueError:
             raise errors.InterfaceError("malformed payload from wormhole_execute") from None
-        for line in data.get("out", ()):
-            remote_log.info("%s: %s", self.name, line, extra={"remote_function": self.name})
-            if self.echo:
-                print(line)
+        self._emit(data.get("out", ()))
         if "ok" in data:
             try:
                 return codec.decode_value(data["ok"])
@@ -255,6 +265,13 @@ class RemoteFunction(Generic[P, R]):
         if not isinstance(err, dict):
             raise errors.InterfaceError("malformed payload from wormhole_execute")
         raise self._remote_exception(err)
+
+    def _emit(self, lines: Any) -> None:
+        """print() output of the remote function: logged, and echoed on stdout."""
+        for line in lines:
+            remote_log.info("%s: %s", self.name, line, extra={"remote_function": self.name})
+            if self.echo:
+                print(line)
 
     def _remote_exception(self, err: dict[str, Any]) -> BaseException:
         type_name = str(err.get("type", "Exception"))

@@ -136,8 +136,7 @@ class Channel:
             raise TypeError("a header must be a dict with a str 'op'")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError("a body must be bytes")
-        head = json.dumps(header, ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
+        head = _HEADER_ENCODER.encode(header).encode("utf-8")
         if len(head) > MAX_HEADER:
             raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")
         if len(body) > ABSOLUTE_MAX_FRAME:
@@ -293,10 +292,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+# built once: ``json.dumps``/``json.loads`` with options build an encoder/decoder per message.
+_HEADER_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_HEADER_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_header(raw: bytes) -> dict[str, Any]:
     """Decode and validate a frame header: a JSON object with a str ``op``."""
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        header = _HEADER_DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError, MemoryError) as exc:
         raise ProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
     if type(header) is not dict:

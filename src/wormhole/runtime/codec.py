@@ -597,6 +597,10 @@ def _walk(v: Any, depth: int, max_depth: int) -> Any:
     raise CodecError(f"not a JSON value: {t.__name__}")
 
 
+#: one decoder per process: ``json.loads`` with hooks builds a decoder and a C scanner per call.
+_DECODER = json.JSONDecoder(object_hook=_hook, parse_constant=_reject_constant)
+
+
 def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:
     """Decode text produced by :func:`encode`. Raises only :class:`CodecError`.
 
@@ -617,7 +621,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     if n > max_bytes or (n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
         raise CodecError(f"text too large (limit {max_bytes} bytes)")
     try:
-        value = json.loads(text, object_hook=_hook, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)  # json.loads(text, object_hook=..., parse_constant=...)
     except CodecError:
         raise
     except RecursionError:

@@ -208,8 +208,9 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
             value = codec.encode(result, root="result")  # text directly: no second pass
         except codec.CodecError as exc:
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
-        text = ('{"ok":' + value + ',"out":'
-                + json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
+        printed = (json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":"))
+                   if out.parts or out.truncated else "[]")
+        text = '{"ok":' + value + ',"out":' + printed + "}"
         if len(text) > call.limits.max_result_bytes:
             raise LimitExceeded(
                 "max_result_bytes",

@@ -25,7 +25,6 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -180,6 +179,8 @@ class _Worker:
     """One running worker: the bwrap process, its channel, its stderr tail."""
 
     def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:
+        import subprocess  # here, not at module level: most backends never start a worker
+
         self.limits = limits
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -220,6 +221,8 @@ class _Worker:
 
     def stop(self) -> None:
         """SIGKILL the process group, reap it, close the pipes. Idempotent."""
+        import subprocess
+
         if not self.alive:
             return
         self.alive = False
@@ -257,6 +260,8 @@ class _Worker:
 
     def exit_reason(self) -> str:
         """Wait briefly for the process to end on its own and describe how it ended."""
+        import subprocess
+
         try:
             self.proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
@@ -608,6 +613,8 @@ def available(
     Always starts the sandbox for real (the exact argv the worker uses) and does a round trip
     through its pipes. With ``sources`` it also boots the runtime and runs a trivial call.
     """
+    import subprocess
+
     if not os.path.exists(bwrap):
         return False, (
             f"{bwrap} was not found: install bubblewrap (Debian/Ubuntu: apt-get install "

@@ -55,18 +55,23 @@ OP = "op"              # any other character run (operators, punctuation, number
 SEMI = "semi"          # ;
 
 # Identifier characters: PostgreSQL accepts any byte >= 0x80 (any non-ASCII character).
-_IDENT_START = r"A-Za-z_\x80-\U0010ffff"
-_IDENT_CONT = r"A-Za-z_0-9$\x80-\U0010ffff"
+# Written as the complement of the excluded ASCII characters: exactly the same sets as
+# [A-Za-z_\x80-\U0010ffff] (start), [A-Za-z_0-9$\x80-\U0010ffff] (continue) and
+# [A-Za-z_0-9\x80-\U0010ffff] (dollar-quote tag), but ``re`` compiles a class reaching
+# \U0010ffff very slowly (~50 ms per backend start-up for this module's patterns).
+_IDENT_START = r"[^\x00-\x40\x5b-\x5e\x60\x7b-\x7f]"
+_IDENT_CONT = r"[^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
+_TAG_CONT = r"[^\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
 
 _MASTER = re.compile(
     rf"""
       (?P<estr>[eE]')                                  # E'...'  (backslash escapes)
     | (?P<ustr>[uU]&')                                 # U&'...'
     | (?P<uident>[uU]&")                               # U&"..."
-    | (?P<word>[{_IDENT_START}][{_IDENT_CONT}]*)       # identifier / keyword
+    | (?P<word>{_IDENT_START}{_IDENT_CONT}*)           # identifier / keyword
     | (?P<str>')                                       # '...'
     | (?P<qident>")                                    # "..."
-    | (?P<dollar>\$(?:[{_IDENT_START}][A-Za-z_0-9\x80-\U0010ffff]*)?\$)  # $tag$ / $$
+    | (?P<dollar>\$(?:{_IDENT_START}{_TAG_CONT}*)?\$)  # $tag$ / $$
     | (?P<param>\$[0-9]+)                              # $1
     | (?P<line>--)                                     # -- comment
     | (?P<block>/\*)                                   # /* comment */
@@ -151,7 +156,7 @@ def tokens(sql: str) -> Iterator[tuple[str, int, int]]:
 # Fast scanner for translation: jumps (at C speed) to the next place where a literal, comment or
 # parameter may start, skipping ordinary code. The look-behinds keep identifiers such as
 # ``a$1``, ``b$x$`` or ``typE'`` from being read as a parameter, dollar quote or E'' string.
-_NOT_AFTER_IDENT = r"(?<![A-Za-z0-9_$\x80-\U0010ffff])"
+_NOT_AFTER_IDENT = rf"(?<!{_IDENT_CONT})"
 _JUMP = re.compile(
     rf"""
     (?=[eEuU'"$/-])  # cheap first-character filter before the alternation
@@ -160,7 +165,7 @@ _JUMP = re.compile(
     | {_NOT_AFTER_IDENT}(?P<uq>[uU]&['"])
     | (?P<str>')
     | (?P<qident>")
-    | {_NOT_AFTER_IDENT}(?P<dollar>\$(?:[{_IDENT_START}][A-Za-z_0-9\x80-\U0010ffff]*)?\$)
+    | {_NOT_AFTER_IDENT}(?P<dollar>\$(?:{_IDENT_START}{_TAG_CONT}*)?\$)
     | {_NOT_AFTER_IDENT}(?P<param>\$[0-9]+)
     | (?P<line>--)
     | (?P<block>/\*)
@@ -386,7 +391,7 @@ def check_statement(sql: str) -> None:
 
 
 _LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$))*")
-_FIRST_WORD = re.compile(rf"[{_IDENT_START}][{_IDENT_CONT}]*")
+_FIRST_WORD = re.compile(rf"{_IDENT_START}{_IDENT_CONT}*")
 _FIRST_WORDS_TO_CHECK = frozenset(
     {"begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "prepare",
      "copy", "load", "do", "listen", "unlisten", "discard", "set", "reset"}
