@@ -305,3 +305,24 @@ def test_not_installed_schema_is_a_clear_error(server, driver_name):
     finally:
         with psycopg.connect(server.dsn(), autocommit=True) as admin:
             admin.execute("DROP DATABASE bare WITH (FORCE)")
+
+
+def test_connection_scoping_is_per_asyncio_task(db, connect):
+    import asyncio
+
+    c1, c2 = connect(), connect()
+
+    async def task(c, seen, name):
+        with wormhole.connection(c):
+            for _ in range(3):
+                await asyncio.sleep(0)  # let the other task run inside its own block
+                assert wormhole.get_connection() is c
+                seen.setdefault(name, set()).add(query("SELECT pg_backend_pid() AS p")[0]["p"])
+
+    async def main():
+        seen = {}
+        await asyncio.gather(task(c1, seen, "a"), task(c2, seen, "b"))
+        return seen
+
+    seen = asyncio.run(main())
+    assert len(seen["a"]) == 1 and len(seen["b"]) == 1 and seen["a"] != seen["b"]
