@@ -13,12 +13,25 @@ from .base import Driver
 __all__ = ["Driver", "for_connection"]
 
 
+_by_type: dict[type, Any] = {}
+
+
 def for_connection(conn: Any) -> Driver:
     """The driver for ``conn``: psycopg 3 or psycopg2, by the connection's type.
 
     Drivers are light wrappers, made per use; anything worth keeping per connection is kept in
     weak maps keyed by the connection, so wormhole never keeps a connection alive.
     """
+    cls = _by_type.get(type(conn))
+    if cls is not None:
+        return cls(conn)  # type: ignore[no-any-return]
+    driver = _select(conn)
+    if type(driver) is not type(conn):
+        _by_type[type(conn)] = type(driver)
+    return driver
+
+
+def _select(conn: Any) -> Driver:
     module = type(conn).__module__
     if module.startswith("psycopg2"):
         from .psycopg2 import Psycopg2Driver
