@@ -129,3 +129,30 @@ def test_parameter_count_mismatch_fails_the_same_way(conn):
 
 
 DatabaseError = __import__("wormhole").DatabaseError
+
+
+def test_domain_typed_parameters_convert_by_their_base_type(db, conn):
+    db.setup_sql(
+        "CREATE DOMAIN flag AS boolean NOT NULL;"
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0);"
+        "CREATE TABLE flags (id int PRIMARY KEY, on_ flag, n positive);"
+        "INSERT INTO flags VALUES (1, false, 1), (2, true, 2);"
+    )
+
+    @remote
+    def ids_with(flag_value):
+        return [r["id"] for r in query("SELECT id FROM flags WHERE on_ = $1 ORDER BY id",
+                                       flag_value)]
+
+    assert ids_with(False) == [r["id"] for r in
+                               query("SELECT id FROM flags WHERE on_ = $1 ORDER BY id", False)]
+    assert ids_with(False) == [1]
+
+    @remote
+    def insert_bad():
+        try:
+            query("INSERT INTO flags VALUES (3, true, $1)", -5)
+        except DatabaseError as e:
+            return e.sqlstate
+
+    assert insert_bad() == "23514"  # the domain's CHECK still applies

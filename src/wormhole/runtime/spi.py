@@ -100,35 +100,48 @@ class SpiPort:
         numbers = sqltext.param_numbers(sql)
         nparams = max(numbers) if numbers else 0
         typnames: list[str] = []
+        basenames: list[str] = []
         try:
             if nparams:
-                typnames = self._infer(sql, nparams)
+                typnames, basenames = self._infer(sql, nparams)
                 plan = plpy.prepare(sql, typnames)
             else:
                 plan = plpy.prepare(sql)
         except plpy.SPIError as exc:
             raise self._translate(exc) from None
-        entry = _Plan(plan, typnames, nparams)
+        # values are converted by the base type of a domain (plpy turns 'false' into True for
+        # a domain over boolean); the plan keeps the domain, so its constraints still apply
+        entry = _Plan(plan, basenames, nparams)
         if len(self.plans) >= self.max_plans:
             self.plans.clear()
         self.plans[sql] = entry
         return entry
 
-    def _infer(self, sql: str, nparams: int) -> list[str]:
-        """Ask PostgreSQL which types it infers for ``$1..$n`` (as the client's server would)."""
+    def _infer(self, sql: str, nparams: int) -> tuple[list[str], list[str]]:
+        """Ask PostgreSQL which types it infers for ``$1..$n`` (as the client's server would).
+
+        Returns the inferred type names (for the plan) and, for domains, their base types (for
+        converting the values).
+        """
         plpy = self.plpy
         plpy.execute(f"PREPARE {_INFER_NAME} AS {sql}")
         try:
             rows = plpy.execute(
-                "SELECT parameter_types::text[] AS t FROM pg_catalog.pg_prepared_statements "
-                f"WHERE name = '{_INFER_NAME}'"
+                "SELECT p.typ::regtype::text AS t, pg_catalog.format_type("
+                "CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END, NULL) AS b "
+                "FROM pg_catalog.pg_prepared_statements s, "
+                "pg_catalog.unnest(s.parameter_types) WITH ORDINALITY AS p(typ, ord), "
+                "pg_catalog.pg_type t "
+                f"WHERE s.name = '{_INFER_NAME}' AND t.oid = p.typ ORDER BY p.ord"
             )
         finally:
             plpy.execute(f"DEALLOCATE {_INFER_NAME}")
-        types = list(rows[0]["t"])
+        types = [r["t"] for r in rows]
+        bases = [r["b"] for r in rows]
         if len(types) < nparams:
             types += ["text"] * (nparams - len(types))
-        return types
+            bases += ["text"] * (nparams - len(bases))
+        return types, bases
 
     def _rows(self, entry: _Plan, result: Any) -> Rows:
         nrows = result.nrows()
