@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -171,7 +171,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -833,7 +833,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1617,7 +1617,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2094,7 +2094,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3647,7 +3647,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4310,7 +4310,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4593,7 +4593,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4695,35 +4695,48 @@ class SpiPort:
         numbers = sqltext.param_numbers(sql)
         nparams = max(numbers) if numbers else 0
         typnames: list[str] = []
+        basenames: list[str] = []
         try:
             if nparams:
-                typnames = self._infer(sql, nparams)
+                typnames, basenames = self._infer(sql, nparams)
                 plan = plpy.prepare(sql, typnames)
             else:
                 plan = plpy.prepare(sql)
         except plpy.SPIError as exc:
             raise self._translate(exc) from None
-        entry = _Plan(plan, typnames, nparams)
+        # values are converted by the base type of a domain (plpy turns 'false' into True for
+        # a domain over boolean); the plan keeps the domain, so its constraints still apply
+        entry = _Plan(plan, basenames, nparams)
         if len(self.plans) >= self.max_plans:
             self.plans.clear()
         self.plans[sql] = entry
         return entry
 
-    def _infer(self, sql: str, nparams: int) -> list[str]:
-        """Ask PostgreSQL which types it infers for ``$1..$n`` (as the client's server would)."""
+    def _infer(self, sql: str, nparams: int) -> tuple[list[str], list[str]]:
+        """Ask PostgreSQL which types it infers for ``$1..$n`` (as the client's server would).
+
+        Returns the inferred type names (for the plan) and, for domains, their base types (for
+        converting the values).
+        """
         plpy = self.plpy
         plpy.execute(f"PREPARE {_INFER_NAME} AS {sql}")
         try:
             rows = plpy.execute(
-                "SELECT parameter_types::text[] AS t FROM pg_catalog.pg_prepared_statements "
-                f"WHERE name = '{_INFER_NAME}'"
+                "SELECT p.typ::regtype::text AS t, pg_catalog.format_type("
+                "CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END, NULL) AS b "
+                "FROM pg_catalog.pg_prepared_statements s, "
+                "pg_catalog.unnest(s.parameter_types) WITH ORDINALITY AS p(typ, ord), "
+                "pg_catalog.pg_type t "
+                f"WHERE s.name = '{_INFER_NAME}' AND t.oid = p.typ ORDER BY p.ord"
             )
         finally:
             plpy.execute(f"DEALLOCATE {_INFER_NAME}")
-        types = list(rows[0]["t"])
+        types = [r["t"] for r in rows]
+        bases = [r["b"] for r in rows]
         if len(types) < nparams:
             types += ["text"] * (nparams - len(types))
-        return types
+            bases += ["text"] * (nparams - len(bases))
+        return types, bases
 
     def _rows(self, entry: _Plan, result: Any) -> Rows:
         nrows = result.nrows()
@@ -4750,7 +4763,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5062,7 +5075,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5395,7 +5408,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6059,7 +6072,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6773,7 +6786,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6801,7 +6814,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '21f2254dbe705e1482937f339f43b0836893c4a461873d28b14118ebef7429b3'
+    _pkg.CODE_TAG = '853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e'
     GD[_key] = _pkg
 $wormhole_body$;
 
