@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -171,7 +171,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -833,7 +833,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1617,7 +1617,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2094,7 +2094,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3647,7 +3647,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4310,7 +4310,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4593,7 +4593,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4683,11 +4683,21 @@ class SpiPort:
 
     def _translate(self, exc: Any) -> BaseException:
         sqlstate = getattr(exc, "sqlstate", None)
+        detail = getattr(exc, "detail", None)
+        hint = getattr(exc, "hint", None)
+        spidata = getattr(exc, "spidata", None)
+        if sqlstate is None and isinstance(spidata, tuple) and spidata:
+            # PL/Python sets .sqlstate only for codes it knows; spidata holds the packed code
+            # (custom codes such as wormhole's WHxxx, raised by a nested function)
+            sqlstate = _unpack_sqlstate(spidata[0])
+            detail = detail if detail is not None else _at(spidata, 1)
+            hint = hint if hint is not None else _at(spidata, 2)
         if sqlstate in INTERRUPT_SQLSTATES:
             return Interrupted(exc, str(exc))
-        return DatabaseError(
-            _message(exc), sqlstate, getattr(exc, "detail", None), getattr(exc, "hint", None)
-        )
+        message = _message(exc)
+        if message.startswith("plpy.Error: "):
+            message = message[len("plpy.Error: "):]
+        return DatabaseError(message, sqlstate, detail, hint)
 
     def _prepare(self, sql: str) -> _Plan:
         plpy = self.plpy
@@ -4755,6 +4765,18 @@ class SpiPort:
         return Rows(pgtypes.apply_converters(names, converters, result), nrows)
 
 
+def _unpack_sqlstate(code: object) -> str | None:
+    """PostgreSQL's MAKE_SQLSTATE packing (6 bits per character) back to the 5 characters."""
+    if type(code) is not int or code <= 0:
+        return None
+    return "".join(chr(((code >> (6 * i)) & 0x3F) + ord("0")) for i in range(5))
+
+
+def _at(values: tuple[Any, ...], index: int) -> str | None:
+    value = values[index] if len(values) > index else None
+    return value if isinstance(value, str) else None
+
+
 def _message(exc: Any) -> str:
     # plpy.SPIError's str() is the primary message; keep it as PostgreSQL wrote it.
     args = getattr(exc, "args", ())
@@ -4763,7 +4785,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5075,7 +5097,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5408,7 +5430,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6072,7 +6094,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6105,6 +6127,7 @@ WH_NOT_FOUND = "WH004"
 WH_BAD_INPUT = "WH005"
 WH_UNAVAILABLE = "WH008"
 WH_ROLE_CHANGED = "WH009"
+WH_REENTRY = "WH010"
 
 MAX_SOURCE_BYTES = 256 * 1024
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -6128,6 +6151,8 @@ class Backend:
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
         self.pid = os.getpid()
+        #: a call is running in this backend's worker (nested calls through SQL are refused)
+        self.worker_busy = False
         #: whether ``_repair_subtransaction_dealloc`` ran in this backend
         self.subxact_checked = False
 
@@ -6580,18 +6605,31 @@ def _worker_python_version() -> tuple[int, int]:
 
 
 def _in_worker(plpy: Any, state: Backend) -> Executor:
+    if state.worker_busy:
+        # a remote function in the worker called wormhole_execute through query(): the
+        # backend's one worker is busy with the outer call
+        raise _error(
+            plpy,
+            "wormhole: a remote function running in the confined worker cannot call another "
+            "remote function through SQL",
+            WH_REENTRY,
+            hint="call the other function's logic directly, or have a DBA approve both",
+        )
     check = _interrupt_check(plpy, state)
     if state.worker is None:
         state.worker = sandbox.WorkerExecutor(_worker_modules(state))
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:
+        state.worker_busy = True
         try:
             return worker.run(call, port, check)
         except LimitExceeded as exc:
             return engine.error_payload(exc)
         except sandbox.WorkerCrashed as exc:
             return engine.error_payload(exc)
+        finally:
+            state.worker_busy = False
 
     return run
 
@@ -6786,7 +6824,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6814,7 +6852,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '853167afbc37517416f3dd52b8119f622d7ca3baa64bc96d3c8ad14887bcd55e'
+    _pkg.CODE_TAG = '8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615'
     GD[_key] = _pkg
 $wormhole_body$;
 

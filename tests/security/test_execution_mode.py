@@ -103,3 +103,27 @@ def test_boundary_check_reports_a_missing_bubblewrap():
     ok, reason = sandbox.available(bwrap="/nonexistent/bwrap")
     assert not ok
     assert "bubblewrap" in reason
+
+
+def test_nested_call_from_the_worker_is_a_clear_error(db, conn):
+    @remote
+    def inner():
+        return 1
+
+    inner.install()
+
+    @remote
+    def outer(h):
+        try:
+            return query("SELECT wormhole_execute($1, '[[],{}]') AS r", h)[0]["r"]
+        except DatabaseError as e:
+            return [e.sqlstate, str(e)]
+
+    sqlstate, message = outer(inner.hash)
+    assert sqlstate == "WH010"
+    assert "cannot call another remote function" in message
+    assert plain(5) == 10  # the worker is fine afterwards
+
+
+DatabaseError = wormhole.DatabaseError
+query = wormhole.query

@@ -31,6 +31,7 @@ WH_NOT_FOUND = "WH004"
 WH_BAD_INPUT = "WH005"
 WH_UNAVAILABLE = "WH008"
 WH_ROLE_CHANGED = "WH009"
+WH_REENTRY = "WH010"
 
 MAX_SOURCE_BYTES = 256 * 1024
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -54,6 +55,8 @@ class Backend:
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
         self.pid = os.getpid()
+        #: a call is running in this backend's worker (nested calls through SQL are refused)
+        self.worker_busy = False
         #: whether ``_repair_subtransaction_dealloc`` ran in this backend
         self.subxact_checked = False
 
@@ -506,18 +509,31 @@ def _worker_python_version() -> tuple[int, int]:
 
 
 def _in_worker(plpy: Any, state: Backend) -> Executor:
+    if state.worker_busy:
+        # a remote function in the worker called wormhole_execute through query(): the
+        # backend's one worker is busy with the outer call
+        raise _error(
+            plpy,
+            "wormhole: a remote function running in the confined worker cannot call another "
+            "remote function through SQL",
+            WH_REENTRY,
+            hint="call the other function's logic directly, or have a DBA approve both",
+        )
     check = _interrupt_check(plpy, state)
     if state.worker is None:
         state.worker = sandbox.WorkerExecutor(_worker_modules(state))
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:
+        state.worker_busy = True
         try:
             return worker.run(call, port, check)
         except LimitExceeded as exc:
             return engine.error_payload(exc)
         except sandbox.WorkerCrashed as exc:
             return engine.error_payload(exc)
+        finally:
+            state.worker_busy = False
 
     return run
 

@@ -88,11 +88,21 @@ class SpiPort:
 
     def _translate(self, exc: Any) -> BaseException:
         sqlstate = getattr(exc, "sqlstate", None)
+        detail = getattr(exc, "detail", None)
+        hint = getattr(exc, "hint", None)
+        spidata = getattr(exc, "spidata", None)
+        if sqlstate is None and isinstance(spidata, tuple) and spidata:
+            # PL/Python sets .sqlstate only for codes it knows; spidata holds the packed code
+            # (custom codes such as wormhole's WHxxx, raised by a nested function)
+            sqlstate = _unpack_sqlstate(spidata[0])
+            detail = detail if detail is not None else _at(spidata, 1)
+            hint = hint if hint is not None else _at(spidata, 2)
         if sqlstate in INTERRUPT_SQLSTATES:
             return Interrupted(exc, str(exc))
-        return DatabaseError(
-            _message(exc), sqlstate, getattr(exc, "detail", None), getattr(exc, "hint", None)
-        )
+        message = _message(exc)
+        if message.startswith("plpy.Error: "):
+            message = message[len("plpy.Error: "):]
+        return DatabaseError(message, sqlstate, detail, hint)
 
     def _prepare(self, sql: str) -> _Plan:
         plpy = self.plpy
@@ -158,6 +168,18 @@ class SpiPort:
             return Rows((), nrows)
         names, converters = entry.converters
         return Rows(pgtypes.apply_converters(names, converters, result), nrows)
+
+
+def _unpack_sqlstate(code: object) -> str | None:
+    """PostgreSQL's MAKE_SQLSTATE packing (6 bits per character) back to the 5 characters."""
+    if type(code) is not int or code <= 0:
+        return None
+    return "".join(chr(((code >> (6 * i)) & 0x3F) + ord("0")) for i in range(5))
+
+
+def _at(values: tuple[Any, ...], index: int) -> str | None:
+    value = values[index] if len(values) > index else None
+    return value if isinstance(value, str) else None
 
 
 def _message(exc: Any) -> str:
