@@ -1460,8 +1460,8 @@ q("terminate-superuser", "SELECT pg_terminate_backend($1) AS x", "42501",
   args="[[@ADMINPID@],{}]")
 q("reload-conf", "SELECT pg_reload_conf() AS x", "42501")
 q("nested-execute-unknown", "SELECT wormhole_execute(repeat('0', 64), '[[],{}]') AS x",
-  "WH004", None, message="no function with hash",
-  note="the inner WH004 arrives without its SQLSTATE (spi.py loses plpy.Error's sqlstate)")
+  "WH004", message="no function with hash",
+  note="the inner function's custom SQLSTATE survives query() (spi.py unpacks spidata)")
 fail("nested-execute-self", F, """
     def f(h, depth):
         import json
@@ -1470,11 +1470,11 @@ fail("nested-execute-self", F, """
         inner = json.dumps([[h, depth + 1], {}])
         row = query("SELECT wormhole_execute($1, $2) AS x", h, inner)[0]
         return ['outer', row['x']]
-""", "WorkerCrashed", "DatabaseError", args='[["@HASH@", 0],{}]', modes=WORKER,
-     note="re-entering wormhole from inside a call while the worker is busy with the outer "
-          "call: today the inner call frame makes the worker exit (protocol error), a clean "
-          "WorkerCrashed; never a confused answer. In-process the nested call simply works "
-          "(near miss below)")
+""", "DatabaseError", sqlstate="WH010", args='[["@HASH@", 0],{}]', modes=WORKER,
+     message="cannot call another remote function",
+     note="re-entering wormhole from inside a call while the backend's worker is busy with "
+          "the outer call is refused with a clear error (host._in_worker); in-process the "
+          "nested call simply works (near miss below)")
 
 # =============================================================================================
 # near misses: legitimate code that sits next to the attacks and must still work
