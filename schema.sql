@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -171,7 +171,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -557,18 +557,24 @@ def _fast_ok(obj: object, max_depth: int) -> bool:
             members.extend(_chain(lists))
 
 
+#: built once: ``json.dumps`` with options builds a new ``JSONEncoder`` on every call. Same
+#: options, same output (``ensure_ascii`` stays on).
+_FAST_ENCODER = json.JSONEncoder(
+    default=_default, allow_nan=False, check_circular=False, separators=(",", ":")
+)
+_PLAIN_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
+
+
 def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
     """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
     if _fast_ok(obj, max_depth):
         try:
-            return json.dumps(
-                obj, default=_default, allow_nan=False, check_circular=False, separators=(",", ":")
-            )
+            return _FAST_ENCODER.encode(obj)
         except (ValueError, OverflowError):
             pass  # nan/inf or an int too long for str(): the full walk tags them
     value = encode_value(obj, root=root, max_depth=max_depth)
     try:
-        return json.dumps(value, allow_nan=False, check_circular=False, separators=(",", ":"))
+        return _PLAIN_ENCODER.encode(value)
     except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above
         raise CodecError(f"cannot encode {root}: {e}") from None
 
@@ -833,7 +839,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1617,7 +1623,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2094,7 +2100,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3647,7 +3653,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4281,8 +4287,9 @@ def build_globals(
                 f"cannot delete attribute {name!r} of a {type(obj).__name__!r} object")
         delattr(obj, name)
 
-    safe_builtins = dict(_BASE_BUILTINS)
-    safe_builtins.update({
+    # a new dict per call (it holds this call's closures); built in one display, no update()
+    safe_builtins = {
+        **_BASE_BUILTINS,
         "pow": guarded_pow,
         "type": call_type,
         "range": guarded_range,
@@ -4290,7 +4297,7 @@ def build_globals(
         "print": guarded_print,
         "__import__": guarded_import,
         "__build_class__": build_class,
-    })
+    }
     glb.update({
         "__builtins__": safe_builtins,
         "__name__": _MODULE_NAME,
@@ -4310,7 +4317,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4593,7 +4600,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4785,7 +4792,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5056,8 +5063,11 @@ class Channel:
         total = _PREFIX + hlen + blen
         if len(self._buf) < total:
             return None
-        raw_head = bytes(self._buf[_PREFIX:_PREFIX + hlen])
-        body = bytes(self._buf[_PREFIX + hlen:total])
+        # one copy each (slicing the bytearray first would copy a big body twice); the view
+        # is released before the buffer is resized
+        with memoryview(self._buf) as view:
+            raw_head = view[_PREFIX:_PREFIX + hlen].tobytes()
+            body = view[_PREFIX + hlen:total].tobytes()
         del self._buf[:total]
         self._need = None
         return decode_header(raw_head), body
@@ -5097,7 +5107,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5430,7 +5440,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6094,7 +6104,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6148,6 +6158,8 @@ class Backend:
         self.trusted: frozenset[str] = frozenset()
         self.role_names: dict[int, str] = {}
         self.worker: sandbox.WorkerExecutor | None = None
+        #: (plpy, executor) of ``_in_process``, built on the first in-process call
+        self.in_process: tuple[Any, Executor] | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
         self.pid = os.getpid()
@@ -6536,6 +6548,11 @@ def _interrupt_check(plpy: Any, state: Backend) -> Callable[[], None]:
 
 
 def _in_process(plpy: Any, state: Backend) -> Executor:
+    # built once per backend (it depends only on plpy and the backend's state); everything
+    # that belongs to one call (deadline, fired, tick) is still created inside run() per call
+    cached = state.in_process
+    if cached is not None and cached[0] is plpy:
+        return cached[1]
     check = _interrupt_check(plpy, state)
 
     def run(call: engine.Call, port: Any) -> str:
@@ -6562,6 +6579,7 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
 
         return engine.run_call(call, port, tick)
 
+    state.in_process = (plpy, run)
     return run
 
 
@@ -6824,7 +6842,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6852,7 +6870,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '8a4a5ae28e35a5ba9a64f26d7b697c92da7051102e9c6c0f6c1b8b520c646615'
+    _pkg.CODE_TAG = '06c8530ec2a726a2b420c2d63e97955dbd45a3153df71d1d2511cf3dd37110ab'
     GD[_key] = _pkg
 $wormhole_body$;
 

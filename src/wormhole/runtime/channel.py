@@ -269,8 +269,11 @@ class Channel:
         total = _PREFIX + hlen + blen
         if len(self._buf) < total:
             return None
-        raw_head = bytes(self._buf[_PREFIX:_PREFIX + hlen])
-        body = bytes(self._buf[_PREFIX + hlen:total])
+        # one copy each (slicing the bytearray first would copy a big body twice); the view
+        # is released before the buffer is resized
+        with memoryview(self._buf) as view:
+            raw_head = view[_PREFIX:_PREFIX + hlen].tobytes()
+            body = view[_PREFIX + hlen:total].tobytes()
         del self._buf[:total]
         self._need = None
         return decode_header(raw_head), body

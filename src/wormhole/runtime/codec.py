@@ -360,18 +360,24 @@ def _fast_ok(obj: object, max_depth: int) -> bool:
             members.extend(_chain(lists))
 
 
+#: built once: ``json.dumps`` with options builds a new ``JSONEncoder`` on every call. Same
+#: options, same output (``ensure_ascii`` stays on).
+_FAST_ENCODER = json.JSONEncoder(
+    default=_default, allow_nan=False, check_circular=False, separators=(",", ":")
+)
+_PLAIN_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
+
+
 def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
     """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
     if _fast_ok(obj, max_depth):
         try:
-            return json.dumps(
-                obj, default=_default, allow_nan=False, check_circular=False, separators=(",", ":")
-            )
+            return _FAST_ENCODER.encode(obj)
         except (ValueError, OverflowError):
             pass  # nan/inf or an int too long for str(): the full walk tags them
     value = encode_value(obj, root=root, max_depth=max_depth)
     try:
-        return json.dumps(value, allow_nan=False, check_circular=False, separators=(",", ":"))
+        return _PLAIN_ENCODER.encode(value)
     except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above
         raise CodecError(f"cannot encode {root}: {e}") from None
 

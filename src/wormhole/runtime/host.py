@@ -52,6 +52,8 @@ class Backend:
         self.trusted: frozenset[str] = frozenset()
         self.role_names: dict[int, str] = {}
         self.worker: sandbox.WorkerExecutor | None = None
+        #: (plpy, executor) of ``_in_process``, built on the first in-process call
+        self.in_process: tuple[Any, Executor] | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
         self.pid = os.getpid()
@@ -440,6 +442,11 @@ def _interrupt_check(plpy: Any, state: Backend) -> Callable[[], None]:
 
 
 def _in_process(plpy: Any, state: Backend) -> Executor:
+    # built once per backend (it depends only on plpy and the backend's state); everything
+    # that belongs to one call (deadline, fired, tick) is still created inside run() per call
+    cached = state.in_process
+    if cached is not None and cached[0] is plpy:
+        return cached[1]
     check = _interrupt_check(plpy, state)
 
     def run(call: engine.Call, port: Any) -> str:
@@ -466,6 +473,7 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
 
         return engine.run_call(call, port, tick)
 
+    state.in_process = (plpy, run)
     return run
 
 

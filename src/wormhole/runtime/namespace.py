@@ -632,8 +632,9 @@ def build_globals(
                 f"cannot delete attribute {name!r} of a {type(obj).__name__!r} object")
         delattr(obj, name)
 
-    safe_builtins = dict(_BASE_BUILTINS)
-    safe_builtins.update({
+    # a new dict per call (it holds this call's closures); built in one display, no update()
+    safe_builtins = {
+        **_BASE_BUILTINS,
         "pow": guarded_pow,
         "type": call_type,
         "range": guarded_range,
@@ -641,7 +642,7 @@ def build_globals(
         "print": guarded_print,
         "__import__": guarded_import,
         "__build_class__": build_class,
-    })
+    }
     glb.update({
         "__builtins__": safe_builtins,
         "__name__": _MODULE_NAME,
