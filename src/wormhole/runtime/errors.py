@@ -27,6 +27,19 @@ class DatabaseError(Exception):
         self.hint = hint
 
 
+class ForbiddenStatement(DatabaseError):
+    """``query()`` refused a statement before sending it (SQLSTATE ``WH003``).
+
+    The function runs inside the caller's transaction and under the limits the DBA set, so
+    statements that would end or fork that transaction, change the role or session, lift the
+    timeouts, or break the type parity of results are refused. This is a guard against misuse,
+    not the security boundary (that is the database role the code runs as).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "WH003")
+
+
 class Interrupted(BaseException):
     """The backend was cancelled, terminated or timed out while user code ran.
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import codec, engine
 from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
-from .errors import DatabaseError
+from .errors import DatabaseError, ForbiddenStatement
 from .rows import Rows
 
 #: the name of the package the bootstrap builds inside the worker.
@@ -92,7 +92,10 @@ def _query_error(info: Mapping[str, Any]) -> Exception:
         return TypeError(message)
     if kind == "ValueError":
         return ValueError(message)
-    return DatabaseError(message, text("sqlstate"), text("detail"), text("hint"))
+    sqlstate = text("sqlstate")
+    if sqlstate == "WH003":  # the same class as in-process (sqltext refuses before sending)
+        return ForbiddenStatement(message)
+    return DatabaseError(message, sqlstate, text("detail"), text("hint"))
 
 
 def _modules(value: object) -> dict[str, frozenset[str] | None]:
