@@ -70,40 +70,53 @@ def main(argv: list[str] | None = None) -> int:
         from . import demo
 
         return demo.main(args.dsn)
+    import psycopg
+
     conn = _connect(args.dsn)
     try:
-        if args.command == "install":
-            verdict = install_schema(conn)
-            for role in args.grant:
-                conn.execute(f'GRANT wormhole_user TO "{role}"')
-            print(f"wormhole {VERSION} installed")
-            print(verdict)
-            return 0 if "ok" in verdict else 2
-        if args.command == "approve":
-            conn.execute("SELECT public.wormhole_approve(%s, %s)", [args.hash, args.note])
-            print(f"approved {args.hash}")
-            return 0
-        if args.command == "revoke":
-            conn.execute("SELECT public.wormhole_revoke(%s)", [args.hash])
-            print(f"revoked {args.hash}")
-            return 0
-        if args.command == "status":
-            version = conn.execute("SELECT public.wormhole_version()").fetchone()
-            print(f"schema version: {version[0] if version else '?'}")
-            for name, value in conn.execute(
-                "SELECT name, value FROM public.wormhole_settings ORDER BY name"
-            ):
-                print(f"{name}: {value}")
-            mods = conn.execute(
-                "SELECT module_name FROM public.wormhole_allowed_modules WHERE allowed "
-                "ORDER BY 1"
-            ).fetchall()
-            print("allowed modules: " + ", ".join(m[0] for m in mods))
-            n = conn.execute("SELECT count(*) FROM public.wormhole_functions").fetchone()
-            print(f"installed functions: {n[0] if n else 0}")
-            return 0
+        return _run(args, conn)
+    except psycopg.Error as exc:
+        diag = exc.diag
+        print(f"wormhole: {diag.message_primary or exc}", file=sys.stderr)
+        if diag.message_hint:
+            print(f"hint: {diag.message_hint}", file=sys.stderr)
+        return 1
     finally:
         conn.close()
+
+
+def _run(args: argparse.Namespace, conn: Any) -> int:
+    """The commands that talk to a database, over ``conn`` (autocommit, as given)."""
+    if args.command == "install":
+        verdict = install_schema(conn)
+        for role in args.grant:
+            conn.execute(f'GRANT wormhole_user TO "{role}"')
+        print(f"wormhole {VERSION} installed")
+        print(verdict)
+        return 0 if "ok" in verdict else 2
+    if args.command == "approve":
+        conn.execute("SELECT public.wormhole_approve(%s, %s)", [args.hash, args.note])
+        print(f"approved {args.hash}")
+        return 0
+    if args.command == "revoke":
+        conn.execute("SELECT public.wormhole_revoke(%s)", [args.hash])
+        print(f"revoked {args.hash}")
+        return 0
+    if args.command == "status":
+        version = conn.execute("SELECT public.wormhole_version()").fetchone()
+        print(f"schema version: {version[0] if version else '?'}")
+        for name, value in conn.execute(
+            "SELECT name, value FROM public.wormhole_settings ORDER BY name"
+        ):
+            print(f"{name}: {value}")
+        mods = conn.execute(
+            "SELECT module_name FROM public.wormhole_allowed_modules WHERE allowed "
+            "ORDER BY 1"
+        ).fetchall()
+        print("allowed modules: " + ", ".join(m[0] for m in mods))
+        n = conn.execute("SELECT count(*) FROM public.wormhole_functions").fetchone()
+        print(f"installed functions: {n[0] if n else 0}")
+        return 0
     return 1
 
 

@@ -81,3 +81,27 @@ def test_regular_role_cannot_install_the_schema(server, blank):
     with psycopg.connect(server.dsn(blank, "app"), autocommit=True) as c:
         with pytest.raises(psycopg.Error):
             cli.install_schema(c)
+
+
+def test_cli_approve_and_revoke_are_audited(db, capsys):
+    with psycopg.connect(db.dsn(), autocommit=True) as c:
+        h = c.execute("SELECT wormhole_install('def approved(x):\n    return x\n')").fetchone()[0]
+    admin_dsn = db.dsn("postgres")
+    assert cli.main(["approve", h, "--dsn", admin_dsn, "--note", "reviewed by DBA"]) == 0
+    with db.admin() as a:
+        assert a.execute("SELECT note FROM wormhole_approvals WHERE hash = %s",
+                         (h,)).fetchone()[0] == "reviewed by DBA"
+    assert cli.main(["revoke", h, "--dsn", admin_dsn]) == 0
+    with db.admin() as a:
+        assert a.execute("SELECT count(*) FROM wormhole_approvals").fetchone()[0] == 0
+        ops = [r[0] for r in a.execute(
+            "SELECT verdict FROM wormhole_audit WHERE detail->>'table' = 'wormhole_approvals' "
+            "ORDER BY id")]
+    assert ops == ["INSERT", "DELETE"]
+    assert "approved" in capsys.readouterr().out
+
+
+def test_cli_approve_unknown_hash_fails_clearly(db, capsys):
+    assert cli.main(["approve", "0" * 64, "--dsn", db.dsn("postgres")]) == 1
+    err = capsys.readouterr().err
+    assert "no installed function has hash" in err and "hint:" in err
