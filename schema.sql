@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -184,7 +184,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -852,7 +852,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1636,7 +1636,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2102,7 +2102,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3655,7 +3655,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4319,7 +4319,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4447,7 +4447,8 @@ def decode_args(args_json: str, limits: Limits) -> tuple[list[Any], dict[str, An
         raise BadArguments("arguments must be text (JSON produced by the wormhole client)")
     if len(args_json) > limits.max_args_bytes:
         raise BadArguments(
-            f"arguments are {len(args_json)} bytes; the limit is {limits.max_args_bytes}"
+            f"arguments are {len(args_json)} bytes; the limit is {limits.max_args_bytes} "
+            "(wormhole_limits.max_args_bytes)"
         )
     try:
         value = codec.decode(args_json)
@@ -4602,7 +4603,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4794,7 +4795,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5109,7 +5110,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5445,7 +5446,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6109,7 +6110,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6443,12 +6444,8 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
     approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits
-    if len(args_json) > state.limits.max_args_bytes:
-        raise _error(plpy, f"wormhole_execute: arguments are {len(args_json)} bytes; the limit "
-                     f"is {state.limits.max_args_bytes} (wormhole_limits.max_args_bytes)",
-                     WH_BAD_INPUT)
     try:
-        decoded = engine.decode_args(args_json, state.limits)
+        decoded = engine.decode_args(args_json, state.limits)  # checks max_args_bytes too
     except engine.BadArguments as exc:
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
@@ -6847,7 +6844,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6875,7 +6872,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '2b89f3ec32fcc0ac2e5e15b6ce17697d6c312c20e28b93baf53620cb992fa777'
+    _pkg.CODE_TAG = '3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524'
     GD[_key] = _pkg
 $wormhole_body$;
 

@@ -14,6 +14,7 @@ Round trips per call (process_order / get_user_summary / follow_chain):
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +60,7 @@ BY_KEY = {impl.key: impl for impl in IMPLS}
 LIMIT = "f"  # every figure is also given as a ratio to this one
 
 
-class Session:
+class Session(abc.ABC):
     """One connection of one implementation, kept open across rounds like a pooled one."""
 
     calls: dict[str, Callable[..., Any]]
@@ -90,8 +91,9 @@ class Session:
             i += 1
         return latencies, (t1 - start) / 1e9
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the connection(s) this session holds."""
 
 
 # --- wormhole -------------------------------------------------------------------------------

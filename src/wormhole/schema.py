@@ -70,18 +70,17 @@ def runtime_sources() -> dict[str, str]:
 SOURCE_TAG = "$wormhole_src$"
 
 
-def code_tag() -> str:
-    """Identifies this runtime's sources (the compiled-code cache is keyed by it)."""
+def code_tag(sources: dict[str, str]) -> str:
+    """Identifies these runtime sources (the compiled-code cache is keyed by it)."""
     import hashlib
 
-    return hashlib.sha256(repr(sorted(runtime_sources().items())).encode()).hexdigest()
+    return hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()
 
 
-def _runtime_rows() -> str:
+def _runtime_rows(sources: dict[str, str], tag: str) -> str:
     """INSERTs of the runtime's module sources into ``_wormhole_code`` (code filled later)."""
-    tag = code_tag()
     out = []
-    for name, text in runtime_sources().items():
+    for name, text in sources.items():
         if SOURCE_TAG in text or BODY_TAG in text:
             raise ValueError(f"runtime/{name}.py contains a reserved dollar-quote tag")
         out.append(
@@ -91,7 +90,7 @@ def _runtime_rows() -> str:
     return "".join(out)
 
 
-def _boot_body() -> str:
+def _boot_body(tag: str) -> str:
     """Load the runtime into GD: marshalled code from ``_wormhole_code`` where the install
     script cached it (fast), else compile the sources stored beside it."""
     return f"""import sys, types, marshal
@@ -100,7 +99,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {{r['module']: r for r in plpy.execute(_plan, ['{code_tag()}'])}}
+    _rows = {{r['module']: r for r in plpy.execute(_plan, ['{tag}'])}}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -128,7 +127,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '{code_tag()}'
+    _pkg.CODE_TAG = '{tag}'
     GD[_key] = _pkg"""
 
 
@@ -161,6 +160,8 @@ def generate(for_psql: bool = True) -> str:
     """The complete install/upgrade script (``for_psql=False``: without psql meta-commands,
     to send over a driver connection)."""
     t = BODY_TAG
+    sources = runtime_sources()
+    tag = code_tag(sources)
     psql_line = "\\set ON_ERROR_STOP on" if for_psql else "-- (sent over a connection)"
     parts: list[str] = []
     add = parts.append
@@ -253,7 +254,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
   version bigint NOT NULL
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
-{_runtime_rows()}
+{_runtime_rows(sources, tag)}
 INSERT INTO public.wormhole_allowed_modules (module_name, allowed, notes) VALUES
   {_values(DEFAULT_MODULES)}
 ON CONFLICT (module_name) DO NOTHING;
@@ -341,7 +342,7 @@ $fn$;
 -- The runtime, embedded: loaded into GD once per backend -------------------------------------
 CREATE OR REPLACE FUNCTION public._wormhole_boot() RETURNS void
 LANGUAGE plpython3u AS {t}
-{_boot_body()}
+{_boot_body(tag)}
 {t};
 
 -- Public API ---------------------------------------------------------------------------------

@@ -126,7 +126,8 @@ def decode_args(args_json: str, limits: Limits) -> tuple[list[Any], dict[str, An
         raise BadArguments("arguments must be text (JSON produced by the wormhole client)")
     if len(args_json) > limits.max_args_bytes:
         raise BadArguments(
-            f"arguments are {len(args_json)} bytes; the limit is {limits.max_args_bytes}"
+            f"arguments are {len(args_json)} bytes; the limit is {limits.max_args_bytes} "
+            "(wormhole_limits.max_args_bytes)"
         )
     try:
         value = codec.decode(args_json)

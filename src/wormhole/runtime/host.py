@@ -332,12 +332,8 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
     approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits
-    if len(args_json) > state.limits.max_args_bytes:
-        raise _error(plpy, f"wormhole_execute: arguments are {len(args_json)} bytes; the limit "
-                     f"is {state.limits.max_args_bytes} (wormhole_limits.max_args_bytes)",
-                     WH_BAD_INPUT)
     try:
-        decoded = engine.decode_args(args_json, state.limits)
+        decoded = engine.decode_args(args_json, state.limits)  # checks max_args_bytes too
     except engine.BadArguments as exc:
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
