@@ -14,9 +14,6 @@ from ..runtime.rows import Rows
 from ._common import text_params, translate
 
 _keys: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
-#: connections whose first prepared call went out in pipeline mode (prepare + execute, one
-#: round trip); later calls execute the prepared statement normally
-_pipelined: weakref.WeakSet[Any] = weakref.WeakSet()
 _STATUS_NAMES = {
     pq.TransactionStatus.IDLE: "idle",
     pq.TransactionStatus.ACTIVE: "active",
@@ -65,17 +62,13 @@ class Psycopg3Driver:
                 # no round trip), instead of BEGIN + SELECT + COMMIT
                 conn.autocommit = True
             try:
-                # the hot statement is prepared on first use per connection (pipelined with
-                # its first execution), so every call is exactly one round trip; psycopg would
-                # otherwise prepare on the 5th execution, adding a round trip to a later call
-                if prepare and conn not in _pipelined and psycopg.Pipeline.is_supported():
-                    # first use on this connection: Parse and Bind/Execute go out together
-                    # with one Sync (one round trip instead of two)
-                    _pipelined.add(conn)
-                    with conn.pipeline():
-                        cur.execute(sql, params, prepare=True)
-                else:
-                    cur.execute(sql, params, prepare=prepare)
+                # the hot statement is prepared on first use per connection (one extra round
+                # trip, once), so every later call is exactly one round trip; psycopg would
+                # otherwise prepare on the 5th execution, adding a round trip to a later call.
+                # (Pipelining the prepare with the first execution saved that round trip but
+                # broke when the statement failed inside the pipeline: "cannot exit pipeline
+                # mode while busy" under concurrent deadlocks.)
+                cur.execute(sql, params, prepare=prepare)
                 row = cur.fetchone()
             finally:
                 if standalone and not conn.closed:  # a broken connection keeps the real error
