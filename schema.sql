@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -184,7 +184,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -852,7 +852,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1636,7 +1636,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2102,7 +2102,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3655,7 +3655,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4319,7 +4319,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4603,7 +4603,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4795,7 +4795,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5110,7 +5110,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5446,7 +5446,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6110,7 +6110,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6168,6 +6168,8 @@ class Backend:
         self.in_process: tuple[Any, Executor] | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
+        #: PostgreSQL's ``XactIsoLevel`` (ctypes); None outside a backend
+        self.isolation: Any = _backend_int("XactIsoLevel")
         self.pid = os.getpid()
         #: a call is running in this backend's worker (nested calls through SQL are refused)
         self.worker_busy = False
@@ -6196,6 +6198,23 @@ def _interrupt_flag() -> Any:
         return ctypes.c_int.in_dll(ctypes.CDLL(None), "InterruptPending")
     except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)
         return None
+
+
+def _backend_int(name: str) -> Any:
+    """A global ``int`` of the postgres executable, read through ctypes; None elsewhere."""
+    try:
+        import ctypes
+
+        return ctypes.c_int.in_dll(ctypes.CDLL(None), name)
+    except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)
+        return None
+
+
+#: ``XACT_READ_COMMITTED`` in PostgreSQL's xact.h
+_XACT_READ_COMMITTED = 1
+
+#: the key under which ``wormhole_execute``'s own ``SD`` remembers "configuration is current"
+_CONFIG_MARK = "wormhole.config"
 
 
 def _user_id_functions() -> Any:
@@ -6280,23 +6299,40 @@ def _audit_log(plpy: Any, event: dict[str, Any]) -> None:
 
 # --- configuration ----------------------------------------------------------------------------
 
-def _refresh_config(plpy: Any, state: Backend) -> None:
+def _refresh_config(plpy: Any, state: Backend, SD: dict[str, Any] | None = None) -> None:
     """Reload whitelist, limits, settings, approvals and trusted roles when they changed.
 
-    One cheap statement per call reads the configuration version (a one-row table that every
-    change to a wormhole control table bumps, transactionally, by trigger). Only when it moved
-    does the backend reload the rest through ``_wormhole_config()``, a SECURITY DEFINER
-    function (regular roles cannot read the tables themselves). Calling a SECURITY DEFINER
-    function with a pinned search_path on every call would cost more than the call itself.
+    Every change to a wormhole control table bumps a configuration version (a one-row table,
+    transactionally, by trigger) *and* touches ``wormhole_execute``'s catalog row (``ALTER
+    FUNCTION ... COST 100``, which changes nothing but the row's version). PL/Python recompiles
+    a procedure whose catalog row changed and gives it a fresh ``SD``, in every backend, at the
+    first call after it processes that invalidation, which PostgreSQL does at the start of
+    every transaction. So ``wormhole_execute`` keeps a mark in its own ``SD`` while the cached
+    configuration is current and skips the version read altogether; a fresh ``SD`` means "read
+    the version again". The mark is only set when the version was read in READ COMMITTED (a
+    fresh snapshot): a REPEATABLE READ snapshot may predate the change that was just
+    invalidated, so there the version is read on every call until a READ COMMITTED call
+    confirms it. Other callers (``SD`` None) read the version every time.
+
+    When the version moved, the backend reloads the rest through ``_wormhole_config()``, a
+    SECURITY DEFINER function (regular roles cannot read the tables themselves).
     """
+    if SD is not None and SD.get(_CONFIG_MARK) is state:
+        return
     plan = state.plans.get("\0cfgver")
     if plan is None:
         plan = plpy.prepare("SELECT version FROM public._wormhole_state WHERE id = 1")
         state.plans["\0cfgver"] = plan
     rows = plpy.execute(plan)
     cfgver = int(rows[0]["version"]) if rows else -1
-    if state.cfgver == cfgver:
-        return
+    if state.cfgver != cfgver:
+        _load_config(plpy, state, cfgver)
+    if SD is not None and state.isolation is not None \
+            and state.isolation.value == _XACT_READ_COMMITTED:
+        SD[_CONFIG_MARK] = state  # only once the configuration is loaded
+
+
+def _load_config(plpy: Any, state: Backend, cfgver: int) -> None:
     row = plpy.execute("SELECT public._wormhole_config() AS c")[0]["c"]
     cfg = json.loads(row)
     modules: dict[str, frozenset[str] | None] = {}
@@ -6311,9 +6347,10 @@ def _refresh_config(plpy: Any, state: Backend) -> None:
     state.cfgver = cfgver
 
 
-def _lookup(plpy: Any, state: Backend, function_hash: str) -> tuple[bool, bool]:
+def _lookup(plpy: Any, state: Backend, function_hash: str,
+            SD: dict[str, Any] | None = None) -> tuple[bool, bool]:
     """(approved, trusted) for this call; refreshes the configuration first."""
-    _refresh_config(plpy, state)
+    _refresh_config(plpy, state, SD)
     trusted = False
     if state.trusted:
         ids = state.user_ids
@@ -6427,7 +6464,8 @@ class _Rollback(Exception):
 
 
 def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
-            function_hash: object, args_json: object, missing: object = "error") -> str:
+            function_hash: object, args_json: object, missing: object = "error",
+            SD: dict[str, Any] | None = None) -> str:
     """``wormhole_execute(hash, args)``: run an installed function; return the payload text.
 
     The call runs in a subtransaction: if user code raises, its writes are rolled back and the
@@ -6443,7 +6481,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     if args_json is None or not isinstance(args_json, str):
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
-    approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits
+    approved, trusted = _lookup(plpy, state, function_hash, SD)  # also refreshes limits
     try:
         decoded = engine.decode_args(args_json, state.limits)  # checks max_args_bytes too
     except engine.BadArguments as exc:
@@ -6774,10 +6812,25 @@ ALTER TABLE public._wormhole_code OWNER TO wormhole_owner;
 ALTER SEQUENCE public.wormhole_audit_id_seq OWNER TO wormhole_owner;
 
 -- Configuration changes bump a version (backends reload whitelist and limits) and are audited.
-CREATE OR REPLACE FUNCTION public._wormhole_config_changed() RETURNS trigger
+-- Touching wormhole_execute's catalog row (COST 100 is its cost already: nothing else changes)
+-- makes PL/Python give it a fresh SD in every backend at its next transaction; the runtime
+-- keeps a "configuration is current" mark there, so a warm call reads no version at all
+-- (host._refresh_config).
+CREATE OR REPLACE FUNCTION public._wormhole_invalidate() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
   UPDATE public._wormhole_state SET version = version + 1 WHERE id = 1;
+  IF pg_catalog.to_regprocedure('public.wormhole_execute(text, text, text)') IS NOT NULL THEN
+    ALTER FUNCTION public.wormhole_execute(text, text, text) COST 100;
+  END IF;
+END
+$fn$;
+ALTER FUNCTION public._wormhole_invalidate() OWNER TO wormhole_owner;
+REVOKE ALL ON FUNCTION public._wormhole_invalidate() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION public._wormhole_config_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  PERFORM public._wormhole_invalidate();
   INSERT INTO public.wormhole_audit (role, event, verdict, detail)
   VALUES (session_user, 'config', TG_OP,
           pg_catalog.jsonb_build_object(
@@ -6791,7 +6844,7 @@ ALTER FUNCTION public._wormhole_config_changed() OWNER TO wormhole_owner;
 CREATE OR REPLACE FUNCTION public._wormhole_functions_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-  UPDATE public._wormhole_state SET version = version + 1 WHERE id = 1;
+  PERFORM public._wormhole_invalidate();
   RETURN NULL;
 END
 $fn$;
@@ -6844,7 +6897,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6872,7 +6925,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '3b1fcfae6032aae878bf104d8a9a14918c786629edaa2b48eef56ee3e157c524'
+    _pkg.CODE_TAG = '8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583'
     GD[_key] = _pkg
 $wormhole_body$;
 
@@ -6898,7 +6951,7 @@ _rt = GD.get('wormhole.runtime/0.1.0')
 if _rt is None:
     plpy.execute('SELECT public._wormhole_boot()')
     _rt = GD['wormhole.runtime/0.1.0']
-return _rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing)
+return _rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing, SD)
 $wormhole_body$;
 COMMENT ON FUNCTION public.wormhole_execute(text, text, text) IS
   'Run an installed function as the calling role; returns a JSON payload (result or error).';

@@ -276,10 +276,25 @@ ALTER TABLE public._wormhole_code OWNER TO wormhole_owner;
 ALTER SEQUENCE public.wormhole_audit_id_seq OWNER TO wormhole_owner;
 
 -- Configuration changes bump a version (backends reload whitelist and limits) and are audited.
-CREATE OR REPLACE FUNCTION public._wormhole_config_changed() RETURNS trigger
+-- Touching wormhole_execute's catalog row (COST 100 is its cost already: nothing else changes)
+-- makes PL/Python give it a fresh SD in every backend at its next transaction; the runtime
+-- keeps a "configuration is current" mark there, so a warm call reads no version at all
+-- (host._refresh_config).
+CREATE OR REPLACE FUNCTION public._wormhole_invalidate() RETURNS void
 LANGUAGE plpgsql {PRIVATE_DEFINER} AS $fn$
 BEGIN
   UPDATE public._wormhole_state SET version = version + 1 WHERE id = 1;
+  IF pg_catalog.to_regprocedure('public.wormhole_execute(text, text, text)') IS NOT NULL THEN
+    ALTER FUNCTION public.wormhole_execute(text, text, text) COST 100;
+  END IF;
+END
+$fn$;
+ALTER FUNCTION public._wormhole_invalidate() OWNER TO wormhole_owner;
+REVOKE ALL ON FUNCTION public._wormhole_invalidate() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION public._wormhole_config_changed() RETURNS trigger
+LANGUAGE plpgsql {PRIVATE_DEFINER} AS $fn$
+BEGIN
+  PERFORM public._wormhole_invalidate();
   INSERT INTO public.wormhole_audit (role, event, verdict, detail)
   VALUES (session_user, 'config', TG_OP,
           pg_catalog.jsonb_build_object(
@@ -293,7 +308,7 @@ ALTER FUNCTION public._wormhole_config_changed() OWNER TO wormhole_owner;
 CREATE OR REPLACE FUNCTION public._wormhole_functions_changed() RETURNS trigger
 LANGUAGE plpgsql {PRIVATE_DEFINER} AS $fn$
 BEGIN
-  UPDATE public._wormhole_state SET version = version + 1 WHERE id = 1;
+  PERFORM public._wormhole_invalidate();
   RETURN NULL;
 END
 $fn$;
@@ -359,7 +374,7 @@ COMMENT ON FUNCTION public.wormhole_install(text) IS
 CREATE OR REPLACE FUNCTION public.wormhole_execute(
   function_hash text, args_json text, missing text DEFAULT 'error')
 RETURNS text LANGUAGE plpython3u AS {t}
-{_entry("_rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing)")}
+{_entry("_rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing, SD)")}
 {t};
 COMMENT ON FUNCTION public.wormhole_execute(text, text, text) IS
   'Run an installed function as the calling role; returns a JSON payload (result or error).';

@@ -59,6 +59,52 @@ def test_approved_hash_runs_in_process(db, connect):
     assert not any("bwrap" in k for k in children(backend_pid(c2)))
 
 
+def _run_sql(c, sql):
+    cur = c.cursor()
+    cur.execute(sql)
+    cur.close()
+
+
+def test_a_revoked_approval_reaches_a_warm_session_at_its_next_transaction(db, connect):
+    """The backend caches the configuration (no version read on a warm call); a revoke made
+    elsewhere still sends this session's next transaction to the worker."""
+    c = connect(autocommit=True)
+    with wormhole.connection(c):
+        plain.install()
+        with db.admin() as a:
+            a.execute("SELECT wormhole_approve(%s)", (plain.hash,))
+        for i in range(3):
+            assert plain(i) == 2 * i  # warm, in-process, configuration cached
+        assert not any("bwrap" in k for k in children(backend_pid(c)))
+        with db.admin() as a:
+            a.execute("SELECT wormhole_revoke(%s)", (plain.hash,))
+        assert plain(5) == 10
+    assert any("bwrap" in k for k in children(backend_pid(c)))
+
+
+def test_a_stale_snapshot_never_marks_the_configuration_current(db, connect):
+    """In REPEATABLE READ the version is read from a snapshot that may predate a change this
+    backend has already been told about: such a read must not be cached as current, or the
+    change would be missed until the next one."""
+    db.setup_sql("CREATE TABLE untouched (x int)")
+    c = connect(autocommit=True)
+    with wormhole.connection(c):
+        plain.install()
+        with db.admin() as a:
+            a.execute("SELECT wormhole_approve(%s)", (plain.hash,))
+        assert plain(1) == 2  # in-process; the configuration is marked current (READ COMMITTED)
+        _run_sql(c, "BEGIN ISOLATION LEVEL REPEATABLE READ")
+        _run_sql(c, "SELECT 1")  # the transaction's snapshot is taken here
+        with db.admin() as a:
+            a.execute("SELECT wormhole_revoke(%s)", (plain.hash,))
+        _run_sql(c, "SELECT * FROM untouched")  # a new lock: the invalidation is processed
+        assert plain(2) == 4  # reads the old version in the old snapshot (allowed: in-process)
+        _run_sql(c, "COMMIT")
+        assert not any("bwrap" in k for k in children(backend_pid(c)))
+        assert plain(3) == 6  # a new transaction: the revoke applies
+    assert any("bwrap" in k for k in children(backend_pid(c)))
+
+
 def test_trusted_role_runs_in_process(db, connect):
     with db.admin() as a:
         a.execute("INSERT INTO wormhole_trusted_roles (role_name, note) VALUES ('app', 'test')")

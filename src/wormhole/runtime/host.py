@@ -56,6 +56,8 @@ class Backend:
         self.in_process: tuple[Any, Executor] | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
+        #: PostgreSQL's ``XactIsoLevel`` (ctypes); None outside a backend
+        self.isolation: Any = _backend_int("XactIsoLevel")
         self.pid = os.getpid()
         #: a call is running in this backend's worker (nested calls through SQL are refused)
         self.worker_busy = False
@@ -84,6 +86,23 @@ def _interrupt_flag() -> Any:
         return ctypes.c_int.in_dll(ctypes.CDLL(None), "InterruptPending")
     except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)
         return None
+
+
+def _backend_int(name: str) -> Any:
+    """A global ``int`` of the postgres executable, read through ctypes; None elsewhere."""
+    try:
+        import ctypes
+
+        return ctypes.c_int.in_dll(ctypes.CDLL(None), name)
+    except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)
+        return None
+
+
+#: ``XACT_READ_COMMITTED`` in PostgreSQL's xact.h
+_XACT_READ_COMMITTED = 1
+
+#: the key under which ``wormhole_execute``'s own ``SD`` remembers "configuration is current"
+_CONFIG_MARK = "wormhole.config"
 
 
 def _user_id_functions() -> Any:
@@ -168,23 +187,40 @@ def _audit_log(plpy: Any, event: dict[str, Any]) -> None:
 
 # --- configuration ----------------------------------------------------------------------------
 
-def _refresh_config(plpy: Any, state: Backend) -> None:
+def _refresh_config(plpy: Any, state: Backend, SD: dict[str, Any] | None = None) -> None:
     """Reload whitelist, limits, settings, approvals and trusted roles when they changed.
 
-    One cheap statement per call reads the configuration version (a one-row table that every
-    change to a wormhole control table bumps, transactionally, by trigger). Only when it moved
-    does the backend reload the rest through ``_wormhole_config()``, a SECURITY DEFINER
-    function (regular roles cannot read the tables themselves). Calling a SECURITY DEFINER
-    function with a pinned search_path on every call would cost more than the call itself.
+    Every change to a wormhole control table bumps a configuration version (a one-row table,
+    transactionally, by trigger) *and* touches ``wormhole_execute``'s catalog row (``ALTER
+    FUNCTION ... COST 100``, which changes nothing but the row's version). PL/Python recompiles
+    a procedure whose catalog row changed and gives it a fresh ``SD``, in every backend, at the
+    first call after it processes that invalidation, which PostgreSQL does at the start of
+    every transaction. So ``wormhole_execute`` keeps a mark in its own ``SD`` while the cached
+    configuration is current and skips the version read altogether; a fresh ``SD`` means "read
+    the version again". The mark is only set when the version was read in READ COMMITTED (a
+    fresh snapshot): a REPEATABLE READ snapshot may predate the change that was just
+    invalidated, so there the version is read on every call until a READ COMMITTED call
+    confirms it. Other callers (``SD`` None) read the version every time.
+
+    When the version moved, the backend reloads the rest through ``_wormhole_config()``, a
+    SECURITY DEFINER function (regular roles cannot read the tables themselves).
     """
+    if SD is not None and SD.get(_CONFIG_MARK) is state:
+        return
     plan = state.plans.get("\0cfgver")
     if plan is None:
         plan = plpy.prepare("SELECT version FROM public._wormhole_state WHERE id = 1")
         state.plans["\0cfgver"] = plan
     rows = plpy.execute(plan)
     cfgver = int(rows[0]["version"]) if rows else -1
-    if state.cfgver == cfgver:
-        return
+    if state.cfgver != cfgver:
+        _load_config(plpy, state, cfgver)
+    if SD is not None and state.isolation is not None \
+            and state.isolation.value == _XACT_READ_COMMITTED:
+        SD[_CONFIG_MARK] = state  # only once the configuration is loaded
+
+
+def _load_config(plpy: Any, state: Backend, cfgver: int) -> None:
     row = plpy.execute("SELECT public._wormhole_config() AS c")[0]["c"]
     cfg = json.loads(row)
     modules: dict[str, frozenset[str] | None] = {}
@@ -199,9 +235,10 @@ def _refresh_config(plpy: Any, state: Backend) -> None:
     state.cfgver = cfgver
 
 
-def _lookup(plpy: Any, state: Backend, function_hash: str) -> tuple[bool, bool]:
+def _lookup(plpy: Any, state: Backend, function_hash: str,
+            SD: dict[str, Any] | None = None) -> tuple[bool, bool]:
     """(approved, trusted) for this call; refreshes the configuration first."""
-    _refresh_config(plpy, state)
+    _refresh_config(plpy, state, SD)
     trusted = False
     if state.trusted:
         ids = state.user_ids
@@ -315,7 +352,8 @@ class _Rollback(Exception):
 
 
 def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
-            function_hash: object, args_json: object, missing: object = "error") -> str:
+            function_hash: object, args_json: object, missing: object = "error",
+            SD: dict[str, Any] | None = None) -> str:
     """``wormhole_execute(hash, args)``: run an installed function; return the payload text.
 
     The call runs in a subtransaction: if user code raises, its writes are rolled back and the
@@ -331,7 +369,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     if args_json is None or not isinstance(args_json, str):
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
-    approved, trusted = _lookup(plpy, state, function_hash)  # also refreshes limits
+    approved, trusted = _lookup(plpy, state, function_hash, SD)  # also refreshes limits
     try:
         decoded = engine.decode_args(args_json, state.limits)  # checks max_args_bytes too
     except engine.BadArguments as exc:
