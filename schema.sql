@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -117,7 +117,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -184,7 +184,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -247,6 +247,7 @@ import datetime as _dt
 import itertools
 import json
 import math
+import operator
 import uuid
 from decimal import Decimal
 from typing import Any, Callable, NoReturn
@@ -580,6 +581,16 @@ _PLAIN_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separat
 
 def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
     """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
+    t = type(obj)
+    if t is list or t is Rows:
+        if len(obj) >= ROWSET_MIN:  # type: ignore[arg-type]
+            text = _rowset_text(obj, 1, max_depth)  # type: ignore[arg-type]
+            if text is not None:
+                return text
+    elif t is dict and len(obj) <= 16:  # type: ignore[arg-type]
+        text = _dict_with_rowsets(obj, max_depth)  # type: ignore[arg-type]
+        if text is not None:
+            return text
     if _fast_ok(obj, max_depth):
         try:
             return _FAST_ENCODER.encode(obj)
@@ -590,6 +601,158 @@ def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> s
         return _PLAIN_ENCODER.encode(value)
     except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above
         raise CodecError(f"cannot encode {root}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# row sets: a list of dicts that all have the same keys in the same order (what query() returns)
+#
+#   {"$rows": [["id", "when"], ["", "dt"], [[1, 2], ["2020-01-02T03:04:05", null]]]}
+#
+# column names once, then one kind per column, then the values column by column. A kind says
+# how the column's non-null values are written: "" plain JSON (str, int, bool, finite float),
+# "dt"/"date"/"time" isoformat text, "n" Decimal text, "uuid" text, "b" base64, "td"
+# [days, seconds, microseconds], "*" each value encoded like any other value (tags included).
+# Decodes to a plain list of dicts, exactly like the row-by-row form. Used for lists of at
+# least ROWSET_MIN rows; encoding and decoding a column is a C-level map, not a per-value walk.
+
+ROWSET_MIN = 8
+"""Lists shorter than this keep the row-by-row form (small payloads stay as they were)."""
+
+_DICT_ONLY = frozenset({dict})
+_NONE_TYPE = type(None)
+_PLAIN_COLUMN = frozenset({str, int, bool, float})
+
+
+def _b64(o: bytes) -> str:
+    return base64.b64encode(o).decode("ascii")
+
+
+#: column kinds for columns whose non-null values all have one of these exact types
+_COLUMN_KINDS: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    _dt.datetime: ("dt", _dt.datetime.isoformat),
+    _dt.date: ("date", _dt.date.isoformat),
+    _dt.time: ("time", _dt.time.isoformat),
+    Decimal: ("n", str),
+    uuid.UUID: ("uuid", str),
+    bytes: ("b", _b64),
+    _dt.timedelta: ("td", lambda o: [o.days, o.seconds, o.microseconds]),
+}
+
+
+def _rowset_text(seq: list[Any], depth: int, max_depth: int) -> str | None:
+    """The ``$rows`` text for ``seq`` (whose bracket is at level ``depth``), or None when
+    ``seq`` is not a row set (or anything in it needs the general path, e.g. for an error
+    message with its path)."""
+    if not _DICT_ONLY.issuperset(map(type, seq)):
+        return None
+    names = tuple(seq[0])
+    if not names or not _STR_ONLY.issuperset(map(type, names)):
+        return None
+    if len(names) == 1 and names[0][:1] == "$":
+        return None
+    if not all(map(names.__eq__, map(tuple, seq))):
+        return None
+    if depth + 2 > max_depth:
+        return None
+    kinds: list[str] = []
+    texts: list[str] = []
+    encoder = _PLAIN_ENCODER.encode
+    try:
+        for name in names:
+            col = list(map(operator.itemgetter(name), seq))
+            ts = set(map(type, col))
+            has_none = _NONE_TYPE in ts
+            ts.discard(_NONE_TYPE)
+            if ts <= _PLAIN_COLUMN:
+                kinds.append("")
+            elif len(ts) == 1 and next(iter(ts)) in _COLUMN_KINDS:
+                kind, fn = _COLUMN_KINDS[next(iter(ts))]
+                if kind == "td" and depth + 4 > max_depth:
+                    return None
+                if has_none:
+                    col = [None if v is None else fn(v) for v in col]
+                else:
+                    col = list(map(fn, col))
+                kinds.append(kind)
+            else:
+                # anything else, value by value as in the row-by-row form; a value sits at
+                # the same depth as there (row dict inside this list)
+                old = _max_depth_box[0]
+                _max_depth_box[0] = max_depth
+                try:
+                    col = [_enc(v, depth + 1) for v in col]
+                finally:
+                    _max_depth_box[0] = old
+                kinds.append("*")
+            texts.append(encoder(col))
+    except (_EncodeFailure, ValueError, TypeError, OverflowError, RecursionError):
+        return None  # nan/inf, an int too long for str(), an unsupported type: general path
+    return ('{"$rows":[' + encoder(names) + "," + encoder(kinds) + ",[" + ",".join(texts)
+            + "]]}")
+
+
+def _dict_with_rowsets(d: dict[Any, Any], max_depth: int) -> str | None:
+    """``{"rows": [...row set...], "rowcount": 3}`` and the like: a small str-keyed dict with
+    a row set among its values gets that member in the ``$rows`` form."""
+    for v in d.values():
+        if (type(v) is list or type(v) is Rows) and len(v) >= ROWSET_MIN:
+            break
+    else:
+        return None
+    if not _STR_ONLY.issuperset(map(type, d)) or (len(d) == 1 and next(iter(d))[:1] == "$"):
+        return None
+    found = False
+    parts: list[str] = []
+    for k, v in d.items():
+        t = type(v)
+        text = None
+        if (t is list or t is Rows) and len(v) >= ROWSET_MIN:
+            text = _rowset_text(v, 2, max_depth)
+        if text is None:
+            try:
+                text = encode(v, max_depth=max_depth - 1)
+            except CodecError:
+                return None  # the general path names the path in its message
+        else:
+            found = True
+        parts.append(_PLAIN_ENCODER.encode(k) + ":" + text)
+    if not found:
+        return None
+    return "{" + ",".join(parts) + "}"
+
+
+def _dec_column(kind: str, col: list[Any]) -> list[Any]:
+    if kind == "" or kind == "*":
+        return col  # plain JSON, or already decoded by the parser's hook
+    fn = _COLUMN_DECODERS.get(kind)
+    if fn is None:
+        raise CodecError(f"malformed $rows payload: unknown column kind {kind[:20]!r}")
+    try:
+        if None in col:
+            return [None if v is None else fn(v) for v in col]
+        return list(map(fn, col))
+    except CodecError:
+        raise
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CodecError(f"malformed $rows {kind!r} column: {type(e).__name__}") from None
+
+
+def _dec_rows(p: object) -> list[dict[str, Any]]:
+    if type(p) is not list or len(p) != 3:
+        _bad("$rows", p, "expected [names, kinds, columns]")
+    names, kinds, cols = p
+    if (type(names) is not list or type(kinds) is not list or type(cols) is not list
+            or not names or len(kinds) != len(names) or len(cols) != len(names)
+            or not _STR_ONLY.issuperset(map(type, names))
+            or not _STR_ONLY.issuperset(map(type, kinds))
+            or len(set(names)) != len(names)
+            or set(map(type, cols)) != {list}):
+        _bad("$rows", p, "expected [names, kinds, columns] of equal lengths")
+    n = len(cols[0])
+    if any(len(c) != n for c in cols):
+        _bad("$rows", p, "columns of different lengths")
+    cols = [_dec_column(k, c) for k, c in zip(kinds, cols)]
+    return list(map(dict, map(zip, itertools.repeat(tuple(names)), zip(*cols))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,6 +887,19 @@ _UNTAGGERS: dict[str, Callable[[object], Any]] = {
     "$d": _dec_d,
     "$set": _dec_set("$set", set),
     "$fset": _dec_set("$fset", frozenset),
+    "$rows": _dec_rows,
+}
+
+#: per-kind decoders of row-set columns; ISO columns are checked to be short strings by the
+#: C-level parser itself (fromisoformat rejects anything else with ValueError/TypeError)
+_COLUMN_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "dt": _dt.datetime.fromisoformat,
+    "date": _dt.date.fromisoformat,
+    "time": _dt.time.fromisoformat,
+    "n": _dec_n,
+    "uuid": _dec_uuid,
+    "b": _dec_b,
+    "td": _dec_td,
 }
 
 
@@ -852,7 +1028,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1636,7 +1812,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2102,7 +2278,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3655,7 +3831,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -3715,6 +3891,7 @@ __all__ = [
     "MAX_INT_BITS",
     "MAX_REPEAT",
     "ModuleView",
+    "Namespace",
     "build_globals",
     "safe_builtin_names",
 ]
@@ -4174,6 +4351,187 @@ def guarded_type(*args: object) -> type:
     return result
 
 
+class _Call:
+    """What belongs to one call: its hooks and the objects it created."""
+
+    __slots__ = ("tick", "print_fn", "glb", "user_classes")
+
+    def __init__(self, tick: Callable[[], None], print_fn: Callable[[str], None],
+                 glb: dict[str, object]) -> None:
+        self.tick = tick
+        self.print_fn = print_fn
+        self.glb = glb
+        self.user_classes: set[type] = set()
+
+
+class Namespace:
+    """The globals of calls under one whitelist: built once, entered once per call.
+
+    The guarded builtins, hooks and module views are closures built here once (per process and
+    whitelist) instead of per call; what belongs to a call (its tick, its print sink, its own
+    globals and classes) lives in a small ``_Call`` that :meth:`enter` swaps in and
+    :meth:`leave` swaps back out, so calls nested through SQL (in-process) each see their own.
+    Every call still gets a fresh globals dict; nothing a call can change is shared: the
+    builtins dict is not reachable from user code (``__builtins__`` is an underscore name), the
+    closures and views refuse attribute writes, and classes and functions belong to the call
+    that defined them.
+    """
+
+    def __init__(self, modules: Mapping[str, frozenset[str] | None]) -> None:
+        self.modules = modules
+        self.cur: _Call | None = None
+        views: dict[str, ModuleView] = {}
+
+        def tick() -> None:
+            cur = self.cur
+            if cur is not None:
+                cur.tick()
+
+        def guarded_import(name: str, globals: object = None, locals: object = None,
+                           fromlist: Iterable[str] | None = (), level: int = 0) -> ModuleView:
+            if type(name) is not str or level != 0:
+                raise ImportError("relative imports are not allowed")
+            if name not in modules:
+                raise ImportError(f"module {name!r} is not allowed")
+            if "." in name and not fromlist:
+                raise ImportError(f"'import {name}' is not allowed; use 'from {name} import ...'")
+            try:
+                names = allowed_names(name, modules)
+            except LookupError as exc:
+                raise ImportError(str(exc)) from None
+            for wanted in fromlist or ():
+                if type(wanted) is not str or wanted not in names:
+                    raise ImportError(f"cannot import {wanted!r} from {name!r}")
+            view = views.get(name)
+            if view is None:
+                view = views[name] = _view(name, names, tick)
+            return view
+
+        def build_class(func: Callable[[], None], name: str, *bases: object,
+                        **keywords: object) -> type:
+            if keywords:
+                raise PolicyViolation("class keywords (metaclass=...) are not allowed")
+            user_classes = self._call().user_classes
+            for base in bases:
+                if not ((isinstance(base, type) and base in user_classes)
+                        or _exception_base(base)):
+                    raise PolicyViolation(
+                        f"class {name!r} may not inherit from {base!r}: bases must be your own "
+                        f"classes or exception classes")
+            cls: type = builtins.__build_class__(func, name, *bases)
+            user_classes.add(cls)
+            return cls
+
+        def guarded_range(*args: int) -> Iterable[int]:
+            r = range(*args)
+            try:
+                n = len(r)
+            except OverflowError:
+                n = RANGE_FAST + 1
+            return r if n <= RANGE_FAST else _ticking(r, tick)
+
+        def call_type(*args: object) -> Any:
+            result = guarded_type(*args)
+            # the real range would build long ranges that sum()/any() walk in C, unticked
+            return guarded_range if result is range else result
+
+        def guarded_iter(obj: Any, *sentinel: object) -> Iterator[Any]:
+            if not sentinel:
+                return iter(obj)
+            # iter(callable, sentinel) over a builtin (iter(int, 1)) is an endless C loop
+            return _ticking(iter(obj, *sentinel), tick)
+
+        def guarded_print(*args: object, sep: str | None = " ", end: str | None = "\n",
+                          file: object = None, flush: bool = False) -> None:
+            if file is not None:
+                raise PolicyViolation("print(file=...) is not available; print() output is "
+                                      "returned to the client")
+            sep = " " if sep is None else sep
+            end = "\n" if end is None else end
+            if type(sep) is not str or type(end) is not str:
+                raise TypeError("sep and end must be str")
+            self._call().print_fn(sep.join([str(a) for a in args]) + end)
+
+        def mutable(obj: object) -> bool:
+            """May user code change ``obj``'s attributes?
+
+            Yes for the call's own classes, their instances and its own functions, and for
+            other objects the call created (a ``decimal.Context``, a ``TextWrapper``). No for
+            anything shared by every call in the process: classes and functions it did not
+            define (module classes and functions: trusted code calls them later), module
+            views, and the values a view or the builtins hand out (``calendar.month_name``).
+            """
+            cur = self._call()
+            if type(obj) in cur.user_classes or (isinstance(obj, type)
+                                                 and obj in cur.user_classes):
+                return True
+            if type(obj) is types.FunctionType:
+                return obj.__globals__ is cur.glb
+            if isinstance(obj, (type, ModuleView, *_CALLABLE_TYPES)):
+                return False
+            return id(obj) not in _SHARED_IDS
+
+        def guarded_setattr(obj: object, name: str, value: object) -> None:
+            _check_attribute_name(name)
+            if not mutable(obj):
+                raise PolicyViolation(
+                    f"cannot set attribute {name!r} on a {type(obj).__name__!r} object: only "
+                    f"your own classes, their instances and your functions can be changed")
+            setattr(obj, name, value)
+
+        def guarded_delattr(obj: object, name: str) -> None:
+            _check_attribute_name(name)
+            if not mutable(obj):
+                raise PolicyViolation(
+                    f"cannot delete attribute {name!r} of a {type(obj).__name__!r} object")
+            delattr(obj, name)
+
+        self.builtins: dict[str, object] = {
+            **_BASE_BUILTINS,
+            "pow": guarded_pow,
+            "type": call_type,
+            "range": guarded_range,
+            "iter": guarded_iter,
+            "print": guarded_print,
+            "__import__": guarded_import,
+            "__build_class__": build_class,
+        }
+        self.template: dict[str, object] = {
+            "__builtins__": self.builtins,
+            "__name__": _MODULE_NAME,
+            "DatabaseError": DatabaseError,
+            GETATTR: guarded_getattr,
+            SETATTR: guarded_setattr,
+            DELATTR: guarded_delattr,
+            POW: guarded_pow,
+            MUL: guarded_mul,
+            LSHIFT: guarded_lshift,
+            IPOW: guarded_ipow,
+            IMUL: guarded_imul,
+            ILSHIFT: guarded_ilshift,
+        }
+
+    def _call(self) -> _Call:
+        cur = self.cur
+        if cur is None:
+            raise PolicyViolation("this wormhole call has ended")
+        return cur
+
+    def enter(self, *, query: Callable[..., Rows], print_fn: Callable[[str], None],
+              tick: Callable[[], None]) -> tuple[dict[str, object], _Call | None]:
+        """Fresh globals for one call; returns them and the token :meth:`leave` needs."""
+        glb = self.template.copy()
+        glb["query"] = query
+        glb[TICK] = tick
+        previous = self.cur
+        self.cur = _Call(tick, print_fn, glb)
+        return glb, previous
+
+    def leave(self, previous: _Call | None) -> None:
+        """End the call :meth:`enter` started (the enclosing call, if any, is current again)."""
+        self.cur = previous
+
+
 def build_globals(
     *,
     modules: Mapping[str, frozenset[str] | None],
@@ -4187,139 +4545,14 @@ def build_globals(
     global ``query``; ``print_fn`` receives each ``print()``'s text (the caller caps the total);
     ``tick`` is called between Python-level steps and must return None (it raises to stop the
     call; once it has raised it should keep raising). Nothing is shared between calls except
-    immutable, vetted values.
+    immutable, vetted values. (The engine keeps one :class:`Namespace` per whitelist and
+    enters it per call; this builds a new one, for tests and one-off use.)
     """
-    glb: dict[str, object] = {}
-    user_classes: set[type] = set()
-    views: dict[str, ModuleView] = {}
-
-    def guarded_import(name: str, globals: object = None, locals: object = None,
-                       fromlist: Iterable[str] | None = (), level: int = 0) -> ModuleView:
-        if type(name) is not str or level != 0:
-            raise ImportError("relative imports are not allowed")
-        if name not in modules:
-            raise ImportError(f"module {name!r} is not allowed")
-        if "." in name and not fromlist:
-            raise ImportError(f"'import {name}' is not allowed; use 'from {name} import ...'")
-        try:
-            names = allowed_names(name, modules)
-        except LookupError as exc:
-            raise ImportError(str(exc)) from None
-        for wanted in fromlist or ():
-            if type(wanted) is not str or wanted not in names:
-                raise ImportError(f"cannot import {wanted!r} from {name!r}")
-        view = views.get(name)
-        if view is None:
-            view = views[name] = _view(name, names, tick)
-        return view
-
-    def build_class(func: Callable[[], None], name: str, *bases: object,
-                    **keywords: object) -> type:
-        if keywords:
-            raise PolicyViolation("class keywords (metaclass=...) are not allowed")
-        for base in bases:
-            if not ((isinstance(base, type) and base in user_classes)
-                    or _exception_base(base)):
-                raise PolicyViolation(
-                    f"class {name!r} may not inherit from {base!r}: bases must be your own "
-                    f"classes or exception classes")
-        cls: type = builtins.__build_class__(func, name, *bases)
-        user_classes.add(cls)
-        return cls
-
-    def guarded_range(*args: int) -> Iterable[int]:
-        r = range(*args)
-        try:
-            n = len(r)
-        except OverflowError:
-            n = RANGE_FAST + 1
-        return r if n <= RANGE_FAST else _ticking(r, tick)
-
-    def call_type(*args: object) -> Any:
-        result = guarded_type(*args)
-        # the real range would build long ranges that sum()/any() walk in C, unticked
-        return guarded_range if result is range else result
-
-    def guarded_iter(obj: Any, *sentinel: object) -> Iterator[Any]:
-        if not sentinel:
-            return iter(obj)
-        # iter(callable, sentinel) over a builtin (iter(int, 1)) is an endless C loop
-        return _ticking(iter(obj, *sentinel), tick)
-
-    def guarded_print(*args: object, sep: str | None = " ", end: str | None = "\n",
-                      file: object = None, flush: bool = False) -> None:
-        if file is not None:
-            raise PolicyViolation("print(file=...) is not available; print() output is "
-                                  "returned to the client")
-        sep = " " if sep is None else sep
-        end = "\n" if end is None else end
-        if type(sep) is not str or type(end) is not str:
-            raise TypeError("sep and end must be str")
-        print_fn(sep.join([str(a) for a in args]) + end)
-
-    def mutable(obj: object) -> bool:
-        """May user code change ``obj``'s attributes?
-
-        Yes for the call's own classes, their instances and its own functions, and for other
-        objects the call created (a ``decimal.Context``, a ``TextWrapper``). No for anything
-        shared by every call in the process: classes and functions it did not define (module
-        classes and functions: trusted code calls them later), module views, and the values a
-        view or the builtins hand out (``calendar.month_name``).
-        """
-        if type(obj) in user_classes or (isinstance(obj, type) and obj in user_classes):
-            return True
-        if type(obj) is types.FunctionType:
-            return obj.__globals__ is glb
-        if isinstance(obj, (type, ModuleView, *_CALLABLE_TYPES)):
-            return False
-        return id(obj) not in _SHARED_IDS
-
-    def guarded_setattr(obj: object, name: str, value: object) -> None:
-        _check_attribute_name(name)
-        if not mutable(obj):
-            raise PolicyViolation(
-                f"cannot set attribute {name!r} on a {type(obj).__name__!r} object: only "
-                f"your own classes, their instances and your functions can be changed")
-        setattr(obj, name, value)
-
-    def guarded_delattr(obj: object, name: str) -> None:
-        _check_attribute_name(name)
-        if not mutable(obj):
-            raise PolicyViolation(
-                f"cannot delete attribute {name!r} of a {type(obj).__name__!r} object")
-        delattr(obj, name)
-
-    # a new dict per call (it holds this call's closures); built in one display, no update()
-    safe_builtins = {
-        **_BASE_BUILTINS,
-        "pow": guarded_pow,
-        "type": call_type,
-        "range": guarded_range,
-        "iter": guarded_iter,
-        "print": guarded_print,
-        "__import__": guarded_import,
-        "__build_class__": build_class,
-    }
-    glb.update({
-        "__builtins__": safe_builtins,
-        "__name__": _MODULE_NAME,
-        "query": query,
-        "DatabaseError": DatabaseError,
-        TICK: tick,
-        GETATTR: guarded_getattr,
-        SETATTR: guarded_setattr,
-        DELATTR: guarded_delattr,
-        POW: guarded_pow,
-        MUL: guarded_mul,
-        LSHIFT: guarded_lshift,
-        IPOW: guarded_ipow,
-        IMUL: guarded_imul,
-        ILSHIFT: guarded_ilshift,
-    })
+    glb, _ = Namespace(modules).enter(query=query, print_fn=print_fn, tick=tick)
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4441,6 +4674,26 @@ def checked_code(call: Call) -> policy.Checked:
     return checked
 
 
+# whitelist -> its Namespace (closures built once). Per process, never shared.
+_NAMESPACES: list[namespace.Namespace] = []
+
+
+def namespace_for(modules: Mapping[str, frozenset[str] | None]) -> namespace.Namespace:
+    """The :class:`namespace.Namespace` of this whitelist (the host passes the same mapping
+    object until the configuration changes; the worker an equal one)."""
+    for ns in _NAMESPACES:
+        if ns.modules is modules:
+            return ns
+    for ns in _NAMESPACES:
+        if ns.modules == modules:
+            return ns
+    ns = namespace.Namespace(modules)
+    if len(_NAMESPACES) >= 8:
+        del _NAMESPACES[0]
+    _NAMESPACES.append(ns)
+    return ns
+
+
 def decode_args(args_json: str, limits: Limits) -> tuple[list[Any], dict[str, Any]]:
     """Decode ``[[positional...], {keyword: value}]`` as the client library encodes it."""
     if not isinstance(args_json, str):
@@ -4520,19 +4773,23 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
         def query(sql: str, *args: object) -> Rows:
             return port_query(sql, args)
 
-        glb = namespace.build_globals(
-            modules=call.modules, query=query, print_fn=out.write, tick=tick
-        )
-        exec(checked.code, glb)  # defines the function; the policy allows nothing else
-        function: Callable[..., Any] = glb[checked.name]  # type: ignore[assignment]
-        result = function(*args, **kwargs)
+        ns = namespace_for(call.modules)
+        glb, previous = ns.enter(query=query, print_fn=out.write, tick=tick)
+        try:
+            exec(checked.code, glb)  # defines the function; the policy allows nothing else
+            function: Callable[..., Any] = glb[checked.name]  # type: ignore[assignment]
+            result = function(*args, **kwargs)
+        finally:
+            ns.leave(previous)
         try:
             value = codec.encode(result, root="result")  # text directly: no second pass
         except codec.CodecError as exc:
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
-        printed = (json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":"))
-                   if out.parts or out.truncated else "[]")
-        text = '{"ok":' + value + ',"out":' + printed + "}"
+        if out.parts or out.truncated:
+            text = ('{"ok":' + value + ',"out":'
+                    + json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
+        else:
+            text = '{"ok":' + value + ',"out":[]}'
         if len(text) > call.limits.max_result_bytes:
             raise LimitExceeded(
                 "max_result_bytes",
@@ -4603,7 +4860,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4795,7 +5052,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5110,7 +5367,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5446,7 +5703,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6110,7 +6367,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6897,7 +7154,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -6925,7 +7182,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '8e89fb997e6248192eba96d44fdc3b17717c4185eb442b15c266300175d2a583'
+    _pkg.CODE_TAG = '8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00'
     GD[_key] = _pkg
 $wormhole_body$;
 

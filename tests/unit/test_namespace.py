@@ -453,3 +453,68 @@ def test_user_code_cannot_reach_builtins_through_functions() -> None:
                    "def f():\n    return print.__self__\n"):
         with pytest.raises(policy.PolicyError):
             check(source, MODULES)
+
+
+# ---- one Namespace per whitelist, entered per call
+
+
+def _enter(ns: namespace.Namespace, source: str, printed: list[str],
+           tick: Callable[[], None] = lambda: None) -> tuple[Callable[..., Any], Any]:
+    checked = check(textwrap.dedent(source).lstrip("\n"), MODULES)
+    g, previous = ns.enter(query=lambda sql, *a: Rows([]), print_fn=printed.append, tick=tick)
+    exec(checked.code, g)
+    return g[checked.name], previous  # type: ignore[return-value]
+
+
+def test_every_call_gets_fresh_globals_from_a_shared_namespace() -> None:
+    ns = namespace.Namespace(MODULES)
+    a, _ = ns.enter(query=lambda sql, *x: Rows([]), print_fn=lambda s: None, tick=lambda: None)
+    b, _ = ns.enter(query=lambda sql, *x: Rows([]), print_fn=lambda s: None, tick=lambda: None)
+    assert a is not b and a is not ns.template
+    a["leak"] = 1
+    assert "leak" not in b and "leak" not in ns.template
+
+
+def test_a_nested_call_has_its_own_print_sink_tick_and_classes() -> None:
+    ns = namespace.Namespace(MODULES)
+    outer_out: list[str] = []
+    inner_out: list[str] = []
+    outer_ticks = Ticker()
+    inner_ticks = Ticker()
+    outer, prev_outer = _enter(ns, """
+        def outer():
+            class Mine:
+                pass
+            print("outer")
+            return Mine
+    """, outer_out, outer_ticks)
+    mine = outer()
+    inner, prev_inner = _enter(ns, """
+        def inner(cls):
+            print("inner")
+            for i in range(3):
+                pass
+            cls.x = 1
+    """, inner_out, inner_ticks)
+    # the inner call may not change a class the outer call defined
+    with pytest.raises(PolicyViolation):
+        inner(mine)
+    assert inner_out == ["inner\n"] and inner_ticks.count > 0
+    ns.leave(prev_inner)
+    ticks_before = outer_ticks.count
+    outer()  # the outer call is current again: its sink and tick
+    assert outer_out == ["outer\n", "outer\n"]
+    assert inner_out == ["inner\n"] and outer_ticks.count > ticks_before
+    ns.leave(prev_outer)
+    assert ns.cur is None
+
+
+def test_a_function_kept_past_its_call_cannot_print_or_define_classes() -> None:
+    ns = namespace.Namespace(MODULES)
+    f, previous = _enter(ns, """
+        def f():
+            print("late")
+    """, [])
+    ns.leave(previous)
+    with pytest.raises(PolicyViolation, match="has ended"):
+        f()

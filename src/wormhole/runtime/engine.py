@@ -120,6 +120,26 @@ def checked_code(call: Call) -> policy.Checked:
     return checked
 
 
+# whitelist -> its Namespace (closures built once). Per process, never shared.
+_NAMESPACES: list[namespace.Namespace] = []
+
+
+def namespace_for(modules: Mapping[str, frozenset[str] | None]) -> namespace.Namespace:
+    """The :class:`namespace.Namespace` of this whitelist (the host passes the same mapping
+    object until the configuration changes; the worker an equal one)."""
+    for ns in _NAMESPACES:
+        if ns.modules is modules:
+            return ns
+    for ns in _NAMESPACES:
+        if ns.modules == modules:
+            return ns
+    ns = namespace.Namespace(modules)
+    if len(_NAMESPACES) >= 8:
+        del _NAMESPACES[0]
+    _NAMESPACES.append(ns)
+    return ns
+
+
 def decode_args(args_json: str, limits: Limits) -> tuple[list[Any], dict[str, Any]]:
     """Decode ``[[positional...], {keyword: value}]`` as the client library encodes it."""
     if not isinstance(args_json, str):
@@ -199,19 +219,23 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
         def query(sql: str, *args: object) -> Rows:
             return port_query(sql, args)
 
-        glb = namespace.build_globals(
-            modules=call.modules, query=query, print_fn=out.write, tick=tick
-        )
-        exec(checked.code, glb)  # defines the function; the policy allows nothing else
-        function: Callable[..., Any] = glb[checked.name]  # type: ignore[assignment]
-        result = function(*args, **kwargs)
+        ns = namespace_for(call.modules)
+        glb, previous = ns.enter(query=query, print_fn=out.write, tick=tick)
+        try:
+            exec(checked.code, glb)  # defines the function; the policy allows nothing else
+            function: Callable[..., Any] = glb[checked.name]  # type: ignore[assignment]
+            result = function(*args, **kwargs)
+        finally:
+            ns.leave(previous)
         try:
             value = codec.encode(result, root="result")  # text directly: no second pass
         except codec.CodecError as exc:
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
-        printed = (json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":"))
-                   if out.parts or out.truncated else "[]")
-        text = '{"ok":' + value + ',"out":' + printed + "}"
+        if out.parts or out.truncated:
+            text = ('{"ok":' + value + ',"out":'
+                    + json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
+        else:
+            text = '{"ok":' + value + ',"out":[]}'
         if len(text) > call.limits.max_result_bytes:
             raise LimitExceeded(
                 "max_result_bytes",

@@ -58,6 +58,7 @@ __all__ = [
     "MAX_INT_BITS",
     "MAX_REPEAT",
     "ModuleView",
+    "Namespace",
     "build_globals",
     "safe_builtin_names",
 ]
@@ -517,6 +518,187 @@ def guarded_type(*args: object) -> type:
     return result
 
 
+class _Call:
+    """What belongs to one call: its hooks and the objects it created."""
+
+    __slots__ = ("tick", "print_fn", "glb", "user_classes")
+
+    def __init__(self, tick: Callable[[], None], print_fn: Callable[[str], None],
+                 glb: dict[str, object]) -> None:
+        self.tick = tick
+        self.print_fn = print_fn
+        self.glb = glb
+        self.user_classes: set[type] = set()
+
+
+class Namespace:
+    """The globals of calls under one whitelist: built once, entered once per call.
+
+    The guarded builtins, hooks and module views are closures built here once (per process and
+    whitelist) instead of per call; what belongs to a call (its tick, its print sink, its own
+    globals and classes) lives in a small ``_Call`` that :meth:`enter` swaps in and
+    :meth:`leave` swaps back out, so calls nested through SQL (in-process) each see their own.
+    Every call still gets a fresh globals dict; nothing a call can change is shared: the
+    builtins dict is not reachable from user code (``__builtins__`` is an underscore name), the
+    closures and views refuse attribute writes, and classes and functions belong to the call
+    that defined them.
+    """
+
+    def __init__(self, modules: Mapping[str, frozenset[str] | None]) -> None:
+        self.modules = modules
+        self.cur: _Call | None = None
+        views: dict[str, ModuleView] = {}
+
+        def tick() -> None:
+            cur = self.cur
+            if cur is not None:
+                cur.tick()
+
+        def guarded_import(name: str, globals: object = None, locals: object = None,
+                           fromlist: Iterable[str] | None = (), level: int = 0) -> ModuleView:
+            if type(name) is not str or level != 0:
+                raise ImportError("relative imports are not allowed")
+            if name not in modules:
+                raise ImportError(f"module {name!r} is not allowed")
+            if "." in name and not fromlist:
+                raise ImportError(f"'import {name}' is not allowed; use 'from {name} import ...'")
+            try:
+                names = allowed_names(name, modules)
+            except LookupError as exc:
+                raise ImportError(str(exc)) from None
+            for wanted in fromlist or ():
+                if type(wanted) is not str or wanted not in names:
+                    raise ImportError(f"cannot import {wanted!r} from {name!r}")
+            view = views.get(name)
+            if view is None:
+                view = views[name] = _view(name, names, tick)
+            return view
+
+        def build_class(func: Callable[[], None], name: str, *bases: object,
+                        **keywords: object) -> type:
+            if keywords:
+                raise PolicyViolation("class keywords (metaclass=...) are not allowed")
+            user_classes = self._call().user_classes
+            for base in bases:
+                if not ((isinstance(base, type) and base in user_classes)
+                        or _exception_base(base)):
+                    raise PolicyViolation(
+                        f"class {name!r} may not inherit from {base!r}: bases must be your own "
+                        f"classes or exception classes")
+            cls: type = builtins.__build_class__(func, name, *bases)
+            user_classes.add(cls)
+            return cls
+
+        def guarded_range(*args: int) -> Iterable[int]:
+            r = range(*args)
+            try:
+                n = len(r)
+            except OverflowError:
+                n = RANGE_FAST + 1
+            return r if n <= RANGE_FAST else _ticking(r, tick)
+
+        def call_type(*args: object) -> Any:
+            result = guarded_type(*args)
+            # the real range would build long ranges that sum()/any() walk in C, unticked
+            return guarded_range if result is range else result
+
+        def guarded_iter(obj: Any, *sentinel: object) -> Iterator[Any]:
+            if not sentinel:
+                return iter(obj)
+            # iter(callable, sentinel) over a builtin (iter(int, 1)) is an endless C loop
+            return _ticking(iter(obj, *sentinel), tick)
+
+        def guarded_print(*args: object, sep: str | None = " ", end: str | None = "\n",
+                          file: object = None, flush: bool = False) -> None:
+            if file is not None:
+                raise PolicyViolation("print(file=...) is not available; print() output is "
+                                      "returned to the client")
+            sep = " " if sep is None else sep
+            end = "\n" if end is None else end
+            if type(sep) is not str or type(end) is not str:
+                raise TypeError("sep and end must be str")
+            self._call().print_fn(sep.join([str(a) for a in args]) + end)
+
+        def mutable(obj: object) -> bool:
+            """May user code change ``obj``'s attributes?
+
+            Yes for the call's own classes, their instances and its own functions, and for
+            other objects the call created (a ``decimal.Context``, a ``TextWrapper``). No for
+            anything shared by every call in the process: classes and functions it did not
+            define (module classes and functions: trusted code calls them later), module
+            views, and the values a view or the builtins hand out (``calendar.month_name``).
+            """
+            cur = self._call()
+            if type(obj) in cur.user_classes or (isinstance(obj, type)
+                                                 and obj in cur.user_classes):
+                return True
+            if type(obj) is types.FunctionType:
+                return obj.__globals__ is cur.glb
+            if isinstance(obj, (type, ModuleView, *_CALLABLE_TYPES)):
+                return False
+            return id(obj) not in _SHARED_IDS
+
+        def guarded_setattr(obj: object, name: str, value: object) -> None:
+            _check_attribute_name(name)
+            if not mutable(obj):
+                raise PolicyViolation(
+                    f"cannot set attribute {name!r} on a {type(obj).__name__!r} object: only "
+                    f"your own classes, their instances and your functions can be changed")
+            setattr(obj, name, value)
+
+        def guarded_delattr(obj: object, name: str) -> None:
+            _check_attribute_name(name)
+            if not mutable(obj):
+                raise PolicyViolation(
+                    f"cannot delete attribute {name!r} of a {type(obj).__name__!r} object")
+            delattr(obj, name)
+
+        self.builtins: dict[str, object] = {
+            **_BASE_BUILTINS,
+            "pow": guarded_pow,
+            "type": call_type,
+            "range": guarded_range,
+            "iter": guarded_iter,
+            "print": guarded_print,
+            "__import__": guarded_import,
+            "__build_class__": build_class,
+        }
+        self.template: dict[str, object] = {
+            "__builtins__": self.builtins,
+            "__name__": _MODULE_NAME,
+            "DatabaseError": DatabaseError,
+            GETATTR: guarded_getattr,
+            SETATTR: guarded_setattr,
+            DELATTR: guarded_delattr,
+            POW: guarded_pow,
+            MUL: guarded_mul,
+            LSHIFT: guarded_lshift,
+            IPOW: guarded_ipow,
+            IMUL: guarded_imul,
+            ILSHIFT: guarded_ilshift,
+        }
+
+    def _call(self) -> _Call:
+        cur = self.cur
+        if cur is None:
+            raise PolicyViolation("this wormhole call has ended")
+        return cur
+
+    def enter(self, *, query: Callable[..., Rows], print_fn: Callable[[str], None],
+              tick: Callable[[], None]) -> tuple[dict[str, object], _Call | None]:
+        """Fresh globals for one call; returns them and the token :meth:`leave` needs."""
+        glb = self.template.copy()
+        glb["query"] = query
+        glb[TICK] = tick
+        previous = self.cur
+        self.cur = _Call(tick, print_fn, glb)
+        return glb, previous
+
+    def leave(self, previous: _Call | None) -> None:
+        """End the call :meth:`enter` started (the enclosing call, if any, is current again)."""
+        self.cur = previous
+
+
 def build_globals(
     *,
     modules: Mapping[str, frozenset[str] | None],
@@ -530,133 +712,8 @@ def build_globals(
     global ``query``; ``print_fn`` receives each ``print()``'s text (the caller caps the total);
     ``tick`` is called between Python-level steps and must return None (it raises to stop the
     call; once it has raised it should keep raising). Nothing is shared between calls except
-    immutable, vetted values.
+    immutable, vetted values. (The engine keeps one :class:`Namespace` per whitelist and
+    enters it per call; this builds a new one, for tests and one-off use.)
     """
-    glb: dict[str, object] = {}
-    user_classes: set[type] = set()
-    views: dict[str, ModuleView] = {}
-
-    def guarded_import(name: str, globals: object = None, locals: object = None,
-                       fromlist: Iterable[str] | None = (), level: int = 0) -> ModuleView:
-        if type(name) is not str or level != 0:
-            raise ImportError("relative imports are not allowed")
-        if name not in modules:
-            raise ImportError(f"module {name!r} is not allowed")
-        if "." in name and not fromlist:
-            raise ImportError(f"'import {name}' is not allowed; use 'from {name} import ...'")
-        try:
-            names = allowed_names(name, modules)
-        except LookupError as exc:
-            raise ImportError(str(exc)) from None
-        for wanted in fromlist or ():
-            if type(wanted) is not str or wanted not in names:
-                raise ImportError(f"cannot import {wanted!r} from {name!r}")
-        view = views.get(name)
-        if view is None:
-            view = views[name] = _view(name, names, tick)
-        return view
-
-    def build_class(func: Callable[[], None], name: str, *bases: object,
-                    **keywords: object) -> type:
-        if keywords:
-            raise PolicyViolation("class keywords (metaclass=...) are not allowed")
-        for base in bases:
-            if not ((isinstance(base, type) and base in user_classes)
-                    or _exception_base(base)):
-                raise PolicyViolation(
-                    f"class {name!r} may not inherit from {base!r}: bases must be your own "
-                    f"classes or exception classes")
-        cls: type = builtins.__build_class__(func, name, *bases)
-        user_classes.add(cls)
-        return cls
-
-    def guarded_range(*args: int) -> Iterable[int]:
-        r = range(*args)
-        try:
-            n = len(r)
-        except OverflowError:
-            n = RANGE_FAST + 1
-        return r if n <= RANGE_FAST else _ticking(r, tick)
-
-    def call_type(*args: object) -> Any:
-        result = guarded_type(*args)
-        # the real range would build long ranges that sum()/any() walk in C, unticked
-        return guarded_range if result is range else result
-
-    def guarded_iter(obj: Any, *sentinel: object) -> Iterator[Any]:
-        if not sentinel:
-            return iter(obj)
-        # iter(callable, sentinel) over a builtin (iter(int, 1)) is an endless C loop
-        return _ticking(iter(obj, *sentinel), tick)
-
-    def guarded_print(*args: object, sep: str | None = " ", end: str | None = "\n",
-                      file: object = None, flush: bool = False) -> None:
-        if file is not None:
-            raise PolicyViolation("print(file=...) is not available; print() output is "
-                                  "returned to the client")
-        sep = " " if sep is None else sep
-        end = "\n" if end is None else end
-        if type(sep) is not str or type(end) is not str:
-            raise TypeError("sep and end must be str")
-        print_fn(sep.join([str(a) for a in args]) + end)
-
-    def mutable(obj: object) -> bool:
-        """May user code change ``obj``'s attributes?
-
-        Yes for the call's own classes, their instances and its own functions, and for other
-        objects the call created (a ``decimal.Context``, a ``TextWrapper``). No for anything
-        shared by every call in the process: classes and functions it did not define (module
-        classes and functions: trusted code calls them later), module views, and the values a
-        view or the builtins hand out (``calendar.month_name``).
-        """
-        if type(obj) in user_classes or (isinstance(obj, type) and obj in user_classes):
-            return True
-        if type(obj) is types.FunctionType:
-            return obj.__globals__ is glb
-        if isinstance(obj, (type, ModuleView, *_CALLABLE_TYPES)):
-            return False
-        return id(obj) not in _SHARED_IDS
-
-    def guarded_setattr(obj: object, name: str, value: object) -> None:
-        _check_attribute_name(name)
-        if not mutable(obj):
-            raise PolicyViolation(
-                f"cannot set attribute {name!r} on a {type(obj).__name__!r} object: only "
-                f"your own classes, their instances and your functions can be changed")
-        setattr(obj, name, value)
-
-    def guarded_delattr(obj: object, name: str) -> None:
-        _check_attribute_name(name)
-        if not mutable(obj):
-            raise PolicyViolation(
-                f"cannot delete attribute {name!r} of a {type(obj).__name__!r} object")
-        delattr(obj, name)
-
-    # a new dict per call (it holds this call's closures); built in one display, no update()
-    safe_builtins = {
-        **_BASE_BUILTINS,
-        "pow": guarded_pow,
-        "type": call_type,
-        "range": guarded_range,
-        "iter": guarded_iter,
-        "print": guarded_print,
-        "__import__": guarded_import,
-        "__build_class__": build_class,
-    }
-    glb.update({
-        "__builtins__": safe_builtins,
-        "__name__": _MODULE_NAME,
-        "query": query,
-        "DatabaseError": DatabaseError,
-        TICK: tick,
-        GETATTR: guarded_getattr,
-        SETATTR: guarded_setattr,
-        DELATTR: guarded_delattr,
-        POW: guarded_pow,
-        MUL: guarded_mul,
-        LSHIFT: guarded_lshift,
-        IPOW: guarded_ipow,
-        IMUL: guarded_imul,
-        ILSHIFT: guarded_ilshift,
-    })
+    glb, _ = Namespace(modules).enter(query=query, print_fn=print_fn, tick=tick)
     return glb
