@@ -58,7 +58,7 @@ class Limits:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One call as the host hands it to an executor."""
 

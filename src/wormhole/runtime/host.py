@@ -44,6 +44,10 @@ class Backend:
         self.sources = dict(sources)
         self.plans: dict[str, Any] = {}
         self.cfgver: int | None = None
+        #: ``str(cfgver)``: the compile-cache key of the whitelist
+        self.cfgkey = ""
+        #: the SpiPort every call of this backend uses (it holds the per-backend plans)
+        self.port: SpiPort | None = None
         self.modules: dict[str, frozenset[str] | None] = {}
         self.limits = engine.Limits()
         self.settings: dict[str, str] = {}
@@ -65,11 +69,14 @@ class Backend:
         self.subxact_checked = False
 
 
+_STATE_KEY = "wormhole.backend/" + VERSION
+
+
 def backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:
-    state = GD.get("wormhole.backend/" + VERSION)
+    state: Backend | None = GD.get(_STATE_KEY)
     if state is None or state.pid != os.getpid():
         state = Backend(sources)
-        GD["wormhole.backend/" + VERSION] = state
+        GD[_STATE_KEY] = state
     return state
 
 
@@ -233,6 +240,7 @@ def _load_config(plpy: Any, state: Backend, cfgver: int) -> None:
     state.trusted = frozenset(cfg.get("trusted") or ())
     state.source_cache.clear()  # a function deleted or edited by a DBA bumps the version too
     state.cfgver = cfgver
+    state.cfgkey = str(cfgver)
 
 
 def _lookup(plpy: Any, state: Backend, function_hash: str,
@@ -361,12 +369,15 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     transaction stays usable. Cancel, statement_timeout and terminate end the statement with
     PostgreSQL's own error.
     """
-    state = backend(GD, sources)
+    state = GD.get(_STATE_KEY)
+    if state is None or state.pid != os.getpid():
+        state = backend(GD, sources)
     if not state.subxact_checked:
         state.subxact_checked = True
         _repair_subtransaction_dealloc(plpy)
-    function_hash = _check_hash(plpy, function_hash)
-    if args_json is None or not isinstance(args_json, str):
+    if type(function_hash) is not str or _HASH.fullmatch(function_hash) is None:
+        function_hash = _check_hash(plpy, function_hash)  # raises the right error
+    if type(args_json) is not str:
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
     approved, trusted = _lookup(plpy, state, function_hash, SD)  # also refreshes limits
@@ -388,13 +399,15 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         source=source,
         args_json=args_json,
         modules=state.modules,
-        modules_key=str(state.cfgver),
+        modules_key=state.cfgkey,
         limits=state.limits,
     )
     executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
     if approved or trusted:
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
-    port = SpiPort(plpy, state.plans)
+    port = state.port
+    if port is None or port.plpy is not plpy:
+        port = state.port = SpiPort(plpy, state.plans)
     roles_before = _roles(plpy, state)
     try:
         with plpy.subtransaction():
