@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -105,6 +105,7 @@ MODULES = (
     "codec",
     "pgtypes",
     "sqltext",
+    "rules",
     "policy",
     "namespace",
     "engine",
@@ -114,10 +115,10 @@ MODULES = (
     "sandbox",
     "host",
 )
-WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
+WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -184,11 +185,13 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Rows(list):  # type: ignore[type-arg]
@@ -198,17 +201,21 @@ class Rows(list):  # type: ignore[type-arg]
     ``RETURNING`` returns an empty ``Rows`` whose ``rowcount`` says how many rows it updated).
     """
 
-    __slots__ = ("rowcount",)
+    __slots__ = ("rowcount", "_wire")
 
     def __init__(self, rows: Any = (), rowcount: int | None = None) -> None:
         super().__init__(rows)
         self.rowcount = len(self) if rowcount is None else rowcount
+        #: set by the server's SPI port: column -> (kind, values, PostgreSQL's text of them),
+        #: so the codec can send a column PostgreSQL printed as that text while every row
+        #: still holds exactly those values (checked by identity). Not part of the value.
+        self._wire: dict[str, tuple[str, list[Any], list[Any]]] | None = None
 
     def __repr__(self) -> str:
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -248,6 +255,7 @@ import itertools
 import json
 import math
 import operator
+import re
 import uuid
 from decimal import Decimal
 from typing import Any, Callable, NoReturn
@@ -657,9 +665,17 @@ def _rowset_text(seq: list[Any], depth: int, max_depth: int) -> str | None:
     kinds: list[str] = []
     texts: list[str] = []
     encoder = _PLAIN_ENCODER.encode
+    wire = seq._wire if type(seq) is Rows else None
     try:
         for name in names:
             col = list(map(operator.itemgetter(name), seq))
+            if wire is not None and name in wire:
+                kind, values, pgtext = wire[name]
+                # every row still holds exactly the values PostgreSQL printed as pgtext
+                if len(values) == len(col) and all(map(operator.is_, col, values)):
+                    kinds.append(kind)
+                    texts.append(encoder(pgtext))
+                    continue
             ts = set(map(type, col))
             has_none = _NONE_TYPE in ts
             ts.discard(_NONE_TYPE)
@@ -724,6 +740,8 @@ def _dict_with_rowsets(d: dict[Any, Any], max_depth: int) -> str | None:
 def _dec_column(kind: str, col: list[Any]) -> list[Any]:
     if kind == "" or kind == "*":
         return col  # plain JSON, or already decoded by the parser's hook
+    if kind in _PG_KINDS:  # PostgreSQL's ISO text, parsed as the server parsed it
+        return _dec_pg_column(kind, col)
     fn = _COLUMN_DECODERS.get(kind)
     if fn is None:
         raise CodecError(f"malformed $rows payload: unknown column kind {kind[:20]!r}")
@@ -733,6 +751,49 @@ def _dec_column(kind: str, col: list[Any]) -> list[Any]:
         return list(map(fn, col))
     except CodecError:
         raise
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CodecError(f"malformed $rows {kind!r} column: {type(e).__name__}") from None
+
+
+# "pgtz" / "pgts" / "pgdate": a timestamptz / timestamp / date column as PostgreSQL printed it
+# (ISO DateStyle), sent only when the server read every value of the column with
+# datetime.fromisoformat (pgtypes' fast path), so fromisoformat reads it back identically.
+# Python 3.10's fromisoformat does not read every such text ("+05" offsets, short fractions):
+# the regex below reads the same values there.
+_PG_KINDS = frozenset({"pgtz", "pgts", "pgdate"})
+_PG_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+                     r"(?:([-+])(\d\d)(?::?(\d\d))?(?::?(\d\d))?)?")
+
+
+def _pg_iso(s: Any) -> _dt.datetime:
+    if type(s) is not str:
+        raise TypeError("expected text")
+    m = _PG_ISO.fullmatch(s)
+    if m is None:
+        raise ValueError("not ISO")
+    ye, mo, da, ho, mi, se, fr, sgn, oh, om, osec = m.groups()
+    tz = None
+    if sgn:
+        off = _dt.timedelta(hours=int(oh), minutes=int(om or 0), seconds=int(osec or 0))
+        tz = _dt.timezone(-off if sgn == "-" else off)
+    return _dt.datetime(int(ye), int(mo), int(da), int(ho), int(mi), int(se),
+                        int((fr or "0").ljust(6, "0")), tz)
+
+
+def _dec_pg_column(kind: str, col: list[Any]) -> list[Any]:
+    try:
+        if kind == "pgdate":
+            if not _STR_ONLY.issuperset(map(type, col)) or set(map(len, col)) - {10}:
+                raise ValueError("expected YYYY-MM-DD")
+            return list(map(_dt.date.fromisoformat, col))
+        try:
+            out = list(map(_dt.datetime.fromisoformat, col))
+        except ValueError:  # Python 3.10
+            out = list(map(_pg_iso, col))
+        tzs = set(map(operator.attrgetter("tzinfo"), out))
+        if (None in tzs) if kind == "pgtz" else (tzs != {None}):
+            raise ValueError("wrong time zone presence")
+        return out
     except (ValueError, TypeError, OverflowError) as e:
         raise CodecError(f"malformed $rows {kind!r} column: {type(e).__name__}") from None
 
@@ -1028,7 +1089,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1055,9 +1116,12 @@ Stdlib only, no ``plpy``: the host passes values in.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
+import itertools
 import json
 import math
+import operator
 import re
 import struct
 import uuid
@@ -1072,6 +1136,7 @@ __all__ = [
     "converters_for",
     "convert_rows",
     "apply_converters",
+    "apply_converters_in_place",
     "convert_value",
     "unknown_oids",
     "session_tzinfo",
@@ -1286,6 +1351,14 @@ def _timestamp_error(s: str, ex: Exception | None = None) -> DataError:
 
 
 def _timestamp(s: str) -> _dt.datetime:
+    if _iso_shaped(s):
+        try:  # fast path, as in _timestamptz
+            d = _dt.datetime.fromisoformat(s)
+        except ValueError:
+            pass
+        else:
+            if d.tzinfo is None:
+                return d
     m = _RE_TIMESTAMP.match(s)
     if not m:
         raise _timestamp_error(s)
@@ -1296,12 +1369,28 @@ def _timestamp(s: str) -> _dt.datetime:
         raise _timestamp_error(s, ex) from None
 
 
+def _iso_shaped(s: str) -> bool:
+    """``YYYY-MM-DD HH:MM:SS...``: the shape ISO DateStyle prints for years 1..9999 AD."""
+    return len(s) >= 19 and s[4] == "-" and s[10] == " " and s[13] == ":" and s[-1] != "C"
+
+
 def _timestamptz(s: str) -> _dt.datetime:
     """Aware datetime with the offset PostgreSQL printed (the session TimeZone's, at that time).
 
     psycopg returns the same instant in ``ZoneInfo(TimeZone)``; ``==``, ``utcoffset()`` and
     ``isoformat()`` agree. Pass ``tz=`` to :func:`converters_for` to get psycopg's tzinfo too.
     """
+    if _iso_shaped(s):
+        # fast path (C): Python 3.11+ reads PostgreSQL's ISO output (``+05``, ``+05:30``,
+        # ``+05:53:28``, 1-6 fraction digits) as the same value; anything it rejects, or
+        # an older Python, takes the regex below
+        try:
+            d = _dt.datetime.fromisoformat(s)
+        except ValueError:
+            pass
+        else:
+            if d.tzinfo is not None:
+                return d
     m = _RE_TIMESTAMPTZ.match(s)
     if not m:
         raise _timestamp_error(s)
@@ -1462,21 +1551,77 @@ def apply_converters(colnames: Sequence[str], converters: Sequence[Converter | N
     columns with the same name only the last survives (psycopg's dict rows do the same); the
     converter of that last column is the one applied, exactly once.
     """
+    return apply_converters_in_place(colnames, converters, [dict(r) for r in rows])
+
+
+def apply_converters_in_place(colnames: Sequence[str],
+                              converters: Sequence[Converter | None],
+                              rows: list[dict[str, Any]],
+                              keep: dict[str, tuple[str, list[Any], list[Any]]] | None = None,
+                              ) -> list[dict[str, Any]]:
+    """:func:`apply_converters` on row dicts the caller owns (PL/Python's own result rows):
+    converted column by column, in place, with C-level maps. Returns ``rows``.
+
+    ``keep``: for columns of :data:`FAST_COLUMN_KINDS`, record ``name -> (kind, values,
+    texts)`` so the codec can send PostgreSQL's text instead of re-formatting the values
+    (``Rows._wire``)."""
     by_name: dict[str, Converter | None] = {}
     for name, conv in zip(colnames, converters):
         by_name[name] = conv  # last one wins, like the row dict
-    active = [(n, c) for n, c in by_name.items() if c is not None]
-    if not active:
-        return [dict(r) for r in rows]
-    out = []
-    for r in rows:
-        d = dict(r)
-        for name, conv in active:
-            v = d[name]
-            if v is not None:
-                d[name] = conv(v)
-        out.append(d)
-    return out
+    for name, conv in by_name.items():
+        if conv is None:
+            continue
+        col = list(map(operator.itemgetter(name), rows))
+        fast = (_column_fast(conv, col) if conv in FAST_COLUMN_KINDS and None not in col
+                else None)
+        if fast is None:
+            new = convert_column(conv, col)
+        else:
+            new = fast
+            if keep is not None:  # the codec may send PostgreSQL's text instead (Rows._wire)
+                keep[name] = (FAST_COLUMN_KINDS[conv], new, col)
+        # dict.__setitem__ over (row, name, value): the loop runs in C
+        collections.deque(map(dict.__setitem__, rows, itertools.repeat(name), new), 0)
+    return rows
+
+
+_TZINFO = operator.attrgetter("tzinfo")
+
+
+def _column_fast(conv: Converter, col: list[Any]) -> list[Any] | None:
+    """The whole column through a C-level parser when that gives what ``conv`` gives for
+    every value (PostgreSQL's ISO output; Python 3.11+), else None."""
+    try:
+        if conv is _timestamptz:
+            out = list(map(_dt.datetime.fromisoformat, col))
+            return out if None not in list(map(_TZINFO, out)) else None
+        if conv is _timestamp:
+            out = list(map(_dt.datetime.fromisoformat, col))
+            return out if set(map(_TZINFO, out)) == {None} else None
+        if conv is _date:
+            if set(map(len, col)) == {10}:  # YYYY-MM-DD only (10000+ and BC are longer)
+                return list(map(_dt.date.fromisoformat, col))
+            return None
+    except (ValueError, TypeError):
+        return None
+    return None
+
+
+#: converters with a column-level fast path; such a column can cross in the codec's row-set
+#: form as PostgreSQL's own text (kinds "pgtz", "pgts", "pgdate": codec._dec_pg_column)
+FAST_COLUMN_KINDS: dict[Converter, str] = {_timestamptz: "pgtz", _timestamp: "pgts",
+                                            _date: "pgdate"}
+
+
+def convert_column(conv: Converter, col: list[Any]) -> list[Any]:
+    """``conv`` applied to every non-NULL value of ``col`` (a new list)."""
+    if None in col:
+        return [None if v is None else conv(v) for v in col]
+    if conv in FAST_COLUMN_KINDS:
+        out = _column_fast(conv, col)
+        if out is not None:
+            return out
+    return list(map(conv, col))
 
 
 def convert_rows(colnames: Sequence[str], coltypes: Sequence[int],
@@ -1812,7 +1957,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -1828,7 +1973,10 @@ nothing after them is treated as code, which is the safe reading for the guard).
 from __future__ import annotations
 
 import re
-from typing import Iterator
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 from .errors import ForbiddenStatement
 
@@ -2278,77 +2426,19 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
-``check(source, modules)`` runs at install time and again before a hash first runs in a process
-(a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
-``PolicyError`` carrying *every* finding with its line, RestrictedPython-style. It is one layer
-of two (see SECURITY.md and /work/shared/research/security.md): it gives users clear, early errors
-and shrinks what the confined worker has to contain; it is not a sandbox by itself.
-
-How it stays closed:
-
-* The text is checked before parsing (size, control/bidi/format characters, coding cookies), then
-  parsed exactly once from ``str`` and *that* tree is rewritten and compiled: what was checked is
-  what runs (``compile(bytes)`` would honour a UTF-7 cookie that ``ast.parse(str)`` ignores).
-* Every AST node type needs a ``visit_<Type>`` method here; a node without one is rejected. A new
-  Python release's new nodes are therefore refused until someone reviews them
-  (``tests/unit/test_policy.py`` lists every node type of the running Python).
-* The walk is iterative with a depth and a node cap, and any exception inside the validator is a
-  rejection, never an acceptance.
-* Names are checked wherever an identifier occurs (``Name``, ``Attribute.attr``, every kind of
-  parameter, keywords, import aliases, ``except ... as``, match captures, function and class
-  names, ``nonlocal``): no leading ``_`` (dunders, ``__subclasses__``, ``__globals__``, the
-  runtime's own ``_wh_*`` hooks; the bare throwaway name ``_`` is fine), no frame/code/generator
-  internals, no introspection builtins.
-
-The transformer then inserts the run-time hooks (all start with ``_wh_`` so user code can never
-name, rebind or shadow them; ``namespace.build_globals`` binds them):
-
-``_wh_tick()``               start of every function and lambda body, every loop body, and as an
-                             always-true condition in every comprehension: in-process execution
-                             notices cancel and timeouts between Python-level steps.
-``_wh_getattr(o, name)``     attribute *reads* of the few names whose meaning depends on the
-                             object at run time (``format``: ``str.format`` traverses attributes
-                             from a format string; ``obj``: ``AttributeError.obj`` hands out the
-                             object a failed lookup was made on).
-``_wh_setattr(o, name, v)``  every attribute store: only the call's own objects may be changed,
-``_wh_delattr(o, name)``     never shared ones (module classes and functions live for the whole
-                             process; changing them would reach later calls and trusted code).
-``_wh_pow/_wh_mul/_wh_lshift(a, b)`` and the in-place ``_wh_ipow/_wh_imul/_wh_ilshift``:
-                             size guards for ``**``, ``*`` and ``<<`` (``10**10**8``,
-                             ``'x' * 10**10``) so one expression cannot allocate gigabytes.
-
-Statement rewrites that need a temporary use ``_wh_t<N>`` names (unreachable for the same
-reason). ``Checked.code`` is the module code: executing it defines the function.
+Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
+checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
+of an already-checked function loads none of it. ``policy`` re-exports every name here.
 """
 
 from __future__ import annotations
 
-import ast
-import builtins
-import hashlib
-import re
-import types
-import unicodedata
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import NamedTuple
-
-__all__ = [
-    "CATALOGUE",
-    "DYNAMIC_ATTRIBUTES",
-    "FILENAME",
-    "FORBIDDEN_ATTRIBUTES",
-    "FORBIDDEN_NAMES",
-    "HOOKS",
-    "Checked",
-    "Finding",
-    "PolicyError",
-    "allowed_names",
-    "check",
-]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from types import CodeType
 
 #: code is compiled under this filename, so tracebacks say which frames are the user's own and
 #: line numbers are relative to the shipped source (line 1 = the ``def`` line).
@@ -2670,14 +2760,29 @@ def allowed_names(module: str, modules: Mapping[str, frozenset[str] | None]) -> 
 # results
 
 
-@dataclass(frozen=True)
 class Finding:
     """One reason the policy refuses a function: line (1 = the ``def``), column, rule, message."""
 
-    lineno: int
-    col: int
-    rule: str
-    message: str
+    __slots__ = ("lineno", "col", "rule", "message")
+
+    def __init__(self, lineno: int, col: int, rule: str, message: str) -> None:
+        self.lineno = lineno
+        self.col = col
+        self.rule = rule
+        self.message = message
+
+    def _key(self) -> tuple[int, int, str, str]:
+        return (self.lineno, self.col, self.rule, self.message)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Finding and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Finding(lineno={self.lineno!r}, col={self.col!r}, rule={self.rule!r}, "
+                f"message={self.message!r})")
 
 
 class PolicyError(Exception):
@@ -2691,18 +2796,132 @@ class PolicyError(Exception):
         return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
 
 
-@dataclass(frozen=True)
 class Checked:
     """A function that passed: its name, compiled module code, parameter names and hash.
 
     ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
     """
 
-    name: str
-    code: types.CodeType
-    params: tuple[str, ...]
-    source_hash: str
+    __slots__ = ("name", "code", "params", "source_hash")
 
+    def __init__(self, name: str, code: CodeType, params: tuple[str, ...],
+                 source_hash: str) -> None:
+        self.name = name
+        self.code = code
+        self.params = params
+        self.source_hash = source_hash
+
+    def __repr__(self) -> str:
+        return f"Checked(name={self.name!r}, params={self.params!r}, hash={self.source_hash!r})"
+
+
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+
+``check(source, modules)`` runs at install time and again before a hash first runs in a process
+(a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
+``PolicyError`` carrying *every* finding with its line, RestrictedPython-style. It is one layer
+of two (see SECURITY.md and /work/shared/research/security.md): it gives users clear, early errors
+and shrinks what the confined worker has to contain; it is not a sandbox by itself.
+
+How it stays closed:
+
+* The text is checked before parsing (size, control/bidi/format characters, coding cookies), then
+  parsed exactly once from ``str`` and *that* tree is rewritten and compiled: what was checked is
+  what runs (``compile(bytes)`` would honour a UTF-7 cookie that ``ast.parse(str)`` ignores).
+* Every AST node type needs a ``visit_<Type>`` method here; a node without one is rejected. A new
+  Python release's new nodes are therefore refused until someone reviews them
+  (``tests/unit/test_policy.py`` lists every node type of the running Python).
+* The walk is iterative with a depth and a node cap, and any exception inside the validator is a
+  rejection, never an acceptance.
+* Names are checked wherever an identifier occurs (``Name``, ``Attribute.attr``, every kind of
+  parameter, keywords, import aliases, ``except ... as``, match captures, function and class
+  names, ``nonlocal``): no leading ``_`` (dunders, ``__subclasses__``, ``__globals__``, the
+  runtime's own ``_wh_*`` hooks; the bare throwaway name ``_`` is fine), no frame/code/generator
+  internals, no introspection builtins.
+
+The transformer then inserts the run-time hooks (all start with ``_wh_`` so user code can never
+name, rebind or shadow them; ``namespace.build_globals`` binds them):
+
+``_wh_tick()``               start of every function and lambda body, every loop body, and as an
+                             always-true condition in every comprehension: in-process execution
+                             notices cancel and timeouts between Python-level steps.
+``_wh_getattr(o, name)``     attribute *reads* of the few names whose meaning depends on the
+                             object at run time (``format``: ``str.format`` traverses attributes
+                             from a format string; ``obj``: ``AttributeError.obj`` hands out the
+                             object a failed lookup was made on).
+``_wh_setattr(o, name, v)``  every attribute store: only the call's own objects may be changed,
+``_wh_delattr(o, name)``     never shared ones (module classes and functions live for the whole
+                             process; changing them would reach later calls and trusted code).
+``_wh_pow/_wh_mul/_wh_lshift(a, b)`` and the in-place ``_wh_ipow/_wh_imul/_wh_ilshift``:
+                             size guards for ``**``, ``*`` and ``<<`` (``10**10**8``,
+                             ``'x' * 10**10``) so one expression cannot allocate gigabytes.
+
+Statement rewrites that need a temporary use ``_wh_t<N>`` names (unreachable for the same
+reason). ``Checked.code`` is the module code: executing it defines the function.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import re
+import types
+import unicodedata
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
+
+__all__ = [
+    "CATALOGUE",
+    "DYNAMIC_ATTRIBUTES",
+    "FILENAME",
+    "FORBIDDEN_ATTRIBUTES",
+    "FORBIDDEN_NAMES",
+    "HOOKS",
+    "Checked",
+    "Finding",
+    "PolicyError",
+    "allowed_names",
+    "check",
+]
+
+from .rules import (  # noqa: F401 - re-exported: the rules are part of the policy's API
+    CATALOGUE,
+    Checked,
+    DELATTR,
+    DUNDER_METHODS,
+    DYNAMIC_ATTRIBUTES,
+    EXCEPTION_NAMES,
+    FILENAME,
+    FORBIDDEN_ATTRIBUTES,
+    FORBIDDEN_NAMES,
+    Finding,
+    GETATTR,
+    GLOBAL_NAMES,
+    HARD_DENY,
+    HOOKS,
+    ILSHIFT,
+    IMUL,
+    IPOW,
+    LSHIFT,
+    MAX_DEPTH,
+    MAX_FINDINGS,
+    MAX_NODES,
+    MAX_SOURCE_CHARS,
+    MUL,
+    POW,
+    PolicyError,
+    SETATTR,
+    TICK,
+    _FORBIDDEN_ATTRIBUTE_PREFIXES,
+    _UNCATCHABLE,
+    _dba_hint,
+    _reasons,
+    allowed_names,
+)
 
 # --------------------------------------------------------------------------------------------
 # text checks (before parsing)
@@ -3831,7 +4050,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -3859,15 +4078,16 @@ import functools
 import importlib
 import itertools
 import math
-import random
+import sys
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from fractions import Fraction
-from string import Formatter
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from typing import Any, NoReturn
 
 from .errors import DatabaseError, LimitExceeded, PolicyViolation
-from .policy import (
+from .rules import (
     CATALOGUE,
     DELATTR,
     EXCEPTION_NAMES,
@@ -4009,12 +4229,19 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int)
 
 
+def _is_fraction(x: object) -> bool:
+    # fractions is imported only when a call uses it (a whitelisted module view, statistics);
+    # until then no Fraction can exist
+    fractions = sys.modules.get("fractions")
+    return fractions is not None and type(x) is fractions.Fraction
+
+
 def _check_pow(base: Any, exp: Any) -> None:
     if _is_int(exp) and exp > 1:
         if _is_int(base):
             if abs(base) > 1 and (abs(base).bit_length() - 1) * exp > MAX_INT_BITS:
                 _too_big(f"{base} ** {exp}", (abs(base).bit_length() - 1) * exp)
-        elif type(base) is Fraction:
+        elif _is_fraction(base):
             size = max(abs(base.numerator).bit_length(), base.denominator.bit_length())
             if size > 1 and (size - 1) * exp > MAX_INT_BITS:
                 _too_big(f"Fraction ** {exp}", (size - 1) * exp)
@@ -4131,7 +4358,7 @@ def _check_attribute_name(name: object) -> str:
     return name
 
 
-_FORMATTER = Formatter()
+_FORMATTER: Any = None
 
 
 @functools.lru_cache(maxsize=256)
@@ -4139,8 +4366,13 @@ def _check_format(fmt: str, depth: int = 0) -> None:
     """Refuse replacement fields that look up attributes or items (``{0.__class__}``,
     ``{0[k]}``), including in nested format specs; ``str.format`` would resolve them in C.
     """
+    global _FORMATTER
     if depth > 2:
         raise ValueError("Max string recursion exceeded")
+    if _FORMATTER is None:
+        from string import Formatter
+
+        _FORMATTER = Formatter()
     for _literal, field, spec, _conversion in _FORMATTER.parse(fmt):
         if field is not None and ("." in field or "[" in field):
             raise PolicyViolation(
@@ -4303,6 +4535,8 @@ def _view(module: str, names: frozenset[str], tick: Callable[[], object]) -> Mod
     static, refused = _static_values(module, names)
     values = static
     if module == "random":
+        import random
+
         rng = random.Random()  # seeded from os.urandom: calls share no generator state
         values = dict(static)
         for name in _RANDOM_METHODS & names:
@@ -4552,7 +4786,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4568,62 +4802,124 @@ The payload (JSON text, see docs/architecture.md):
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from . import codec, namespace, policy
+from . import codec, namespace
 from .errors import DatabaseError, Interrupted, LimitExceeded
 from .rows import Rows
+from .rules import Checked, PolicyError
+
+# typing, dataclasses, hashlib and the policy (ast) are kept off this module's import path: a
+# backend's first call of an already-checked function should load as little as possible.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, Protocol
+
+    class QueryPort(Protocol):
+        """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a
+        worker."""
+
+        def query(self, sql: str, params: Sequence[object]) -> Rows: ...
+else:
+    class QueryPort:
+        """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a
+        worker. (A ``typing.Protocol`` for the type checker; any object with ``query``.)"""
+
+if TYPE_CHECKING:
+    from hashlib import sha256 as _sha256
+else:
+    try:  # the builtin module: no OpenSSL start-up (hashlib's is a few ms in a new backend)
+        from _sha256 import sha256 as _sha256
+    except ImportError:  # pragma: no cover - Python 3.12 renamed it
+        from hashlib import sha256 as _sha256
 
 #: the filename the policy compiles user code under; frames with it are the user's own.
 USER_FILENAME = "<wormhole>"
 
 
-class QueryPort(Protocol):
-    """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a worker."""
-
-    def query(self, sql: str, params: Sequence[object]) -> Rows: ...
-
-
-@dataclass(frozen=True)
 class Limits:
     """Per-call limits, set by the DBA in ``wormhole_limits`` (never by a user GUC)."""
 
-    timeout_ms: int = 0  # 0: only statement_timeout applies
-    memory_mb: int = 512  # worker address space
-    cpu_seconds: int = 60  # worker CPU time
-    max_output_bytes: int = 65536  # print() output returned to the client
-    max_result_bytes: int = 256 * 1024 * 1024  # encoded result
-    max_args_bytes: int = 64 * 1024 * 1024  # encoded arguments
+    __slots__ = ("timeout_ms", "memory_mb", "cpu_seconds", "max_output_bytes",
+                 "max_result_bytes", "max_args_bytes")
+    timeout_ms: int
+    memory_mb: int
+    cpu_seconds: int
+    max_output_bytes: int
+    max_result_bytes: int
+    max_args_bytes: int
+
+    def __init__(
+        self,
+        timeout_ms: int = 0,  # 0: only statement_timeout applies
+        memory_mb: int = 512,  # worker address space
+        cpu_seconds: int = 60,  # worker CPU time
+        max_output_bytes: int = 65536,  # print() output returned to the client
+        max_result_bytes: int = 256 * 1024 * 1024,  # encoded result
+        max_args_bytes: int = 64 * 1024 * 1024,  # encoded arguments
+    ) -> None:
+        object.__setattr__(self, "timeout_ms", timeout_ms)
+        object.__setattr__(self, "memory_mb", memory_mb)
+        object.__setattr__(self, "cpu_seconds", cpu_seconds)
+        object.__setattr__(self, "max_output_bytes", max_output_bytes)
+        object.__setattr__(self, "max_result_bytes", max_result_bytes)
+        object.__setattr__(self, "max_args_bytes", max_args_bytes)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Limits are immutable")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> Limits:
-        known = {f for f in cls.__dataclass_fields__}
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
-            if key in known and value is not None:
+            if key in cls.__slots__ and value is not None:
                 kwargs[key] = int(value)  # type: ignore[call-overload]
         return cls(**kwargs)
 
     def as_dict(self) -> dict[str, int]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return {f: getattr(self, f) for f in self.__slots__}
+
+    def _key(self) -> tuple[int, ...]:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Limits and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "Limits(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__) + ")"
 
 
-@dataclass
+_DEFAULT_LIMITS = Limits()
+
+
 class Call:
     """One call as the host hands it to an executor."""
 
-    source_hash: str
-    source: str
-    args_json: str
-    modules: Mapping[str, frozenset[str] | None]
-    modules_key: str = ""  # changes whenever the whitelist changes (compile cache key)
-    limits: Limits = field(default_factory=Limits)
-    #: the arguments already decoded by the host (in-process), so they are decoded once
-    decoded: tuple[list[Any], dict[str, Any]] | None = None
+    __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
+                 "decoded")
+
+    def __init__(
+        self,
+        source_hash: str,
+        source: str,
+        args_json: str,
+        modules: Mapping[str, frozenset[str] | None],
+        modules_key: str = "",  # changes whenever the whitelist changes (compile cache key)
+        limits: Limits = _DEFAULT_LIMITS,
+        decoded: tuple[list[Any], dict[str, Any]] | None = None,
+    ) -> None:
+        self.source_hash = source_hash
+        self.source = source
+        self.args_json = args_json
+        self.modules = modules
+        self.modules_key = modules_key
+        self.limits = limits
+        #: the arguments already decoded by the host (in-process), so they are decoded once
+        self.decoded = decoded
 
 
 class BadArguments(DatabaseError):
@@ -4642,15 +4938,15 @@ class HashMismatch(DatabaseError):
 
 def source_hash(source: str) -> str:
     """The function's identity: sha256 of its shipped source text (content addressing)."""
-    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    return _sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # hash + whitelist key -> checked code. Per process (a backend or a worker), never shared.
-_COMPILED: dict[tuple[str, str], policy.Checked] = {}
+_COMPILED: dict[tuple[str, str], Checked] = {}
 _MAX_COMPILED = 512
 
 
-def checked_code(call: Call) -> policy.Checked:
+def checked_code(call: Call) -> Checked:
     """Return the checked, compiled code for ``call``; check and compile only on a miss.
 
     The source is re-hashed and re-checked against the *current* whitelist before its first
@@ -4667,6 +4963,8 @@ def checked_code(call: Call) -> policy.Checked:
             f"stored source for {call.source_hash[:12]}... hashes to {actual[:12]}...; "
             "refusing to run it (was wormhole_functions edited by hand?)"
         )
+    from . import policy  # the parser: only when this process has not compiled the hash yet
+
     checked = policy.check(call.source, call.modules)
     if len(_COMPILED) >= _MAX_COMPILED:
         _COMPILED.clear()
@@ -4824,7 +5122,7 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     if len(message) > 8192:
         message = message[:8192] + "... [truncated]"
     info: dict[str, Any] = {"type": name, "builtin": builtin, "message": message}
-    if isinstance(exc, policy.PolicyError):
+    if isinstance(exc, PolicyError):
         info["type"] = "RejectedFunction"
         info["builtin"] = False
         info["findings"] = [
@@ -4860,7 +5158,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -4884,6 +5182,7 @@ from typing import Any
 
 from . import pgtypes, sqltext
 from .errors import DatabaseError, Interrupted
+from .codec import ROWSET_MIN
 from .rows import Rows
 
 #: SQLSTATEs that mean "stop now": user code must not be able to catch and continue.
@@ -5029,7 +5328,15 @@ class SpiPort:
         if not entry.has_rows:
             return Rows((), nrows)
         names, converters = entry.converters
-        return Rows(pgtypes.apply_converters(names, converters, result), nrows)
+        rows = list(result)  # PL/Python's row dicts are new per execution: ours to convert
+        out = Rows(rows, nrows)
+        if any(c is not None for c in converters):
+            keep: dict[str, tuple[str, list[Any], list[Any]]] | None = (
+                {} if nrows >= ROWSET_MIN else None)
+            pgtypes.apply_converters_in_place(names, converters, out, keep)
+            if keep:
+                out._wire = keep
+        return out
 
 
 def _unpack_sqlstate(code: object) -> str | None:
@@ -5052,7 +5359,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5068,6 +5375,8 @@ backend treats every frame from the worker as untrusted input.
 
 ``recv`` takes a timeout and keeps a partial frame buffered across calls, so the backend can
 wake every few milliseconds to check PostgreSQL's interrupts while a worker is still writing.
+With ``spin`` set it first polls without sleeping for that long: an answer that comes within
+microseconds is then read without a sleep and a cross-CPU wake-up on each side.
 ``send`` can do the same (``tick``) when the peer does not read: a worker that stops reading
 cannot block the backend in ``write`` forever.
 
@@ -5079,7 +5388,10 @@ backend -> worker
     ``boot``  body: JSON ``{module: source}`` (read by the bootstrap, before this module exists)
     ``hello`` body: JSON ``{"modules": {name: [attr, ...] | null}, "modules_key": str,
     "limits": {...}}``
-    ``call``  header: ``hash``, ``id``; body: JSON ``{"source", "args_json", "modules_key"}``
+    ``call``  header: ``hash``, ``id``, and ``src`` (the byte length of the source at the start
+    of the body) when the worker has not received this source yet, ``reset`` when it should
+    forget the sources it kept, ``spin`` (seconds it may poll for answers without sleeping);
+    body: the source (if ``src``) followed by the arguments' JSON text, both UTF-8
     ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``
     ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
     "type"}``
@@ -5178,6 +5490,8 @@ class Channel:
         self._need: tuple[int, int] | None = None  # (header length, body length) once known
         self._eof = False
         self._wnonblock = False
+        #: seconds ``recv`` polls without sleeping before it blocks (0: never spins)
+        self.spin = 0.0
         self._poll = select.poll()
         self._poll.register(self.rfd, select.POLLIN | select.POLLPRI)
 
@@ -5255,6 +5569,13 @@ class Channel:
         """
         if self.closed:
             raise ChannelClosed("the channel is closed")
+        frame = self._parse()
+        if frame is not None:
+            return frame
+        if self.spin > 0 and not self._eof:
+            frame = self._spin()
+            if frame is not None:
+                return frame
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
             frame = self._parse()
@@ -5283,6 +5604,19 @@ class Channel:
                     return None
                 continue
             self._fill()
+
+    def _spin(self) -> tuple[dict[str, Any], bytes] | None:
+        """Poll (without sleeping) for up to ``spin`` seconds; the frame, or None."""
+        poll = self._poll.poll
+        end = time.perf_counter() + self.spin
+        while True:
+            if poll(0):
+                self._fill()
+                frame = self._parse()
+                if frame is not None or self._eof:
+                    return frame
+            if time.perf_counter() >= end:
+                return None
 
     def _wanted(self) -> int:
         if self._need is None:
@@ -5367,7 +5701,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5412,6 +5746,8 @@ CPU_BUDGETS = 8
 MAX_OPEN_FILES = 16
 #: the exit code of a worker that received something it does not understand.
 EXIT_PROTOCOL = 2
+#: the longest the worker polls its pipe without sleeping (the backend asks per call).
+MAX_SPIN = 0.002
 
 
 class ChannelPort:
@@ -5656,6 +5992,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
     modules: dict[str, frozenset[str] | None] = {}
     modules_key = ""
     limits: engine.Limits | None = None
+    sources: dict[str, str] = {}  # hash -> source, as the backend sent them
     try:
         while True:
             received = chan.recv(None)
@@ -5674,19 +6011,39 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 limits = new_limits
             elif op == CALL and limits is not None:
                 call_id = header.get("id")
-                request = json.loads(body.decode("utf-8"))
-                if type(request) is not dict or type(call_id) is not int:
+                function_hash = header.get("hash")
+                if type(call_id) is not int or type(function_hash) is not str:
                     raise SystemExit(EXIT_PROTOCOL)
+                if header.get("reset") is True:
+                    sources.clear()
+                size = header.get("src")
+                if size is None:
+                    source = sources.get(function_hash)
+                    if source is None:  # the backend always sends a source we do not have
+                        raise SystemExit(EXIT_PROTOCOL)
+                    args_json = body.decode("utf-8", "surrogatepass")
+                else:
+                    if type(size) is not int or not 0 <= size <= len(body):
+                        raise SystemExit(EXIT_PROTOCOL)
+                    source = body[:size].decode("utf-8", "surrogatepass")
+                    args_json = body[size:].decode("utf-8", "surrogatepass")
+                    sources[function_hash] = source
                 call = engine.Call(
-                    source_hash=str(header.get("hash", "")),
-                    source=request["source"],
-                    args_json=request["args_json"],
+                    source_hash=function_hash,
+                    source=source,
+                    args_json=args_json,
                     modules=modules,
                     modules_key=modules_key,
                     limits=limits,
                 )
+                spin = header.get("spin")
                 recycle = not arm_cpu(limits)
-                payload = engine.run_call(call, ChannelPort(chan, call_id))
+                # poll without sleeping while the backend runs our queries, this call only
+                chan.spin = min(spin, MAX_SPIN) if type(spin) is float and spin > 0 else 0.0
+                try:
+                    payload = engine.run_call(call, ChannelPort(chan, call_id))
+                finally:
+                    chan.spin = 0.0
                 try:
                     data = payload.encode("utf-8")
                 except UnicodeEncodeError:
@@ -5703,7 +6060,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -5727,6 +6084,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import os
 import select
 import signal
@@ -5759,6 +6117,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerExecutor",
     "available",
+    "boot_frame",
     "bwrap_argv",
     "executor_for",
     "BOOT_LOADER",
@@ -5772,14 +6131,22 @@ SANDBOX_ID = 65534
 POLL_SECONDS = 0.02
 #: how much of the worker's stderr is kept for crash reports.
 STDERR_TAIL = 4096
+#: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
+#: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
+SPIN_SECONDS = 0.0003
+#: sources the backend remembers having sent to its worker (the worker keeps the same set).
+MAX_KNOWN_SOURCES = 256
 
 #: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one
-#: ``boot`` frame from fd 0 holding ``{module: source}`` for ``runtime.WORKER_MODULES``
-#: (dependencies first) and builds the package ``wormhole_rt`` in ``sys.modules`` so the
-#: runtime's relative imports resolve to those sources (and to nothing else: the package has no
-#: path); ``BOOTSTRAP`` then serves calls on fds 0 and 1 (``worker.main``).
+#: ``boot`` frame from fd 0 whose body is ``marshal.dumps({module: source text | marshalled
+#: code})`` for ``runtime.WORKER_MODULES`` (dependencies first; see :func:`boot_frame`) and
+#: builds the package ``wormhole_rt`` in ``sys.modules`` so the runtime's relative imports
+#: resolve to those modules (and to nothing else: the package has no path); ``BOOTSTRAP`` then
+#: serves calls on fds 0 and 1 (``worker.main``). It imports nothing but builtin modules
+#: (``marshal``, ``os``, ``sys``): the frame comes from the backend, which is trusted, and
+#: parsing it needs no ``json`` (whose import, with ``re``, is most of a bare start-up).
 BOOT_LOADER = """\
-import json, os, sys, types, marshal, binascii
+import os, sys, marshal
 def _read(n):
     data = b''
     while len(data) < n:
@@ -5789,26 +6156,27 @@ def _read(n):
         data += chunk
     return data
 _p = _read(8)
-_head = json.loads(_read(int.from_bytes(_p[:4], 'big')))
-_sources = json.loads(_read(int.from_bytes(_p[4:], 'big')))
-if _head.get('op') != 'boot' or type(_sources) is not dict:
+if _read(int.from_bytes(_p[:4], 'big')) != b'{"op":"boot"}':
     raise SystemExit(4)
-_pkg = types.ModuleType('wormhole_rt')
+_sources = marshal.loads(_read(int.from_bytes(_p[4:], 'big')))
+if type(_sources) is not dict:
+    raise SystemExit(4)
+_pkg = type(sys)('wormhole_rt')
 _pkg.__path__ = []
 _pkg.__package__ = 'wormhole_rt'
 sys.modules['wormhole_rt'] = _pkg
 for _name, _src in _sources.items():
-    _mod = types.ModuleType('wormhole_rt.' + _name)
+    _mod = type(sys)('wormhole_rt.' + _name)
     _mod.__package__ = 'wormhole_rt'
     _mod.__file__ = '<wormhole_rt/' + _name + '.py>'
     sys.modules[_mod.__name__] = _mod
     setattr(_pkg, _name, _mod)
-    if type(_src) is dict:  # code the backend compiled already (same /usr/bin/python3)
-        _code = marshal.loads(binascii.a2b_base64(_src['marshal']))
+    if type(_src) is bytes:  # code the backend compiled already (same /usr/bin/python3)
+        _code = marshal.loads(_src)
     else:
         _code = compile(_src, _mod.__file__, 'exec')
     exec(_code, _mod.__dict__)
-del _read, _p, _head, _sources, _pkg, _name, _src, _mod, _code
+del _read, _p, _sources, _pkg, _name, _src, _mod, _code
 """
 BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
 
@@ -5907,6 +6275,11 @@ class _Worker:
         self.tail = bytearray()
         self.chan = Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno(), _max_frame(limits))
         self.hello: bytes | None = None
+        #: what ``hello`` was built from (rebuilt only when these change)
+        self.hello_modules: object = None
+        self.hello_key: tuple[str, Limits] | None = None
+        #: hash -> source text this worker has received (calls then carry only arguments)
+        self.known: dict[str, str] = {}
         self.next_id = 1
         self.alive = True
         self.boot = boot
@@ -6033,7 +6406,7 @@ class WorkerExecutor:
 
     def __init__(
         self,
-        sources: Mapping[str, str],
+        sources: Mapping[str, str | bytes],
         *,
         bwrap: str = DEFAULT_BWRAP,
         python: str = DEFAULT_PYTHON,
@@ -6041,13 +6414,13 @@ class WorkerExecutor:
         missing = [name for name in WORKER_MODULES if name not in sources]
         if missing:
             raise ValueError(f"worker sources are missing: {', '.join(missing)}")
-        ordered = {name: sources[name] for name in WORKER_MODULES}
-        body = json.dumps(ordered, ensure_ascii=False).encode("utf-8")
-        self._boot = Channel.frame({"op": BOOT}, body)
+        self._boot = boot_frame(sources)
         self.bwrap = bwrap
         self.python = python
         self._worker: _Worker | None = None
         self._pid = os.getpid()
+        #: the spin budget per wait (seconds); see ``SPIN_SECONDS`` and ``_spare_cpu``
+        self.spin = SPIN_SECONDS
         #: statistics (also read by tests and benchmarks)
         self.starts = 0
         self.last_start_seconds = 0.0
@@ -6160,19 +6533,37 @@ class WorkerExecutor:
         if worker.boot:
             _send_raw(chan, worker.boot, tick)
             worker.boot = b""
-        hello = _hello_body(call)
-        if hello != worker.hello:
-            chan.send({"op": HELLO}, hello, tick=tick)
-            worker.hello = hello
+        if worker.hello_modules is not call.modules or worker.hello_key != (
+            call.modules_key, limits
+        ):
+            hello = _hello_body(call)
+            if hello != worker.hello:
+                chan.send({"op": HELLO}, hello, tick=tick)
+                worker.hello = hello
+            worker.hello_modules, worker.hello_key = call.modules, (call.modules_key, limits)
         call_id = worker.next_id
         worker.next_id += 1
-        body = json.dumps(
-            {"source": call.source, "args_json": call.args_json, "modules_key": call.modules_key},
-            ensure_ascii=False,
-        ).encode("utf-8", "surrogatepass")
+        header: dict[str, Any] = {"op": CALL, "id": call_id, "hash": call.source_hash}
+        args = call.args_json.encode("utf-8", "surrogatepass")
+        if worker.known.get(call.source_hash) != call.source:
+            # the worker has not seen this source (or a different text under this hash, which
+            # its engine will refuse): send it; later calls send only the arguments
+            if len(worker.known) >= MAX_KNOWN_SOURCES:
+                worker.known.clear()
+                header["reset"] = True  # the worker forgets its sources too
+            worker.known[call.source_hash] = call.source
+            source = call.source.encode("utf-8", "surrogatepass")
+            header["src"] = len(source)
+            body = source + args
+        else:
+            body = args
+        spin = self.spin if self.spin > 0 and _spare_cpu() else 0.0
+        chan.spin = spin
+        if spin:
+            header["spin"] = spin
         if limits.timeout_ms > 0:
             deadline = time.monotonic() + limits.timeout_ms / 1000.0
-        chan.send({"op": CALL, "id": call_id, "hash": call.source_hash}, body, tick=tick)
+        chan.send(header, body, tick=tick)
         while True:
             received = chan.recv(POLL_SECONDS)
             if received is None:
@@ -6195,6 +6586,50 @@ class WorkerExecutor:
                 return text
             else:
                 raise ProtocolError(f"unexpected message {op!r} from the worker")
+
+
+_LOADAVG: list[int] = []  # [fd of /proc/loadavg, usable CPUs], opened on first use
+
+
+def _spare_cpu() -> bool:
+    """Is a CPU idle right now, so the worker can run while this backend spins?
+
+    Reads the number of runnable tasks (``/proc/loadavg``'s fourth field, counting this
+    backend) from a descriptor kept open: one ``pread``. Spinning only ever uses a CPU that
+    nobody else wants at that moment; on a busy server (more runnable tasks than CPUs less
+    one) both sides block at once, as if spinning were off. False where it cannot tell.
+    """
+    if not _LOADAVG:
+        try:
+            fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        _LOADAVG[:] = [fd, cpus]
+    fd, cpus = _LOADAVG
+    if fd < 0 or cpus < 2:
+        return False
+    try:
+        fields = os.pread(fd, 128, 0).split()
+        running = int(fields[3].split(b"/")[0])
+    except (OSError, IndexError, ValueError):
+        return False
+    return running < cpus
+
+
+def boot_frame(sources: Mapping[str, str | bytes]) -> bytes:
+    """The ``boot`` frame ``BOOT_LOADER`` reads: ``WORKER_MODULES`` in order, each as its source
+    text or as ``marshal.dumps`` of its compiled code (from the same Python as the worker's)."""
+    ordered: dict[str, str | bytes] = {}
+    for name in WORKER_MODULES:
+        value = sources[name]
+        if type(value) is not str and type(value) is not bytes:
+            raise TypeError(f"worker module {name}: source text or marshalled code expected")
+        ordered[name] = value
+    return Channel.frame({"op": BOOT}, marshal.dumps(ordered))
 
 
 def _send_raw(chan: Channel, frame: bytes, tick: Callable[[], None]) -> None:
@@ -6367,7 +6802,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6387,12 +6822,33 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
 
-from . import VERSION, WORKER_MODULES, codec, engine, policy, sandbox
+from . import VERSION, WORKER_MODULES, codec, engine
 from .errors import DatabaseError, Interrupted, LimitExceeded
 from .spi import SpiPort
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from . import policy, sandbox
+else:
+    class _Sibling:
+        """A sibling module imported on first use, then bound in its place: a warm in-process
+        call never needs the parser (``policy``) or the worker's machinery (``sandbox``), and
+        a new backend should not pay for importing them."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attr: str) -> object:
+            module = __import__(f"{__package__}.{self._name}", fromlist=["_"])
+            globals()[self._name] = module
+            return getattr(module, attr)
+
+    policy = _Sibling("policy")
+    sandbox = _Sibling("sandbox")
 
 #: SQLSTATEs wormhole raises itself (class WH is unused by PostgreSQL).
 WH_REJECTED = "WH002"
@@ -6413,6 +6869,10 @@ class Backend:
         self.sources = dict(sources)
         self.plans: dict[str, Any] = {}
         self.cfgver: int | None = None
+        #: ``str(cfgver)``: the compile-cache key of the whitelist
+        self.cfgkey = ""
+        #: the SpiPort every call of this backend uses (it holds the per-backend plans)
+        self.port: SpiPort | None = None
         self.modules: dict[str, frozenset[str] | None] = {}
         self.limits = engine.Limits()
         self.settings: dict[str, str] = {}
@@ -6434,11 +6894,14 @@ class Backend:
         self.subxact_checked = False
 
 
+_STATE_KEY = "wormhole.backend/" + VERSION
+
+
 def backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:
-    state = GD.get("wormhole.backend/" + VERSION)
+    state: Backend | None = GD.get(_STATE_KEY)
     if state is None or state.pid != os.getpid():
         state = Backend(sources)
-        GD["wormhole.backend/" + VERSION] = state
+        GD[_STATE_KEY] = state
     return state
 
 
@@ -6602,6 +7065,7 @@ def _load_config(plpy: Any, state: Backend, cfgver: int) -> None:
     state.trusted = frozenset(cfg.get("trusted") or ())
     state.source_cache.clear()  # a function deleted or edited by a DBA bumps the version too
     state.cfgver = cfgver
+    state.cfgkey = str(cfgver)
 
 
 def _lookup(plpy: Any, state: Backend, function_hash: str,
@@ -6730,12 +7194,15 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     transaction stays usable. Cancel, statement_timeout and terminate end the statement with
     PostgreSQL's own error.
     """
-    state = backend(GD, sources)
+    state = GD.get(_STATE_KEY)
+    if state is None or state.pid != os.getpid():
+        state = backend(GD, sources)
     if not state.subxact_checked:
         state.subxact_checked = True
         _repair_subtransaction_dealloc(plpy)
-    function_hash = _check_hash(plpy, function_hash)
-    if args_json is None or not isinstance(args_json, str):
+    if type(function_hash) is not str or _HASH.fullmatch(function_hash) is None:
+        function_hash = _check_hash(plpy, function_hash)  # raises the right error
+    if type(args_json) is not str:
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
     approved, trusted = _lookup(plpy, state, function_hash, SD)  # also refreshes limits
@@ -6757,13 +7224,15 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         source=source,
         args_json=args_json,
         modules=state.modules,
-        modules_key=str(state.cfgver),
+        modules_key=state.cfgkey,
         limits=state.limits,
     )
     executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
     if approved or trusted:
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
-    port = SpiPort(plpy, state.plans)
+    port = state.port
+    if port is None or port.plpy is not plpy:
+        port = state.port = SpiPort(plpy, state.plans)
     roles_before = _roles(plpy, state)
     try:
         with plpy.subtransaction():
@@ -6810,7 +7279,8 @@ def _roles(plpy: Any, state: Backend) -> tuple[object, ...]:
     return (row["c"], row["s"])
 
 
-Executor = Callable[[engine.Call, Any], str]
+if TYPE_CHECKING:
+    Executor = Callable[[engine.Call, Any], str]
 
 
 def choose_executor(plpy: Any, state: Backend, *, approved: bool, trusted: bool) -> Executor:
@@ -6880,22 +7350,21 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
     return run
 
 
-def _worker_modules(state: Backend) -> dict[str, Any]:
-    """What the worker boots from: the code this backend already compiled (marshal; the worker
-    runs the same /usr/bin/python3 as the server's PL/Python) or, failing that, the sources."""
+def _worker_modules(state: Backend) -> dict[str, str | bytes]:
+    """What the worker boots from: the code this backend already compiled (``marshal.dumps``
+    bytes; the worker runs the same /usr/bin/python3 as the server's PL/Python) or, failing
+    that, the sources (``sandbox.boot_frame``)."""
+    import marshal
     import sys
 
     package = sys.modules.get(__package__ or "")
     codes = getattr(package, "CODES", None) or {}
-    out: dict[str, Any] = {}
-    import binascii
-    import marshal
-
+    out: dict[str, str | bytes] = {}
     same = sys.version_info[:2] == _worker_python_version()
     for name in WORKER_MODULES:
         code = codes.get(name)
         if same and code is not None:
-            out[name] = {"marshal": binascii.b2a_base64(marshal.dumps(code)).decode("ascii")}
+            out[name] = marshal.dumps(code)
         else:
             out[name] = state.sources[name]
     return out
@@ -7154,7 +7623,7 @@ if _key not in GD:
     from importlib.util import MAGIC_NUMBER
     _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
                          'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00'])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989'])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -7182,7 +7651,7 @@ if _key not in GD:
         setattr(_pkg, _name, _mod)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '8d0edace4948d6e2a95508eb46be8d9d7fc3766e9af0814fb802dd8e3d49aa00'
+    _pkg.CODE_TAG = '354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989'
     GD[_key] = _pkg
 $wormhole_body$;
 

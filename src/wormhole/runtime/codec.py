@@ -37,6 +37,8 @@ import datetime as _dt
 import itertools
 import json
 import math
+import operator
+import re
 import uuid
 from decimal import Decimal
 from typing import Any, Callable, NoReturn
@@ -370,6 +372,16 @@ _PLAIN_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separat
 
 def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
     """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
+    t = type(obj)
+    if t is list or t is Rows:
+        if len(obj) >= ROWSET_MIN:  # type: ignore[arg-type]
+            text = _rowset_text(obj, 1, max_depth)  # type: ignore[arg-type]
+            if text is not None:
+                return text
+    elif t is dict and len(obj) <= 16:  # type: ignore[arg-type]
+        text = _dict_with_rowsets(obj, max_depth)  # type: ignore[arg-type]
+        if text is not None:
+            return text
     if _fast_ok(obj, max_depth):
         try:
             return _FAST_ENCODER.encode(obj)
@@ -380,6 +392,211 @@ def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> s
         return _PLAIN_ENCODER.encode(value)
     except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above
         raise CodecError(f"cannot encode {root}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# row sets: a list of dicts that all have the same keys in the same order (what query() returns)
+#
+#   {"$rows": [["id", "when"], ["", "dt"], [[1, 2], ["2020-01-02T03:04:05", null]]]}
+#
+# column names once, then one kind per column, then the values column by column. A kind says
+# how the column's non-null values are written: "" plain JSON (str, int, bool, finite float),
+# "dt"/"date"/"time" isoformat text, "n" Decimal text, "uuid" text, "b" base64, "td"
+# [days, seconds, microseconds], "*" each value encoded like any other value (tags included).
+# Decodes to a plain list of dicts, exactly like the row-by-row form. Used for lists of at
+# least ROWSET_MIN rows; encoding and decoding a column is a C-level map, not a per-value walk.
+
+ROWSET_MIN = 8
+"""Lists shorter than this keep the row-by-row form (small payloads stay as they were)."""
+
+_DICT_ONLY = frozenset({dict})
+_NONE_TYPE = type(None)
+_PLAIN_COLUMN = frozenset({str, int, bool, float})
+
+
+def _b64(o: bytes) -> str:
+    return base64.b64encode(o).decode("ascii")
+
+
+#: column kinds for columns whose non-null values all have one of these exact types
+_COLUMN_KINDS: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    _dt.datetime: ("dt", _dt.datetime.isoformat),
+    _dt.date: ("date", _dt.date.isoformat),
+    _dt.time: ("time", _dt.time.isoformat),
+    Decimal: ("n", str),
+    uuid.UUID: ("uuid", str),
+    bytes: ("b", _b64),
+    _dt.timedelta: ("td", lambda o: [o.days, o.seconds, o.microseconds]),
+}
+
+
+def _rowset_text(seq: list[Any], depth: int, max_depth: int) -> str | None:
+    """The ``$rows`` text for ``seq`` (whose bracket is at level ``depth``), or None when
+    ``seq`` is not a row set (or anything in it needs the general path, e.g. for an error
+    message with its path)."""
+    if not _DICT_ONLY.issuperset(map(type, seq)):
+        return None
+    names = tuple(seq[0])
+    if not names or not _STR_ONLY.issuperset(map(type, names)):
+        return None
+    if len(names) == 1 and names[0][:1] == "$":
+        return None
+    if not all(map(names.__eq__, map(tuple, seq))):
+        return None
+    if depth + 2 > max_depth:
+        return None
+    kinds: list[str] = []
+    texts: list[str] = []
+    encoder = _PLAIN_ENCODER.encode
+    wire = seq._wire if type(seq) is Rows else None
+    try:
+        for name in names:
+            col = list(map(operator.itemgetter(name), seq))
+            if wire is not None and name in wire:
+                kind, values, pgtext = wire[name]
+                # every row still holds exactly the values PostgreSQL printed as pgtext
+                if len(values) == len(col) and all(map(operator.is_, col, values)):
+                    kinds.append(kind)
+                    texts.append(encoder(pgtext))
+                    continue
+            ts = set(map(type, col))
+            has_none = _NONE_TYPE in ts
+            ts.discard(_NONE_TYPE)
+            if ts <= _PLAIN_COLUMN:
+                kinds.append("")
+            elif len(ts) == 1 and next(iter(ts)) in _COLUMN_KINDS:
+                kind, fn = _COLUMN_KINDS[next(iter(ts))]
+                if kind == "td" and depth + 4 > max_depth:
+                    return None
+                if has_none:
+                    col = [None if v is None else fn(v) for v in col]
+                else:
+                    col = list(map(fn, col))
+                kinds.append(kind)
+            else:
+                # anything else, value by value as in the row-by-row form; a value sits at
+                # the same depth as there (row dict inside this list)
+                old = _max_depth_box[0]
+                _max_depth_box[0] = max_depth
+                try:
+                    col = [_enc(v, depth + 1) for v in col]
+                finally:
+                    _max_depth_box[0] = old
+                kinds.append("*")
+            texts.append(encoder(col))
+    except (_EncodeFailure, ValueError, TypeError, OverflowError, RecursionError):
+        return None  # nan/inf, an int too long for str(), an unsupported type: general path
+    return ('{"$rows":[' + encoder(names) + "," + encoder(kinds) + ",[" + ",".join(texts)
+            + "]]}")
+
+
+def _dict_with_rowsets(d: dict[Any, Any], max_depth: int) -> str | None:
+    """``{"rows": [...row set...], "rowcount": 3}`` and the like: a small str-keyed dict with
+    a row set among its values gets that member in the ``$rows`` form."""
+    for v in d.values():
+        if (type(v) is list or type(v) is Rows) and len(v) >= ROWSET_MIN:
+            break
+    else:
+        return None
+    if not _STR_ONLY.issuperset(map(type, d)) or (len(d) == 1 and next(iter(d))[:1] == "$"):
+        return None
+    found = False
+    parts: list[str] = []
+    for k, v in d.items():
+        t = type(v)
+        text = None
+        if (t is list or t is Rows) and len(v) >= ROWSET_MIN:
+            text = _rowset_text(v, 2, max_depth)
+        if text is None:
+            try:
+                text = encode(v, max_depth=max_depth - 1)
+            except CodecError:
+                return None  # the general path names the path in its message
+        else:
+            found = True
+        parts.append(_PLAIN_ENCODER.encode(k) + ":" + text)
+    if not found:
+        return None
+    return "{" + ",".join(parts) + "}"
+
+
+def _dec_column(kind: str, col: list[Any]) -> list[Any]:
+    if kind == "" or kind == "*":
+        return col  # plain JSON, or already decoded by the parser's hook
+    if kind in _PG_KINDS:  # PostgreSQL's ISO text, parsed as the server parsed it
+        return _dec_pg_column(kind, col)
+    fn = _COLUMN_DECODERS.get(kind)
+    if fn is None:
+        raise CodecError(f"malformed $rows payload: unknown column kind {kind[:20]!r}")
+    try:
+        if None in col:
+            return [None if v is None else fn(v) for v in col]
+        return list(map(fn, col))
+    except CodecError:
+        raise
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CodecError(f"malformed $rows {kind!r} column: {type(e).__name__}") from None
+
+
+# "pgtz" / "pgts" / "pgdate": a timestamptz / timestamp / date column as PostgreSQL printed it
+# (ISO DateStyle), sent only when the server read every value of the column with
+# datetime.fromisoformat (pgtypes' fast path), so fromisoformat reads it back identically.
+# Python 3.10's fromisoformat does not read every such text ("+05" offsets, short fractions):
+# the regex below reads the same values there.
+_PG_KINDS = frozenset({"pgtz", "pgts", "pgdate"})
+_PG_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+                     r"(?:([-+])(\d\d)(?::?(\d\d))?(?::?(\d\d))?)?")
+
+
+def _pg_iso(s: Any) -> _dt.datetime:
+    if type(s) is not str:
+        raise TypeError("expected text")
+    m = _PG_ISO.fullmatch(s)
+    if m is None:
+        raise ValueError("not ISO")
+    ye, mo, da, ho, mi, se, fr, sgn, oh, om, osec = m.groups()
+    tz = None
+    if sgn:
+        off = _dt.timedelta(hours=int(oh), minutes=int(om or 0), seconds=int(osec or 0))
+        tz = _dt.timezone(-off if sgn == "-" else off)
+    return _dt.datetime(int(ye), int(mo), int(da), int(ho), int(mi), int(se),
+                        int((fr or "0").ljust(6, "0")), tz)
+
+
+def _dec_pg_column(kind: str, col: list[Any]) -> list[Any]:
+    try:
+        if kind == "pgdate":
+            if not _STR_ONLY.issuperset(map(type, col)) or set(map(len, col)) - {10}:
+                raise ValueError("expected YYYY-MM-DD")
+            return list(map(_dt.date.fromisoformat, col))
+        try:
+            out = list(map(_dt.datetime.fromisoformat, col))
+        except ValueError:  # Python 3.10
+            out = list(map(_pg_iso, col))
+        tzs = set(map(operator.attrgetter("tzinfo"), out))
+        if (None in tzs) if kind == "pgtz" else (tzs != {None}):
+            raise ValueError("wrong time zone presence")
+        return out
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CodecError(f"malformed $rows {kind!r} column: {type(e).__name__}") from None
+
+
+def _dec_rows(p: object) -> list[dict[str, Any]]:
+    if type(p) is not list or len(p) != 3:
+        _bad("$rows", p, "expected [names, kinds, columns]")
+    names, kinds, cols = p
+    if (type(names) is not list or type(kinds) is not list or type(cols) is not list
+            or not names or len(kinds) != len(names) or len(cols) != len(names)
+            or not _STR_ONLY.issuperset(map(type, names))
+            or not _STR_ONLY.issuperset(map(type, kinds))
+            or len(set(names)) != len(names)
+            or set(map(type, cols)) != {list}):
+        _bad("$rows", p, "expected [names, kinds, columns] of equal lengths")
+    n = len(cols[0])
+    if any(len(c) != n for c in cols):
+        _bad("$rows", p, "columns of different lengths")
+    cols = [_dec_column(k, c) for k, c in zip(kinds, cols)]
+    return list(map(dict, map(zip, itertools.repeat(tuple(names)), zip(*cols))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,6 +731,19 @@ _UNTAGGERS: dict[str, Callable[[object], Any]] = {
     "$d": _dec_d,
     "$set": _dec_set("$set", set),
     "$fset": _dec_set("$fset", frozenset),
+    "$rows": _dec_rows,
+}
+
+#: per-kind decoders of row-set columns; ISO columns are checked to be short strings by the
+#: C-level parser itself (fromisoformat rejects anything else with ValueError/TypeError)
+_COLUMN_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "dt": _dt.datetime.fromisoformat,
+    "date": _dt.date.fromisoformat,
+    "time": _dt.time.fromisoformat,
+    "n": _dec_n,
+    "uuid": _dec_uuid,
+    "b": _dec_b,
+    "td": _dec_td,
 }
 
 

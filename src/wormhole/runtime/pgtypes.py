@@ -25,9 +25,12 @@ Stdlib only, no ``plpy``: the host passes values in.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
+import itertools
 import json
 import math
+import operator
 import re
 import struct
 import uuid
@@ -42,6 +45,7 @@ __all__ = [
     "converters_for",
     "convert_rows",
     "apply_converters",
+    "apply_converters_in_place",
     "convert_value",
     "unknown_oids",
     "session_tzinfo",
@@ -256,6 +260,14 @@ def _timestamp_error(s: str, ex: Exception | None = None) -> DataError:
 
 
 def _timestamp(s: str) -> _dt.datetime:
+    if _iso_shaped(s):
+        try:  # fast path, as in _timestamptz
+            d = _dt.datetime.fromisoformat(s)
+        except ValueError:
+            pass
+        else:
+            if d.tzinfo is None:
+                return d
     m = _RE_TIMESTAMP.match(s)
     if not m:
         raise _timestamp_error(s)
@@ -266,12 +278,28 @@ def _timestamp(s: str) -> _dt.datetime:
         raise _timestamp_error(s, ex) from None
 
 
+def _iso_shaped(s: str) -> bool:
+    """``YYYY-MM-DD HH:MM:SS...``: the shape ISO DateStyle prints for years 1..9999 AD."""
+    return len(s) >= 19 and s[4] == "-" and s[10] == " " and s[13] == ":" and s[-1] != "C"
+
+
 def _timestamptz(s: str) -> _dt.datetime:
     """Aware datetime with the offset PostgreSQL printed (the session TimeZone's, at that time).
 
     psycopg returns the same instant in ``ZoneInfo(TimeZone)``; ``==``, ``utcoffset()`` and
     ``isoformat()`` agree. Pass ``tz=`` to :func:`converters_for` to get psycopg's tzinfo too.
     """
+    if _iso_shaped(s):
+        # fast path (C): Python 3.11+ reads PostgreSQL's ISO output (``+05``, ``+05:30``,
+        # ``+05:53:28``, 1-6 fraction digits) as the same value; anything it rejects, or
+        # an older Python, takes the regex below
+        try:
+            d = _dt.datetime.fromisoformat(s)
+        except ValueError:
+            pass
+        else:
+            if d.tzinfo is not None:
+                return d
     m = _RE_TIMESTAMPTZ.match(s)
     if not m:
         raise _timestamp_error(s)
@@ -432,21 +460,77 @@ def apply_converters(colnames: Sequence[str], converters: Sequence[Converter | N
     columns with the same name only the last survives (psycopg's dict rows do the same); the
     converter of that last column is the one applied, exactly once.
     """
+    return apply_converters_in_place(colnames, converters, [dict(r) for r in rows])
+
+
+def apply_converters_in_place(colnames: Sequence[str],
+                              converters: Sequence[Converter | None],
+                              rows: list[dict[str, Any]],
+                              keep: dict[str, tuple[str, list[Any], list[Any]]] | None = None,
+                              ) -> list[dict[str, Any]]:
+    """:func:`apply_converters` on row dicts the caller owns (PL/Python's own result rows):
+    converted column by column, in place, with C-level maps. Returns ``rows``.
+
+    ``keep``: for columns of :data:`FAST_COLUMN_KINDS`, record ``name -> (kind, values,
+    texts)`` so the codec can send PostgreSQL's text instead of re-formatting the values
+    (``Rows._wire``)."""
     by_name: dict[str, Converter | None] = {}
     for name, conv in zip(colnames, converters):
         by_name[name] = conv  # last one wins, like the row dict
-    active = [(n, c) for n, c in by_name.items() if c is not None]
-    if not active:
-        return [dict(r) for r in rows]
-    out = []
-    for r in rows:
-        d = dict(r)
-        for name, conv in active:
-            v = d[name]
-            if v is not None:
-                d[name] = conv(v)
-        out.append(d)
-    return out
+    for name, conv in by_name.items():
+        if conv is None:
+            continue
+        col = list(map(operator.itemgetter(name), rows))
+        fast = (_column_fast(conv, col) if conv in FAST_COLUMN_KINDS and None not in col
+                else None)
+        if fast is None:
+            new = convert_column(conv, col)
+        else:
+            new = fast
+            if keep is not None:  # the codec may send PostgreSQL's text instead (Rows._wire)
+                keep[name] = (FAST_COLUMN_KINDS[conv], new, col)
+        # dict.__setitem__ over (row, name, value): the loop runs in C
+        collections.deque(map(dict.__setitem__, rows, itertools.repeat(name), new), 0)
+    return rows
+
+
+_TZINFO = operator.attrgetter("tzinfo")
+
+
+def _column_fast(conv: Converter, col: list[Any]) -> list[Any] | None:
+    """The whole column through a C-level parser when that gives what ``conv`` gives for
+    every value (PostgreSQL's ISO output; Python 3.11+), else None."""
+    try:
+        if conv is _timestamptz:
+            out = list(map(_dt.datetime.fromisoformat, col))
+            return out if None not in list(map(_TZINFO, out)) else None
+        if conv is _timestamp:
+            out = list(map(_dt.datetime.fromisoformat, col))
+            return out if set(map(_TZINFO, out)) == {None} else None
+        if conv is _date:
+            if set(map(len, col)) == {10}:  # YYYY-MM-DD only (10000+ and BC are longer)
+                return list(map(_dt.date.fromisoformat, col))
+            return None
+    except (ValueError, TypeError):
+        return None
+    return None
+
+
+#: converters with a column-level fast path; such a column can cross in the codec's row-set
+#: form as PostgreSQL's own text (kinds "pgtz", "pgts", "pgdate": codec._dec_pg_column)
+FAST_COLUMN_KINDS: dict[Converter, str] = {_timestamptz: "pgtz", _timestamp: "pgts",
+                                            _date: "pgdate"}
+
+
+def convert_column(conv: Converter, col: list[Any]) -> list[Any]:
+    """``conv`` applied to every non-NULL value of ``col`` (a new list)."""
+    if None in col:
+        return [None if v is None else conv(v) for v in col]
+    if conv in FAST_COLUMN_KINDS:
+        out = _column_fast(conv, col)
+        if out is not None:
+            return out
+    return list(map(conv, col))
 
 
 def convert_rows(colnames: Sequence[str], coltypes: Sequence[int],

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import pgtypes, sqltext
 from .errors import DatabaseError, Interrupted
+from .codec import ROWSET_MIN
 from .rows import Rows
 
 #: SQLSTATEs that mean "stop now": user code must not be able to catch and continue.
@@ -167,7 +168,15 @@ class SpiPort:
         if not entry.has_rows:
             return Rows((), nrows)
         names, converters = entry.converters
-        return Rows(pgtypes.apply_converters(names, converters, result), nrows)
+        rows = list(result)  # PL/Python's row dicts are new per execution: ours to convert
+        out = Rows(rows, nrows)
+        if any(c is not None for c in converters):
+            keep: dict[str, tuple[str, list[Any], list[Any]]] | None = (
+                {} if nrows >= ROWSET_MIN else None)
+            pgtypes.apply_converters_in_place(names, converters, out, keep)
+            if keep:
+                out._wire = keep
+        return out
 
 
 def _unpack_sqlstate(code: object) -> str | None:
