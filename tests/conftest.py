@@ -20,11 +20,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import settings
 
 import wormhole
 from wormhole.cli import install_schema
 from wormhole.remote import forget_installed
 from wormhole.cluster import Cluster, ClusterError
+
+# Timings never decide a test here (CI shares 2 cores with a PostgreSQL cluster): no deadline.
+settings.register_profile("wormhole", deadline=None)
+settings.load_profile("wormhole")
 
 APP_ROLE = "app"
 TEMPLATE = "wormhole_template"

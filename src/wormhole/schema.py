@@ -91,43 +91,91 @@ def _runtime_rows(sources: dict[str, str], tag: str) -> str:
 
 
 def _boot_body(tag: str) -> str:
-    """Load the runtime into GD: marshalled code from ``_wormhole_code`` where the install
-    script cached it (fast), else compile the sources stored beside it."""
-    return f"""import sys, types, marshal
+    """Load the runtime into GD, lazily: each module is unmarshalled (from the code the install
+    script cached in ``_wormhole_code``) or compiled (from the source beside it) only when it is
+    first imported. A warm in-process call never imports the parser (``policy``) nor the
+    worker's machinery, so a new backend does not pay for them. Sources are fetched only when
+    needed (a module without usable code, or a worker that must compile)."""
+    pkgname = f"wormhole_rt_{VERSION.replace('.', '_')}"
+    return f"""import sys, marshal
 _key = 'wormhole.runtime/{VERSION}'
 if _key not in GD:
-    from importlib.util import MAGIC_NUMBER
-    _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
-                         'WHERE tag = $1', ['text'])
-    _rows = {{r['module']: r for r in plpy.execute(_plan, ['{tag}'])}}
+    _bootstrap = sys.modules['_frozen_importlib']
+    _magic = sys.modules['_frozen_importlib_external'].MAGIC_NUMBER
+    _plan = plpy.prepare(
+        'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
+        'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
+        'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
+    _rows = {{r['module']: r for r in plpy.execute(_plan, ['{tag}', _magic])}}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
-    _sources = {{name: r['source'] for name, r in _rows.items()}}
-    _codes = {{}}
-    def _code(name):
-        r = _rows[name]
-        if r['code'] is not None and bytes(r['magic']) == MAGIC_NUMBER:
-            c = marshal.loads(r['code'])
-        else:
-            c = compile(r['source'], '<wormhole runtime ' + name + '>', 'exec')
-        _codes[name] = c
-        return c
-    _pkgname = 'wormhole_rt_{VERSION.replace('.', '_')}'
-    _pkg = types.ModuleType(_pkgname)
+    _pkgname = '{pkgname}'
+
+    class _Sources(dict):
+        # the modules' source text, fetched on first use (compiling, or a worker without
+        # marshalled code); a new backend usually never needs it
+        fetched = False
+
+        def __missing__(self, name):
+            if not self.fetched:
+                self.fetched = True
+                plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
+                                    'WHERE tag = $1', ['text'])
+                for r in plpy.execute(plan, ['{tag}']):
+                    self.setdefault(r['module'], r['source'])
+            return dict.__getitem__(self, name)
+
+    _sources = _Sources((n, r['source']) for n, r in _rows.items() if r['source'] is not None)
+
+    class _Codes(dict):
+        # module -> code object, made on first use (unmarshalled, else compiled)
+        def __missing__(self, name):
+            if name not in _rows:
+                raise KeyError(name)
+            raw = _rows[name]['code']
+            if raw is not None:
+                code = marshal.loads(raw)
+            else:
+                code = compile(_sources[name], '<wormhole runtime ' + name + '>', 'exec')
+            self[name] = code
+            return code
+
+        def get(self, name, default=None):
+            try:
+                return self[name]
+            except KeyError:
+                return default
+
+    _codes = _Codes()
+
+    class _Loader:
+        @staticmethod
+        def find_spec(fullname, path=None, target=None):
+            head, _, name = fullname.rpartition('.')
+            if head == _pkgname and name in _rows:
+                return _bootstrap.ModuleSpec(fullname, _Loader)
+            return None
+
+        @staticmethod
+        def create_module(spec):
+            return None
+
+        @staticmethod
+        def exec_module(module):
+            exec(_codes[module.__name__.rpartition('.')[2]], module.__dict__)
+
+    _pkg = type(sys)(_pkgname)
     _pkg.__path__ = []
     _pkg.__package__ = _pkgname
     sys.modules[_pkgname] = _pkg
-    exec(_code('__init__'), _pkg.__dict__)
-    for _name in _pkg.MODULES:
-        _mod = types.ModuleType(_pkgname + '.' + _name)
-        _mod.__package__ = _pkgname
-        sys.modules[_mod.__name__] = _mod
-        exec(_code(_name), _mod.__dict__)
-        setattr(_pkg, _name, _mod)
+    exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
     _pkg.CODE_TAG = '{tag}'
+    if not any(f is _Loader for f in sys.meta_path):
+        sys.meta_path.append(_Loader)
+    __import__(_pkgname + '.host')
     GD[_key] = _pkg"""
 
 

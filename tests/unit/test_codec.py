@@ -425,7 +425,7 @@ def test_plain_rows_are_not_copied_on_encode_value() -> None:
 # row sets ($rows): lists of >= ROWSET_MIN dicts with the same keys in the same order
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.text(max_size=4), min_size=1, max_size=4, unique=True), st.data())
 def test_row_sets_roundtrip(names: list[str], data: Any) -> None:
     from wormhole.runtime.codec import ROWSET_MIN

@@ -15,6 +15,7 @@ MODULES = (
     "codec",
     "pgtypes",
     "sqltext",
+    "rules",
     "policy",
     "namespace",
     "engine",
@@ -24,4 +25,4 @@ MODULES = (
     "sandbox",
     "host",
 )
-WORKER_MODULES = ("errors", "rows", "codec", "policy", "namespace", "engine", "channel", "worker")
+WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")

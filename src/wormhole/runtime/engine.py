@@ -14,62 +14,124 @@ The payload (JSON text, see docs/architecture.md):
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from . import codec, namespace, policy
+from . import codec, namespace
 from .errors import DatabaseError, Interrupted, LimitExceeded
 from .rows import Rows
+from .rules import Checked, PolicyError
+
+# typing, dataclasses, hashlib and the policy (ast) are kept off this module's import path: a
+# backend's first call of an already-checked function should load as little as possible.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, Protocol
+
+    class QueryPort(Protocol):
+        """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a
+        worker."""
+
+        def query(self, sql: str, params: Sequence[object]) -> Rows: ...
+else:
+    class QueryPort:
+        """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a
+        worker. (A ``typing.Protocol`` for the type checker; any object with ``query``.)"""
+
+if TYPE_CHECKING:
+    from hashlib import sha256 as _sha256
+else:
+    try:  # the builtin module: no OpenSSL start-up (hashlib's is a few ms in a new backend)
+        from _sha256 import sha256 as _sha256
+    except ImportError:  # pragma: no cover - Python 3.12 renamed it
+        from hashlib import sha256 as _sha256
 
 #: the filename the policy compiles user code under; frames with it are the user's own.
 USER_FILENAME = "<wormhole>"
 
 
-class QueryPort(Protocol):
-    """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a worker."""
-
-    def query(self, sql: str, params: Sequence[object]) -> Rows: ...
-
-
-@dataclass(frozen=True)
 class Limits:
     """Per-call limits, set by the DBA in ``wormhole_limits`` (never by a user GUC)."""
 
-    timeout_ms: int = 0  # 0: only statement_timeout applies
-    memory_mb: int = 512  # worker address space
-    cpu_seconds: int = 60  # worker CPU time
-    max_output_bytes: int = 65536  # print() output returned to the client
-    max_result_bytes: int = 256 * 1024 * 1024  # encoded result
-    max_args_bytes: int = 64 * 1024 * 1024  # encoded arguments
+    __slots__ = ("timeout_ms", "memory_mb", "cpu_seconds", "max_output_bytes",
+                 "max_result_bytes", "max_args_bytes")
+    timeout_ms: int
+    memory_mb: int
+    cpu_seconds: int
+    max_output_bytes: int
+    max_result_bytes: int
+    max_args_bytes: int
+
+    def __init__(
+        self,
+        timeout_ms: int = 0,  # 0: only statement_timeout applies
+        memory_mb: int = 512,  # worker address space
+        cpu_seconds: int = 60,  # worker CPU time
+        max_output_bytes: int = 65536,  # print() output returned to the client
+        max_result_bytes: int = 256 * 1024 * 1024,  # encoded result
+        max_args_bytes: int = 64 * 1024 * 1024,  # encoded arguments
+    ) -> None:
+        object.__setattr__(self, "timeout_ms", timeout_ms)
+        object.__setattr__(self, "memory_mb", memory_mb)
+        object.__setattr__(self, "cpu_seconds", cpu_seconds)
+        object.__setattr__(self, "max_output_bytes", max_output_bytes)
+        object.__setattr__(self, "max_result_bytes", max_result_bytes)
+        object.__setattr__(self, "max_args_bytes", max_args_bytes)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Limits are immutable")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> Limits:
-        known = {f for f in cls.__dataclass_fields__}
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
-            if key in known and value is not None:
+            if key in cls.__slots__ and value is not None:
                 kwargs[key] = int(value)  # type: ignore[call-overload]
         return cls(**kwargs)
 
     def as_dict(self) -> dict[str, int]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return {f: getattr(self, f) for f in self.__slots__}
+
+    def _key(self) -> tuple[int, ...]:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Limits and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "Limits(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__) + ")"
 
 
-@dataclass(slots=True)
+_DEFAULT_LIMITS = Limits()
+
+
 class Call:
     """One call as the host hands it to an executor."""
 
-    source_hash: str
-    source: str
-    args_json: str
-    modules: Mapping[str, frozenset[str] | None]
-    modules_key: str = ""  # changes whenever the whitelist changes (compile cache key)
-    limits: Limits = field(default_factory=Limits)
-    #: the arguments already decoded by the host (in-process), so they are decoded once
-    decoded: tuple[list[Any], dict[str, Any]] | None = None
+    __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
+                 "decoded")
+
+    def __init__(
+        self,
+        source_hash: str,
+        source: str,
+        args_json: str,
+        modules: Mapping[str, frozenset[str] | None],
+        modules_key: str = "",  # changes whenever the whitelist changes (compile cache key)
+        limits: Limits = _DEFAULT_LIMITS,
+        decoded: tuple[list[Any], dict[str, Any]] | None = None,
+    ) -> None:
+        self.source_hash = source_hash
+        self.source = source
+        self.args_json = args_json
+        self.modules = modules
+        self.modules_key = modules_key
+        self.limits = limits
+        #: the arguments already decoded by the host (in-process), so they are decoded once
+        self.decoded = decoded
 
 
 class BadArguments(DatabaseError):
@@ -88,15 +150,15 @@ class HashMismatch(DatabaseError):
 
 def source_hash(source: str) -> str:
     """The function's identity: sha256 of its shipped source text (content addressing)."""
-    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    return _sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # hash + whitelist key -> checked code. Per process (a backend or a worker), never shared.
-_COMPILED: dict[tuple[str, str], policy.Checked] = {}
+_COMPILED: dict[tuple[str, str], Checked] = {}
 _MAX_COMPILED = 512
 
 
-def checked_code(call: Call) -> policy.Checked:
+def checked_code(call: Call) -> Checked:
     """Return the checked, compiled code for ``call``; check and compile only on a miss.
 
     The source is re-hashed and re-checked against the *current* whitelist before its first
@@ -113,6 +175,8 @@ def checked_code(call: Call) -> policy.Checked:
             f"stored source for {call.source_hash[:12]}... hashes to {actual[:12]}...; "
             "refusing to run it (was wormhole_functions edited by hand?)"
         )
+    from . import policy  # the parser: only when this process has not compiled the hash yet
+
     checked = policy.check(call.source, call.modules)
     if len(_COMPILED) >= _MAX_COMPILED:
         _COMPILED.clear()
@@ -270,7 +334,7 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     if len(message) > 8192:
         message = message[:8192] + "... [truncated]"
     info: dict[str, Any] = {"type": name, "builtin": builtin, "message": message}
-    if isinstance(exc, policy.PolicyError):
+    if isinstance(exc, PolicyError):
         info["type"] = "RejectedFunction"
         info["builtin"] = False
         info["findings"] = [

@@ -18,12 +18,33 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
 
-from . import VERSION, WORKER_MODULES, codec, engine, policy, sandbox
+from . import VERSION, WORKER_MODULES, codec, engine
 from .errors import DatabaseError, Interrupted, LimitExceeded
 from .spi import SpiPort
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from . import policy, sandbox
+else:
+    class _Sibling:
+        """A sibling module imported on first use, then bound in its place: a warm in-process
+        call never needs the parser (``policy``) or the worker's machinery (``sandbox``), and
+        a new backend should not pay for importing them."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attr: str) -> object:
+            module = __import__(f"{__package__}.{self._name}", fromlist=["_"])
+            globals()[self._name] = module
+            return getattr(module, attr)
+
+    policy = _Sibling("policy")
+    sandbox = _Sibling("sandbox")
 
 #: SQLSTATEs wormhole raises itself (class WH is unused by PostgreSQL).
 WH_REJECTED = "WH002"
@@ -41,7 +62,8 @@ class Backend:
     """Per-backend state, kept in ``GD`` for the life of the session."""
 
     def __init__(self, sources: Mapping[str, str]) -> None:
-        self.sources = dict(sources)
+        #: the runtime's sources (the boot's mapping fetches them only when first needed)
+        self.sources = sources
         self.plans: dict[str, Any] = {}
         self.cfgver: int | None = None
         #: ``str(cfgver)``: the compile-cache key of the whitelist
@@ -454,7 +476,8 @@ def _roles(plpy: Any, state: Backend) -> tuple[object, ...]:
     return (row["c"], row["s"])
 
 
-Executor = Callable[[engine.Call, Any], str]
+if TYPE_CHECKING:
+    Executor = Callable[[engine.Call, Any], str]
 
 
 def choose_executor(plpy: Any, state: Backend, *, approved: bool, trusted: bool) -> Executor:
@@ -524,22 +547,21 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
     return run
 
 
-def _worker_modules(state: Backend) -> dict[str, Any]:
-    """What the worker boots from: the code this backend already compiled (marshal; the worker
-    runs the same /usr/bin/python3 as the server's PL/Python) or, failing that, the sources."""
+def _worker_modules(state: Backend) -> dict[str, str | bytes]:
+    """What the worker boots from: the code this backend already compiled (``marshal.dumps``
+    bytes; the worker runs the same /usr/bin/python3 as the server's PL/Python) or, failing
+    that, the sources (``sandbox.boot_frame``)."""
+    import marshal
     import sys
 
     package = sys.modules.get(__package__ or "")
     codes = getattr(package, "CODES", None) or {}
-    out: dict[str, Any] = {}
-    import binascii
-    import marshal
-
+    out: dict[str, str | bytes] = {}
     same = sys.version_info[:2] == _worker_python_version()
     for name in WORKER_MODULES:
         code = codes.get(name)
         if same and code is not None:
-            out[name] = {"marshal": binascii.b2a_base64(marshal.dumps(code)).decode("ascii")}
+            out[name] = marshal.dumps(code)
         else:
             out[name] = state.sources[name]
     return out
@@ -606,9 +628,11 @@ def cache_code(plpy: Any, GD: dict[str, Any], package: Any) -> int:
         "UPDATE public._wormhole_code SET code = $3, magic = $4 WHERE tag = $1 AND module = $2",
         ["text", "text", "bytea", "bytea"],
     )
-    for name, code in package.CODES.items():
+    names = ("__init__", *package.MODULES)
+    for name in names:
+        code = package.CODES[name]  # compiled now if this backend never imported it
         plpy.execute(plan, [package.CODE_TAG, name, marshal.dumps(code), MAGIC_NUMBER])
-    return len(package.CODES)
+    return len(names)
 
 
 def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:

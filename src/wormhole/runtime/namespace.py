@@ -26,15 +26,16 @@ import functools
 import importlib
 import itertools
 import math
-import random
+import sys
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from fractions import Fraction
-from string import Formatter
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from typing import Any, NoReturn
 
 from .errors import DatabaseError, LimitExceeded, PolicyViolation
-from .policy import (
+from .rules import (
     CATALOGUE,
     DELATTR,
     EXCEPTION_NAMES,
@@ -176,12 +177,19 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int)
 
 
+def _is_fraction(x: object) -> bool:
+    # fractions is imported only when a call uses it (a whitelisted module view, statistics);
+    # until then no Fraction can exist
+    fractions = sys.modules.get("fractions")
+    return fractions is not None and type(x) is fractions.Fraction
+
+
 def _check_pow(base: Any, exp: Any) -> None:
     if _is_int(exp) and exp > 1:
         if _is_int(base):
             if abs(base) > 1 and (abs(base).bit_length() - 1) * exp > MAX_INT_BITS:
                 _too_big(f"{base} ** {exp}", (abs(base).bit_length() - 1) * exp)
-        elif type(base) is Fraction:
+        elif _is_fraction(base):
             size = max(abs(base.numerator).bit_length(), base.denominator.bit_length())
             if size > 1 and (size - 1) * exp > MAX_INT_BITS:
                 _too_big(f"Fraction ** {exp}", (size - 1) * exp)
@@ -298,7 +306,7 @@ def _check_attribute_name(name: object) -> str:
     return name
 
 
-_FORMATTER = Formatter()
+_FORMATTER: Any = None
 
 
 @functools.lru_cache(maxsize=256)
@@ -306,8 +314,13 @@ def _check_format(fmt: str, depth: int = 0) -> None:
     """Refuse replacement fields that look up attributes or items (``{0.__class__}``,
     ``{0[k]}``), including in nested format specs; ``str.format`` would resolve them in C.
     """
+    global _FORMATTER
     if depth > 2:
         raise ValueError("Max string recursion exceeded")
+    if _FORMATTER is None:
+        from string import Formatter
+
+        _FORMATTER = Formatter()
     for _literal, field, spec, _conversion in _FORMATTER.parse(fmt):
         if field is not None and ("." in field or "[" in field):
             raise PolicyViolation(
@@ -470,6 +483,8 @@ def _view(module: str, names: frozenset[str], tick: Callable[[], object]) -> Mod
     static, refused = _static_values(module, names)
     values = static
     if module == "random":
+        import random
+
         rng = random.Random()  # seeded from os.urandom: calls share no generator state
         values = dict(static)
         for name in _RANDOM_METHODS & names:

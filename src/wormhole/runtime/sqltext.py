@@ -14,7 +14,10 @@ nothing after them is treated as code, which is the safe reading for the guard).
 from __future__ import annotations
 
 import re
-from typing import Iterator
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 from .errors import ForbiddenStatement
 
