@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,6 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from wormhole.runtime import WORKER_MODULES, engine, sandbox  # noqa: E402
-from wormhole.runtime.channel import Channel  # noqa: E402
 from wormhole.runtime.errors import DatabaseError  # noqa: E402
 from wormhole.runtime.rows import Rows  # noqa: E402
 
@@ -111,8 +109,7 @@ def executor(sources: dict[str, str]) -> Iterator[sandbox.WorkerExecutor]:
 
 
 def boot_frame(sources: dict[str, str]) -> bytes:
-    ordered = {name: sources[name] for name in WORKER_MODULES}
-    return Channel.frame({"op": "boot"}, json.dumps(ordered).encode("utf-8"))
+    return sandbox.boot_frame(sources)
 
 
 def run_confined(

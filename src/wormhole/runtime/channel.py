@@ -14,6 +14,8 @@ backend treats every frame from the worker as untrusted input.
 
 ``recv`` takes a timeout and keeps a partial frame buffered across calls, so the backend can
 wake every few milliseconds to check PostgreSQL's interrupts while a worker is still writing.
+With ``spin`` set it first polls without sleeping for that long: an answer that comes within
+microseconds is then read without a sleep and a cross-CPU wake-up on each side.
 ``send`` can do the same (``tick``) when the peer does not read: a worker that stops reading
 cannot block the backend in ``write`` forever.
 
@@ -22,10 +24,14 @@ belongs to a call; a call may exchange any number of messages before its ``done`
 streaming will use.
 
 backend -> worker
-    ``boot``  body: JSON ``{module: source}`` (read by the bootstrap, before this module exists)
+    ``boot``  body: ``marshal.dumps({module: source text | marshalled code})`` (read by the
+    bootstrap, before this module exists; see ``sandbox.boot_frame``)
     ``hello`` body: JSON ``{"modules": {name: [attr, ...] | null}, "modules_key": str,
     "limits": {...}}``
-    ``call``  header: ``hash``, ``id``; body: JSON ``{"source", "args_json", "modules_key"}``
+    ``call``  header: ``hash``, ``id``, and ``src`` (the byte length of the source at the start
+    of the body) when the worker has not received this source yet, ``reset`` when it should
+    forget the sources it kept, ``spin`` (seconds it may poll for answers without sleeping);
+    body: the source (if ``src``) followed by the arguments' JSON text, both UTF-8
     ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``
     ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
     "type"}``
@@ -124,6 +130,8 @@ class Channel:
         self._need: tuple[int, int] | None = None  # (header length, body length) once known
         self._eof = False
         self._wnonblock = False
+        #: seconds ``recv`` polls without sleeping before it blocks (0: never spins)
+        self.spin = 0.0
         self._poll = select.poll()
         self._poll.register(self.rfd, select.POLLIN | select.POLLPRI)
 
@@ -201,6 +209,13 @@ class Channel:
         """
         if self.closed:
             raise ChannelClosed("the channel is closed")
+        frame = self._parse()
+        if frame is not None:
+            return frame
+        if self.spin > 0 and not self._eof:
+            frame = self._spin()
+            if frame is not None:
+                return frame
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
             frame = self._parse()
@@ -229,6 +244,24 @@ class Channel:
                     return None
                 continue
             self._fill()
+
+    def _spin(self) -> tuple[dict[str, Any], bytes] | None:
+        """Poll (without sleeping) for up to ``spin`` seconds; the frame, or None.
+
+        A spin that runs out switches spinning off (``spin = 0``) until the owner sets it
+        again: the peer is slow or not running, and a second spin would likely be wasted too.
+        """
+        poll = self._poll.poll
+        end = time.perf_counter() + self.spin
+        while True:
+            if poll(0):
+                self._fill()
+                frame = self._parse()
+                if frame is not None or self._eof:
+                    return frame
+            if time.perf_counter() >= end:
+                self.spin = 0.0
+                return None
 
     def _wanted(self) -> int:
         if self._need is None:

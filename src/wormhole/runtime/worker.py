@@ -2,7 +2,7 @@
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
-``boot`` frame holding the sources of ``runtime.WORKER_MODULES``, builds the package
+``boot`` frame holding ``runtime.WORKER_MODULES`` (marshalled code or sources), builds the package
 ``wormhole_rt`` from them in ``sys.modules`` (so the runtime's relative imports work) and calls
 :func:`main`.
 
@@ -12,7 +12,10 @@ The bootstrap itself is ``sandbox.BOOTSTRAP`` (it lives with the backend, which 
 that the code it runs cannot raise again, and then serves calls one after the other: for each
 ``call`` it runs ``engine.run_call`` with a :class:`ChannelPort` (``query()`` becomes a
 ``query`` message answered by the backend with ``rows`` or ``qerr``) and answers ``done`` with
-the payload text. The engine's compile cache lives on across calls.
+the payload text. The engine's compile cache lives on across calls, and so do the sources the
+backend sent (by hash): a call for a function the worker has seen carries only its arguments.
+While a call runs, the worker polls for answers without sleeping for as long as the backend
+asked in that call (``spin``, at most ``MAX_SPIN``); between calls it always sleeps.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ CPU_BUDGETS = 8
 MAX_OPEN_FILES = 16
 #: the exit code of a worker that received something it does not understand.
 EXIT_PROTOCOL = 2
+#: the longest the worker polls its pipe without sleeping (the backend asks per call).
+MAX_SPIN = 0.002
 
 
 class ChannelPort:
@@ -287,6 +292,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
     modules: dict[str, frozenset[str] | None] = {}
     modules_key = ""
     limits: engine.Limits | None = None
+    sources: dict[str, str] = {}  # hash -> source, as the backend sent them
     try:
         while True:
             received = chan.recv(None)
@@ -305,19 +311,39 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 limits = new_limits
             elif op == CALL and limits is not None:
                 call_id = header.get("id")
-                request = json.loads(body.decode("utf-8"))
-                if type(request) is not dict or type(call_id) is not int:
+                function_hash = header.get("hash")
+                if type(call_id) is not int or type(function_hash) is not str:
                     raise SystemExit(EXIT_PROTOCOL)
+                if header.get("reset") is True:
+                    sources.clear()
+                size = header.get("src")
+                if size is None:
+                    source = sources.get(function_hash)
+                    if source is None:  # the backend always sends a source we do not have
+                        raise SystemExit(EXIT_PROTOCOL)
+                    args_json = body.decode("utf-8", "surrogatepass")
+                else:
+                    if type(size) is not int or not 0 <= size <= len(body):
+                        raise SystemExit(EXIT_PROTOCOL)
+                    source = body[:size].decode("utf-8", "surrogatepass")
+                    args_json = body[size:].decode("utf-8", "surrogatepass")
+                    sources[function_hash] = source
                 call = engine.Call(
-                    source_hash=str(header.get("hash", "")),
-                    source=request["source"],
-                    args_json=request["args_json"],
+                    source_hash=function_hash,
+                    source=source,
+                    args_json=args_json,
                     modules=modules,
                     modules_key=modules_key,
                     limits=limits,
                 )
+                spin = header.get("spin")
                 recycle = not arm_cpu(limits)
-                payload = engine.run_call(call, ChannelPort(chan, call_id))
+                # poll without sleeping while the backend runs our queries, this call only
+                chan.spin = min(spin, MAX_SPIN) if type(spin) is float and spin > 0 else 0.0
+                try:
+                    payload = engine.run_call(call, ChannelPort(chan, call_id))
+                finally:
+                    chan.spin = 0.0
                 try:
                     data = payload.encode("utf-8")
                 except UnicodeEncodeError:
