@@ -369,6 +369,19 @@ _FAST_ENCODER = json.JSONEncoder(
 )
 _PLAIN_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
 
+try:  # JSONEncoder.encode builds a C encoder on every call; these are built once (stateless:
+    # no circular-reference markers), same options, same output
+    from _json import encode_basestring_ascii as _c_ascii
+    from _json import make_encoder as _c_make_encoder
+
+    _C_FAST = _c_make_encoder(None, _default, _c_ascii, None, ":", ",", False, False, False)
+
+    def _fast_text(obj: object) -> str:
+        return "".join(_C_FAST(obj, 0))
+except ImportError:  # pragma: no cover - a Python without the C accelerator
+    def _fast_text(obj: object) -> str:
+        return _FAST_ENCODER.encode(obj)
+
 
 def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
     """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
@@ -384,7 +397,7 @@ def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> s
             return text
     if _fast_ok(obj, max_depth):
         try:
-            return _FAST_ENCODER.encode(obj)
+            return _fast_text(obj)
         except (ValueError, OverflowError):
             pass  # nan/inf or an int too long for str(): the full walk tags them
     value = encode_value(obj, root=root, max_depth=max_depth)

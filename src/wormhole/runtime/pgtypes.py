@@ -830,6 +830,14 @@ def _nested_for_plpy(v: Any, elem: Callable[[Any], Any]) -> Any:
     return elem(v)
 
 
+def plpy_param_converter(typname: str) -> Callable[[object], object]:
+    """``to_plpy_param`` for one parameter type, chosen once per plan: most types need only
+    ``to_pg_text``; arrays, ``boolean`` and ``bytea`` need the full conversion."""
+    if typname.endswith("[]") or typname in ("boolean", "bytea"):
+        return lambda value: to_plpy_param(value, typname)
+    return to_pg_text
+
+
 def to_plpy_param(value: object, typname: str) -> object:
     """What to pass to ``plpy.execute(plan, [...])`` for a parameter PostgreSQL typed ``typname``.
 

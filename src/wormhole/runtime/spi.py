@@ -39,14 +39,18 @@ _INFER_NAME = "_wormhole_infer"
 
 
 class _Plan:
-    __slots__ = ("plan", "typnames", "nparams", "converters", "has_rows")
+    __slots__ = ("plan", "typnames", "nparams", "params", "converters", "has_rows", "convert")
 
     def __init__(self, plan: Any, typnames: list[str], nparams: int) -> None:
         self.plan = plan
         self.typnames = typnames
         self.nparams = nparams
+        #: per parameter: value -> what plpy.execute takes (chosen once per plan)
+        self.params = [pgtypes.plpy_param_converter(t) for t in typnames]
         self.converters: Any = None
         self.has_rows: bool | None = None
+        #: some result column needs converting (known after the first execution)
+        self.convert = False
 
 
 class SpiPort:
@@ -61,10 +65,10 @@ class SpiPort:
 
     # -- QueryPort ---------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[object]) -> Rows:
-        if type(sql) is not str:
-            raise DatabaseError("query() needs the SQL text as a str", sqlstate="WH005")
-        entry = self.plans.get(sql)
+        entry = self.plans.get(sql) if type(sql) is str else None
         if entry is None:
+            if type(sql) is not str:
+                raise DatabaseError("query() needs the SQL text as a str", sqlstate="WH005")
             entry = self._prepare(sql)
         if len(params) != entry.nparams:
             raise DatabaseError(
@@ -72,21 +76,24 @@ class SpiPort:
                 f"argument(s) were given",
                 sqlstate="08P01",
             )
+        plpy = self.plpy
         try:
-            args = [pgtypes.to_plpy_param(v, t) for v, t in zip(params, entry.typnames)]
-        except (TypeError, ValueError) as exc:
-            raise DatabaseError(f"cannot send parameter: {exc}", sqlstate="22023") from None
-        result = self._run(entry.plan, args)
+            if params:
+                try:
+                    args = [f(v) for f, v in zip(entry.params, params)]
+                except (TypeError, ValueError) as exc:
+                    raise DatabaseError(f"cannot send parameter: {exc}",
+                                        sqlstate="22023") from None
+                result = plpy.execute(entry.plan, args)
+            else:
+                result = plpy.execute(entry.plan)
+        except plpy.SPIError as exc:
+            raise self._translate(exc) from None
+        if entry.has_rows and not entry.convert:  # the warm path of most statements
+            return Rows(result, result.nrows())
         return self._rows(entry, result)
 
     # -- internals ---------------------------------------------------------------------------
-    def _run(self, plan: Any, args: list[object]) -> Any:
-        plpy = self.plpy
-        try:
-            return plpy.execute(plan, args) if args else plpy.execute(plan)
-        except plpy.SPIError as exc:
-            raise self._translate(exc) from None
-
     def _translate(self, exc: Any) -> BaseException:
         sqlstate = getattr(exc, "sqlstate", None)
         detail = getattr(exc, "detail", None)
@@ -165,6 +172,7 @@ class SpiPort:
             else:
                 entry.has_rows = True
                 entry.converters = (list(names), pgtypes.converters_for(list(types)))
+                entry.convert = any(c is not None for c in entry.converters[1])
         if not entry.has_rows:
             return Rows((), nrows)
         names, converters = entry.converters
