@@ -212,3 +212,21 @@ def test_spare_cpu_needs_a_second_cpu() -> None:
                          check=True).stdout
     assert out.strip() == "False"
     assert sandbox._spare_cpu() in (True, False)
+
+
+def test_a_read_end_made_non_blocking_later_still_waits_properly() -> None:
+    """The channel reads its descriptor's blocking mode once; if it changes, recv still sleeps
+    in poll() for data instead of spinning on a read that would block."""
+    import threading
+
+    rfd, wfd = os.pipe()
+    try:
+        chan = Channel(rfd, wfd)
+        os.set_blocking(rfd, False)
+        timer = threading.Timer(0.05, os.write, (wfd, Channel.frame({"op": "late"})))
+        timer.start()
+        assert chan.recv(None) == ({"op": "late"}, b"")
+        timer.join()
+    finally:
+        os.close(rfd)
+        os.close(wfd)

@@ -130,6 +130,8 @@ class Channel:
         self._need: tuple[int, int] | None = None  # (header length, body length) once known
         self._eof = False
         self._wnonblock = False
+        #: whether ``rfd`` blocks (read once; a read that would block says otherwise)
+        self._rblocking = os.get_blocking(self.rfd)
         #: seconds ``recv`` polls without sleeping before it blocks (0: never spins)
         self.spin = 0.0
         self._poll = select.poll()
@@ -229,7 +231,7 @@ class Channel:
                     )
                 raise ChannelClosed("the peer closed the channel")
             if deadline is None:
-                if os.get_blocking(self.rfd):
+                if self._rblocking:
                     self._fill()  # a blocking read: one syscall instead of poll + read
                     continue
                 wait_ms = -1
@@ -276,6 +278,7 @@ class Channel:
         try:
             chunk = os.read(self.rfd, want)
         except BlockingIOError:
+            self._rblocking = False  # someone made it non-blocking: poll first
             return
         except OSError as exc:
             if exc.errno in (errno.ECONNRESET, errno.EPIPE):

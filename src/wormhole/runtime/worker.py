@@ -137,6 +137,7 @@ def apply_limits(limits: engine.Limits) -> None:
     if limits.cpu_seconds > 0:
         total = limits.cpu_seconds * CPU_BUDGETS
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, total))
+    _CPU_HARD.clear()  # read again: hard limits only ever go down
 
 
 # -- seccomp -----------------------------------------------------------------------------------
@@ -261,11 +262,20 @@ def cpu_used() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+_CPU_HARD: list[int] = []  # the hard RLIMIT_CPU, read once after ``apply_limits``
+
+
+def _cpu_hard() -> int:
+    if not _CPU_HARD:
+        _CPU_HARD.append(resource.getrlimit(resource.RLIMIT_CPU)[1])
+    return _CPU_HARD[0]
+
+
 def arm_cpu(limits: engine.Limits) -> bool:
     """Give the next call ``cpu_seconds`` of CPU (soft limit); False once the budget is spent."""
     if limits.cpu_seconds <= 0:
         return True
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    hard = _cpu_hard()
     soft = math.ceil(cpu_used()) + limits.cpu_seconds
     if hard != resource.RLIM_INFINITY and soft > hard:
         return False
@@ -351,7 +361,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                         "the result contains text that is not valid Unicode (a lone surrogate)"
                     )).encode("utf-8")
                 reply: dict[str, Any] = {"op": DONE, "id": call_id}
-                if recycle or not arm_cpu(limits):
+                if recycle or not arm_cpu(limits):  # re-armed: the idle worker has its budget
                     reply["recycle"] = True
                 chan.send(reply, data)
             else:
