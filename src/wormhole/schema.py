@@ -253,6 +253,11 @@ CREATE TABLE IF NOT EXISTS public.wormhole_functions (
   installed_by name NOT NULL,
   installed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
+-- the checked, compiled code (marshal) that wormhole_install made, for the Python bytecode
+-- version (code_magic) and the whitelist (code_key) it was checked under: a backend runs it
+-- without importing the policy's parser; on any mismatch it checks the source again
+ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS code bytea,
+  ADD COLUMN IF NOT EXISTS code_magic bytea, ADD COLUMN IF NOT EXISTS code_key text;
 CREATE TABLE IF NOT EXISTS public.wormhole_audit (
   id      bigserial PRIMARY KEY,
   at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -383,9 +388,12 @@ ALTER FUNCTION public._wormhole_functions_changed() OWNER TO wormhole_owner;
     )
     add(f"""
 -- Private helpers (SECURITY DEFINER, pinned search_path, everything schema-qualified) ---------
-CREATE OR REPLACE FUNCTION public._wormhole_source(function_hash text) RETURNS text
+DROP FUNCTION IF EXISTS public._wormhole_source(text);
+CREATE OR REPLACE FUNCTION public._wormhole_function(function_hash text,
+  OUT source text, OUT name text, OUT code bytea, OUT code_magic bytea, OUT code_key text)
 LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
-  SELECT f.source FROM public.wormhole_functions f WHERE f.hash = function_hash
+  SELECT f.source, f.name, f.code, f.code_magic, f.code_key
+  FROM public.wormhole_functions f WHERE f.hash = function_hash
 $fn$;
 CREATE OR REPLACE FUNCTION public._wormhole_config() RETURNS text
 LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
@@ -468,7 +476,7 @@ $fn$;
 -- Ownership and privileges: PUBLIC gets nothing ------------------------------------------------
 """)
     functions = (
-        "_wormhole_source(text)",
+        "_wormhole_function(text)",
         "_wormhole_config()",
         "_wormhole_boot()",
         "wormhole_version()",

@@ -112,7 +112,7 @@ class Call:
     """One call as the host hands it to an executor."""
 
     __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
-                 "decoded")
+                 "decoded", "stored")
 
     def __init__(
         self,
@@ -132,6 +132,9 @@ class Call:
         self.limits = limits
         #: the arguments already decoded by the host (in-process), so they are decoded once
         self.decoded = decoded
+        #: (name, marshalled code) that ``wormhole_install`` checked under this whitelist and
+        #: Python, when the host has it: then this process need not import the policy
+        self.stored: tuple[str, bytes] | None = None
 
 
 class BadArguments(DatabaseError):
@@ -163,7 +166,10 @@ def checked_code(call: Call) -> Checked:
 
     The source is re-hashed and re-checked against the *current* whitelist before its first
     run in this process, so a stored row that was edited behind wormhole's back, or a module
-    the DBA has since forbidden, is refused at run time too.
+    the DBA has since forbidden, is refused at run time too. The re-check is skipped only when
+    the host passes the code ``wormhole_install`` checked under an equal whitelist and the same
+    Python (``call.stored``): the same check would give the same code. (Imports are checked
+    again at run time anyway: the namespace's ``__import__`` only hands out whitelisted names.)
     """
     key = (call.source_hash, call.modules_key)
     hit = _COMPILED.get(key)
@@ -175,9 +181,15 @@ def checked_code(call: Call) -> Checked:
             f"stored source for {call.source_hash[:12]}... hashes to {actual[:12]}...; "
             "refusing to run it (was wormhole_functions edited by hand?)"
         )
-    from . import policy  # the parser: only when this process has not compiled the hash yet
+    if call.stored is not None:
+        import marshal
 
-    checked = policy.check(call.source, call.modules)
+        name, raw = call.stored
+        checked = Checked(name, marshal.loads(raw), (), call.source_hash)
+    else:
+        from . import policy  # the parser: only when no checked code came with the call
+
+        checked = policy.check(call.source, call.modules)
     if len(_COMPILED) >= _MAX_COMPILED:
         _COMPILED.clear()
     _COMPILED[key] = checked

@@ -73,7 +73,7 @@ class Backend:
         self.modules: dict[str, frozenset[str] | None] = {}
         self.limits = engine.Limits()
         self.settings: dict[str, str] = {}
-        self.source_cache: dict[str, str] = {}
+        self.source_cache: dict[str, _Stored] = {}
         self.approved: frozenset[str] = frozenset()
         self.trusted: frozenset[str] = frozenset()
         self.role_names: dict[int, str] = {}
@@ -289,18 +289,51 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
     return name
 
 
-def _source(plpy: Any, state: Backend, function_hash: str) -> str | None:
-    src = state.source_cache.get(function_hash)
-    if src is None:
-        rows = plpy.execute(
-            plpy.prepare("SELECT public._wormhole_source($1) AS s", ["text"]), [function_hash]
-        )
-        src = rows[0]["s"] if rows else None
-        if src is not None:
-            if len(state.source_cache) > 1024:
-                state.source_cache.clear()
-            state.source_cache[function_hash] = src
-    return src
+class _Stored:
+    """An installed function as the backend caches it: its source and, when usable here, the
+    checked code ``wormhole_install`` stored (marshal; same Python, same whitelist)."""
+
+    __slots__ = ("source", "name", "code")
+
+    def __init__(self, source: str, name: str, code: bytes | None) -> None:
+        self.source = source
+        self.name = name
+        self.code = code
+
+
+def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
+    stored = state.source_cache.get(function_hash)
+    if stored is None:
+        plan = state.plans.get("\0function")
+        if plan is None:
+            plan = plpy.prepare("SELECT * FROM public._wormhole_function($1)", ["text"])
+            state.plans["\0function"] = plan
+        rows = plpy.execute(plan, [function_hash])
+        row = rows[0] if rows else None
+        if row is None or row["source"] is None:
+            return None
+        code = row["code"]
+        usable = (code is not None and row["code_magic"] is not None
+                  and bytes(row["code_magic"]) == _magic()
+                  and row["code_key"] == whitelist_key(state.modules))
+        stored = _Stored(row["source"], row["name"], bytes(code) if usable else None)
+        if len(state.source_cache) > 1024:
+            state.source_cache.clear()
+        state.source_cache[function_hash] = stored
+    return stored
+
+
+def _magic() -> bytes:
+    import sys
+
+    magic: bytes = sys.modules["_frozen_importlib_external"].MAGIC_NUMBER
+    return magic
+
+
+def whitelist_key(modules: Mapping[str, frozenset[str] | None]) -> str:
+    """A fingerprint of the whitelist: code checked under an equal one passes again."""
+    canonical = repr(sorted((k, None if v is None else sorted(v)) for k, v in modules.items()))
+    return engine.source_hash(canonical)
 
 
 def _check_hash(plpy: Any, function_hash: object) -> str:
@@ -362,16 +395,20 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
         _audit_log(plpy, event)
         raise _error(plpy, f"wormhole: function rejected (validator error: {exc!r})",
                      WH_REJECTED) from None
+    import marshal
+
     plan = plpy.prepare(
         "WITH ins AS ("
-        " INSERT INTO public.wormhole_functions (hash, name, source, installed_by)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
+        " INSERT INTO public.wormhole_functions"
+        "  (hash, name, source, installed_by, code, code_magic, code_key)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
         " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"
         " SELECT $4, 'install', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"
         "   THEN 'accepted' ELSE 'accepted (already installed)' END",
-        ["text", "text", "text", "name"],
+        ["text", "text", "text", "name", "bytea", "bytea", "text"],
     )
-    plpy.execute(plan, [checked.source_hash, checked.name, source, who])
+    plpy.execute(plan, [checked.source_hash, checked.name, source, who,
+                        marshal.dumps(checked.code), _magic(), whitelist_key(state.modules)])
     event.update(verdict="accepted", name=checked.name)
     _audit_log(plpy, event)
     return checked.source_hash
@@ -409,8 +446,8 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
                      "JSON codec, e.g. '[[1, \"a\"], {}]'") from None
-    source = _source(plpy, state, function_hash)
-    if source is None:
+    stored = _source(plpy, state, function_hash)
+    if stored is None:
         if missing == "report":  # the client library: it reinstalls and calls again
             return '{"missing":true}'
         raise _error(plpy, f"wormhole_execute: no function with hash {function_hash} is "
@@ -418,7 +455,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
                      hint="install it first with wormhole_install(source)")
     call = engine.Call(
         source_hash=function_hash,
-        source=source,
+        source=stored.source,
         args_json=args_json,
         modules=state.modules,
         modules_key=state.cfgkey,
@@ -427,6 +464,8 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
     if approved or trusted:
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
+        if stored.code is not None:
+            call.stored = (stored.name, stored.code)
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)
