@@ -70,9 +70,9 @@ def test_warm_call_is_exactly_one_statement(brief, conn, server):
 def test_first_call_installs_then_executes(brief, conn, server, driver_name):
     with RoundTrips(conn, server) as rt:
         get_user_summary(5)
-    # wormhole_install + wormhole_execute; psycopg 3 also prepares the execute statement the
-    # first time a connection uses it (once per connection: warm calls stay at exactly one)
-    assert rt.count == (3 if driver_name == "psycopg" else 2)
+    # wormhole_install + wormhole_execute (psycopg 3 prepares the execute statement in the
+    # same round trip as its first execution: Parse + Bind + Execute + Sync)
+    assert rt.count == 2
 
 
 def test_examples_inside_a_transaction_block(brief, conn):
