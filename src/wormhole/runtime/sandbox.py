@@ -83,8 +83,10 @@ STDERR_TAIL = 4096
 #: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
 #: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
 SPIN_SECONDS = 0.0003
-#: sources the backend remembers having sent to its worker (the worker keeps the same set).
+#: sources the backend remembers having sent to its worker (the worker keeps the same set),
+#: by count and by total characters; past either, both sides forget them all and start over.
 MAX_KNOWN_SOURCES = 256
+MAX_KNOWN_CHARS = 8 << 20
 
 #: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one
 #: ``boot`` frame from fd 0 whose body is ``marshal.dumps({module: source text | marshalled
@@ -229,6 +231,7 @@ class _Worker:
         self.hello_key: tuple[str, Limits] | None = None
         #: hash -> source text this worker has received (calls then carry only arguments)
         self.known: dict[str, str] = {}
+        self.known_chars = 0
         self.next_id = 1
         self.alive = True
         self.boot = boot
@@ -497,10 +500,13 @@ class WorkerExecutor:
         if worker.known.get(call.source_hash) != call.source:
             # the worker has not seen this source (or a different text under this hash, which
             # its engine will refuse): send it; later calls send only the arguments
-            if len(worker.known) >= MAX_KNOWN_SOURCES:
+            if (len(worker.known) >= MAX_KNOWN_SOURCES
+                    or worker.known_chars + len(call.source) > MAX_KNOWN_CHARS):
                 worker.known.clear()
+                worker.known_chars = 0
                 header["reset"] = True  # the worker forgets its sources too
             worker.known[call.source_hash] = call.source
+            worker.known_chars += len(call.source)
             source = call.source.encode("utf-8", "surrogatepass")
             header["src"] = len(source)
             body = source + args
