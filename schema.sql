@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS public.wormhole_functions (
   installed_by name NOT NULL,
   installed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
+-- the checked, compiled code (marshal) that wormhole_install made, for the Python bytecode
+-- version (code_magic) and the whitelist (code_key) it was checked under: a backend runs it
+-- without importing the policy's parser; on any mismatch it checks the source again
+ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS code bytea,
+  ADD COLUMN IF NOT EXISTS code_magic bytea, ADD COLUMN IF NOT EXISTS code_key text;
 CREATE TABLE IF NOT EXISTS public.wormhole_audit (
   id      bigserial PRIMARY KEY,
   at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -88,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -118,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -185,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -215,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -586,6 +591,19 @@ _FAST_ENCODER = json.JSONEncoder(
 )
 _PLAIN_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
 
+try:  # JSONEncoder.encode builds a C encoder on every call; these are built once (stateless:
+    # no circular-reference markers), same options, same output
+    from _json import encode_basestring_ascii as _c_ascii
+    from _json import make_encoder as _c_make_encoder
+
+    _C_FAST = _c_make_encoder(None, _default, _c_ascii, None, ":", ",", False, False, False)
+
+    def _fast_text(obj: object) -> str:
+        return "".join(_C_FAST(obj, 0))
+except ImportError:  # pragma: no cover - a Python without the C accelerator
+    def _fast_text(obj: object) -> str:
+        return _FAST_ENCODER.encode(obj)
+
 
 def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
     """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
@@ -601,7 +619,7 @@ def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> s
             return text
     if _fast_ok(obj, max_depth):
         try:
-            return _FAST_ENCODER.encode(obj)
+            return _fast_text(obj)
         except (ValueError, OverflowError):
             pass  # nan/inf or an int too long for str(): the full walk tags them
     value = encode_value(obj, root=root, max_depth=max_depth)
@@ -1089,7 +1107,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1921,6 +1939,14 @@ def _nested_for_plpy(v: Any, elem: Callable[[Any], Any]) -> Any:
     return elem(v)
 
 
+def plpy_param_converter(typname: str) -> Callable[[object], object]:
+    """``to_plpy_param`` for one parameter type, chosen once per plan: most types need only
+    ``to_pg_text``; arrays, ``boolean`` and ``bytea`` need the full conversion."""
+    if typname.endswith("[]") or typname in ("boolean", "bytea"):
+        return lambda value: to_plpy_param(value, typname)
+    return to_pg_text
+
+
 def to_plpy_param(value: object, typname: str) -> object:
     """What to pass to ``plpy.execute(plan, [...])`` for a parameter PostgreSQL typed ``typname``.
 
@@ -1957,7 +1983,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2426,7 +2452,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2817,7 +2843,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4050,7 +4076,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4786,7 +4812,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4900,7 +4926,7 @@ class Call:
     """One call as the host hands it to an executor."""
 
     __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
-                 "decoded")
+                 "decoded", "stored")
 
     def __init__(
         self,
@@ -4920,6 +4946,9 @@ class Call:
         self.limits = limits
         #: the arguments already decoded by the host (in-process), so they are decoded once
         self.decoded = decoded
+        #: (name, marshalled code) that ``wormhole_install`` checked under this whitelist and
+        #: Python, when the host has it: then this process need not import the policy
+        self.stored: tuple[str, bytes] | None = None
 
 
 class BadArguments(DatabaseError):
@@ -4951,7 +4980,10 @@ def checked_code(call: Call) -> Checked:
 
     The source is re-hashed and re-checked against the *current* whitelist before its first
     run in this process, so a stored row that was edited behind wormhole's back, or a module
-    the DBA has since forbidden, is refused at run time too.
+    the DBA has since forbidden, is refused at run time too. The re-check is skipped only when
+    the host passes the code ``wormhole_install`` checked under an equal whitelist and the same
+    Python (``call.stored``): the same check would give the same code. (Imports are checked
+    again at run time anyway: the namespace's ``__import__`` only hands out whitelisted names.)
     """
     key = (call.source_hash, call.modules_key)
     hit = _COMPILED.get(key)
@@ -4963,9 +4995,15 @@ def checked_code(call: Call) -> Checked:
             f"stored source for {call.source_hash[:12]}... hashes to {actual[:12]}...; "
             "refusing to run it (was wormhole_functions edited by hand?)"
         )
-    from . import policy  # the parser: only when this process has not compiled the hash yet
+    if call.stored is not None:
+        import marshal
 
-    checked = policy.check(call.source, call.modules)
+        name, raw = call.stored
+        checked = Checked(name, marshal.loads(raw), (), call.source_hash)
+    else:
+        from . import policy  # the parser: only when no checked code came with the call
+
+        checked = policy.check(call.source, call.modules)
     if len(_COMPILED) >= _MAX_COMPILED:
         _COMPILED.clear()
     _COMPILED[key] = checked
@@ -5158,7 +5196,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5199,14 +5237,18 @@ _INFER_NAME = "_wormhole_infer"
 
 
 class _Plan:
-    __slots__ = ("plan", "typnames", "nparams", "converters", "has_rows")
+    __slots__ = ("plan", "typnames", "nparams", "params", "converters", "has_rows", "convert")
 
     def __init__(self, plan: Any, typnames: list[str], nparams: int) -> None:
         self.plan = plan
         self.typnames = typnames
         self.nparams = nparams
+        #: per parameter: value -> what plpy.execute takes (chosen once per plan)
+        self.params = [pgtypes.plpy_param_converter(t) for t in typnames]
         self.converters: Any = None
         self.has_rows: bool | None = None
+        #: some result column needs converting (known after the first execution)
+        self.convert = False
 
 
 class SpiPort:
@@ -5221,10 +5263,10 @@ class SpiPort:
 
     # -- QueryPort ---------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[object]) -> Rows:
-        if type(sql) is not str:
-            raise DatabaseError("query() needs the SQL text as a str", sqlstate="WH005")
-        entry = self.plans.get(sql)
+        entry = self.plans.get(sql) if type(sql) is str else None
         if entry is None:
+            if type(sql) is not str:
+                raise DatabaseError("query() needs the SQL text as a str", sqlstate="WH005")
             entry = self._prepare(sql)
         if len(params) != entry.nparams:
             raise DatabaseError(
@@ -5232,21 +5274,24 @@ class SpiPort:
                 f"argument(s) were given",
                 sqlstate="08P01",
             )
+        plpy = self.plpy
         try:
-            args = [pgtypes.to_plpy_param(v, t) for v, t in zip(params, entry.typnames)]
-        except (TypeError, ValueError) as exc:
-            raise DatabaseError(f"cannot send parameter: {exc}", sqlstate="22023") from None
-        result = self._run(entry.plan, args)
+            if params:
+                try:
+                    args = [f(v) for f, v in zip(entry.params, params)]
+                except (TypeError, ValueError) as exc:
+                    raise DatabaseError(f"cannot send parameter: {exc}",
+                                        sqlstate="22023") from None
+                result = plpy.execute(entry.plan, args)
+            else:
+                result = plpy.execute(entry.plan)
+        except plpy.SPIError as exc:
+            raise self._translate(exc) from None
+        if entry.has_rows and not entry.convert:  # the warm path of most statements
+            return Rows(result, result.nrows())
         return self._rows(entry, result)
 
     # -- internals ---------------------------------------------------------------------------
-    def _run(self, plan: Any, args: list[object]) -> Any:
-        plpy = self.plpy
-        try:
-            return plpy.execute(plan, args) if args else plpy.execute(plan)
-        except plpy.SPIError as exc:
-            raise self._translate(exc) from None
-
     def _translate(self, exc: Any) -> BaseException:
         sqlstate = getattr(exc, "sqlstate", None)
         detail = getattr(exc, "detail", None)
@@ -5325,6 +5370,7 @@ class SpiPort:
             else:
                 entry.has_rows = True
                 entry.converters = (list(names), pgtypes.converters_for(list(types)))
+                entry.convert = any(c is not None for c in entry.converters[1])
         if not entry.has_rows:
             return Rows((), nrows)
         names, converters = entry.converters
@@ -5359,7 +5405,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5385,13 +5431,16 @@ belongs to a call; a call may exchange any number of messages before its ``done`
 streaming will use.
 
 backend -> worker
-    ``boot``  body: JSON ``{module: source}`` (read by the bootstrap, before this module exists)
+    ``boot``  body: ``marshal.dumps({module: source text | marshalled code})`` (read by the
+    bootstrap, before this module exists; see ``sandbox.boot_frame``)
     ``hello`` body: JSON ``{"modules": {name: [attr, ...] | null}, "modules_key": str,
     "limits": {...}}``
     ``call``  header: ``hash``, ``id``, and ``src`` (the byte length of the source at the start
-    of the body) when the worker has not received this source yet, ``reset`` when it should
-    forget the sources it kept, ``spin`` (seconds it may poll for answers without sleeping);
-    body: the source (if ``src``) followed by the arguments' JSON text, both UTF-8
+    of the body) when the worker has not received this source yet, with ``name`` and ``code``
+    (the byte length of the marshalled code ``wormhole_install`` checked, after the source)
+    when the backend has it, ``reset`` when the worker should forget the sources it kept,
+    ``spin`` (seconds it may poll for answers without sleeping); body: the source (if
+    ``src``), the code (if ``code``), then the arguments' JSON text (UTF-8)
     ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``
     ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
     "type"}``
@@ -5490,6 +5539,8 @@ class Channel:
         self._need: tuple[int, int] | None = None  # (header length, body length) once known
         self._eof = False
         self._wnonblock = False
+        #: whether ``rfd`` blocks (read once; a read that would block says otherwise)
+        self._rblocking = os.get_blocking(self.rfd)
         #: seconds ``recv`` polls without sleeping before it blocks (0: never spins)
         self.spin = 0.0
         self._poll = select.poll()
@@ -5589,7 +5640,7 @@ class Channel:
                     )
                 raise ChannelClosed("the peer closed the channel")
             if deadline is None:
-                if os.get_blocking(self.rfd):
+                if self._rblocking:
                     self._fill()  # a blocking read: one syscall instead of poll + read
                     continue
                 wait_ms = -1
@@ -5606,7 +5657,11 @@ class Channel:
             self._fill()
 
     def _spin(self) -> tuple[dict[str, Any], bytes] | None:
-        """Poll (without sleeping) for up to ``spin`` seconds; the frame, or None."""
+        """Poll (without sleeping) for up to ``spin`` seconds; the frame, or None.
+
+        A spin that runs out switches spinning off (``spin = 0``) until the owner sets it
+        again: the peer is slow or not running, and a second spin would likely be wasted too.
+        """
         poll = self._poll.poll
         end = time.perf_counter() + self.spin
         while True:
@@ -5616,6 +5671,7 @@ class Channel:
                 if frame is not None or self._eof:
                     return frame
             if time.perf_counter() >= end:
+                self.spin = 0.0
                 return None
 
     def _wanted(self) -> int:
@@ -5631,6 +5687,7 @@ class Channel:
         try:
             chunk = os.read(self.rfd, want)
         except BlockingIOError:
+            self._rblocking = False  # someone made it non-blocking: poll first
             return
         except OSError as exc:
             if exc.errno in (errno.ECONNRESET, errno.EPIPE):
@@ -5701,11 +5758,11 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
-``boot`` frame holding the sources of ``runtime.WORKER_MODULES``, builds the package
+``boot`` frame holding ``runtime.WORKER_MODULES`` (marshalled code or sources), builds the package
 ``wormhole_rt`` from them in ``sys.modules`` (so the runtime's relative imports work) and calls
 :func:`main`.
 
@@ -5715,7 +5772,10 @@ The bootstrap itself is ``sandbox.BOOTSTRAP`` (it lives with the backend, which 
 that the code it runs cannot raise again, and then serves calls one after the other: for each
 ``call`` it runs ``engine.run_call`` with a :class:`ChannelPort` (``query()`` becomes a
 ``query`` message answered by the backend with ``rows`` or ``qerr``) and answers ``done`` with
-the payload text. The engine's compile cache lives on across calls.
+the payload text. The engine's compile cache lives on across calls, and so do the sources the
+backend sent (by hash): a call for a function the worker has seen carries only its arguments.
+While a call runs, the worker polls for answers without sleeping for as long as the backend
+asked in that call (``spin``, at most ``MAX_SPIN``); between calls it always sleeps.
 """
 
 from __future__ import annotations
@@ -5837,6 +5897,7 @@ def apply_limits(limits: engine.Limits) -> None:
     if limits.cpu_seconds > 0:
         total = limits.cpu_seconds * CPU_BUDGETS
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, total))
+    _CPU_HARD.clear()  # read again: hard limits only ever go down
 
 
 # -- seccomp -----------------------------------------------------------------------------------
@@ -5961,11 +6022,20 @@ def cpu_used() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+_CPU_HARD: list[int] = []  # the hard RLIMIT_CPU, read once after ``apply_limits``
+
+
+def _cpu_hard() -> int:
+    if not _CPU_HARD:
+        _CPU_HARD.append(resource.getrlimit(resource.RLIMIT_CPU)[1])
+    return _CPU_HARD[0]
+
+
 def arm_cpu(limits: engine.Limits) -> bool:
     """Give the next call ``cpu_seconds`` of CPU (soft limit); False once the budget is spent."""
     if limits.cpu_seconds <= 0:
         return True
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    hard = _cpu_hard()
     soft = math.ceil(cpu_used()) + limits.cpu_seconds
     if hard != resource.RLIM_INFINITY and soft > hard:
         return False
@@ -6017,6 +6087,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 if header.get("reset") is True:
                     sources.clear()
                 size = header.get("src")
+                stored: tuple[str, bytes] | None = None
                 if size is None:
                     source = sources.get(function_hash)
                     if source is None:  # the backend always sends a source we do not have
@@ -6026,6 +6097,14 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                     if type(size) is not int or not 0 <= size <= len(body):
                         raise SystemExit(EXIT_PROTOCOL)
                     source = body[:size].decode("utf-8", "surrogatepass")
+                    code_size = header.get("code")
+                    if code_size is not None:  # checked code for this call's first run
+                        name = header.get("name")
+                        if (type(code_size) is not int or type(name) is not str
+                                or not 0 <= code_size <= len(body) - size):
+                            raise SystemExit(EXIT_PROTOCOL)
+                        stored = (name, body[size:size + code_size])
+                        size += code_size
                     args_json = body[size:].decode("utf-8", "surrogatepass")
                     sources[function_hash] = source
                 call = engine.Call(
@@ -6036,6 +6115,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                     modules_key=modules_key,
                     limits=limits,
                 )
+                call.stored = stored
                 spin = header.get("spin")
                 recycle = not arm_cpu(limits)
                 # poll without sleeping while the backend runs our queries, this call only
@@ -6051,7 +6131,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                         "the result contains text that is not valid Unicode (a lone surrogate)"
                     )).encode("utf-8")
                 reply: dict[str, Any] = {"op": DONE, "id": call_id}
-                if recycle or not arm_cpu(limits):
+                if recycle or not arm_cpu(limits):  # re-armed: the idle worker has its budget
                     reply["recycle"] = True
                 chan.send(reply, data)
             else:
@@ -6060,7 +6140,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6078,6 +6158,18 @@ The backend waits for the worker in a loop that wakes every 20 ms to run the hos
 backend's ``QueryPort`` (SPI, as the calling role). Everything the worker sends is untrusted:
 sizes are bounded, types checked strictly, and the result payload is passed on as text, never
 decoded into objects here.
+
+Warm calls are dominated by wake-ups, not Python: a call is a ping-pong of small messages
+(call, query, rows, ..., done), and each hop that sleeps costs a context switch and, across
+CPUs, an inter-processor wake-up (tens of microseconds on a VM). So each call sends only what
+the worker lacks (the source once per worker, then the arguments alone; ``hello`` only when
+the whitelist or limits changed), and, **only when a CPU is idle at the start of the call**
+(``_spare_cpu``: fewer runnable tasks than usable CPUs), both sides poll their pipe without
+sleeping for up to ``SPIN_SECONDS`` per wait before they block. A spin that runs out switches
+spinning off for the rest of that call, so a busy or slow peer costs at most one spin per side
+per call; on a busy server nobody spins. Interrupts are checked exactly as before (a spin is
+far shorter than the 20 ms tick). Pinning the pair to one CPU was measured and not adopted: on
+a shared server it keeps both on a CPU that another process may be holding.
 """
 
 from __future__ import annotations
@@ -6088,7 +6180,6 @@ import marshal
 import os
 import select
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -6112,6 +6203,7 @@ from .errors import DatabaseError, LimitExceeded
 
 __all__ = [
     "BOOTSTRAP",
+    "BOOT_LOADER",
     "DEFAULT_BWRAP",
     "DEFAULT_PYTHON",
     "WorkerCrashed",
@@ -6120,7 +6212,6 @@ __all__ = [
     "boot_frame",
     "bwrap_argv",
     "executor_for",
-    "BOOT_LOADER",
 ]
 
 DEFAULT_BWRAP = "/usr/bin/bwrap"
@@ -6134,17 +6225,21 @@ STDERR_TAIL = 4096
 #: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
 #: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
 SPIN_SECONDS = 0.0003
-#: sources the backend remembers having sent to its worker (the worker keeps the same set).
+#: sources the backend remembers having sent to its worker (the worker keeps the same set),
+#: by count and by total characters; past either, both sides forget them all and start over.
 MAX_KNOWN_SOURCES = 256
+MAX_KNOWN_CHARS = 8 << 20
 
 #: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one
 #: ``boot`` frame from fd 0 whose body is ``marshal.dumps({module: source text | marshalled
 #: code})`` for ``runtime.WORKER_MODULES`` (dependencies first; see :func:`boot_frame`) and
-#: builds the package ``wormhole_rt`` in ``sys.modules`` so the runtime's relative imports
-#: resolve to those modules (and to nothing else: the package has no path); ``BOOTSTRAP`` then
-#: serves calls on fds 0 and 1 (``worker.main``). It imports nothing but builtin modules
-#: (``marshal``, ``os``, ``sys``): the frame comes from the backend, which is trusted, and
-#: parsing it needs no ``json`` (whose import, with ``re``, is most of a bare start-up).
+#: builds the package ``wormhole_rt`` (no path; a meta-path loader over those modules only) so
+#: the runtime's relative imports resolve to them, each executed when first imported; it
+#: imports ``wormhole_rt.worker`` (and so everything but the parser, ``policy``, which is loaded
+#: only when a call comes without checked code). ``BOOTSTRAP`` then serves calls on fds 0 and 1
+#: (``worker.main``). The loader itself imports nothing but builtin modules (``marshal``,
+#: ``os``, ``sys``): the frame comes from the backend, which is trusted, and parsing it needs no
+#: ``json``.
 BOOT_LOADER = """\
 import os, sys, marshal
 def _read(n):
@@ -6161,22 +6256,35 @@ if _read(int.from_bytes(_p[:4], 'big')) != b'{"op":"boot"}':
 _sources = marshal.loads(_read(int.from_bytes(_p[4:], 'big')))
 if type(_sources) is not dict:
     raise SystemExit(4)
+class _Loader:
+    # the runtime's modules, each made (unmarshalled, else compiled) when first imported:
+    # the parser (policy) is loaded only if a call comes without checked code
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        head, _, name = fullname.rpartition('.')
+        if head == 'wormhole_rt' and name in _sources:
+            return sys.modules['_frozen_importlib'].ModuleSpec(fullname, _Loader)
+        return None
+    @staticmethod
+    def create_module(spec):
+        return None
+    @staticmethod
+    def exec_module(module):
+        name = module.__name__.rpartition('.')[2]
+        module.__file__ = '<wormhole_rt/' + name + '.py>'
+        src = _sources[name]
+        if type(src) is bytes:  # code the backend compiled already (same /usr/bin/python3)
+            code = marshal.loads(src)
+        else:
+            code = compile(src, module.__file__, 'exec')
+        exec(code, module.__dict__)
 _pkg = type(sys)('wormhole_rt')
 _pkg.__path__ = []
 _pkg.__package__ = 'wormhole_rt'
 sys.modules['wormhole_rt'] = _pkg
-for _name, _src in _sources.items():
-    _mod = type(sys)('wormhole_rt.' + _name)
-    _mod.__package__ = 'wormhole_rt'
-    _mod.__file__ = '<wormhole_rt/' + _name + '.py>'
-    sys.modules[_mod.__name__] = _mod
-    setattr(_pkg, _name, _mod)
-    if type(_src) is bytes:  # code the backend compiled already (same /usr/bin/python3)
-        _code = marshal.loads(_src)
-    else:
-        _code = compile(_src, _mod.__file__, 'exec')
-    exec(_code, _mod.__dict__)
-del _read, _p, _sources, _pkg, _name, _src, _mod, _code
+sys.meta_path.append(_Loader)
+__import__('wormhole_rt.worker')
+del _read, _p, _pkg
 """
 BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
 
@@ -6280,6 +6388,7 @@ class _Worker:
         self.hello_key: tuple[str, Limits] | None = None
         #: hash -> source text this worker has received (calls then carry only arguments)
         self.known: dict[str, str] = {}
+        self.known_chars = 0
         self.next_id = 1
         self.alive = True
         self.boot = boot
@@ -6410,6 +6519,7 @@ class WorkerExecutor:
         *,
         bwrap: str = DEFAULT_BWRAP,
         python: str = DEFAULT_PYTHON,
+        stored_code: bool = False,
     ) -> None:
         missing = [name for name in WORKER_MODULES if name not in sources]
         if missing:
@@ -6421,6 +6531,9 @@ class WorkerExecutor:
         self._pid = os.getpid()
         #: the spin budget per wait (seconds); see ``SPIN_SECONDS`` and ``_spare_cpu``
         self.spin = SPIN_SECONDS
+        #: whether the worker's Python loads this process's marshalled code (``call.stored``
+        #: is then sent with a source, and the worker need not check it again)
+        self.stored_code = stored_code
         #: statistics (also read by tests and benchmarks)
         self.starts = 0
         self.last_start_seconds = 0.0
@@ -6548,13 +6661,23 @@ class WorkerExecutor:
         if worker.known.get(call.source_hash) != call.source:
             # the worker has not seen this source (or a different text under this hash, which
             # its engine will refuse): send it; later calls send only the arguments
-            if len(worker.known) >= MAX_KNOWN_SOURCES:
+            if (len(worker.known) >= MAX_KNOWN_SOURCES
+                    or worker.known_chars + len(call.source) > MAX_KNOWN_CHARS):
                 worker.known.clear()
+                worker.known_chars = 0
                 header["reset"] = True  # the worker forgets its sources too
             worker.known[call.source_hash] = call.source
+            worker.known_chars += len(call.source)
             source = call.source.encode("utf-8", "surrogatepass")
             header["src"] = len(source)
-            body = source + args
+            stored = call.stored if self.stored_code else None
+            if stored is not None:
+                # the code wormhole_install checked under this whitelist: the worker's first
+                # run need not load the parser (its engine re-hashes the source all the same)
+                header["name"], header["code"] = stored[0], len(stored[1])
+                body = source + stored[1] + args
+            else:
+                body = source + args
         else:
             body = args
         spin = self.spin if self.spin > 0 and _spare_cpu() else 0.0
@@ -6802,7 +6925,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -6866,7 +6989,8 @@ class Backend:
     """Per-backend state, kept in ``GD`` for the life of the session."""
 
     def __init__(self, sources: Mapping[str, str]) -> None:
-        self.sources = dict(sources)
+        #: the runtime's sources (the boot's mapping fetches them only when first needed)
+        self.sources = sources
         self.plans: dict[str, Any] = {}
         self.cfgver: int | None = None
         #: ``str(cfgver)``: the compile-cache key of the whitelist
@@ -6876,7 +7000,7 @@ class Backend:
         self.modules: dict[str, frozenset[str] | None] = {}
         self.limits = engine.Limits()
         self.settings: dict[str, str] = {}
-        self.source_cache: dict[str, str] = {}
+        self.source_cache: dict[str, _Stored] = {}
         self.approved: frozenset[str] = frozenset()
         self.trusted: frozenset[str] = frozenset()
         self.role_names: dict[int, str] = {}
@@ -7092,18 +7216,51 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
     return name
 
 
-def _source(plpy: Any, state: Backend, function_hash: str) -> str | None:
-    src = state.source_cache.get(function_hash)
-    if src is None:
-        rows = plpy.execute(
-            plpy.prepare("SELECT public._wormhole_source($1) AS s", ["text"]), [function_hash]
-        )
-        src = rows[0]["s"] if rows else None
-        if src is not None:
-            if len(state.source_cache) > 1024:
-                state.source_cache.clear()
-            state.source_cache[function_hash] = src
-    return src
+class _Stored:
+    """An installed function as the backend caches it: its source and, when usable here, the
+    checked code ``wormhole_install`` stored (marshal; same Python, same whitelist)."""
+
+    __slots__ = ("source", "name", "code")
+
+    def __init__(self, source: str, name: str, code: bytes | None) -> None:
+        self.source = source
+        self.name = name
+        self.code = code
+
+
+def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
+    stored = state.source_cache.get(function_hash)
+    if stored is None:
+        plan = state.plans.get("\0function")
+        if plan is None:
+            plan = plpy.prepare("SELECT * FROM public._wormhole_function($1)", ["text"])
+            state.plans["\0function"] = plan
+        rows = plpy.execute(plan, [function_hash])
+        row = rows[0] if rows else None
+        if row is None or row["source"] is None:
+            return None
+        code = row["code"]
+        usable = (code is not None and row["code_magic"] is not None
+                  and bytes(row["code_magic"]) == _magic()
+                  and row["code_key"] == whitelist_key(state.modules))
+        stored = _Stored(row["source"], row["name"], bytes(code) if usable else None)
+        if len(state.source_cache) > 1024:
+            state.source_cache.clear()
+        state.source_cache[function_hash] = stored
+    return stored
+
+
+def _magic() -> bytes:
+    import sys
+
+    magic: bytes = sys.modules["_frozen_importlib_external"].MAGIC_NUMBER
+    return magic
+
+
+def whitelist_key(modules: Mapping[str, frozenset[str] | None]) -> str:
+    """A fingerprint of the whitelist: code checked under an equal one passes again."""
+    canonical = repr(sorted((k, None if v is None else sorted(v)) for k, v in modules.items()))
+    return engine.source_hash(canonical)
 
 
 def _check_hash(plpy: Any, function_hash: object) -> str:
@@ -7165,16 +7322,20 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
         _audit_log(plpy, event)
         raise _error(plpy, f"wormhole: function rejected (validator error: {exc!r})",
                      WH_REJECTED) from None
+    import marshal
+
     plan = plpy.prepare(
         "WITH ins AS ("
-        " INSERT INTO public.wormhole_functions (hash, name, source, installed_by)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
+        " INSERT INTO public.wormhole_functions"
+        "  (hash, name, source, installed_by, code, code_magic, code_key)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
         " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"
         " SELECT $4, 'install', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"
         "   THEN 'accepted' ELSE 'accepted (already installed)' END",
-        ["text", "text", "text", "name"],
+        ["text", "text", "text", "name", "bytea", "bytea", "text"],
     )
-    plpy.execute(plan, [checked.source_hash, checked.name, source, who])
+    plpy.execute(plan, [checked.source_hash, checked.name, source, who,
+                        marshal.dumps(checked.code), _magic(), whitelist_key(state.modules)])
     event.update(verdict="accepted", name=checked.name)
     _audit_log(plpy, event)
     return checked.source_hash
@@ -7212,8 +7373,8 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
                      "JSON codec, e.g. '[[1, \"a\"], {}]'") from None
-    source = _source(plpy, state, function_hash)
-    if source is None:
+    stored = _source(plpy, state, function_hash)
+    if stored is None:
         if missing == "report":  # the client library: it reinstalls and calls again
             return '{"missing":true}'
         raise _error(plpy, f"wormhole_execute: no function with hash {function_hash} is "
@@ -7221,7 +7382,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
                      hint="install it first with wormhole_install(source)")
     call = engine.Call(
         source_hash=function_hash,
-        source=source,
+        source=stored.source,
         args_json=args_json,
         modules=state.modules,
         modules_key=state.cfgkey,
@@ -7230,6 +7391,8 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
     if approved or trusted:
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
+        if stored.code is not None:
+            call.stored = (stored.name, stored.code)
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)
@@ -7401,10 +7564,21 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
         )
     check = _interrupt_check(plpy, state)
     if state.worker is None:
-        state.worker = sandbox.WorkerExecutor(_worker_modules(state))
+        import sys
+
+        state.worker = sandbox.WorkerExecutor(
+            _worker_modules(state),
+            stored_code=sys.version_info[:2] == _worker_python_version(),
+        )
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:
+        if call.stored is None:
+            # the code wormhole_install checked, when usable here (same Python, same
+            # whitelist): the worker then runs it without loading the parser
+            entry = state.source_cache.get(call.source_hash)
+            if entry is not None and entry.source is call.source and entry.code is not None:
+                call.stored = (entry.name, entry.code)
         state.worker_busy = True
         try:
             return worker.run(call, port, check)
@@ -7431,9 +7605,11 @@ def cache_code(plpy: Any, GD: dict[str, Any], package: Any) -> int:
         "UPDATE public._wormhole_code SET code = $3, magic = $4 WHERE tag = $1 AND module = $2",
         ["text", "text", "bytea", "bytea"],
     )
-    for name, code in package.CODES.items():
+    names = ("__init__", *package.MODULES)
+    for name in names:
+        code = package.CODES[name]  # compiled now if this backend never imported it
         plpy.execute(plan, [package.CODE_TAG, name, marshal.dumps(code), MAGIC_NUMBER])
-    return len(package.CODES)
+    return len(names)
 
 
 def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:
@@ -7595,9 +7771,12 @@ CREATE TRIGGER wormhole_functions_changed AFTER UPDATE OR DELETE ON public.wormh
   FOR EACH STATEMENT EXECUTE FUNCTION public._wormhole_functions_changed();
 
 -- Private helpers (SECURITY DEFINER, pinned search_path, everything schema-qualified) ---------
-CREATE OR REPLACE FUNCTION public._wormhole_source(function_hash text) RETURNS text
+DROP FUNCTION IF EXISTS public._wormhole_source(text);
+CREATE OR REPLACE FUNCTION public._wormhole_function(function_hash text,
+  OUT source text, OUT name text, OUT code bytea, OUT code_magic bytea, OUT code_key text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT f.source FROM public.wormhole_functions f WHERE f.hash = function_hash
+  SELECT f.source, f.name, f.code, f.code_magic, f.code_key
+  FROM public.wormhole_functions f WHERE f.hash = function_hash
 $fn$;
 CREATE OR REPLACE FUNCTION public._wormhole_config() RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -7617,41 +7796,85 @@ $fn$;
 -- The runtime, embedded: loaded into GD once per backend -------------------------------------
 CREATE OR REPLACE FUNCTION public._wormhole_boot() RETURNS void
 LANGUAGE plpython3u AS $wormhole_body$
-import sys, types, marshal
+import sys, marshal
 _key = 'wormhole.runtime/0.1.0'
 if _key not in GD:
-    from importlib.util import MAGIC_NUMBER
-    _plan = plpy.prepare('SELECT module, source, code, magic FROM public._wormhole_code '
-                         'WHERE tag = $1', ['text'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989'])}
+    _bootstrap = sys.modules['_frozen_importlib']
+    _magic = sys.modules['_frozen_importlib_external'].MAGIC_NUMBER
+    _plan = plpy.prepare(
+        'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
+        'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
+        'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
-    _sources = {name: r['source'] for name, r in _rows.items()}
-    _codes = {}
-    def _code(name):
-        r = _rows[name]
-        if r['code'] is not None and bytes(r['magic']) == MAGIC_NUMBER:
-            c = marshal.loads(r['code'])
-        else:
-            c = compile(r['source'], '<wormhole runtime ' + name + '>', 'exec')
-        _codes[name] = c
-        return c
     _pkgname = 'wormhole_rt_0_1_0'
-    _pkg = types.ModuleType(_pkgname)
+
+    class _Sources(dict):
+        # the modules' source text, fetched on first use (compiling, or a worker without
+        # marshalled code); a new backend usually never needs it
+        fetched = False
+
+        def __missing__(self, name):
+            if not self.fetched:
+                self.fetched = True
+                plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
+                                    'WHERE tag = $1', ['text'])
+                for r in plpy.execute(plan, ['9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671']):
+                    self.setdefault(r['module'], r['source'])
+            return dict.__getitem__(self, name)
+
+    _sources = _Sources((n, r['source']) for n, r in _rows.items() if r['source'] is not None)
+
+    class _Codes(dict):
+        # module -> code object, made on first use (unmarshalled, else compiled)
+        def __missing__(self, name):
+            if name not in _rows:
+                raise KeyError(name)
+            raw = _rows[name]['code']
+            if raw is not None:
+                code = marshal.loads(raw)
+            else:
+                code = compile(_sources[name], '<wormhole runtime ' + name + '>', 'exec')
+            self[name] = code
+            return code
+
+        def get(self, name, default=None):
+            try:
+                return self[name]
+            except KeyError:
+                return default
+
+    _codes = _Codes()
+
+    class _Loader:
+        @staticmethod
+        def find_spec(fullname, path=None, target=None):
+            head, _, name = fullname.rpartition('.')
+            if head == _pkgname and name in _rows:
+                return _bootstrap.ModuleSpec(fullname, _Loader)
+            return None
+
+        @staticmethod
+        def create_module(spec):
+            return None
+
+        @staticmethod
+        def exec_module(module):
+            exec(_codes[module.__name__.rpartition('.')[2]], module.__dict__)
+
+    _pkg = type(sys)(_pkgname)
     _pkg.__path__ = []
     _pkg.__package__ = _pkgname
     sys.modules[_pkgname] = _pkg
-    exec(_code('__init__'), _pkg.__dict__)
-    for _name in _pkg.MODULES:
-        _mod = types.ModuleType(_pkgname + '.' + _name)
-        _mod.__package__ = _pkgname
-        sys.modules[_mod.__name__] = _mod
-        exec(_code(_name), _mod.__dict__)
-        setattr(_pkg, _name, _mod)
+    exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '354335674bbc2e337029c03dc3230e498c771515ae815672414b994fa9a91989'
+    _pkg.CODE_TAG = '9253150ddbbc31e0df1a0c99d1bdfddcfae885bc233531cfbc89678c1a443671'
+    if not any(f is _Loader for f in sys.meta_path):
+        sys.meta_path.append(_Loader)
+    __import__(_pkgname + '.host')
     GD[_key] = _pkg
 $wormhole_body$;
 
@@ -7733,8 +7956,8 @@ END
 $fn$;
 
 -- Ownership and privileges: PUBLIC gets nothing ------------------------------------------------
-ALTER FUNCTION public._wormhole_source(text) OWNER TO wormhole_owner;
-REVOKE ALL ON FUNCTION public._wormhole_source(text) FROM PUBLIC;
+ALTER FUNCTION public._wormhole_function(text) OWNER TO wormhole_owner;
+REVOKE ALL ON FUNCTION public._wormhole_function(text) FROM PUBLIC;
 ALTER FUNCTION public._wormhole_config() OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public._wormhole_config() FROM PUBLIC;
 ALTER FUNCTION public._wormhole_boot() OWNER TO wormhole_owner;
@@ -7755,7 +7978,7 @@ ALTER FUNCTION public.wormhole_approve(text, text) OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public.wormhole_approve(text, text) FROM PUBLIC;
 ALTER FUNCTION public.wormhole_revoke(text) OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public.wormhole_revoke(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public._wormhole_source(text) TO wormhole_user;
+GRANT EXECUTE ON FUNCTION public._wormhole_function(text) TO wormhole_user;
 GRANT EXECUTE ON FUNCTION public._wormhole_config() TO wormhole_user;
 GRANT EXECUTE ON FUNCTION public._wormhole_boot() TO wormhole_user;
 GRANT EXECUTE ON FUNCTION public.wormhole_version() TO wormhole_user;

@@ -230,3 +230,67 @@ def test_a_read_end_made_non_blocking_later_still_waits_properly() -> None:
     finally:
         os.close(rfd)
         os.close(wfd)
+
+
+# -- checked code from the backend: the worker need not load the parser ------------------------
+
+POLICY_SPY = sandbox.BOOT_LOADER + """
+_E = sys.modules['wormhole_rt.engine']
+_run = _E.run_call
+def _spy_run(call, port, *rest):
+    try:
+        return _run(call, port, *rest)
+    finally:
+        os.write(2, ('stored=%s,policy=%s;' % (
+            call.stored is not None, 'wormhole_rt.policy' in sys.modules)).encode())
+_E.run_call = _spy_run
+sys.modules['wormhole_rt.worker'].main(0, 1)
+"""
+
+FORBIDDEN = """\
+def f():
+    return open("/etc/passwd").read()
+"""
+
+
+def _stored(source: str) -> tuple[str, bytes]:
+    import marshal
+
+    from wormhole.runtime import policy
+
+    checked = policy.check(source, {})
+    return checked.name, marshal.dumps(checked.code)
+
+
+@pytest.mark.parametrize("stored_code", [True, False])
+def test_checked_code_from_the_backend_spares_the_parser(
+    sources: dict[str, str], monkeypatch: pytest.MonkeyPatch, stored_code: bool
+) -> None:
+    monkeypatch.setattr(sandbox, "BOOTSTRAP", POLICY_SPY)
+    ex = sandbox.WorkerExecutor(sources, bwrap=BWRAP, stored_code=stored_code)
+    try:
+        call = make_call(ADD, 2, 3)
+        call.stored = _stored(ADD)
+        assert _ok(ex.run(call, MemoryPort(), never)) == 5
+        again = make_call(ADD, 4, 4)
+        again.stored = call.stored
+        assert _ok(ex.run(again, MemoryPort(), never)) == 8  # compiled once: the cache
+        if stored_code:
+            assert _said(ex) == ["stored=True,policy=False", "stored=False,policy=False"]
+        else:  # a worker whose Python may differ gets sources only, and checks them itself
+            assert _said(ex) == ["stored=False,policy=True", "stored=False,policy=True"]
+    finally:
+        ex.close()
+
+
+def test_without_checked_code_the_worker_checks_the_source(
+    sources: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "BOOTSTRAP", POLICY_SPY)
+    ex = sandbox.WorkerExecutor(sources, bwrap=BWRAP, stored_code=True)
+    try:
+        err = json.loads(ex.run(make_call(FORBIDDEN), MemoryPort(), never))["err"]
+        assert err["type"] == "RejectedFunction" and "'open' is not allowed" in err["message"]
+        assert _said(ex) == ["stored=False,policy=True"]
+    finally:
+        ex.close()

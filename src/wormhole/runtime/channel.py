@@ -29,9 +29,11 @@ backend -> worker
     ``hello`` body: JSON ``{"modules": {name: [attr, ...] | null}, "modules_key": str,
     "limits": {...}}``
     ``call``  header: ``hash``, ``id``, and ``src`` (the byte length of the source at the start
-    of the body) when the worker has not received this source yet, ``reset`` when it should
-    forget the sources it kept, ``spin`` (seconds it may poll for answers without sleeping);
-    body: the source (if ``src``) followed by the arguments' JSON text, both UTF-8
+    of the body) when the worker has not received this source yet, with ``name`` and ``code``
+    (the byte length of the marshalled code ``wormhole_install`` checked, after the source)
+    when the backend has it, ``reset`` when the worker should forget the sources it kept,
+    ``spin`` (seconds it may poll for answers without sleeping); body: the source (if
+    ``src``), the code (if ``code``), then the arguments' JSON text (UTF-8)
     ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``
     ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
     "type"}``

@@ -637,10 +637,21 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
         )
     check = _interrupt_check(plpy, state)
     if state.worker is None:
-        state.worker = sandbox.WorkerExecutor(_worker_modules(state))
+        import sys
+
+        state.worker = sandbox.WorkerExecutor(
+            _worker_modules(state),
+            stored_code=sys.version_info[:2] == _worker_python_version(),
+        )
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:
+        if call.stored is None:
+            # the code wormhole_install checked, when usable here (same Python, same
+            # whitelist): the worker then runs it without loading the parser
+            entry = state.source_cache.get(call.source_hash)
+            if entry is not None and entry.source is call.source and entry.code is not None:
+                call.stored = (entry.name, entry.code)
         state.worker_busy = True
         try:
             return worker.run(call, port, check)

@@ -91,11 +91,13 @@ MAX_KNOWN_CHARS = 8 << 20
 #: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one
 #: ``boot`` frame from fd 0 whose body is ``marshal.dumps({module: source text | marshalled
 #: code})`` for ``runtime.WORKER_MODULES`` (dependencies first; see :func:`boot_frame`) and
-#: builds the package ``wormhole_rt`` in ``sys.modules`` so the runtime's relative imports
-#: resolve to those modules (and to nothing else: the package has no path); ``BOOTSTRAP`` then
-#: serves calls on fds 0 and 1 (``worker.main``). It imports nothing but builtin modules
-#: (``marshal``, ``os``, ``sys``): the frame comes from the backend, which is trusted, and
-#: parsing it needs no ``json`` (whose import, with ``re``, is most of a bare start-up).
+#: builds the package ``wormhole_rt`` (no path; a meta-path loader over those modules only) so
+#: the runtime's relative imports resolve to them, each executed when first imported; it
+#: imports ``wormhole_rt.worker`` (and so everything but the parser, ``policy``, which is loaded
+#: only when a call comes without checked code). ``BOOTSTRAP`` then serves calls on fds 0 and 1
+#: (``worker.main``). The loader itself imports nothing but builtin modules (``marshal``,
+#: ``os``, ``sys``): the frame comes from the backend, which is trusted, and parsing it needs no
+#: ``json``.
 BOOT_LOADER = """\
 import os, sys, marshal
 def _read(n):
@@ -112,22 +114,35 @@ if _read(int.from_bytes(_p[:4], 'big')) != b'{"op":"boot"}':
 _sources = marshal.loads(_read(int.from_bytes(_p[4:], 'big')))
 if type(_sources) is not dict:
     raise SystemExit(4)
+class _Loader:
+    # the runtime's modules, each made (unmarshalled, else compiled) when first imported:
+    # the parser (policy) is loaded only if a call comes without checked code
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        head, _, name = fullname.rpartition('.')
+        if head == 'wormhole_rt' and name in _sources:
+            return sys.modules['_frozen_importlib'].ModuleSpec(fullname, _Loader)
+        return None
+    @staticmethod
+    def create_module(spec):
+        return None
+    @staticmethod
+    def exec_module(module):
+        name = module.__name__.rpartition('.')[2]
+        module.__file__ = '<wormhole_rt/' + name + '.py>'
+        src = _sources[name]
+        if type(src) is bytes:  # code the backend compiled already (same /usr/bin/python3)
+            code = marshal.loads(src)
+        else:
+            code = compile(src, module.__file__, 'exec')
+        exec(code, module.__dict__)
 _pkg = type(sys)('wormhole_rt')
 _pkg.__path__ = []
 _pkg.__package__ = 'wormhole_rt'
 sys.modules['wormhole_rt'] = _pkg
-for _name, _src in _sources.items():
-    _mod = type(sys)('wormhole_rt.' + _name)
-    _mod.__package__ = 'wormhole_rt'
-    _mod.__file__ = '<wormhole_rt/' + _name + '.py>'
-    sys.modules[_mod.__name__] = _mod
-    setattr(_pkg, _name, _mod)
-    if type(_src) is bytes:  # code the backend compiled already (same /usr/bin/python3)
-        _code = marshal.loads(_src)
-    else:
-        _code = compile(_src, _mod.__file__, 'exec')
-    exec(_code, _mod.__dict__)
-del _read, _p, _sources, _pkg, _name, _src, _mod, _code
+sys.meta_path.append(_Loader)
+__import__('wormhole_rt.worker')
+del _read, _p, _pkg
 """
 BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
 
@@ -362,6 +377,7 @@ class WorkerExecutor:
         *,
         bwrap: str = DEFAULT_BWRAP,
         python: str = DEFAULT_PYTHON,
+        stored_code: bool = False,
     ) -> None:
         missing = [name for name in WORKER_MODULES if name not in sources]
         if missing:
@@ -373,6 +389,9 @@ class WorkerExecutor:
         self._pid = os.getpid()
         #: the spin budget per wait (seconds); see ``SPIN_SECONDS`` and ``_spare_cpu``
         self.spin = SPIN_SECONDS
+        #: whether the worker's Python loads this process's marshalled code (``call.stored``
+        #: is then sent with a source, and the worker need not check it again)
+        self.stored_code = stored_code
         #: statistics (also read by tests and benchmarks)
         self.starts = 0
         self.last_start_seconds = 0.0
@@ -509,7 +528,14 @@ class WorkerExecutor:
             worker.known_chars += len(call.source)
             source = call.source.encode("utf-8", "surrogatepass")
             header["src"] = len(source)
-            body = source + args
+            stored = call.stored if self.stored_code else None
+            if stored is not None:
+                # the code wormhole_install checked under this whitelist: the worker's first
+                # run need not load the parser (its engine re-hashes the source all the same)
+                header["name"], header["code"] = stored[0], len(stored[1])
+                body = source + stored[1] + args
+            else:
+                body = source + args
         else:
             body = args
         spin = self.spin if self.spin > 0 and _spare_cpu() else 0.0

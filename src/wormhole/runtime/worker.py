@@ -327,6 +327,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 if header.get("reset") is True:
                     sources.clear()
                 size = header.get("src")
+                stored: tuple[str, bytes] | None = None
                 if size is None:
                     source = sources.get(function_hash)
                     if source is None:  # the backend always sends a source we do not have
@@ -336,6 +337,14 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                     if type(size) is not int or not 0 <= size <= len(body):
                         raise SystemExit(EXIT_PROTOCOL)
                     source = body[:size].decode("utf-8", "surrogatepass")
+                    code_size = header.get("code")
+                    if code_size is not None:  # checked code for this call's first run
+                        name = header.get("name")
+                        if (type(code_size) is not int or type(name) is not str
+                                or not 0 <= code_size <= len(body) - size):
+                            raise SystemExit(EXIT_PROTOCOL)
+                        stored = (name, body[size:size + code_size])
+                        size += code_size
                     args_json = body[size:].decode("utf-8", "surrogatepass")
                     sources[function_hash] = source
                 call = engine.Call(
@@ -346,6 +355,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                     modules_key=modules_key,
                     limits=limits,
                 )
+                call.stored = stored
                 spin = header.get("spin")
                 recycle = not arm_cpu(limits)
                 # poll without sleeping while the backend runs our queries, this call only
