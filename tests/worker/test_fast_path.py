@@ -150,6 +150,7 @@ def test_both_sides_spin_when_a_cpu_is_idle(
     assert said[0] == "call:src=True,reset=False,spin=0.05"
     assert "spun" in said[1:]  # the worker, waiting for a query's rows
     assert spins and spins[0] == 0.05  # the backend, waiting for the worker
+    assert spied.spun_calls == 1
     # the worker stops spinning when its call ends: it sleeps while it waits for the next call
     monkeypatch.setattr(sandbox, "_spare_cpu", lambda: False)
     assert _ok(spied.run(make_call(TWO_QUERIES, 5), MemoryPort(), never)) == [5, 6]
@@ -172,6 +173,7 @@ def test_nobody_spins_on_a_busy_machine(
     said = _said(spied)
     assert said == ["call:src=True,reset=False,spin=None"]
     assert spins == []
+    assert spied.spun_calls == 0
 
 
 def test_spinning_can_be_switched_off(

@@ -394,6 +394,8 @@ class WorkerExecutor:
         self.stored_code = stored_code
         #: statistics (also read by tests and benchmarks)
         self.starts = 0
+        #: calls in which both sides were allowed to spin (a CPU was idle when they began)
+        self.spun_calls = 0
         self.last_start_seconds = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -542,6 +544,7 @@ class WorkerExecutor:
         chan.spin = spin
         if spin:
             header["spin"] = spin
+            self.spun_calls += 1
         if limits.timeout_ms > 0:
             deadline = time.monotonic() + limits.timeout_ms / 1000.0
         chan.send(header, body, tick=tick)
