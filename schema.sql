@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1107,7 +1107,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1983,7 +1983,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2452,7 +2452,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2843,7 +2843,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4076,7 +4076,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4812,7 +4812,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5196,7 +5196,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5405,7 +5405,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5456,8 +5456,11 @@ import json
 import os
 import select
 import time
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations only
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = [
     "BOOT",
@@ -5758,7 +5761,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5786,8 +5789,11 @@ import os
 import resource
 import struct
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations only
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 from . import codec, engine
 from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
@@ -6140,7 +6146,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6174,15 +6180,17 @@ a shared server it keeps both on a CPU that another process may be holding.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import marshal
 import os
 import select
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 from . import WORKER_MODULES, codec
 from .channel import (
@@ -6198,7 +6206,7 @@ from .channel import (
     ChannelClosed,
     ProtocolError,
 )
-from .engine import Call, Limits, QueryPort
+from .engine import Call, Limits, QueryPort, source_hash
 from .errors import DatabaseError, LimitExceeded
 
 __all__ = [
@@ -6356,32 +6364,100 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+class _Process:
+    """The bubblewrap process, started with ``posix_spawn``.
+
+    Not ``subprocess``: importing it costs a new backend ~5 ms of its first worker call. The
+    child gets exactly what ``subprocess.Popen(close_fds=True, start_new_session=True, env={})``
+    gave it: three pipes as fds 0-2 and no other descriptor (each one this process has open is
+    closed in the child, before bubblewrap runs), a new session, an empty environment,
+    default SIGPIPE/SIGXFSZ and no blocked signals.
+    """
+
+    def __init__(self, argv: list[str]) -> None:
+        fds: list[int] = []
+        try:
+            for _ in range(3):
+                fds.extend(os.pipe())  # close-on-exec: only the dup2'd copies survive exec
+            if min(fds) < 3:
+                raise OSError("the standard descriptors 0-2 are not open in this process")
+            r0, w0, r1, w1, r2, w2 = fds
+            actions: list[tuple[int, ...]] = [
+                (os.POSIX_SPAWN_DUP2, r0, 0),
+                (os.POSIX_SPAWN_DUP2, w1, 1),
+                (os.POSIX_SPAWN_DUP2, w2, 2),
+            ]
+            # every other descriptor (PostgreSQL opens its files and sockets without
+            # close-on-exec); closing one that is already closed is not an error
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _open_fds() if fd > 2]
+            self.pid = os.posix_spawn(
+                argv[0], argv, {}, file_actions=actions, setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=(),
+            )
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        for fd in (r0, w1, w2):
+            os.close(fd)
+        self.stdin, self.stdout, self.stderr = w0, r1, r2
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: the status is lost
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if the process is still running after ``timeout`` s."""
+        end = time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None and time.monotonic() < end:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        for fd in (self.stdin, self.stdout, self.stderr):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.stdin = self.stdout = self.stderr = -1
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every descriptor up to the limit
+        return list(range(3, os.sysconf("SC_OPEN_MAX")))
+
+
 class _Worker:
     """One running worker: the bwrap process, its channel, its stderr tail."""
 
     def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:
-        import subprocess  # here, not at module level: most backends never start a worker
-
         self.limits = limits
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-            env={},
-            cwd="/",
-            start_new_session=True,
-            bufsize=0,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        assert self.proc.stderr is not None
+        self.proc = _Process(argv)
         self.pid = self.proc.pid
-        self.errfd = self.proc.stderr.fileno()
+        self.errfd = self.proc.stderr
         os.set_blocking(self.errfd, False)
         self.tail = bytearray()
-        self.chan = Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno(), _max_frame(limits))
+        self.chan = Channel(self.proc.stdout, self.proc.stdin, _max_frame(limits))
         self.hello: bytes | None = None
         #: what ``hello`` was built from (rebuilt only when these change)
         self.hello_modules: object = None
@@ -6408,52 +6484,28 @@ class _Worker:
 
     def stop(self) -> None:
         """SIGKILL the process group, reap it, close the pipes. Idempotent."""
-        import subprocess
-
         if not self.alive:
             return
         self.alive = False
-        if self.proc.returncode is None:
+        if self.proc.poll() is None:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            pass
+            self.proc.kill()
+        self.proc.wait(5.0)  # SIGKILL cannot be ignored
         self.drain()
         self.chan.close()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        self.proc.close()
 
     def abandon(self) -> None:
         """Forget a worker inherited through fork(): it is the parent's, not ours to kill."""
         self.alive = False
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        self.proc.close()
 
     def exit_reason(self) -> str:
         """Wait briefly for the process to end on its own and describe how it ended."""
-        import subprocess
-
-        try:
-            self.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            pass
-        code = self.proc.returncode
+        code = self.proc.wait(1.0)
         self.stop()
         if code is None:
             what = "the worker closed its channel"
@@ -6843,9 +6895,7 @@ def executor_for(
     sources: Mapping[str, str], *, bwrap: str = DEFAULT_BWRAP, python: str = DEFAULT_PYTHON
 ) -> WorkerExecutor:
     """The executor of this process (keyed by pid: a forked child never reuses its parent's)."""
-    digest = hashlib.sha256(
-        json.dumps([sources.get(n, "") for n in WORKER_MODULES]).encode("utf-8")
-    ).hexdigest()
+    digest = source_hash(json.dumps([sources.get(n, "") for n in WORKER_MODULES]))
     key = (os.getpid(), bwrap, python, digest)
     executor = _EXECUTORS.get(key)
     if executor is None:
@@ -6915,7 +6965,7 @@ def available(
         return True, "bubblewrap starts a confined python3"
     executor = WorkerExecutor(sources, bwrap=bwrap, python=python)
     try:
-        digest = hashlib.sha256(_CHECK_SOURCE.encode("utf-8")).hexdigest()
+        digest = source_hash(_CHECK_SOURCE)
         text = executor.run(
             Call(digest, _CHECK_SOURCE, "[[],{}]", {}, "check"), _NoQueries(), lambda: None
         )
@@ -6928,7 +6978,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7516,17 +7566,18 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
     return run
 
 
-def _worker_modules(state: Backend) -> dict[str, str | bytes]:
+def _worker_modules(state: Backend, same: bool | None = None) -> dict[str, str | bytes]:
     """What the worker boots from: the code this backend already compiled (``marshal.dumps``
-    bytes; the worker runs the same /usr/bin/python3 as the server's PL/Python) or, failing
-    that, the sources (``sandbox.boot_frame``)."""
+    bytes, when the worker runs the same Python as the server's PL/Python: ``same``) or,
+    failing that, the sources (``sandbox.boot_frame``)."""
     import marshal
     import sys
 
     package = sys.modules.get(__package__ or "")
     codes = getattr(package, "CODES", None) or {}
     out: dict[str, str | bytes] = {}
-    same = sys.version_info[:2] == _worker_python_version()
+    if same is None:
+        same = sys.version_info[:2] == _worker_python_version()
     for name in WORKER_MODULES:
         code = codes.get(name)
         if same and code is not None:
@@ -7539,13 +7590,14 @@ def _worker_modules(state: Backend) -> dict[str, str | bytes]:
 def _worker_python_version() -> tuple[int, int]:
     """The major.minor of the worker's Python (Debian 12: /usr/bin/python3 is 3.11)."""
     import re
-    import subprocess
 
     try:
         real = os.path.realpath(sandbox.DEFAULT_PYTHON)
         m = re.search(r"python(\d+)\.(\d+)$", real)
         if m:
             return (int(m.group(1)), int(m.group(2)))
+        import subprocess  # only here: the import alone costs a new backend ~5 ms
+
         out = subprocess.run([sandbox.DEFAULT_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True, timeout=5).stdout
         nums = re.findall(r"\d+", out)
@@ -7569,10 +7621,8 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
     if state.worker is None:
         import sys
 
-        state.worker = sandbox.WorkerExecutor(
-            _worker_modules(state),
-            stored_code=sys.version_info[:2] == _worker_python_version(),
-        )
+        same = sys.version_info[:2] == _worker_python_version()
+        state.worker = sandbox.WorkerExecutor(_worker_modules(state, same), stored_code=same)
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:
@@ -7808,7 +7858,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -7824,7 +7874,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82']):
+                for r in plpy.execute(plan, ['e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -7874,7 +7924,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '935d6afec11acd56646cae8394457a49d1c2016283979d6e47cb3861848b7b82'
+    _pkg.CODE_TAG = 'e74ff5e1f6743a5929dff19f570dcee86acd01d0bb36e3450dbed212eabf90ae'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -296,3 +296,34 @@ def test_without_checked_code_the_worker_checks_the_source(
         assert _said(ex) == ["stored=False,policy=True"]
     finally:
         ex.close()
+
+
+# -- the spawn: posix_spawn, no descriptor leaks -------------------------------------------
+
+
+def test_no_inheritable_descriptor_reaches_bubblewrap_or_the_worker(
+    sources: dict[str, str], tmp_path: object
+) -> None:
+    """PostgreSQL opens files and sockets without close-on-exec; none may reach the sandbox."""
+    from worker_support import descendants, python_pid
+
+    secret = os.path.join(str(tmp_path), "secret")
+    fd = os.open(secret, os.O_CREAT | os.O_RDWR, 0o600)
+    os.set_inheritable(fd, True)
+    ex = sandbox.WorkerExecutor(sources, bwrap=BWRAP)
+    try:
+        assert _ok(ex.run(make_call(ADD, 1, 1), MemoryPort(), never)) == 2
+        root = ex.worker_pid
+        assert root is not None
+        pids = [root, *descendants(root)]
+        assert python_pid(ex) in pids
+        for pid in pids:
+            targets = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+            assert secret not in targets, (pid, targets)
+        worker_fds = sorted(int(n) for n in os.listdir(f"/proc/{python_pid(ex)}/fd"))
+        assert worker_fds == [0, 1, 2]
+        assert os.getsid(root) == root  # a session of its own
+    finally:
+        ex.close()
+        os.close(fd)
+    assert ex.worker_pid is None

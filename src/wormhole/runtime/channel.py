@@ -49,8 +49,11 @@ import json
 import os
 import select
 import time
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations only
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = [
     "BOOT",

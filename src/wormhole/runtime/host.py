@@ -586,17 +586,18 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
     return run
 
 
-def _worker_modules(state: Backend) -> dict[str, str | bytes]:
+def _worker_modules(state: Backend, same: bool | None = None) -> dict[str, str | bytes]:
     """What the worker boots from: the code this backend already compiled (``marshal.dumps``
-    bytes; the worker runs the same /usr/bin/python3 as the server's PL/Python) or, failing
-    that, the sources (``sandbox.boot_frame``)."""
+    bytes, when the worker runs the same Python as the server's PL/Python: ``same``) or,
+    failing that, the sources (``sandbox.boot_frame``)."""
     import marshal
     import sys
 
     package = sys.modules.get(__package__ or "")
     codes = getattr(package, "CODES", None) or {}
     out: dict[str, str | bytes] = {}
-    same = sys.version_info[:2] == _worker_python_version()
+    if same is None:
+        same = sys.version_info[:2] == _worker_python_version()
     for name in WORKER_MODULES:
         code = codes.get(name)
         if same and code is not None:
@@ -609,13 +610,14 @@ def _worker_modules(state: Backend) -> dict[str, str | bytes]:
 def _worker_python_version() -> tuple[int, int]:
     """The major.minor of the worker's Python (Debian 12: /usr/bin/python3 is 3.11)."""
     import re
-    import subprocess
 
     try:
         real = os.path.realpath(sandbox.DEFAULT_PYTHON)
         m = re.search(r"python(\d+)\.(\d+)$", real)
         if m:
             return (int(m.group(1)), int(m.group(2)))
+        import subprocess  # only here: the import alone costs a new backend ~5 ms
+
         out = subprocess.run([sandbox.DEFAULT_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True, timeout=5).stdout
         nums = re.findall(r"\d+", out)
@@ -639,10 +641,8 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
     if state.worker is None:
         import sys
 
-        state.worker = sandbox.WorkerExecutor(
-            _worker_modules(state),
-            stored_code=sys.version_info[:2] == _worker_python_version(),
-        )
+        same = sys.version_info[:2] == _worker_python_version()
+        state.worker = sandbox.WorkerExecutor(_worker_modules(state, same), stored_code=same)
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:

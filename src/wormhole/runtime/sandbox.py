@@ -32,15 +32,17 @@ a shared server it keeps both on a CPU that another process may be holding.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import marshal
 import os
 import select
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 from . import WORKER_MODULES, codec
 from .channel import (
@@ -56,7 +58,7 @@ from .channel import (
     ChannelClosed,
     ProtocolError,
 )
-from .engine import Call, Limits, QueryPort
+from .engine import Call, Limits, QueryPort, source_hash
 from .errors import DatabaseError, LimitExceeded
 
 __all__ = [
@@ -214,32 +216,100 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+class _Process:
+    """The bubblewrap process, started with ``posix_spawn``.
+
+    Not ``subprocess``: importing it costs a new backend ~5 ms of its first worker call. The
+    child gets exactly what ``subprocess.Popen(close_fds=True, start_new_session=True, env={})``
+    gave it: three pipes as fds 0-2 and no other descriptor (each one this process has open is
+    closed in the child, before bubblewrap runs), a new session, an empty environment,
+    default SIGPIPE/SIGXFSZ and no blocked signals.
+    """
+
+    def __init__(self, argv: list[str]) -> None:
+        fds: list[int] = []
+        try:
+            for _ in range(3):
+                fds.extend(os.pipe())  # close-on-exec: only the dup2'd copies survive exec
+            if min(fds) < 3:
+                raise OSError("the standard descriptors 0-2 are not open in this process")
+            r0, w0, r1, w1, r2, w2 = fds
+            actions: list[tuple[int, ...]] = [
+                (os.POSIX_SPAWN_DUP2, r0, 0),
+                (os.POSIX_SPAWN_DUP2, w1, 1),
+                (os.POSIX_SPAWN_DUP2, w2, 2),
+            ]
+            # every other descriptor (PostgreSQL opens its files and sockets without
+            # close-on-exec); closing one that is already closed is not an error
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _open_fds() if fd > 2]
+            self.pid = os.posix_spawn(
+                argv[0], argv, {}, file_actions=actions, setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=(),
+            )
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        for fd in (r0, w1, w2):
+            os.close(fd)
+        self.stdin, self.stdout, self.stderr = w0, r1, r2
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: the status is lost
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if the process is still running after ``timeout`` s."""
+        end = time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None and time.monotonic() < end:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        for fd in (self.stdin, self.stdout, self.stderr):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.stdin = self.stdout = self.stderr = -1
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every descriptor up to the limit
+        return list(range(3, os.sysconf("SC_OPEN_MAX")))
+
+
 class _Worker:
     """One running worker: the bwrap process, its channel, its stderr tail."""
 
     def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:
-        import subprocess  # here, not at module level: most backends never start a worker
-
         self.limits = limits
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-            env={},
-            cwd="/",
-            start_new_session=True,
-            bufsize=0,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        assert self.proc.stderr is not None
+        self.proc = _Process(argv)
         self.pid = self.proc.pid
-        self.errfd = self.proc.stderr.fileno()
+        self.errfd = self.proc.stderr
         os.set_blocking(self.errfd, False)
         self.tail = bytearray()
-        self.chan = Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno(), _max_frame(limits))
+        self.chan = Channel(self.proc.stdout, self.proc.stdin, _max_frame(limits))
         self.hello: bytes | None = None
         #: what ``hello`` was built from (rebuilt only when these change)
         self.hello_modules: object = None
@@ -266,52 +336,28 @@ class _Worker:
 
     def stop(self) -> None:
         """SIGKILL the process group, reap it, close the pipes. Idempotent."""
-        import subprocess
-
         if not self.alive:
             return
         self.alive = False
-        if self.proc.returncode is None:
+        if self.proc.poll() is None:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            pass
+            self.proc.kill()
+        self.proc.wait(5.0)  # SIGKILL cannot be ignored
         self.drain()
         self.chan.close()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        self.proc.close()
 
     def abandon(self) -> None:
         """Forget a worker inherited through fork(): it is the parent's, not ours to kill."""
         self.alive = False
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        self.proc.close()
 
     def exit_reason(self) -> str:
         """Wait briefly for the process to end on its own and describe how it ended."""
-        import subprocess
-
-        try:
-            self.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            pass
-        code = self.proc.returncode
+        code = self.proc.wait(1.0)
         self.stop()
         if code is None:
             what = "the worker closed its channel"
@@ -701,9 +747,7 @@ def executor_for(
     sources: Mapping[str, str], *, bwrap: str = DEFAULT_BWRAP, python: str = DEFAULT_PYTHON
 ) -> WorkerExecutor:
     """The executor of this process (keyed by pid: a forked child never reuses its parent's)."""
-    digest = hashlib.sha256(
-        json.dumps([sources.get(n, "") for n in WORKER_MODULES]).encode("utf-8")
-    ).hexdigest()
+    digest = source_hash(json.dumps([sources.get(n, "") for n in WORKER_MODULES]))
     key = (os.getpid(), bwrap, python, digest)
     executor = _EXECUTORS.get(key)
     if executor is None:
@@ -773,7 +817,7 @@ def available(
         return True, "bubblewrap starts a confined python3"
     executor = WorkerExecutor(sources, bwrap=bwrap, python=python)
     try:
-        digest = hashlib.sha256(_CHECK_SOURCE.encode("utf-8")).hexdigest()
+        digest = source_hash(_CHECK_SOURCE)
         text = executor.run(
             Call(digest, _CHECK_SOURCE, "[[],{}]", {}, "check"), _NoQueries(), lambda: None
         )

@@ -26,8 +26,11 @@ import os
 import resource
 import struct
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations only
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 from . import codec, engine
 from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
