@@ -37,6 +37,12 @@ remote_log = logging.getLogger("wormhole.remote")
 EXECUTE_SQL = "SELECT public.wormhole_execute($1, $2, 'report')"
 INSTALL_SQL = "SELECT public.wormhole_install($1)"
 MISSING = '{"missing":true}'
+NO_OUTPUT = ',"out":[]}'  # the payload's trailer when the function printed nothing
+
+#: built once (``json.dumps`` with options builds an encoder per call); the arguments' text may
+#: hold any character: it is sent as a text parameter, never embedded in SQL
+_ARGS_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_BIG_INT = codec._BIG_INT  # ints beyond it are tagged by the codec
 
 _installed: dict[Hashable, set[str]] = {}
 _installed_lock = threading.Lock()
@@ -117,9 +123,15 @@ class RemoteFunction(Generic[P, R]):
         """Bind and encode the arguments; fail before any round trip if one cannot be sent."""
         names = self._positional_names
         if not kwargs and names is not None and len(args) == len(names):
-            encoded = [self._encode_one(n, v) for n, v in zip(names, args)]
-            return json.dumps([encoded, {}], ensure_ascii=False, allow_nan=False,
-                              separators=(",", ":"))
+            # str, None, bool, small int and finite float are their own encoding
+            encoded = [
+                v if (type(v) is str or v is None or type(v) is bool
+                      or (type(v) is int and -_BIG_INT < v < _BIG_INT)
+                      or (type(v) is float and v - v == 0.0))
+                else self._encode_one(n, v)
+                for n, v in zip(names, args)
+            ]
+            return _ARGS_ENCODER.encode([encoded, {}])
         bound = self.signature.bind(*args, **kwargs)  # TypeError like a local call
         positional = []
         for name, value in zip(self.signature.parameters, bound.args):
@@ -128,8 +140,7 @@ class RemoteFunction(Generic[P, R]):
             for i, value in enumerate(bound.args[len(self.signature.parameters):]):
                 positional.append(self._encode_one(f"*args[{i}]", value))
         keywords = {k: self._encode_one(k, v) for k, v in bound.kwargs.items()}
-        return json.dumps([positional, keywords], ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":"))
+        return _ARGS_ENCODER.encode([positional, keywords])
 
     def _encode_one(self, name: str, value: Any) -> Any:
         try:
@@ -242,6 +253,11 @@ class RemoteFunction(Generic[P, R]):
         # (no generic json.loads + second walk). ',"out":[' cannot occur inside the trailing
         # list of strings (quotes are escaped there), so the last occurrence is the trailer.
         if payload.startswith('{"ok":') and payload.endswith("]}"):
+            if payload.endswith(NO_OUTPUT):  # nothing printed: the common case
+                try:
+                    return codec.decode(payload[6:-10])
+                except codec.CodecError:
+                    raise errors.InterfaceError("malformed payload from wormhole_execute") from None
             cut = payload.rfind(',"out":[')
             if cut > 6:
                 try:
