@@ -315,7 +315,7 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
         code = row["code"]
         usable = (code is not None and row["code_magic"] is not None
                   and bytes(row["code_magic"]) == _magic()
-                  and row["code_key"] == whitelist_key(state.modules))
+                  and row["code_key"] == code_key(state.modules))
         stored = _Stored(row["source"], row["name"], bytes(code) if usable else None)
         if len(state.source_cache) > 1024:
             state.source_cache.clear()
@@ -330,9 +330,14 @@ def _magic() -> bytes:
     return magic
 
 
-def whitelist_key(modules: Mapping[str, frozenset[str] | None]) -> str:
-    """A fingerprint of the whitelist: code checked under an equal one passes again."""
-    canonical = repr(sorted((k, None if v is None else sorted(v)) for k, v in modules.items()))
+def code_key(modules: Mapping[str, frozenset[str] | None]) -> str:
+    """What a stored checked code depends on besides Python: this runtime (its policy) and the
+    whitelist. Code checked under an equal key passes the same check again."""
+    import sys
+
+    runtime = getattr(sys.modules.get(__package__ or ""), "CODE_TAG", None) or VERSION
+    canonical = repr((runtime, sorted((k, None if v is None else sorted(v))
+                                      for k, v in modules.items())))
     return engine.source_hash(canonical)
 
 
@@ -408,7 +413,7 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
         ["text", "text", "text", "name", "bytea", "bytea", "text"],
     )
     plpy.execute(plan, [checked.source_hash, checked.name, source, who,
-                        marshal.dumps(checked.code), _magic(), whitelist_key(state.modules)])
+                        marshal.dumps(checked.code), _magic(), code_key(state.modules)])
     event.update(verdict="accepted", name=checked.name)
     _audit_log(plpy, event)
     return checked.source_hash
