@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1070,6 +1070,9 @@ def _walk(v: Any, depth: int, max_depth: int) -> Any:
 
 #: one decoder per process: ``json.loads`` with hooks builds a decoder and a C scanner per call.
 _DECODER = json.JSONDecoder(object_hook=_hook, parse_constant=_reject_constant)
+#: its scanner (the C one when ``_json`` is there), set by ``JSONDecoder.__init__``; typeshed
+#: does not declare the attribute
+_SCAN: Callable[[str, int], tuple[Any, int]] = getattr(_DECODER, "scan_once")  # noqa: B009
 
 
 def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:
@@ -1092,7 +1095,15 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     if n > max_bytes or (n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
         raise CodecError(f"text too large (limit {max_bytes} bytes)")
     try:
-        value = _DECODER.decode(text)  # json.loads(text, object_hook=..., parse_constant=...)
+        # the C scanner straight away (what json.loads ends up calling, without its Python
+        # frames and whitespace regexes); anything it does not consume whole (surrounding
+        # whitespace, trailing data, invalid text) goes to the full decoder for its verdict
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != n:
+            value = _DECODER.decode(text)  # json.loads(text, object_hook=..., parse_constant=...)
     except CodecError:
         raise
     except RecursionError:
@@ -1107,7 +1118,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1983,7 +1994,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2452,7 +2463,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2843,7 +2854,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4076,7 +4087,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4812,7 +4823,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5196,7 +5207,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5405,7 +5416,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5761,7 +5772,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6146,7 +6157,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6978,7 +6989,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7863,7 +7874,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -7879,7 +7890,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5']):
+                for r in plpy.execute(plan, ['1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -7929,7 +7940,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '45fab015f14079a0e0e168d2f7ca103d93c59e1bb54130d86763ff19440515a5'
+    _pkg.CODE_TAG = '1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -43,6 +43,7 @@ NO_OUTPUT = ',"out":[]}'  # the payload's trailer when the function printed noth
 #: hold any character: it is sent as a text parameter, never embedded in SQL
 _ARGS_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _BIG_INT = codec._BIG_INT  # ints beyond it are tagged by the codec
+_json_str: Callable[[str], str] = json.encoder.encode_basestring  # json's, ensure_ascii=False
 
 _installed: dict[Hashable, set[str]] = {}
 _installed_lock = threading.Lock()
@@ -123,15 +124,24 @@ class RemoteFunction(Generic[P, R]):
         """Bind and encode the arguments; fail before any round trip if one cannot be sent."""
         names = self._positional_names
         if not kwargs and names is not None and len(args) == len(names):
-            # str, None, bool, small int and finite float are their own encoding
-            encoded = [
-                v if (type(v) is str or v is None or type(v) is bool
-                      or (type(v) is int and -_BIG_INT < v < _BIG_INT)
-                      or (type(v) is float and v - v == 0.0))
-                else self._encode_one(n, v)
-                for n, v in zip(names, args)
-            ]
-            return _ARGS_ENCODER.encode([encoded, {}])
+            # written piece by piece, exactly as json.dumps writes them: str, None, bool, small
+            # int and finite float need neither the codec's walk nor the encoder's machinery
+            parts = []
+            for name, v in zip(names, args):
+                t = type(v)
+                if t is int and -_BIG_INT < v < _BIG_INT:
+                    parts.append(int.__repr__(v))
+                elif t is str:
+                    parts.append(_json_str(v))
+                elif v is None:
+                    parts.append("null")
+                elif t is bool:
+                    parts.append("true" if v else "false")
+                elif t is float and v - v == 0.0:
+                    parts.append(float.__repr__(v))
+                else:
+                    parts.append(_ARGS_ENCODER.encode(self._encode_one(name, v)))
+            return "[[" + ",".join(parts) + "],{}]"
         bound = self.signature.bind(*args, **kwargs)  # TypeError like a local call
         positional = []
         for name, value in zip(self.signature.parameters, bound.args):
@@ -162,23 +172,27 @@ class RemoteFunction(Generic[P, R]):
         )
 
     def _execute_once(self, driver: Driver, args_json: str, standalone: bool) -> str:
-        if not standalone:
-            return self._execute(driver, args_json)
-        if driver.is_closed():
+        if standalone and driver.is_closed():
             raise errors.ConnectionLost(
                 f"the connection is closed or broken; {self.name}() was not sent"
             )
         try:
-            return self._execute(driver, args_json)
+            payload = driver.call_text(EXECUTE_SQL, [self.hash, args_json], prepare=True)
         except errors.DatabaseError as exc:
-            if errors.is_connection_lost(exc) or driver.is_closed():
+            if standalone and (errors.is_connection_lost(exc) or driver.is_closed()):
                 raise errors.OutcomeUnknown(
                     f"the connection was lost while {self.name}() ran as its own transaction: "
                     "it may or may not have committed (outcome unknown). It is not retried; "
                     f"check the data before calling it again. Cause: {type(exc).__name__}: "
                     f"{str(exc).strip()}"
                 ) from exc
-            raise
+            mapped = _schema_error(exc)
+            if mapped is exc:
+                raise  # keeps the driver's error as its cause
+            raise mapped from exc
+        if payload is None:
+            raise errors.SchemaError("wormhole_execute returned NULL; reinstall the schema")
+        return payload
         # -- end of the retry hook ---------------------------------------------------------------
 
     def _call_once(self, driver: Driver, args_json: str, standalone: bool) -> Any:
@@ -198,15 +212,6 @@ class RemoteFunction(Generic[P, R]):
                     f"{self.name}() was installed but the server still does not find it"
                 )
         return self._result(payload)
-
-    def _execute(self, driver: Driver, args_json: str) -> str:
-        try:
-            payload = driver.call_text(EXECUTE_SQL, [self.hash, args_json], prepare=True)
-        except errors.DatabaseError as exc:
-            raise _schema_error(exc) from exc
-        if payload is None:
-            raise errors.SchemaError("wormhole_execute returned NULL; reinstall the schema")
-        return payload
 
     def install(self, driver: Driver | None = None) -> str:
         """Install the function in the database of ``driver`` (default: the connection in
