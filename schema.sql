@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -261,11 +261,19 @@ import json
 import math
 import operator
 import re
-import uuid
+import sys
 from decimal import Decimal
-from typing import Any, Callable, NoReturn
 
 from .rows import Rows
+
+# typing and uuid stay off the import path (a new backend and every worker start import this
+# module; uuid imports platform): annotations are never evaluated, and the UUID type is
+# registered the first time an encode finds the uuid module loaded (no UUID can exist before).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Callable
+    from typing import Any, NoReturn
 
 __all__ = [
     "CodecError",
@@ -482,7 +490,6 @@ _TAGGERS: dict[type, Callable[[Any, int], Any]] = {
     _dt.time: lambda o, d: {"$time": o.isoformat()},
     _dt.datetime: lambda o, d: {"$dt": o.isoformat()},
     _dt.timedelta: _enc_td,
-    uuid.UUID: lambda o, d: {"$uuid": str(o)},
     set: _enc_set("$set"),
     frozenset: _enc_set("$fset"),
 }
@@ -499,6 +506,8 @@ def encode_value(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH
     The result may share (unmodified) plain containers with ``obj``; serialise it before
     mutating ``obj``. ``root`` names ``obj`` in error messages (``args[1]['when']``).
     """
+    if not _UUID_READY and "uuid" in sys.modules:
+        _register_uuid()
     old = _max_depth_box[0]
     _max_depth_box[0] = max_depth
     try:
@@ -531,7 +540,6 @@ _SCALAR_TAGS: dict[type, Callable[[Any], dict[str, Any]]] = {
     _dt.time: lambda o: {"$time": o.isoformat()},
     _dt.datetime: lambda o: {"$dt": o.isoformat()},
     _dt.timedelta: lambda o: {"$td": [o.days, o.seconds, o.microseconds]},
-    uuid.UUID: lambda o: {"$uuid": str(o)},
 }
 _LEAVES = frozenset({str, int, float, bool, type(None)} | set(_SCALAR_TAGS))
 _NESTS = frozenset({list, dict, Rows})
@@ -607,6 +615,8 @@ except ImportError:  # pragma: no cover - a Python without the C accelerator
 
 def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
     """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
+    if not _UUID_READY and "uuid" in sys.modules:
+        _register_uuid()
     t = type(obj)
     if t is list or t is Rows:
         if len(obj) >= ROWSET_MIN:  # type: ignore[arg-type]
@@ -659,7 +669,6 @@ _COLUMN_KINDS: dict[type, tuple[str, Callable[[Any], Any]]] = {
     _dt.date: ("date", _dt.date.isoformat),
     _dt.time: ("time", _dt.time.isoformat),
     Decimal: ("n", str),
-    uuid.UUID: ("uuid", str),
     bytes: ("b", _b64),
     _dt.timedelta: ("td", lambda o: [o.days, o.seconds, o.microseconds]),
 }
@@ -915,11 +924,28 @@ def _dec_td(p: object) -> _dt.timedelta:
         _bad("$td", p, str(e))
 
 
+def _register_uuid() -> None:
+    """Teach the encoder the UUID type (called once the uuid module is loaded)."""
+    global _UUID_READY, _LEAVES, _LEAVES_OR_NESTS
+    UUID = sys.modules["uuid"].UUID
+    _TAGGERS[UUID] = lambda o, d: {"$uuid": str(o)}
+    _SCALAR_TAGS[UUID] = lambda o: {"$uuid": str(o)}
+    _COLUMN_KINDS[UUID] = ("uuid", str)
+    _LEAVES = _LEAVES | {UUID}
+    _LEAVES_OR_NESTS = _LEAVES_OR_NESTS | {UUID}
+    _UUID_READY = True
+
+
+_UUID_READY = False
+
+
 def _dec_uuid(p: object) -> uuid.UUID:
     s = _need_str("$uuid", p)
     if len(s) != 36:
         _bad("$uuid", p, "expected the 36-character hyphenated form")
     try:
+        import uuid
+
         return uuid.UUID(s)
     except ValueError as e:
         _bad("$uuid", p, str(e))
@@ -1118,7 +1144,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -1153,9 +1179,19 @@ import math
 import operator
 import re
 import struct
-import uuid
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+import sys
+
+# typing and uuid stay off the import path of a new backend (uuid imports platform); annotations
+# are never evaluated and the UUID type is looked up when a value or column needs it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Any, cast
+else:
+    def cast(typ: object, value: object) -> object:
+        return value
 
 from .errors import DatabaseError
 
@@ -1174,7 +1210,8 @@ __all__ = [
     "parse_array_literal",
 ]
 
-Converter = Callable[[Any], Any]
+if TYPE_CHECKING:
+    Converter = Callable[[Any], Any]
 
 
 class DataError(DatabaseError, ValueError):
@@ -1480,6 +1517,8 @@ def _interval(s: str) -> _dt.timedelta:
 
 
 def _uuid(s: str) -> uuid.UUID:
+    import uuid
+
     return uuid.UUID(s)
 
 
@@ -1733,7 +1772,6 @@ _TEXT: dict[type, Callable[[Any], str]] = {
     _dt.time: lambda v: v.isoformat(),
     _dt.datetime: lambda v: v.isoformat(),
     _dt.timedelta: _interval_text,
-    uuid.UUID: str,
     dict: lambda v: _check_nul(json.dumps(v, ensure_ascii=False, allow_nan=False,
                                           default=_json_default)),
     list: _array_text,
@@ -1754,6 +1792,10 @@ def to_pg_text(value: object) -> str | None:
     if f is None:
         if isinstance(value, list):  # Rows and other list subclasses of our own
             return _array_text(value)
+        uuid_module = sys.modules.get("uuid")  # no UUID exists before uuid is imported
+        if uuid_module is not None and type(value) is uuid_module.UUID:
+            _TEXT[uuid_module.UUID] = str
+            return str(value)
         raise TypeError(
             f"cannot send a value of type {type(value).__qualname__!r} as a query parameter; "
             "supported: None, bool, int, float, Decimal, str, bytes, bytearray, memoryview, "
@@ -1994,7 +2036,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2463,7 +2505,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2854,7 +2896,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4087,7 +4129,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4823,7 +4865,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5207,7 +5249,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5416,7 +5458,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5772,7 +5814,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6157,7 +6199,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6989,7 +7031,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7874,7 +7916,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -7890,7 +7932,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f']):
+                for r in plpy.execute(plan, ['9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -7940,7 +7982,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '1344e85414d6ee52691b6cacf2d39d965c85311b3a445d89ca92c1383742d37f'
+    _pkg.CODE_TAG = '9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -39,11 +39,19 @@ import json
 import math
 import operator
 import re
-import uuid
+import sys
 from decimal import Decimal
-from typing import Any, Callable, NoReturn
 
 from .rows import Rows
+
+# typing and uuid stay off the import path (a new backend and every worker start import this
+# module; uuid imports platform): annotations are never evaluated, and the UUID type is
+# registered the first time an encode finds the uuid module loaded (no UUID can exist before).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Callable
+    from typing import Any, NoReturn
 
 __all__ = [
     "CodecError",
@@ -260,7 +268,6 @@ _TAGGERS: dict[type, Callable[[Any, int], Any]] = {
     _dt.time: lambda o, d: {"$time": o.isoformat()},
     _dt.datetime: lambda o, d: {"$dt": o.isoformat()},
     _dt.timedelta: _enc_td,
-    uuid.UUID: lambda o, d: {"$uuid": str(o)},
     set: _enc_set("$set"),
     frozenset: _enc_set("$fset"),
 }
@@ -277,6 +284,8 @@ def encode_value(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH
     The result may share (unmodified) plain containers with ``obj``; serialise it before
     mutating ``obj``. ``root`` names ``obj`` in error messages (``args[1]['when']``).
     """
+    if not _UUID_READY and "uuid" in sys.modules:
+        _register_uuid()
     old = _max_depth_box[0]
     _max_depth_box[0] = max_depth
     try:
@@ -309,7 +318,6 @@ _SCALAR_TAGS: dict[type, Callable[[Any], dict[str, Any]]] = {
     _dt.time: lambda o: {"$time": o.isoformat()},
     _dt.datetime: lambda o: {"$dt": o.isoformat()},
     _dt.timedelta: lambda o: {"$td": [o.days, o.seconds, o.microseconds]},
-    uuid.UUID: lambda o: {"$uuid": str(o)},
 }
 _LEAVES = frozenset({str, int, float, bool, type(None)} | set(_SCALAR_TAGS))
 _NESTS = frozenset({list, dict, Rows})
@@ -385,6 +393,8 @@ except ImportError:  # pragma: no cover - a Python without the C accelerator
 
 def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> str:
     """Encode ``obj`` as JSON text (ASCII only, so it survives any transport and encoding)."""
+    if not _UUID_READY and "uuid" in sys.modules:
+        _register_uuid()
     t = type(obj)
     if t is list or t is Rows:
         if len(obj) >= ROWSET_MIN:  # type: ignore[arg-type]
@@ -437,7 +447,6 @@ _COLUMN_KINDS: dict[type, tuple[str, Callable[[Any], Any]]] = {
     _dt.date: ("date", _dt.date.isoformat),
     _dt.time: ("time", _dt.time.isoformat),
     Decimal: ("n", str),
-    uuid.UUID: ("uuid", str),
     bytes: ("b", _b64),
     _dt.timedelta: ("td", lambda o: [o.days, o.seconds, o.microseconds]),
 }
@@ -693,11 +702,28 @@ def _dec_td(p: object) -> _dt.timedelta:
         _bad("$td", p, str(e))
 
 
+def _register_uuid() -> None:
+    """Teach the encoder the UUID type (called once the uuid module is loaded)."""
+    global _UUID_READY, _LEAVES, _LEAVES_OR_NESTS
+    UUID = sys.modules["uuid"].UUID
+    _TAGGERS[UUID] = lambda o, d: {"$uuid": str(o)}
+    _SCALAR_TAGS[UUID] = lambda o: {"$uuid": str(o)}
+    _COLUMN_KINDS[UUID] = ("uuid", str)
+    _LEAVES = _LEAVES | {UUID}
+    _LEAVES_OR_NESTS = _LEAVES_OR_NESTS | {UUID}
+    _UUID_READY = True
+
+
+_UUID_READY = False
+
+
 def _dec_uuid(p: object) -> uuid.UUID:
     s = _need_str("$uuid", p)
     if len(s) != 36:
         _bad("$uuid", p, "expected the 36-character hyphenated form")
     try:
+        import uuid
+
         return uuid.UUID(s)
     except ValueError as e:
         _bad("$uuid", p, str(e))

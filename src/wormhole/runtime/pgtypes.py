@@ -33,9 +33,19 @@ import math
 import operator
 import re
 import struct
-import uuid
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+import sys
+
+# typing and uuid stay off the import path of a new backend (uuid imports platform); annotations
+# are never evaluated and the UUID type is looked up when a value or column needs it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Any, cast
+else:
+    def cast(typ: object, value: object) -> object:
+        return value
 
 from .errors import DatabaseError
 
@@ -54,7 +64,8 @@ __all__ = [
     "parse_array_literal",
 ]
 
-Converter = Callable[[Any], Any]
+if TYPE_CHECKING:
+    Converter = Callable[[Any], Any]
 
 
 class DataError(DatabaseError, ValueError):
@@ -360,6 +371,8 @@ def _interval(s: str) -> _dt.timedelta:
 
 
 def _uuid(s: str) -> uuid.UUID:
+    import uuid
+
     return uuid.UUID(s)
 
 
@@ -613,7 +626,6 @@ _TEXT: dict[type, Callable[[Any], str]] = {
     _dt.time: lambda v: v.isoformat(),
     _dt.datetime: lambda v: v.isoformat(),
     _dt.timedelta: _interval_text,
-    uuid.UUID: str,
     dict: lambda v: _check_nul(json.dumps(v, ensure_ascii=False, allow_nan=False,
                                           default=_json_default)),
     list: _array_text,
@@ -634,6 +646,10 @@ def to_pg_text(value: object) -> str | None:
     if f is None:
         if isinstance(value, list):  # Rows and other list subclasses of our own
             return _array_text(value)
+        uuid_module = sys.modules.get("uuid")  # no UUID exists before uuid is imported
+        if uuid_module is not None and type(value) is uuid_module.UUID:
+            _TEXT[uuid_module.UUID] = str
+            return str(value)
         raise TypeError(
             f"cannot send a value of type {type(value).__qualname__!r} as a query parameter; "
             "supported: None, bool, int, float, Decimal, str, bytes, bytearray, memoryview, "
