@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1144,7 +1144,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2036,7 +2036,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2505,7 +2505,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2896,7 +2896,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4129,7 +4129,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4865,7 +4865,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5249,7 +5249,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5458,7 +5458,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5814,7 +5814,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6199,7 +6199,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7031,7 +7031,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7142,12 +7142,7 @@ def _interrupt_flag() -> Any:
     terminate go unnoticed. Reading the flag (a ``volatile sig_atomic_t`` in the postgres
     executable) tells us when to run any SPI statement, which then raises PostgreSQL's own error.
     """
-    try:
-        import ctypes
-
-        return ctypes.c_int.in_dll(ctypes.CDLL(None), "InterruptPending")
-    except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)
-        return None
+    return _backend_int("InterruptPending")
 
 
 def _backend_int(name: str) -> Any:
@@ -7710,7 +7705,6 @@ def cache_code(plpy: Any, GD: dict[str, Any], package: Any) -> int:
     a secret) and writable only here. Returns the number of modules stored.
     """
     import marshal
-    from importlib.util import MAGIC_NUMBER
 
     plan = plpy.prepare(
         "UPDATE public._wormhole_code SET code = $3, magic = $4 WHERE tag = $1 AND module = $2",
@@ -7719,7 +7713,7 @@ def cache_code(plpy: Any, GD: dict[str, Any], package: Any) -> int:
     names = ("__init__", *package.MODULES)
     for name in names:
         code = package.CODES[name]  # compiled now if this backend never imported it
-        plpy.execute(plan, [package.CODE_TAG, name, marshal.dumps(code), MAGIC_NUMBER])
+        plpy.execute(plan, [package.CODE_TAG, name, marshal.dumps(code), _magic()])
     return len(names)
 
 
@@ -7916,7 +7910,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -7932,7 +7926,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c']):
+                for r in plpy.execute(plan, ['9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -7982,7 +7976,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '9dd313cdb98b047872410d970f91c78f59f6e9a1578b3687d47313ca32fc6e9c'
+    _pkg.CODE_TAG = '9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -109,12 +109,7 @@ def _interrupt_flag() -> Any:
     terminate go unnoticed. Reading the flag (a ``volatile sig_atomic_t`` in the postgres
     executable) tells us when to run any SPI statement, which then raises PostgreSQL's own error.
     """
-    try:
-        import ctypes
-
-        return ctypes.c_int.in_dll(ctypes.CDLL(None), "InterruptPending")
-    except Exception:  # noqa: BLE001 - not inside a backend (plain CPython)
-        return None
+    return _backend_int("InterruptPending")
 
 
 def _backend_int(name: str) -> Any:
@@ -677,7 +672,6 @@ def cache_code(plpy: Any, GD: dict[str, Any], package: Any) -> int:
     a secret) and writable only here. Returns the number of modules stored.
     """
     import marshal
-    from importlib.util import MAGIC_NUMBER
 
     plan = plpy.prepare(
         "UPDATE public._wormhole_code SET code = $3, magic = $4 WHERE tag = $1 AND module = $2",
@@ -686,7 +680,7 @@ def cache_code(plpy: Any, GD: dict[str, Any], package: Any) -> int:
     names = ("__init__", *package.MODULES)
     for name in names:
         code = package.CODES[name]  # compiled now if this backend never imported it
-        plpy.execute(plan, [package.CODE_TAG, name, marshal.dumps(code), MAGIC_NUMBER])
+        plpy.execute(plan, [package.CODE_TAG, name, marshal.dumps(code), _magic()])
     return len(names)
 
 
