@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -280,6 +280,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_BYTES",
     "encode",
+    "encode_query",
     "decode",
     "encode_value",
     "decode_value",
@@ -637,6 +638,23 @@ def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> s
         return _PLAIN_ENCODER.encode(value)
     except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above
         raise CodecError(f"cannot encode {root}: {e}") from None
+
+
+_FLAT = frozenset({str, int, float, bool, type(None)})
+
+
+def encode_query(sql: str, params: list[Any]) -> str:
+    """``encode({"sql": sql, "params": params}, root="params")``, the text of a ``query`` request.
+
+    Parameters that are all plain scalars (the usual case) go straight to the C encoder, with
+    the same output; anything else takes the full path.
+    """
+    if _FLAT.issuperset(map(type, params)):
+        try:
+            return _fast_text({"sql": sql, "params": params})
+        except (ValueError, OverflowError):
+            pass  # nan/inf or an int too long for str(): the full walk tags them
+    return encode({"sql": sql, "params": params}, root="params")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1144,7 +1162,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2036,7 +2054,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2505,7 +2523,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2896,7 +2914,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4129,7 +4147,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4865,7 +4883,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5249,7 +5267,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5458,19 +5476,22 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
     4-byte big-endian header length | 4-byte big-endian body length | header | body
 
-The header is a UTF-8 JSON object with a string ``"op"``; the body is raw bytes. Big payloads (a
+The header is a UTF-8 JSON object with a string ``"op"``, or, when it is exactly ``{"op": op,
+"id": n}`` for the messages of a call, 6 bytes (``0x01``, the op's index in ``_OPS``, ``n`` as 4
+big-endian bytes; a JSON header starts with ``{``); the body is raw bytes. Big payloads (a
 call's result text, rows, a call's source and arguments) travel in the body, so they are never
 escaped twice, and the backend can hand a result to the client without decoding it.
 
 Both ends validate what they read: sizes are bounded before anything is allocated, the header
-must be a JSON object with a string ``op``, and anything else raises ``ProtocolError``. The
-backend treats every frame from the worker as untrusted input.
+must be a JSON object with a string ``op`` (or a well-formed compact header), and anything else
+raises ``ProtocolError``. The backend treats every frame from the worker as untrusted input: it
+only ever decodes JSON from the worker, never ``pickle`` or ``marshal``.
 
 ``recv`` takes a timeout and keeps a partial frame buffered across calls, so the backend can
 wake every few milliseconds to check PostgreSQL's interrupts while a worker is still writing.
@@ -5494,7 +5515,9 @@ backend -> worker
     when the backend has it, ``reset`` when the worker should forget the sources it kept,
     ``spin`` (seconds it may poll for answers without sleeping); body: the source (if
     ``src``), the code (if ``code``), then the arguments' JSON text (UTF-8)
-    ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``
+    ``rows``  answer to ``query``; body: ``pickle`` of ``(rows, rowcount)``, rows a list of
+    dicts (the fastest stdlib form that keeps ``Decimal``, dates and ``UUID``; only the worker,
+    which trusts its backend, unpickles)
     ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
     "type"}``
 worker -> backend
@@ -5508,6 +5531,7 @@ import errno
 import json
 import os
 import select
+import struct
 import time
 
 TYPE_CHECKING = False
@@ -5546,6 +5570,10 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 ABSOLUTE_MAX_FRAME = 1024 * 1024 * 1024 - 1
 
 _PREFIX = 8
+#: a spinning end gives its CPU to any other runnable task between polls: when the scheduler
+#: has put both ends of the channel on one CPU (it often does, waking one with the other), a
+#: plain spin would keep the peer it waits for off that CPU for the whole spin
+_yield = getattr(os, "sched_yield", lambda: None)
 _READ_CHUNK = 1024 * 1024
 _POLL_MS = 20
 
@@ -5611,14 +5639,17 @@ class Channel:
             raise TypeError("a header must be a dict with a str 'op'")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError("a body must be bytes")
-        head = _HEADER_ENCODER.encode(header).encode("utf-8")
+        code = _OP_CODES.get(header["op"]) if len(header) == 2 else None
+        call_id = header.get("id")
+        if code is not None and type(call_id) is int and 0 <= call_id <= 0xFFFFFFFF:
+            head = _PACK_COMPACT(_COMPACT, code, call_id)  # {"op", "id"}: the hot messages
+        else:
+            head = _header_text(header).encode("utf-8")
         if len(head) > MAX_HEADER:
             raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")
         if len(body) > ABSOLUTE_MAX_FRAME:
             raise ValueError(f"body is {len(body)} bytes; the limit is {ABSOLUTE_MAX_FRAME}")
-        return b"".join(
-            (len(head).to_bytes(4, "big"), len(body).to_bytes(4, "big"), head, bytes(body))
-        )
+        return b"".join((_PACK_PREFIX(len(head), len(body)), head, body))
 
     def send(
         self,
@@ -5726,6 +5757,7 @@ class Channel:
                 frame = self._parse()
                 if frame is not None or self._eof:
                     return frame
+            _yield()
             if time.perf_counter() >= end:
                 self.spin = 0.0
                 return None
@@ -5777,6 +5809,10 @@ class Channel:
             body = view[_PREFIX + hlen:total].tobytes()
         del self._buf[:total]
         self._need = None
+        if raw_head[0] == _COMPACT:
+            if hlen != _COMPACT_SIZE or raw_head[1] >= len(_OPS):
+                raise ProtocolError("malformed compact frame header")
+            return {"op": _OPS[raw_head[1]], "id": int.from_bytes(raw_head[2:], "big")}, body
         return decode_header(raw_head), body
 
     def close(self) -> None:
@@ -5796,8 +5832,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-# built once: ``json.dumps``/``json.loads`` with options build an encoder/decoder per message.
+# built once: ``json.dumps``/``json.loads`` with options build an encoder/decoder per message,
+# and ``JSONEncoder.encode`` builds a C encoder per call; the C encoder is built here once.
 _HEADER_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_PACK_PREFIX = struct.Struct(">II").pack
+# A header that is exactly {"op": <one of _OPS>, "id": <0..2**32-1>} (every query, rows, qerr
+# and done message) travels as 6 bytes: _COMPACT, the op's index in _OPS, the id (big-endian).
+# A JSON header starts with "{", so the first byte tells the two apart.
+_OPS = (CALL, ROWS, QERR, QUERY, DONE)
+_OP_CODES = {op: code for code, op in enumerate(_OPS)}
+_COMPACT = 1
+_COMPACT_SIZE = 6
+_PACK_COMPACT = struct.Struct(">BBI").pack
+
+
+def _no_default(o: object) -> Any:
+    raise TypeError(f"a frame header cannot hold a {type(o).__name__}")
+
+
+try:
+    from _json import encode_basestring as _c_str
+    from _json import make_encoder as _c_make_encoder
+
+    _C_HEADER = _c_make_encoder(None, _no_default, _c_str, None, ":", ",", False, False, False)
+
+    def _header_text(header: dict[str, Any]) -> str:
+        return "".join(_C_HEADER(header, 0))
+except ImportError:  # pragma: no cover - a Python without the C accelerator
+    def _header_text(header: dict[str, Any]) -> str:
+        return _HEADER_ENCODER.encode(header)
 _HEADER_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
@@ -5814,7 +5877,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -5880,7 +5943,7 @@ class ChannelPort:
         if type(sql) is not str:
             raise TypeError("query() needs the SQL text as a str")
         try:
-            body = codec.encode({"sql": sql, "params": list(params)}, root="params")
+            body = codec.encode_query(sql, list(params))
         except codec.CodecError as exc:
             raise TypeError(f"a query parameter cannot be sent to the database: {exc}") from None
         try:
@@ -5895,14 +5958,29 @@ class ChannelPort:
         header, answer = received
         op = header["op"]
         if op == ROWS:
-            value = codec.decode(answer.decode("utf-8"))
-            if type(value) is not dict or type(value.get("rows")) is not list:
+            try:
+                value = _unpickle(answer)
+            except Exception:  # noqa: BLE001 - not what the backend sends
+                raise SystemExit(EXIT_PROTOCOL) from None
+            if type(value) is not tuple or len(value) != 2 or type(value[0]) is not list:
                 raise SystemExit(EXIT_PROTOCOL)
-            rowcount = value.get("rowcount")
-            return Rows(value["rows"], rowcount if type(rowcount) is int else None)
+            rows, rowcount = value
+            return Rows(rows, rowcount if type(rowcount) is int else None)
         if op == QERR:
             raise _query_error(json.loads(answer.decode("utf-8")))
         raise SystemExit(EXIT_PROTOCOL)
+
+
+def _unpickle(data: bytes) -> Any:
+    """Rows from the backend (``pickle``: the backend is trusted; it never unpickles ours)."""
+    global _unpickle
+    from pickle import loads
+
+    def unpickle(data: bytes) -> Any:
+        return loads(data)
+
+    _unpickle = unpickle  # imported on the first query: a worker that runs none never loads it
+    return loads(data)
 
 
 def _query_error(info: Mapping[str, Any]) -> Exception:
@@ -5957,6 +6035,7 @@ def apply_limits(limits: engine.Limits) -> None:
         total = limits.cpu_seconds * CPU_BUDGETS
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, total))
     _CPU_HARD.clear()  # read again: hard limits only ever go down
+    _CPU_SOFT.clear()
 
 
 # -- seccomp -----------------------------------------------------------------------------------
@@ -6082,6 +6161,7 @@ def cpu_used() -> float:
 
 
 _CPU_HARD: list[int] = []  # the hard RLIMIT_CPU, read once after ``apply_limits``
+_CPU_SOFT: list[int] = []  # the soft RLIMIT_CPU ``arm_cpu`` last set
 
 
 def _cpu_hard() -> int:
@@ -6098,7 +6178,9 @@ def arm_cpu(limits: engine.Limits) -> bool:
     soft = math.ceil(cpu_used()) + limits.cpu_seconds
     if hard != resource.RLIM_INFINITY and soft > hard:
         return False
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    if _CPU_SOFT != [soft]:  # the soft limit moves once per CPU second, not per call
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        _CPU_SOFT[:] = [soft]
     return True
 
 
@@ -6122,6 +6204,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
     modules_key = ""
     limits: engine.Limits | None = None
     sources: dict[str, str] = {}  # hash -> source, as the backend sent them
+    armed = False  # whether the CPU limit was re-armed after the last call
     try:
         while True:
             received = chan.recv(None)
@@ -6138,6 +6221,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 if limits is None:
                     confine(new_limits)
                 limits = new_limits
+                armed = False
             elif op == CALL and limits is not None:
                 call_id = header.get("id")
                 function_hash = header.get("hash")
@@ -6176,7 +6260,8 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 )
                 call.stored = stored
                 spin = header.get("spin")
-                recycle = not arm_cpu(limits)
+                # armed after the previous call (the worker has been idle since): not again
+                recycle = False if armed else not arm_cpu(limits)
                 # poll without sleeping while the backend runs our queries, this call only
                 chan.spin = min(spin, MAX_SPIN) if type(spin) is float and spin > 0 else 0.0
                 try:
@@ -6192,6 +6277,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 reply: dict[str, Any] = {"op": DONE, "id": call_id}
                 if recycle or not arm_cpu(limits):  # re-armed: the idle worker has its budget
                     reply["recycle"] = True
+                armed = True
                 chan.send(reply, data)
             else:
                 raise SystemExit(EXIT_PROTOCOL)
@@ -6199,7 +6285,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6906,7 +6992,11 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
         raise ProtocolError("a query request must be {'sql': str, 'params': list}")
     try:
         rows = port.query(sql, params)
-        body = codec.encode({"rows": list(rows), "rowcount": rows.rowcount}, root="rows")
+        try:
+            body = _pickle((list(rows), rows.rowcount))
+        except (TypeError, AttributeError, ValueError, RecursionError) as exc:
+            raise TypeError(f"a value in the result cannot be sent to the worker: {exc}") \
+                from None
     except DatabaseError as exc:
         info = {
             "message": _clip(exc.args[0] if exc.args else str(exc)),
@@ -6919,7 +7009,21 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
         info = {"type": type(exc).__name__ if type(exc) in (TypeError, ValueError) else
                 "ValueError", "message": _clip(str(exc))}
         return QERR, json.dumps(info).encode("utf-8")
-    return ROWS, body.encode("utf-8")
+    return ROWS, body
+
+
+def _pickle(value: object) -> bytes:
+    """Rows for the worker, as ``pickle`` (the fastest stdlib form that keeps every type the SPI
+    port returns: ``Decimal``, dates and times, ``UUID``). Only ever this direction: the worker
+    is not trusted, and the backend never unpickles (or unmarshals) anything it sends."""
+    global _pickle
+    import pickle
+
+    def dumps(value: object) -> bytes:
+        return pickle.dumps(value, 5)
+
+    _pickle = dumps  # imported on the first query served: most calls' first need of it
+    return dumps(value)
 
 
 def _payload_text(payload: bytes, limits: Limits) -> str:
@@ -7031,7 +7135,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7910,7 +8014,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -7926,7 +8030,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71']):
+                for r in plpy.execute(plan, ['2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -7976,7 +8080,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '9abef24f5a5cab4c35786efd515990658a1bcca89cf9168be8ed6e9503b00c71'
+    _pkg.CODE_TAG = '2fc974a874f7705175ece23e70d5dbf1372c74085bc27383e7b97bbe7eb9a8b4'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -55,6 +55,24 @@ def test_many_messages_in_order(pipes: tuple[Channel, Channel, list[int]]) -> No
                                               for i in range(50)]
 
 
+def test_call_messages_travel_with_a_compact_header(
+    pipes: tuple[Channel, Channel, list[int]],
+) -> None:
+    a, b, _ = pipes
+    for op in ("call", "rows", "qerr", "query", "done"):
+        frame = Channel.frame({"op": op, "id": 7}, b"xyz")
+        assert len(frame) == 8 + 6 + 3 and frame[8] == 1  # 6 bytes, not JSON
+        a.send({"op": op, "id": 2**32 - 1}, b"xyz")
+        assert b.recv(1) == ({"op": op, "id": 2**32 - 1}, b"xyz")
+    # anything else keeps its JSON header: other ops, more keys, ids out of range or not ints
+    for header in ({"op": "hello", "id": 1}, {"op": "done", "id": 1, "recycle": True},
+                   {"op": "done", "id": 2**32}, {"op": "done", "id": -1},
+                   {"op": "done", "id": True}, {"op": "done", "id": "1"}, {"op": "done"}):
+        assert Channel.frame(header)[8:9] == b"{"
+        a.send(header)
+        assert b.recv(1) == (header, b"")
+
+
 def test_unicode_header(pipes: tuple[Channel, Channel, list[int]]) -> None:
     a, b, _ = pipes
     a.send({"op": "qerr", "m": "héllo ✓"})
@@ -128,6 +146,15 @@ def test_send_to_a_closed_peer(pipes: tuple[Channel, Channel, list[int]]) -> Non
         ((10).to_bytes(4, "big") + (0).to_bytes(4, "big") + b'{"op": 1 }', "no string 'op'"),
         ((3).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"{x}", "not UTF-8 JSON"),
         ((19).to_bytes(4, "big") + (0).to_bytes(4, "big") + b'{"op":"a","n":NaN }', "JSON"),
+        # compact headers: exactly 6 bytes, a known op
+        ((6).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x05\x00\x00\x00\x01",
+         "compact"),
+        ((6).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\xff\x00\x00\x00\x01",
+         "compact"),
+        ((5).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x01\x00\x00\x00", "compact"),
+        ((7).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x01\x00\x00\x00\x00\x00",
+         "compact"),
+        ((1).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01", "compact"),
     ],
 )
 def test_malformed_frames(data: bytes, match: str) -> None:
@@ -227,3 +254,40 @@ def test_own_fds_are_closed() -> None:
         os.fstat(r)
     with pytest.raises(OSError):
         os.fstat(w)
+
+
+def test_a_spinning_end_gives_its_cpu_away_between_polls(
+    pipes: tuple[Channel, Channel, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both ends of a channel often share one CPU (the scheduler wakes one on the other's);
+    # a spin that never yields would keep the peer it waits for off that CPU.
+    import wormhole.runtime.channel as channel_module
+
+    yields: list[None] = []
+    monkeypatch.setattr(channel_module, "_yield", lambda: yields.append(None))
+    a, b, _ = pipes
+    b.spin = 0.002
+    assert b.recv(0) is None  # nothing came: spun, yielding between polls, then gave up
+    assert len(yields) > 1
+    assert b.spin == 0.0
+
+
+def test_the_backend_side_never_unpickles_or_unmarshals() -> None:
+    # Rows go to the worker as pickle (it trusts its backend); nothing the worker sends may be
+    # read that way. The backend's side of the channel is channel.py and sandbox.py.
+    import ast
+
+    runtime = SRC / "wormhole" / "runtime"
+    for name in ("channel.py", "sandbox.py"):
+        tree = ast.parse((runtime / name).read_text("utf-8"))
+        modules = {"pickle", "_pickle", "marshal"}
+        readers = {"loads", "load", "Unpickler"}
+        loads = [
+            node.lineno for node in ast.walk(tree)
+            if (isinstance(node, ast.Attribute) and node.attr in readers
+                and isinstance(node.value, ast.Name) and node.value.id in modules)
+            or (isinstance(node, ast.ImportFrom) and node.module in modules
+                and any(alias.name in readers for alias in node.names))
+        ]
+        # sandbox.py's bootstrap text (run inside the worker) is a string, not code here
+        assert loads == [], f"{name} deserializes at lines {loads}"

@@ -619,3 +619,58 @@ def test_executor_for_is_per_process(sources: dict[str, str]) -> None:
     a = sandbox.executor_for(sources, bwrap=BWRAP)
     assert sandbox.executor_for(sources, bwrap=BWRAP) is a
     a.close()
+
+
+ECHO_EACH = """\
+def f(values):
+    return [query("SELECT $1", v)[0]["value"] for v in values]
+"""
+
+
+def test_every_type_survives_the_round_trip_through_the_backend(
+    executor: sandbox.WorkerExecutor,
+) -> None:
+    # arguments -> worker -> query() parameters (JSON to the backend) -> rows (pickle to the
+    # worker) -> the result (JSON): every type the SPI port returns keeps its type and value
+    import datetime as dt
+    import uuid
+    from decimal import Decimal
+
+    from wormhole.runtime import codec
+
+    values = [
+        None, True, False, 0, -(2**70), 1.5, "", "héllo ✓", "$x", b"\x00\xff",
+        Decimal("12.50"), Decimal("-0.000001"),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc),
+        dt.datetime(2026, 1, 2, 3, 4, 5), dt.date(2026, 11, 25), dt.time(23, 59, 59),
+        dt.timedelta(days=-1, seconds=5), uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        [1, [2, None], "x"], {"a": [1, {"b": Decimal("1.1")}], "$t": 1},
+    ]
+    port = MemoryPort()
+    text = executor.run(make_call(ECHO_EACH, values), port, never)
+    got = codec.decode(text)["ok"]
+    assert got == values
+    assert [type(v) for v in got] == [type(v) for v in values]
+    assert [p for _, p in port.log] == [[v] for v in values]
+
+
+class _UnsendablePort(MemoryPort):
+    def query(self, sql: str, params: "list[object] | tuple[object, ...]") -> Rows:
+        return Rows([{"value": threading.Lock()}])
+
+
+UNSENDABLE = """\
+def f():
+    try:
+        query("SELECT $1", 1)
+    except TypeError as e:
+        return str(e)
+"""
+
+
+def test_a_result_value_that_cannot_be_sent_is_a_type_error_in_the_function(
+    executor: sandbox.WorkerExecutor,
+) -> None:
+    text = executor.run(make_call(UNSENDABLE), _UnsendablePort(), never)
+    assert "cannot be sent to the worker" in json.loads(text)["ok"]
+    assert executor.run(make_call(RETURN_ONE), MemoryPort(), never) == '{"ok":1,"out":[]}'

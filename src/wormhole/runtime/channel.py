@@ -4,13 +4,16 @@ A frame is::
 
     4-byte big-endian header length | 4-byte big-endian body length | header | body
 
-The header is a UTF-8 JSON object with a string ``"op"``; the body is raw bytes. Big payloads (a
+The header is a UTF-8 JSON object with a string ``"op"``, or, when it is exactly ``{"op": op,
+"id": n}`` for the messages of a call, 6 bytes (``0x01``, the op's index in ``_OPS``, ``n`` as 4
+big-endian bytes; a JSON header starts with ``{``); the body is raw bytes. Big payloads (a
 call's result text, rows, a call's source and arguments) travel in the body, so they are never
 escaped twice, and the backend can hand a result to the client without decoding it.
 
 Both ends validate what they read: sizes are bounded before anything is allocated, the header
-must be a JSON object with a string ``op``, and anything else raises ``ProtocolError``. The
-backend treats every frame from the worker as untrusted input.
+must be a JSON object with a string ``op`` (or a well-formed compact header), and anything else
+raises ``ProtocolError``. The backend treats every frame from the worker as untrusted input: it
+only ever decodes JSON from the worker, never ``pickle`` or ``marshal``.
 
 ``recv`` takes a timeout and keeps a partial frame buffered across calls, so the backend can
 wake every few milliseconds to check PostgreSQL's interrupts while a worker is still writing.
@@ -34,7 +37,9 @@ backend -> worker
     when the backend has it, ``reset`` when the worker should forget the sources it kept,
     ``spin`` (seconds it may poll for answers without sleeping); body: the source (if
     ``src``), the code (if ``code``), then the arguments' JSON text (UTF-8)
-    ``rows``  answer to ``query``; body: codec text of ``{"rows": [...], "rowcount": n}``
+    ``rows``  answer to ``query``; body: ``pickle`` of ``(rows, rowcount)``, rows a list of
+    dicts (the fastest stdlib form that keeps ``Decimal``, dates and ``UUID``; only the worker,
+    which trusts its backend, unpickles)
     ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
     "type"}``
 worker -> backend
@@ -48,6 +53,7 @@ import errno
 import json
 import os
 import select
+import struct
 import time
 
 TYPE_CHECKING = False
@@ -86,6 +92,10 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 ABSOLUTE_MAX_FRAME = 1024 * 1024 * 1024 - 1
 
 _PREFIX = 8
+#: a spinning end gives its CPU to any other runnable task between polls: when the scheduler
+#: has put both ends of the channel on one CPU (it often does, waking one with the other), a
+#: plain spin would keep the peer it waits for off that CPU for the whole spin
+_yield = getattr(os, "sched_yield", lambda: None)
 _READ_CHUNK = 1024 * 1024
 _POLL_MS = 20
 
@@ -151,14 +161,17 @@ class Channel:
             raise TypeError("a header must be a dict with a str 'op'")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError("a body must be bytes")
-        head = _HEADER_ENCODER.encode(header).encode("utf-8")
+        code = _OP_CODES.get(header["op"]) if len(header) == 2 else None
+        call_id = header.get("id")
+        if code is not None and type(call_id) is int and 0 <= call_id <= 0xFFFFFFFF:
+            head = _PACK_COMPACT(_COMPACT, code, call_id)  # {"op", "id"}: the hot messages
+        else:
+            head = _header_text(header).encode("utf-8")
         if len(head) > MAX_HEADER:
             raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")
         if len(body) > ABSOLUTE_MAX_FRAME:
             raise ValueError(f"body is {len(body)} bytes; the limit is {ABSOLUTE_MAX_FRAME}")
-        return b"".join(
-            (len(head).to_bytes(4, "big"), len(body).to_bytes(4, "big"), head, bytes(body))
-        )
+        return b"".join((_PACK_PREFIX(len(head), len(body)), head, body))
 
     def send(
         self,
@@ -266,6 +279,7 @@ class Channel:
                 frame = self._parse()
                 if frame is not None or self._eof:
                     return frame
+            _yield()
             if time.perf_counter() >= end:
                 self.spin = 0.0
                 return None
@@ -317,6 +331,10 @@ class Channel:
             body = view[_PREFIX + hlen:total].tobytes()
         del self._buf[:total]
         self._need = None
+        if raw_head[0] == _COMPACT:
+            if hlen != _COMPACT_SIZE or raw_head[1] >= len(_OPS):
+                raise ProtocolError("malformed compact frame header")
+            return {"op": _OPS[raw_head[1]], "id": int.from_bytes(raw_head[2:], "big")}, body
         return decode_header(raw_head), body
 
     def close(self) -> None:
@@ -336,8 +354,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-# built once: ``json.dumps``/``json.loads`` with options build an encoder/decoder per message.
+# built once: ``json.dumps``/``json.loads`` with options build an encoder/decoder per message,
+# and ``JSONEncoder.encode`` builds a C encoder per call; the C encoder is built here once.
 _HEADER_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_PACK_PREFIX = struct.Struct(">II").pack
+# A header that is exactly {"op": <one of _OPS>, "id": <0..2**32-1>} (every query, rows, qerr
+# and done message) travels as 6 bytes: _COMPACT, the op's index in _OPS, the id (big-endian).
+# A JSON header starts with "{", so the first byte tells the two apart.
+_OPS = (CALL, ROWS, QERR, QUERY, DONE)
+_OP_CODES = {op: code for code, op in enumerate(_OPS)}
+_COMPACT = 1
+_COMPACT_SIZE = 6
+_PACK_COMPACT = struct.Struct(">BBI").pack
+
+
+def _no_default(o: object) -> Any:
+    raise TypeError(f"a frame header cannot hold a {type(o).__name__}")
+
+
+try:
+    from _json import encode_basestring as _c_str
+    from _json import make_encoder as _c_make_encoder
+
+    _C_HEADER = _c_make_encoder(None, _no_default, _c_str, None, ":", ",", False, False, False)
+
+    def _header_text(header: dict[str, Any]) -> str:
+        return "".join(_C_HEADER(header, 0))
+except ImportError:  # pragma: no cover - a Python without the C accelerator
+    def _header_text(header: dict[str, Any]) -> str:
+        return _HEADER_ENCODER.encode(header)
 _HEADER_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 

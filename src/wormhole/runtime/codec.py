@@ -58,6 +58,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_BYTES",
     "encode",
+    "encode_query",
     "decode",
     "encode_value",
     "decode_value",
@@ -415,6 +416,23 @@ def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> s
         return _PLAIN_ENCODER.encode(value)
     except (ValueError, TypeError, RecursionError) as e:  # pragma: no cover - guarded above
         raise CodecError(f"cannot encode {root}: {e}") from None
+
+
+_FLAT = frozenset({str, int, float, bool, type(None)})
+
+
+def encode_query(sql: str, params: list[Any]) -> str:
+    """``encode({"sql": sql, "params": params}, root="params")``, the text of a ``query`` request.
+
+    Parameters that are all plain scalars (the usual case) go straight to the C encoder, with
+    the same output; anything else takes the full path.
+    """
+    if _FLAT.issuperset(map(type, params)):
+        try:
+            return _fast_text({"sql": sql, "params": params})
+        except (ValueError, OverflowError):
+            pass  # nan/inf or an int too long for str(): the full walk tags them
+    return encode({"sql": sql, "params": params}, root="params")
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class ChannelPort:
         if type(sql) is not str:
             raise TypeError("query() needs the SQL text as a str")
         try:
-            body = codec.encode({"sql": sql, "params": list(params)}, root="params")
+            body = codec.encode_query(sql, list(params))
         except codec.CodecError as exc:
             raise TypeError(f"a query parameter cannot be sent to the database: {exc}") from None
         try:
@@ -79,14 +79,29 @@ class ChannelPort:
         header, answer = received
         op = header["op"]
         if op == ROWS:
-            value = codec.decode(answer.decode("utf-8"))
-            if type(value) is not dict or type(value.get("rows")) is not list:
+            try:
+                value = _unpickle(answer)
+            except Exception:  # noqa: BLE001 - not what the backend sends
+                raise SystemExit(EXIT_PROTOCOL) from None
+            if type(value) is not tuple or len(value) != 2 or type(value[0]) is not list:
                 raise SystemExit(EXIT_PROTOCOL)
-            rowcount = value.get("rowcount")
-            return Rows(value["rows"], rowcount if type(rowcount) is int else None)
+            rows, rowcount = value
+            return Rows(rows, rowcount if type(rowcount) is int else None)
         if op == QERR:
             raise _query_error(json.loads(answer.decode("utf-8")))
         raise SystemExit(EXIT_PROTOCOL)
+
+
+def _unpickle(data: bytes) -> Any:
+    """Rows from the backend (``pickle``: the backend is trusted; it never unpickles ours)."""
+    global _unpickle
+    from pickle import loads
+
+    def unpickle(data: bytes) -> Any:
+        return loads(data)
+
+    _unpickle = unpickle  # imported on the first query: a worker that runs none never loads it
+    return loads(data)
 
 
 def _query_error(info: Mapping[str, Any]) -> Exception:
@@ -141,6 +156,7 @@ def apply_limits(limits: engine.Limits) -> None:
         total = limits.cpu_seconds * CPU_BUDGETS
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, total))
     _CPU_HARD.clear()  # read again: hard limits only ever go down
+    _CPU_SOFT.clear()
 
 
 # -- seccomp -----------------------------------------------------------------------------------
@@ -266,6 +282,7 @@ def cpu_used() -> float:
 
 
 _CPU_HARD: list[int] = []  # the hard RLIMIT_CPU, read once after ``apply_limits``
+_CPU_SOFT: list[int] = []  # the soft RLIMIT_CPU ``arm_cpu`` last set
 
 
 def _cpu_hard() -> int:
@@ -282,7 +299,9 @@ def arm_cpu(limits: engine.Limits) -> bool:
     soft = math.ceil(cpu_used()) + limits.cpu_seconds
     if hard != resource.RLIM_INFINITY and soft > hard:
         return False
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    if _CPU_SOFT != [soft]:  # the soft limit moves once per CPU second, not per call
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        _CPU_SOFT[:] = [soft]
     return True
 
 
@@ -306,6 +325,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
     modules_key = ""
     limits: engine.Limits | None = None
     sources: dict[str, str] = {}  # hash -> source, as the backend sent them
+    armed = False  # whether the CPU limit was re-armed after the last call
     try:
         while True:
             received = chan.recv(None)
@@ -322,6 +342,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 if limits is None:
                     confine(new_limits)
                 limits = new_limits
+                armed = False
             elif op == CALL and limits is not None:
                 call_id = header.get("id")
                 function_hash = header.get("hash")
@@ -360,7 +381,8 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 )
                 call.stored = stored
                 spin = header.get("spin")
-                recycle = not arm_cpu(limits)
+                # armed after the previous call (the worker has been idle since): not again
+                recycle = False if armed else not arm_cpu(limits)
                 # poll without sleeping while the backend runs our queries, this call only
                 chan.spin = min(spin, MAX_SPIN) if type(spin) is float and spin > 0 else 0.0
                 try:
@@ -376,6 +398,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 reply: dict[str, Any] = {"op": DONE, "id": call_id}
                 if recycle or not arm_cpu(limits):  # re-armed: the idle worker has its budget
                     reply["recycle"] = True
+                armed = True
                 chan.send(reply, data)
             else:
                 raise SystemExit(EXIT_PROTOCOL)
