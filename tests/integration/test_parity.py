@@ -156,3 +156,37 @@ def test_domain_typed_parameters_convert_by_their_base_type(db, conn):
             return e.sqlstate
 
     assert insert_bad() == "23514"  # the domain's CHECK still applies
+
+
+ROW_SET = """
+SELECT i AS n,
+       timestamptz '2024-02-29 13:14:15.123+02' + i * interval '1 hour 1.5 seconds' AS tz,
+       timestamp '1999-12-31 23:59:59' + i * interval '1 day' AS ts,
+       date '2000-02-28' + i AS d,
+       CASE WHEN i % 3 = 0 THEN NULL ELSE i * 1.5 END AS x
+FROM generate_series(1, 40) i
+"""
+
+
+@remote
+def fetch_and_use(sql):
+    rows = query(sql)
+    # the worker holds real date and time values, not text
+    used = [[r["tz"].utcoffset() is not None, r["ts"].utcoffset() is None, r["d"].toordinal()]
+            for r in rows[:3]]
+    return [rows, used, rows[5:7]]
+
+
+@pytest.mark.parametrize("mode", ["worker", "in-process"])
+def test_a_row_set_with_dates_and_times_is_the_same_in_both_modes(db, conn, mode):
+    # a row set of >= 8 rows crosses to the worker column by column, its date and time
+    # columns as PostgreSQL's text; the function must see the same values as the client
+    if mode == "in-process":
+        fetch_and_use.install()
+        with db.admin() as a:
+            a.execute("SELECT wormhole_approve(%s)", (fetch_and_use.hash,))
+    client_rows = list(query(ROW_SET))
+    rows, used, some = fetch_and_use(ROW_SET)
+    assert same(rows, client_rows)
+    assert same(some, client_rows[5:7])
+    assert used == [[True, True, r["d"].toordinal()] for r in client_rows[:3]]

@@ -61,7 +61,7 @@ def test_call_messages_travel_with_a_compact_header(
     a, b, _ = pipes
     for op in ("call", "rows", "qerr", "query", "done"):
         frame = Channel.frame({"op": op, "id": 7}, b"xyz")
-        assert len(frame) == 8 + 6 + 3 and frame[8] == 1  # 6 bytes, not JSON
+        assert len(frame) == 8 + 7 + 3 and frame[8] == 1  # 7 bytes, not JSON
         a.send({"op": op, "id": 2**32 - 1}, b"xyz")
         assert b.recv(1) == ({"op": op, "id": 2**32 - 1}, b"xyz")
     # anything else keeps its JSON header: other ops, more keys, ids out of range or not ints
@@ -146,13 +146,14 @@ def test_send_to_a_closed_peer(pipes: tuple[Channel, Channel, list[int]]) -> Non
         ((10).to_bytes(4, "big") + (0).to_bytes(4, "big") + b'{"op": 1 }', "no string 'op'"),
         ((3).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"{x}", "not UTF-8 JSON"),
         ((19).to_bytes(4, "big") + (0).to_bytes(4, "big") + b'{"op":"a","n":NaN }', "JSON"),
-        # compact headers: exactly 6 bytes, a known op
-        ((6).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x05\x00\x00\x00\x01",
+        # compact headers: exactly 7 bytes, a known op
+        ((7).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x05\x00\x00\x00\x00\x01",
          "compact"),
-        ((6).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\xff\x00\x00\x00\x01",
+        ((7).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\xff\x00\x00\x00\x00\x01",
          "compact"),
-        ((5).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x01\x00\x00\x00", "compact"),
-        ((7).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x01\x00\x00\x00\x00\x00",
+        ((6).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x01\x00\x00\x00\x00",
+         "compact"),
+        ((8).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x01" + b"\x00" * 6,
          "compact"),
         ((1).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01", "compact"),
     ],
@@ -291,3 +292,26 @@ def test_the_backend_side_never_unpickles_or_unmarshals() -> None:
         ]
         # sandbox.py's bootstrap text (run inside the worker) is a string, not code here
         assert loads == [], f"{name} deserializes at lines {loads}"
+
+
+def test_a_peer_on_this_cpu_is_waited_for_by_blocking_not_spinning(
+    pipes: tuple[Channel, Channel, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each compact header says which CPU its sender ran on. Waiting for a peer that last wrote
+    # from this CPU, a spin would keep it off the CPU it needs (yields do not reliably switch
+    # to it): recv blocks at once instead; a peer elsewhere is spun for as before.
+    import wormhole.runtime.channel as channel_module
+
+    spins: list[None] = []
+    monkeypatch.setattr(channel_module, "_yield", lambda: spins.append(None))
+    a, b, _ = pipes
+    for here, there, spun in ((3, 3, False), (3, 4, True)):
+        monkeypatch.setattr(channel_module, "_cpu", lambda: there)
+        a.send({"op": "query", "id": 1})
+        monkeypatch.setattr(channel_module, "_cpu", lambda: here)
+        assert b.recv(1) == ({"op": "query", "id": 1}, b"")
+        assert b.peer_cpu == there
+        spins.clear()
+        b.spin = 0.001
+        assert b.recv(0) is None
+        assert bool(spins) is spun

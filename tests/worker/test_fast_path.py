@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from worker_support import BWRAP, MemoryPort, make_call, never
+from worker_support import BWRAP, MemoryPort, make_call, never, python_pid
 
 from wormhole.runtime import sandbox
 from wormhole.runtime.channel import Channel
@@ -327,3 +327,28 @@ def test_no_inheritable_descriptor_reaches_bubblewrap_or_the_worker(
         ex.close()
         os.close(fd)
     assert ex.worker_pid is None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_a_spinning_worker_keeps_off_the_backends_cpu(
+    executor: sandbox.WorkerExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sharing one CPU, a backend and its worker run a call about twice as slowly (they evict
+    # each other from the core's caches), and the scheduler keeps such a pair together: a call
+    # that spins tells the worker the backend's CPU, and the worker keeps off it. A call that
+    # does not spin (a busy machine) gives the worker every CPU back.
+    allowed = os.sched_getaffinity(0)
+    here = min(allowed)
+    monkeypatch.setattr(sandbox, "_spare_cpu", lambda: False)
+    assert _ok(executor.run(make_call(TWO_QUERIES, 1), MemoryPort(), never)) == [1, 2]
+    os.sched_setaffinity(0, {here})  # this process is the backend here
+    try:
+        monkeypatch.setattr(sandbox, "_spare_cpu", lambda: True)
+        assert _ok(executor.run(make_call(TWO_QUERIES, 1), MemoryPort(), never)) == [1, 2]
+        worker = python_pid(executor)
+        assert os.sched_getaffinity(worker) == allowed - {here}
+        monkeypatch.setattr(sandbox, "_spare_cpu", lambda: False)
+        assert _ok(executor.run(make_call(TWO_QUERIES, 1), MemoryPort(), never)) == [1, 2]
+        assert os.sched_getaffinity(worker) == allowed
+    finally:
+        os.sched_setaffinity(0, allowed)

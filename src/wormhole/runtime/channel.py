@@ -5,8 +5,9 @@ A frame is::
     4-byte big-endian header length | 4-byte big-endian body length | header | body
 
 The header is a UTF-8 JSON object with a string ``"op"``, or, when it is exactly ``{"op": op,
-"id": n}`` for the messages of a call, 6 bytes (``0x01``, the op's index in ``_OPS``, ``n`` as 4
-big-endian bytes; a JSON header starts with ``{``); the body is raw bytes. Big payloads (a
+"id": n}`` for the messages of a call, 7 bytes (``0x01``, the op's index in ``_OPS``, the
+sender's CPU, ``n`` as 4 big-endian bytes; a JSON header starts with ``{``); the body is raw
+bytes. Big payloads (a
 call's result text, rows, a call's source and arguments) travel in the body, so they are never
 escaped twice, and the backend can hand a result to the client without decoding it.
 
@@ -38,8 +39,10 @@ backend -> worker
     ``spin`` (seconds it may poll for answers without sleeping); body: the source (if
     ``src``), the code (if ``code``), then the arguments' JSON text (UTF-8)
     ``rows``  answer to ``query``; body: ``pickle`` of ``(rows, rowcount)``, rows a list of
-    dicts (the fastest stdlib form that keeps ``Decimal``, dates and ``UUID``; only the worker,
-    which trusts its backend, unpickles)
+    dicts, or of ``(names, kinds, columns, rowcount)`` for a row set whose date and time
+    columns travel as PostgreSQL's text (``sandbox._rows_value``); pickle is the fastest
+    stdlib form that keeps ``Decimal``, dates and ``UUID``, and only the worker, which trusts
+    its backend, unpickles
     ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
     "type"}``
 worker -> backend
@@ -74,6 +77,7 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "ProtocolError",
+    "current_cpu",
 ]
 
 BOOT = "boot"
@@ -149,6 +153,8 @@ class Channel:
         self._rblocking = os.get_blocking(self.rfd)
         #: seconds ``recv`` polls without sleeping before it blocks (0: never spins)
         self.spin = 0.0
+        #: the CPU the peer said it wrote its last message from (-1: unknown)
+        self.peer_cpu = -1
         self._poll = select.poll()
         self._poll.register(self.rfd, select.POLLIN | select.POLLPRI)
 
@@ -164,7 +170,8 @@ class Channel:
         code = _OP_CODES.get(header["op"]) if len(header) == 2 else None
         call_id = header.get("id")
         if code is not None and type(call_id) is int and 0 <= call_id <= 0xFFFFFFFF:
-            head = _PACK_COMPACT(_COMPACT, code, call_id)  # {"op", "id"}: the hot messages
+            cpu = _cpu()
+            head = _PACK_COMPACT(_COMPACT, code, cpu if 0 <= cpu < 255 else 255, call_id)
         else:
             head = _header_text(header).encode("utf-8")
         if len(head) > MAX_HEADER:
@@ -232,7 +239,9 @@ class Channel:
         frame = self._parse()
         if frame is not None:
             return frame
-        if self.spin > 0 and not self._eof:
+        if self.spin > 0 and not self._eof and (self.peer_cpu < 0 or self.peer_cpu != _cpu()):
+            # (a peer that last wrote from this very CPU is best handed the CPU by blocking:
+            # a yield does not reliably switch to it, and the wake-up is cheap on one CPU)
             frame = self._spin()
             if frame is not None:
                 return frame
@@ -334,7 +343,8 @@ class Channel:
         if raw_head[0] == _COMPACT:
             if hlen != _COMPACT_SIZE or raw_head[1] >= len(_OPS):
                 raise ProtocolError("malformed compact frame header")
-            return {"op": _OPS[raw_head[1]], "id": int.from_bytes(raw_head[2:], "big")}, body
+            self.peer_cpu = -1 if raw_head[2] == 255 else raw_head[2]
+            return {"op": _OPS[raw_head[1]], "id": int.from_bytes(raw_head[3:], "big")}, body
         return decode_header(raw_head), body
 
     def close(self) -> None:
@@ -359,13 +369,38 @@ def _reject_constant(name: str) -> Any:
 _HEADER_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _PACK_PREFIX = struct.Struct(">II").pack
 # A header that is exactly {"op": <one of _OPS>, "id": <0..2**32-1>} (every query, rows, qerr
-# and done message) travels as 6 bytes: _COMPACT, the op's index in _OPS, the id (big-endian).
+# and done message) travels as 7 bytes: _COMPACT, the op's index in _OPS, the CPU the sender
+# ran on as it sent (255: unknown), the id (big-endian).
 # A JSON header starts with "{", so the first byte tells the two apart.
 _OPS = (CALL, ROWS, QERR, QUERY, DONE)
 _OP_CODES = {op: code for code, op in enumerate(_OPS)}
 _COMPACT = 1
-_COMPACT_SIZE = 6
-_PACK_COMPACT = struct.Struct(">BBI").pack
+_COMPACT_SIZE = 7
+_PACK_COMPACT = struct.Struct(">BBBI").pack
+
+
+def current_cpu() -> int:
+    """The CPU this process runs on right now (``sched_getcpu``), or -1 where unknown."""
+    return _cpu()
+
+
+def _cpu() -> int:
+    """:func:`current_cpu` (replaced by the C function on first use)."""
+    global _cpu
+    try:
+        import ctypes
+
+        getcpu = ctypes.CDLL(None).sched_getcpu
+        getcpu.restype = ctypes.c_int
+        getcpu.argtypes = []
+        if getcpu() < 0:
+            raise OSError("sched_getcpu failed")
+        found: Callable[[], int] = getcpu
+    except (ImportError, OSError, AttributeError):
+        def found() -> int:
+            return -1
+    _cpu = found
+    return found()
 
 
 def _no_default(o: object) -> Any:

@@ -59,6 +59,7 @@ __all__ = [
     "MAX_BYTES",
     "encode",
     "encode_query",
+    "pg_column",
     "decode",
     "encode_value",
     "decode_value",
@@ -619,6 +620,14 @@ def _dec_pg_column(kind: str, col: list[Any]) -> list[Any]:
         return out
     except (ValueError, TypeError, OverflowError) as e:
         raise CodecError(f"malformed $rows {kind!r} column: {type(e).__name__}") from None
+
+
+def pg_column(kind: str, texts: list[Any]) -> list[Any]:
+    """A ``pgtz``/``pgts``/``pgdate`` column (PostgreSQL's ISO text) read back into values,
+    exactly as ``pgtypes`` read it on the server. Raises ``CodecError`` for anything else."""
+    if kind not in _PG_KINDS:
+        raise CodecError(f"not a PostgreSQL text column kind: {kind[:20]!r}")
+    return _dec_pg_column(kind, texts)
 
 
 def _dec_rows(p: object) -> list[dict[str, Any]]:

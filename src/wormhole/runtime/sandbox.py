@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import operator
 import os
 import select
 import signal
@@ -57,9 +58,11 @@ from .channel import (
     Channel,
     ChannelClosed,
     ProtocolError,
+    current_cpu,
 )
 from .engine import Call, Limits, QueryPort, source_hash
 from .errors import DatabaseError, LimitExceeded
+from .rows import Rows
 
 __all__ = [
     "BOOTSTRAP",
@@ -590,15 +593,24 @@ class WorkerExecutor:
         chan.spin = spin
         if spin:
             header["spin"] = spin
+            cpu = current_cpu()
+            if cpu >= 0:
+                header["cpu"] = cpu  # the worker keeps off this CPU while it spins (see main)
             self.spun_calls += 1
         if limits.timeout_ms > 0:
             deadline = time.monotonic() + limits.timeout_ms / 1000.0
         chan.send(header, body, tick=tick)
+        woken = False
         while True:
             received = chan.recv(POLL_SECONDS)
             if received is None:
                 tick()
                 continue
+            if not woken:
+                # the first answer waited for the worker to wake up, which can outlast a spin
+                # after an idle spell without saying anything about the waits that follow
+                woken = True
+                chan.spin = spin
             header, payload = received
             if header.get("id") != call_id:
                 raise ProtocolError(f"message for call {header.get('id')!r}, expected {call_id}")
@@ -706,7 +718,7 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
     try:
         rows = port.query(sql, params)
         try:
-            body = _pickle((list(rows), rows.rowcount))
+            body = _pickle(_rows_value(rows))
         except (TypeError, AttributeError, ValueError, RecursionError) as exc:
             raise TypeError(f"a value in the result cannot be sent to the worker: {exc}") \
                 from None
@@ -723,6 +735,33 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
                 "ValueError", "message": _clip(str(exc))}
         return QERR, json.dumps(info).encode("utf-8")
     return ROWS, body
+
+
+def _rows_value(rows: Rows) -> tuple[Any, ...]:
+    """What crosses to the worker for ``rows``: ``(rows, rowcount)``, or, for a row set whose
+    date and time columns the SPI port read from PostgreSQL's text (``Rows._wire``),
+    ``(names, kinds, columns, rowcount)`` with those columns as that text: pickling 100k
+    ``datetime`` objects costs far more than the worker reading the text again."""
+    wire = rows._wire if type(rows) is Rows else None
+    if wire and type(rows[0]) is dict:
+        names = tuple(rows[0])
+        if set(map(len, rows)) == {len(names)}:
+            kinds: list[str] = []
+            cols: list[list[Any]] = []
+            try:
+                for name in names:
+                    kept = wire.get(name)
+                    if kept is not None and len(kept[2]) == len(rows):
+                        kinds.append(kept[0])
+                        cols.append(kept[2])
+                    else:
+                        kinds.append("")
+                        cols.append(list(map(operator.itemgetter(name), rows)))
+            except KeyError:  # not one row shape after all: the plain form
+                pass
+            else:
+                return names, kinds, cols, rows.rowcount
+    return list(rows), rows.rowcount
 
 
 def _pickle(value: object) -> bytes:
