@@ -93,10 +93,28 @@ class Backend:
 
 _STATE_KEY = "wormhole.backend/" + VERSION
 
+#: this process's id, kept current across ``os.fork`` (``os.getpid()`` is a system call, and
+#: a warm call only needs to know that ``GD``'s state was made by this process)
+_PID = [os.getpid()]
+
+
+def _after_fork() -> None:
+    _PID[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+else:  # pragma: no cover - every POSIX Python has it
+    _PID = None  # type: ignore[assignment]
+
+
+def _pid() -> int:
+    return os.getpid() if _PID is None else _PID[0]
+
 
 def backend(GD: dict[str, Any], sources: Mapping[str, str]) -> Backend:
     state: Backend | None = GD.get(_STATE_KEY)
-    if state is None or state.pid != os.getpid():
+    if state is None or state.pid != _pid():
         state = Backend(sources)
         GD[_STATE_KEY] = state
     return state
@@ -429,17 +447,23 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     PostgreSQL's own error.
     """
     state = GD.get(_STATE_KEY)
-    if state is None or state.pid != os.getpid():
+    if state is None or state.pid != _pid():
         state = backend(GD, sources)
     if not state.subxact_checked:
         state.subxact_checked = True
         _repair_subtransaction_dealloc(plpy)
-    if type(function_hash) is not str or _HASH.fullmatch(function_hash) is None:
+    if type(function_hash) is not str or (
+            function_hash not in state.source_cache  # only well-formed hashes get there
+            and _HASH.fullmatch(function_hash) is None):
         function_hash = _check_hash(plpy, function_hash)  # raises the right error
     if type(args_json) is not str:
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
-    approved, trusted = _lookup(plpy, state, function_hash, SD)  # also refreshes limits
+    if SD is not None and not state.trusted and SD.get(_CONFIG_MARK) is state:
+        # warm: the configuration is current and no role is trusted (what _lookup does)
+        approved, trusted = function_hash in state.approved, False
+    else:
+        approved, trusted = _lookup(plpy, state, function_hash, SD)  # also refreshes limits
     try:
         decoded = engine.decode_args(args_json, state.limits)  # checks max_args_bytes too
     except engine.BadArguments as exc:
@@ -461,7 +485,11 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         modules_key=state.cfgkey,
         limits=state.limits,
     )
-    executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
+    cached = state.in_process
+    if (approved or trusted) and cached is not None and cached[0] is plpy:
+        executor = cached[1]  # what choose_executor returns for this call
+    else:
+        executor = choose_executor(plpy, state, approved=approved, trusted=trusted)
     if approved or trusted:
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
         if stored.code is not None:

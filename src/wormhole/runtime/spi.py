@@ -37,9 +37,13 @@ INTERRUPT_SQLSTATES = frozenset(
 
 _INFER_NAME = "_wormhole_infer"
 
+_to_pg_text = pgtypes.to_pg_text
+_new_list = list.__new__
+
 
 class _Plan:
-    __slots__ = ("plan", "typnames", "nparams", "params", "converters", "has_rows", "convert")
+    __slots__ = ("plan", "typnames", "nparams", "params", "text_only", "converters", "has_rows",
+                 "convert")
 
     def __init__(self, plan: Any, typnames: list[str], nparams: int) -> None:
         self.plan = plan
@@ -47,6 +51,8 @@ class _Plan:
         self.nparams = nparams
         #: per parameter: value -> what plpy.execute takes (chosen once per plan)
         self.params = [pgtypes.plpy_param_converter(t) for t in typnames]
+        #: every parameter is sent as ``to_pg_text`` (no array, boolean or bytea parameter)
+        self.text_only = all(f is _to_pg_text for f in self.params)
         self.converters: Any = None
         self.has_rows: bool | None = None
         #: some result column needs converting (known after the first execution)
@@ -80,7 +86,11 @@ class SpiPort:
         try:
             if params:
                 try:
-                    args = [f(v) for f, v in zip(entry.params, params)]
+                    if entry.text_only:
+                        # to_pg_text, with its commonest case (an int: str) inline
+                        args = [str(v) if type(v) is int else _to_pg_text(v) for v in params]
+                    else:
+                        args = [f(v) for f, v in zip(entry.params, params)]
                 except (TypeError, ValueError) as exc:
                     raise DatabaseError(f"cannot send parameter: {exc}",
                                         sqlstate="22023") from None
@@ -90,7 +100,12 @@ class SpiPort:
         except plpy.SPIError as exc:
             raise self._translate(exc) from None
         if entry.has_rows and not entry.convert:  # the warm path of most statements
-            return Rows(result, result.nrows())
+            # Rows(result, result.nrows()) without running Rows.__init__'s Python frame
+            rows = _new_list(Rows)
+            rows.extend(result)
+            rows.rowcount = result.nrows()
+            rows._wire = None
+            return rows
         return self._rows(entry, result)
 
     # -- internals ---------------------------------------------------------------------------
