@@ -335,7 +335,7 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
     """
     out = _Output(call.limits.max_output_bytes)
     try:
-        checked = checked_code(call)
+        checked = _COMPILED.get((call.source_hash, call.modules_key)) or checked_code(call)
         if call.decoded is not None:
             args, kwargs = call.decoded
         else:
@@ -345,7 +345,8 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
         def query(sql: str, *args: object) -> Rows:
             return port_query(sql, args)
 
-        ns = namespace_for(call.modules)
+        ns = _NAMESPACES[-1] if _NAMESPACES and _NAMESPACES[-1].modules is call.modules \
+            else namespace_for(call.modules)
         glb, previous = ns.enter(query=query, print_fn=out.write, tick=tick)
         try:
             exec(checked.code, glb)  # defines the function; the policy allows nothing else
