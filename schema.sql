@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1171,7 +1171,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2063,7 +2063,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2532,7 +2532,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2923,7 +2923,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4156,7 +4156,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4892,7 +4892,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5327,7 +5327,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5417,7 +5417,11 @@ class SpiPort:
                 try:
                     if entry.text_only:
                         # to_pg_text, with its commonest case (an int: str) inline
-                        args = [str(v) if type(v) is int else _to_pg_text(v) for v in params]
+                        if len(params) == 1:
+                            v = params[0]
+                            args = [str(v) if type(v) is int else _to_pg_text(v)]
+                        else:
+                            args = [str(v) if type(v) is int else _to_pg_text(v) for v in params]
                     else:
                         args = [f(v) for f, v in zip(entry.params, params)]
                 except (TypeError, ValueError) as exc:
@@ -5428,10 +5432,12 @@ class SpiPort:
                 result = plpy.execute(entry.plan)
         except plpy.SPIError as exc:
             raise self._translate(exc) from None
-        if entry.has_rows and not entry.convert:  # the warm path of most statements
-            # Rows(result, result.nrows()) without running Rows.__init__'s Python frame
+        has_rows = entry.has_rows
+        if has_rows is not None and not entry.convert:  # the warm path of most statements
+            # Rows(result or (), result.nrows()) without running Rows.__init__'s Python frame
             rows = _new_list(Rows)
-            rows.extend(result)
+            if has_rows:
+                rows.extend(result)
             rows.rowcount = result.nrows()
             rows._wire = None
             return rows
@@ -5551,7 +5557,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5987,7 +5993,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6447,7 +6453,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7336,7 +7342,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7844,7 +7850,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
                      "JSON codec, e.g. '[[1, \"a\"], {}]'") from None
-    stored = _source(plpy, state, function_hash)
+    stored = state.source_cache.get(function_hash) or _source(plpy, state, function_hash)
     if stored is None:
         if missing == "report":  # the client library: it reinstalls and calls again
             return '{"missing":true}'
@@ -8286,7 +8292,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8302,7 +8308,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6']):
+                for r in plpy.execute(plan, ['fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8352,7 +8358,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '20f5879b76ca65d84098f0e36dc9dcf71c886c6738c7ddfb48be52590bae09c6'
+    _pkg.CODE_TAG = 'fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -115,6 +115,27 @@ def test_spi_rows_are_complete_rows() -> None:
         assert rows._wire is None
 
 
+class _Command(_Result):
+    """An UPDATE without RETURNING: no rows, no columns, a count."""
+
+    def colnames(self) -> list[str]:
+        raise RuntimeError("no result set")  # as plpy raises plpy.Error
+
+
+def test_spi_commands_give_empty_rows_with_their_count() -> None:
+    port, plpy = _port(["integer"])
+    plpy.execute = lambda plan, args=None: _Command([], 5)  # type: ignore[method-assign]
+    for _ in range(2):
+        rows = port.query("SQL", (1,))
+        assert type(rows) is Rows and rows == [] and rows.rowcount == 5 and rows._wire is None
+
+
+def test_spi_several_text_parameters() -> None:
+    port, plpy = _port(["bigint", "text", "numeric"])
+    port.query("SQL", (5, "a", Decimal("1.50")))
+    assert plpy.sent[-1] == ["5", "a", "1.50"]
+
+
 @pytest.mark.parametrize("value", [7, -3, 2**70, True, False, 1.5, "x", None, Decimal("1.0"),
                                    [1, 2], {"a": 1}])
 def test_spi_text_parameters_are_to_pg_text(value: Any) -> None:

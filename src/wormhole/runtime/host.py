@@ -506,7 +506,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         raise _error(plpy, f"wormhole_execute: {exc}", WH_BAD_INPUT,
                      hint="arguments are [[positional, ...], {keyword: value}] in wormhole's "
                      "JSON codec, e.g. '[[1, \"a\"], {}]'") from None
-    stored = _source(plpy, state, function_hash)
+    stored = state.source_cache.get(function_hash) or _source(plpy, state, function_hash)
     if stored is None:
         if missing == "report":  # the client library: it reinstalls and calls again
             return '{"missing":true}'

@@ -88,7 +88,11 @@ class SpiPort:
                 try:
                     if entry.text_only:
                         # to_pg_text, with its commonest case (an int: str) inline
-                        args = [str(v) if type(v) is int else _to_pg_text(v) for v in params]
+                        if len(params) == 1:
+                            v = params[0]
+                            args = [str(v) if type(v) is int else _to_pg_text(v)]
+                        else:
+                            args = [str(v) if type(v) is int else _to_pg_text(v) for v in params]
                     else:
                         args = [f(v) for f, v in zip(entry.params, params)]
                 except (TypeError, ValueError) as exc:
@@ -99,10 +103,12 @@ class SpiPort:
                 result = plpy.execute(entry.plan)
         except plpy.SPIError as exc:
             raise self._translate(exc) from None
-        if entry.has_rows and not entry.convert:  # the warm path of most statements
-            # Rows(result, result.nrows()) without running Rows.__init__'s Python frame
+        has_rows = entry.has_rows
+        if has_rows is not None and not entry.convert:  # the warm path of most statements
+            # Rows(result or (), result.nrows()) without running Rows.__init__'s Python frame
             rows = _new_list(Rows)
-            rows.extend(result)
+            if has_rows:
+                rows.extend(result)
             rows.rowcount = result.nrows()
             rows._wire = None
             return rows
