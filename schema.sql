@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1171,7 +1171,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2063,7 +2063,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2532,7 +2532,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2923,7 +2923,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4156,7 +4156,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4892,7 +4892,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5327,7 +5327,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5557,7 +5557,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5993,7 +5993,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6453,7 +6453,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7342,7 +7342,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7426,8 +7426,6 @@ class Backend:
         self.in_process: tuple[Any, Executor] | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
-        #: the variables those two functions return, read in place (None: call them)
-        self.user_cells: Any = _user_id_cells(self.user_ids)
         #: PostgreSQL's ``XactIsoLevel`` (ctypes); None outside a backend
         self.isolation: Any = _backend_int("XactIsoLevel")
         self.pid = os.getpid()
@@ -7503,40 +7501,6 @@ def _user_id_functions() -> Any:
         get_user.argtypes = get_session.argtypes = []
         return (get_user, get_session)
     except Exception:  # noqa: BLE001 - not inside a backend
-        return None
-
-
-def _user_id_cells(functions: Any) -> Any:
-    """``(CurrentUserId, SessionUserId)`` as ctypes views of the backend's own variables.
-
-    ``GetUserId()`` and ``GetSessionUserId()`` are each one instruction on x86-64 release
-    builds, ``mov eax, [rip+disp32]; ret``: they return a static variable, which has no symbol
-    of its own. Reading that variable is what calling them does, without a foreign call per
-    read (four per wormhole call). Used only when both functions are exactly that instruction
-    and the variables read as the functions' results; otherwise None (the functions are
-    called).
-    """
-    if functions is None:
-        return None
-    try:
-        import ctypes
-
-        if os.uname().machine not in ("x86_64", "amd64"):
-            return None
-        cells = []
-        for function in functions:
-            address = ctypes.cast(function, ctypes.c_void_p).value
-            if not address:
-                return None
-            code = ctypes.string_at(address, 7)
-            if code[:2] != b"\x8b\x05" or code[6] != 0xC3:  # mov eax, [rip+disp32]; ret
-                return None
-            displacement = int.from_bytes(code[2:6], "little", signed=True)
-            cells.append(ctypes.c_uint.from_address(address + 6 + displacement))
-        if (cells[0].value, cells[1].value) != (functions[0](), functions[1]()):
-            return None
-        return (cells[0], cells[1])
-    except Exception:  # noqa: BLE001 - not readable here: call the functions
         return None
 
 
@@ -7877,13 +7841,11 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)
-    cells = state.user_cells  # _roles(), read in place
-    roles_before = (cells[0].value, cells[1].value) if cells is not None else _roles(plpy, state)
+    roles_before = _roles(plpy, state)
     try:
         with plpy.subtransaction():
             payload = executor(call, port)
-            if ((cells[0].value, cells[1].value) if cells is not None
-                    else _roles(plpy, state)) != roles_before:
+            if _roles(plpy, state) != roles_before:
                 raise _error(
                     plpy,
                     "wormhole: the remote function changed the session's role; refused",
@@ -7918,9 +7880,6 @@ def _roles(plpy: Any, state: Backend) -> tuple[object, ...]:
     undoes the GUC change. Inside a backend the ids come from ``GetUserId()`` and
     ``GetSessionUserId()`` through ctypes (no SPI round); elsewhere from a query.
     """
-    cells = state.user_cells
-    if cells is not None:
-        return (cells[0].value, cells[1].value)
     ids = state.user_ids
     if ids is not None:
         return (ids[0](), ids[1]())
@@ -8292,7 +8251,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8308,7 +8267,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5']):
+                for r in plpy.execute(plan, ['10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8358,7 +8317,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = 'fbd92037b95d7edcc2bb37c1477fb684bca32f084abd79db94c66bb2865d01f5'
+    _pkg.CODE_TAG = '10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

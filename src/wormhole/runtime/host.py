@@ -82,8 +82,6 @@ class Backend:
         self.in_process: tuple[Any, Executor] | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
-        #: the variables those two functions return, read in place (None: call them)
-        self.user_cells: Any = _user_id_cells(self.user_ids)
         #: PostgreSQL's ``XactIsoLevel`` (ctypes); None outside a backend
         self.isolation: Any = _backend_int("XactIsoLevel")
         self.pid = os.getpid()
@@ -159,40 +157,6 @@ def _user_id_functions() -> Any:
         get_user.argtypes = get_session.argtypes = []
         return (get_user, get_session)
     except Exception:  # noqa: BLE001 - not inside a backend
-        return None
-
-
-def _user_id_cells(functions: Any) -> Any:
-    """``(CurrentUserId, SessionUserId)`` as ctypes views of the backend's own variables.
-
-    ``GetUserId()`` and ``GetSessionUserId()`` are each one instruction on x86-64 release
-    builds, ``mov eax, [rip+disp32]; ret``: they return a static variable, which has no symbol
-    of its own. Reading that variable is what calling them does, without a foreign call per
-    read (four per wormhole call). Used only when both functions are exactly that instruction
-    and the variables read as the functions' results; otherwise None (the functions are
-    called).
-    """
-    if functions is None:
-        return None
-    try:
-        import ctypes
-
-        if os.uname().machine not in ("x86_64", "amd64"):
-            return None
-        cells = []
-        for function in functions:
-            address = ctypes.cast(function, ctypes.c_void_p).value
-            if not address:
-                return None
-            code = ctypes.string_at(address, 7)
-            if code[:2] != b"\x8b\x05" or code[6] != 0xC3:  # mov eax, [rip+disp32]; ret
-                return None
-            displacement = int.from_bytes(code[2:6], "little", signed=True)
-            cells.append(ctypes.c_uint.from_address(address + 6 + displacement))
-        if (cells[0].value, cells[1].value) != (functions[0](), functions[1]()):
-            return None
-        return (cells[0], cells[1])
-    except Exception:  # noqa: BLE001 - not readable here: call the functions
         return None
 
 
@@ -533,13 +497,11 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)
-    cells = state.user_cells  # _roles(), read in place
-    roles_before = (cells[0].value, cells[1].value) if cells is not None else _roles(plpy, state)
+    roles_before = _roles(plpy, state)
     try:
         with plpy.subtransaction():
             payload = executor(call, port)
-            if ((cells[0].value, cells[1].value) if cells is not None
-                    else _roles(plpy, state)) != roles_before:
+            if _roles(plpy, state) != roles_before:
                 raise _error(
                     plpy,
                     "wormhole: the remote function changed the session's role; refused",
@@ -574,9 +536,6 @@ def _roles(plpy: Any, state: Backend) -> tuple[object, ...]:
     undoes the GUC change. Inside a backend the ids come from ``GetUserId()`` and
     ``GetSessionUserId()`` through ctypes (no SPI round); elsewhere from a query.
     """
-    cells = state.user_cells
-    if cells is not None:
-        return (cells[0].value, cells[1].value)
     ids = state.user_ids
     if ids is not None:
         return (ids[0](), ids[1]())
