@@ -323,6 +323,11 @@ def render(res: RunResults) -> str:
             ["**client-side overhead** (median of per-block differences)",
              f"**{_num(ov.delta_us, 1)}**"],
         ])))
+        if ov.delta_us < 0:
+            add("\nBelow zero: wormhole's client sends its statement straight through libpq "
+                "(a named prepared statement), which costs less per call than psycopg 3's own "
+                "`execute`, so its own work (encoding, bookkeeping, decoding) is smaller than "
+                "that saving and within the noise.")
         add("")
 
     if res.big:
