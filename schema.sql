@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1171,7 +1171,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2063,7 +2063,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2532,7 +2532,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2923,7 +2923,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4156,7 +4156,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4892,7 +4892,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5327,7 +5327,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5557,7 +5557,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5993,7 +5993,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6132,6 +6132,10 @@ def _query_error(info: Mapping[str, Any]) -> Exception:
         return TypeError(message)
     if kind == "ValueError":
         return ValueError(message)
+    if kind == "RecursionError":
+        return RecursionError(message)
+    if kind == "MemoryError":
+        return MemoryError(message)
     sqlstate = text("sqlstate")
     if sqlstate == "WH003":  # the same class as in-process (sqltext refuses before sending)
         return ForbiddenStatement(message)
@@ -6453,7 +6457,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7174,7 +7178,7 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
         rows = port.query(sql, params)
         try:
             body = _pickle(_rows_value(rows))
-        except (TypeError, AttributeError, ValueError, RecursionError) as exc:
+        except Exception as exc:  # noqa: BLE001 - pickle's own errors (PicklingError) too
             raise TypeError(f"a value in the result cannot be sent to the worker: {exc}") \
                 from None
     except DatabaseError as exc:
@@ -7185,11 +7189,17 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
             "hint": _clip(exc.hint),
         }
         return QERR, json.dumps(info).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        info = {"type": type(exc).__name__ if type(exc) in (TypeError, ValueError) else
-                "ValueError", "message": _clip(str(exc))}
+    except (TypeError, ValueError, RecursionError, MemoryError) as exc:
+        # what converting the result raised (a jsonb value nested too deep, say): in-process
+        # the function gets the same exception from query() and can catch it
+        kind = next(k for k in _QUERY_ERRORS if isinstance(exc, k))  # subclasses: their base
+        info = {"type": kind.__name__, "message": _clip(str(exc))}
         return QERR, json.dumps(info).encode("utf-8")
     return ROWS, body
+
+
+#: the exception types a ``qerr`` may name (the worker raises the same type in the function)
+_QUERY_ERRORS = (TypeError, ValueError, RecursionError, MemoryError)
 
 
 def _rows_value(rows: Rows) -> tuple[Any, ...]:
@@ -7342,7 +7352,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7420,7 +7430,8 @@ class Backend:
         self.source_cache: dict[str, _Stored] = {}
         self.approved: frozenset[str] = frozenset()
         self.trusted: frozenset[str] = frozenset()
-        self.role_names: dict[int, str] = {}
+        #: the prepared statement ``_current_role_name`` runs
+        self.role_name_plan: Any = None
         self.worker: sandbox.WorkerExecutor | None = None
         #: (plpy, executor) of ``_in_process``, built on the first in-process call
         self.in_process: tuple[Any, Executor] | None = None
@@ -7637,13 +7648,16 @@ def _lookup(plpy: Any, state: Backend, function_hash: str,
 
 
 def _current_role_name(plpy: Any, state: Backend) -> str:
-    oid = state.user_ids[0]()
-    name = state.role_names.get(oid)
-    if name is None:
-        name = plpy.execute(f"SELECT rolname::text AS n FROM pg_catalog.pg_roles "
-                            f"WHERE oid = {int(oid)}")[0]["n"]
-        state.role_names[oid] = name
-    return name
+    """The current role's name, read from the catalog on every call (only made when a DBA
+    trusts some roles). Trust is granted by name, and a role can be renamed (or another one
+    created under a trusted name) while this backend lives: a cached name would keep judging
+    a renamed role by its old one."""
+    plan = state.role_name_plan
+    if plan is None:
+        plan = state.role_name_plan = plpy.prepare(
+            "SELECT rolname::text AS n FROM pg_catalog.pg_roles WHERE oid = $1", ["oid"])
+    rows = plpy.execute(plan, [int(state.user_ids[0]())])
+    return str(rows[0]["n"]) if rows else ""
 
 
 class _Stored:
@@ -8251,7 +8265,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8267,7 +8281,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec']):
+                for r in plpy.execute(plan, ['2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8317,7 +8331,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '10839ae65bb4f76981b47cbc3d7a7a1589172eecfea37a9188a13539d97c8bec'
+    _pkg.CODE_TAG = '2a28451d0b8318d6b2ca8954a6de39397e00e73242e4480e448cb856567f370c'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -756,9 +756,6 @@ def test_security_definer_context_is_judged_by_its_owner(trustee_db: Any) -> Non
             assert json.loads(got)["ok"] == "worker"
 
 
-@pytest.mark.xfail(strict=True, reason="pre-existing: host.Backend.role_names caches oid -> "
-                   "name for the life of the backend; a renamed role keeps a trust granted "
-                   "by name in warm backends only")
 def test_a_renamed_trusted_role_is_judged_by_its_new_name(trustee_db: Any) -> None:
     with psycopg.connect(trustee_db.dsn(), autocommit=True) as warm:
         warm.execute("SET ROLE trustee")
@@ -921,10 +918,6 @@ def test_real_spi_rows_pickle_names_only_plain_data_types(parity_db: Any) -> Non
         assert value[-1] == 9  # the rowcount, in the plain and the column-by-column form
 
 
-@pytest.mark.xfail(strict=True, reason="pre-existing: sandbox._serve_query lets a RecursionError "
-                   "from port.query (json.loads of a deeply nested jsonb value) escape; the "
-                   "statement fails and the caller's transaction is aborted, where in-process "
-                   "the function gets a catchable error and the call an err payload")
 def test_a_deep_json_value_fails_the_query_not_the_callers_transaction(db: Any) -> None:
     sql = "SELECT (repeat('[', 3000) || repeat(']', 3000))::jsonb AS j"
     with psycopg.connect(db.dsn()) as c:  # inside a transaction

@@ -76,7 +76,8 @@ class Backend:
         self.source_cache: dict[str, _Stored] = {}
         self.approved: frozenset[str] = frozenset()
         self.trusted: frozenset[str] = frozenset()
-        self.role_names: dict[int, str] = {}
+        #: the prepared statement ``_current_role_name`` runs
+        self.role_name_plan: Any = None
         self.worker: sandbox.WorkerExecutor | None = None
         #: (plpy, executor) of ``_in_process``, built on the first in-process call
         self.in_process: tuple[Any, Executor] | None = None
@@ -293,13 +294,16 @@ def _lookup(plpy: Any, state: Backend, function_hash: str,
 
 
 def _current_role_name(plpy: Any, state: Backend) -> str:
-    oid = state.user_ids[0]()
-    name = state.role_names.get(oid)
-    if name is None:
-        name = plpy.execute(f"SELECT rolname::text AS n FROM pg_catalog.pg_roles "
-                            f"WHERE oid = {int(oid)}")[0]["n"]
-        state.role_names[oid] = name
-    return name
+    """The current role's name, read from the catalog on every call (only made when a DBA
+    trusts some roles). Trust is granted by name, and a role can be renamed (or another one
+    created under a trusted name) while this backend lives: a cached name would keep judging
+    a renamed role by its old one."""
+    plan = state.role_name_plan
+    if plan is None:
+        plan = state.role_name_plan = plpy.prepare(
+            "SELECT rolname::text AS n FROM pg_catalog.pg_roles WHERE oid = $1", ["oid"])
+    rows = plpy.execute(plan, [int(state.user_ids[0]())])
+    return str(rows[0]["n"]) if rows else ""
 
 
 class _Stored:

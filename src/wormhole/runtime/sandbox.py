@@ -719,7 +719,7 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
         rows = port.query(sql, params)
         try:
             body = _pickle(_rows_value(rows))
-        except (TypeError, AttributeError, ValueError, RecursionError) as exc:
+        except Exception as exc:  # noqa: BLE001 - pickle's own errors (PicklingError) too
             raise TypeError(f"a value in the result cannot be sent to the worker: {exc}") \
                 from None
     except DatabaseError as exc:
@@ -730,11 +730,17 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
             "hint": _clip(exc.hint),
         }
         return QERR, json.dumps(info).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        info = {"type": type(exc).__name__ if type(exc) in (TypeError, ValueError) else
-                "ValueError", "message": _clip(str(exc))}
+    except (TypeError, ValueError, RecursionError, MemoryError) as exc:
+        # what converting the result raised (a jsonb value nested too deep, say): in-process
+        # the function gets the same exception from query() and can catch it
+        kind = next(k for k in _QUERY_ERRORS if isinstance(exc, k))  # subclasses: their base
+        info = {"type": kind.__name__, "message": _clip(str(exc))}
         return QERR, json.dumps(info).encode("utf-8")
     return ROWS, body
+
+
+#: the exception types a ``qerr`` may name (the worker raises the same type in the function)
+_QUERY_ERRORS = (TypeError, ValueError, RecursionError, MemoryError)
 
 
 def _rows_value(rows: Rows) -> tuple[Any, ...]:

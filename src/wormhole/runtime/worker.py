@@ -137,6 +137,10 @@ def _query_error(info: Mapping[str, Any]) -> Exception:
         return TypeError(message)
     if kind == "ValueError":
         return ValueError(message)
+    if kind == "RecursionError":
+        return RecursionError(message)
+    if kind == "MemoryError":
+        return MemoryError(message)
     sqlstate = text("sqlstate")
     if sqlstate == "WH003":  # the same class as in-process (sqltext refuses before sending)
         return ForbiddenStatement(message)
