@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1171,7 +1171,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2084,7 +2084,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2553,7 +2553,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2944,7 +2944,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4177,7 +4177,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4913,7 +4913,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5348,7 +5348,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5578,7 +5578,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6014,7 +6014,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6133,7 +6133,10 @@ def _columns(names: tuple[str, ...], kinds: list[str], cols: list[list[Any]],
 def _unpickle(data: bytes) -> Any:
     """Rows from the backend (``pickle``: the backend is trusted; it never unpickles ours)."""
     global _unpickle
-    from pickle import loads
+    try:  # the C module alone: pickle.py itself imports re, io, codecs and more
+        from _pickle import loads
+    except ImportError:  # pragma: no cover - a Python without the C accelerator
+        from pickle import loads
 
     def unpickle(data: bytes) -> Any:
         return loads(data)
@@ -6478,7 +6481,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7255,10 +7258,13 @@ def _pickle(value: object) -> bytes:
     port returns: ``Decimal``, dates and times, ``UUID``). Only ever this direction: the worker
     is not trusted, and the backend never unpickles (or unmarshals) anything it sends."""
     global _pickle
-    import pickle
+    try:  # the C module alone: pickle.py itself imports re, io, codecs and more
+        from _pickle import dumps as c_dumps
+    except ImportError:  # pragma: no cover - a Python without the C accelerator
+        from pickle import dumps as c_dumps
 
     def dumps(value: object) -> bytes:
-        return pickle.dumps(value, 5)
+        return c_dumps(value, 5)
 
     _pickle = dumps  # imported on the first query served: most calls' first need of it
     return dumps(value)
@@ -7373,7 +7379,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8286,7 +8292,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8302,7 +8308,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172']):
+                for r in plpy.execute(plan, ['9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8352,7 +8358,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '279b480b67ddb028ebe11e6fb88127aabce3a73fefc7576fa1d87c7a6a471172'
+    _pkg.CODE_TAG = '9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -775,10 +775,13 @@ def _pickle(value: object) -> bytes:
     port returns: ``Decimal``, dates and times, ``UUID``). Only ever this direction: the worker
     is not trusted, and the backend never unpickles (or unmarshals) anything it sends."""
     global _pickle
-    import pickle
+    try:  # the C module alone: pickle.py itself imports re, io, codecs and more
+        from _pickle import dumps as c_dumps
+    except ImportError:  # pragma: no cover - a Python without the C accelerator
+        from pickle import dumps as c_dumps
 
     def dumps(value: object) -> bytes:
-        return pickle.dumps(value, 5)
+        return c_dumps(value, 5)
 
     _pickle = dumps  # imported on the first query served: most calls' first need of it
     return dumps(value)

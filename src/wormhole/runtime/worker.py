@@ -117,7 +117,10 @@ def _columns(names: tuple[str, ...], kinds: list[str], cols: list[list[Any]],
 def _unpickle(data: bytes) -> Any:
     """Rows from the backend (``pickle``: the backend is trusted; it never unpickles ours)."""
     global _unpickle
-    from pickle import loads
+    try:  # the C module alone: pickle.py itself imports re, io, codecs and more
+        from _pickle import loads
+    except ImportError:  # pragma: no cover - a Python without the C accelerator
+        from pickle import loads
 
     def unpickle(data: bytes) -> Any:
         return loads(data)
