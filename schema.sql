@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -190,7 +190,7 @@ class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -620,6 +620,22 @@ def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> s
     if not _UUID_READY and "uuid" in sys.modules:
         _register_uuid()
     t = type(obj)
+    # the commonest values (a scalar; a small dict of str keys and scalars, not one "$" key,
+    # which would read as a tag) straight to the C encoder: what the walk below ends up doing
+    if max_depth > 2 and (t in _FLAT or (
+            t is dict and len(obj) <= 16  # type: ignore[arg-type]
+            and _FLAT.issuperset(map(type, obj.values()))  # type: ignore[attr-defined]
+            and _STR_ONLY.issuperset(map(type, obj))  # type: ignore[call-overload]
+            and (len(obj) != 1 or next(iter(obj))[:1] != "$"))):  # type: ignore[arg-type,call-overload]
+        try:
+            return _fast_text(obj)
+        except (ValueError, OverflowError):
+            pass  # nan/inf or an int too long for str(): the walk tags them
+    return _encode_walk(obj, t, root, max_depth)
+
+
+def _encode_walk(obj: object, t: type, root: str, max_depth: int) -> str:
+    """:func:`encode` without its shortcut for flat values (which must agree with this)."""
     if t is list or t is Rows:
         if len(obj) >= ROWSET_MIN:  # type: ignore[arg-type]
             text = _rowset_text(obj, 1, max_depth)  # type: ignore[arg-type]
@@ -1171,7 +1187,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2084,7 +2100,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2553,7 +2569,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2944,7 +2960,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4177,7 +4193,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4913,7 +4929,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5194,51 +5210,6 @@ def _noop() -> None:
     return None
 
 
-#: the types a result made only of is written by the C JSON encoder alone (see _encode_result)
-_FLAT = frozenset({str, int, float, bool, type(None)})
-if TYPE_CHECKING:
-    _C_ENCODE: Callable[[object, int], Any] | None
-try:  # the encoder codec.encode's own fast path uses: same options, same output
-    from _json import encode_basestring_ascii as _c_ascii
-    from _json import make_encoder as _c_make_encoder
-
-    def _no_default(o: object) -> object:
-        raise TypeError(f"{type(o).__name__} is not a flat value")  # pragma: no cover
-
-    _C_ENCODE = _c_make_encoder(None, _no_default, _c_ascii, None, ":", ",", False, False,
-                                False)
-except ImportError:  # pragma: no cover - a Python without the C accelerator
-    _C_ENCODE = None
-
-
-def _encode_result(result: object) -> str:
-    """``codec.encode(result, root="result")``, with the commonest results written directly.
-
-    A scalar (str, int, float, bool, None) or a small dict of str keys and such scalars (not a
-    single ``$`` key, which would look like a tag) is exactly what ``codec.encode``'s fast path
-    hands to the C encoder unchanged; anything else, or what the encoder refuses (nan, inf, an
-    int too long for ``str()``), goes through ``codec.encode``.
-    """
-    if _C_ENCODE is not None:
-        t = type(result)
-        if t is dict:
-            if (len(result) <= 16  # type: ignore[arg-type]
-                    and _FLAT.issuperset(map(type, result.values()))  # type: ignore[attr-defined]
-                    and _STR_ONLY.issuperset(map(type, result))  # type: ignore[call-overload]
-                    and (len(result) != 1  # type: ignore[arg-type]
-                         or next(iter(result))[:1] != "$")):  # type: ignore[call-overload]
-                try:
-                    return "".join(_C_ENCODE(result, 0))
-                except (ValueError, OverflowError):
-                    pass
-        elif t in _FLAT:
-            try:
-                return "".join(_C_ENCODE(result, 0))
-            except (ValueError, OverflowError):
-                pass
-    return codec.encode(result, root="result")
-
-
 def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> str:
     """Run ``call`` and return the payload text. Never raises, except for interrupts.
 
@@ -5270,7 +5241,7 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
         finally:
             ns.leave(previous)
         try:
-            value = _encode_result(result)  # text directly: no second pass
+            value = codec.encode(result, root="result")  # text directly: no second pass
         except codec.CodecError as exc:
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
         if out.parts or out.truncated:
@@ -5348,7 +5319,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5578,7 +5549,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6014,7 +5985,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6481,7 +6452,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7379,7 +7350,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8292,7 +8263,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8308,7 +8279,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4']):
+                for r in plpy.execute(plan, ['63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8358,7 +8329,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '9c21f96416950a2142729c65c92017b4baf36dc881096f330a18a404f4b935a4'
+    _pkg.CODE_TAG = '63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

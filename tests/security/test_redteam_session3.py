@@ -4,7 +4,7 @@ arming, and the in-process warm path (host/engine/spi shortcuts).
 Attacks and legitimate uses side by side. Three groups:
 
 * **unit**: the compact frame header parser over every op byte, the C-encoder shortcuts
-  (``engine._encode_result``, ``codec.encode_query``) against ``codec.encode``, fork and the
+  (``codec.encode``'s flat shortcut, ``codec.encode_query``) against ``codec.encode``'s walk, fork and the
   cached pid;
 * **compromised worker** (real bubblewrap, a worker whose ``main`` is replaced, as in
   ``tests/worker/test_sandbox.py``): forged compact headers, pickle sent *to* the backend,
@@ -154,9 +154,9 @@ def _outcome(fn: Any, value: Any) -> Any:
 
 
 @given(st.one_of(_scalars, st.dictionaries(_keys, _scalars, max_size=18)))
-def test_encode_result_is_codec_encode_for_any_flat_value(value: Any) -> None:
-    assert _outcome(engine._encode_result, value) == _outcome(
-        lambda v: codec.encode(v, root="result"), value)
+def test_encode_shortcut_is_the_walk_for_any_flat_value(value: Any) -> None:
+    assert _outcome(lambda v: codec.encode(v, root="result"), value) == _outcome(
+        lambda v: codec._encode_walk(v, type(v), "result", codec.MAX_DEPTH), value)
 
 
 @given(st.text(max_size=20), st.lists(_scalars, max_size=10))

@@ -398,6 +398,22 @@ def encode(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH) -> s
     if not _UUID_READY and "uuid" in sys.modules:
         _register_uuid()
     t = type(obj)
+    # the commonest values (a scalar; a small dict of str keys and scalars, not one "$" key,
+    # which would read as a tag) straight to the C encoder: what the walk below ends up doing
+    if max_depth > 2 and (t in _FLAT or (
+            t is dict and len(obj) <= 16  # type: ignore[arg-type]
+            and _FLAT.issuperset(map(type, obj.values()))  # type: ignore[attr-defined]
+            and _STR_ONLY.issuperset(map(type, obj))  # type: ignore[call-overload]
+            and (len(obj) != 1 or next(iter(obj))[:1] != "$"))):  # type: ignore[arg-type,call-overload]
+        try:
+            return _fast_text(obj)
+        except (ValueError, OverflowError):
+            pass  # nan/inf or an int too long for str(): the walk tags them
+    return _encode_walk(obj, t, root, max_depth)
+
+
+def _encode_walk(obj: object, t: type, root: str, max_depth: int) -> str:
+    """:func:`encode` without its shortcut for flat values (which must agree with this)."""
     if t is list or t is Rows:
         if len(obj) >= ROWSET_MIN:  # type: ignore[arg-type]
             text = _rowset_text(obj, 1, max_depth)  # type: ignore[arg-type]

@@ -279,51 +279,6 @@ def _noop() -> None:
     return None
 
 
-#: the types a result made only of is written by the C JSON encoder alone (see _encode_result)
-_FLAT = frozenset({str, int, float, bool, type(None)})
-if TYPE_CHECKING:
-    _C_ENCODE: Callable[[object, int], Any] | None
-try:  # the encoder codec.encode's own fast path uses: same options, same output
-    from _json import encode_basestring_ascii as _c_ascii
-    from _json import make_encoder as _c_make_encoder
-
-    def _no_default(o: object) -> object:
-        raise TypeError(f"{type(o).__name__} is not a flat value")  # pragma: no cover
-
-    _C_ENCODE = _c_make_encoder(None, _no_default, _c_ascii, None, ":", ",", False, False,
-                                False)
-except ImportError:  # pragma: no cover - a Python without the C accelerator
-    _C_ENCODE = None
-
-
-def _encode_result(result: object) -> str:
-    """``codec.encode(result, root="result")``, with the commonest results written directly.
-
-    A scalar (str, int, float, bool, None) or a small dict of str keys and such scalars (not a
-    single ``$`` key, which would look like a tag) is exactly what ``codec.encode``'s fast path
-    hands to the C encoder unchanged; anything else, or what the encoder refuses (nan, inf, an
-    int too long for ``str()``), goes through ``codec.encode``.
-    """
-    if _C_ENCODE is not None:
-        t = type(result)
-        if t is dict:
-            if (len(result) <= 16  # type: ignore[arg-type]
-                    and _FLAT.issuperset(map(type, result.values()))  # type: ignore[attr-defined]
-                    and _STR_ONLY.issuperset(map(type, result))  # type: ignore[call-overload]
-                    and (len(result) != 1  # type: ignore[arg-type]
-                         or next(iter(result))[:1] != "$")):  # type: ignore[call-overload]
-                try:
-                    return "".join(_C_ENCODE(result, 0))
-                except (ValueError, OverflowError):
-                    pass
-        elif t in _FLAT:
-            try:
-                return "".join(_C_ENCODE(result, 0))
-            except (ValueError, OverflowError):
-                pass
-    return codec.encode(result, root="result")
-
-
 def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> str:
     """Run ``call`` and return the payload text. Never raises, except for interrupts.
 
@@ -355,7 +310,7 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
         finally:
             ns.leave(previous)
         try:
-            value = _encode_result(result)  # text directly: no second pass
+            value = codec.encode(result, root="result")  # text directly: no second pass
         except codec.CodecError as exc:
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
         if out.parts or out.truncated:
