@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -123,7 +123,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -188,9 +188,15 @@ class LimitExceeded(Exception):
 
 class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
+
+
+#: the plain exception types a failed ``query()`` may raise besides ``DatabaseError`` (a value
+#: that cannot be sent or converted); the confined worker's ``qerr`` names one of them, so the
+#: function sees the same type in both modes
+QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -220,7 +226,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1187,7 +1193,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2100,7 +2106,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2569,7 +2575,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2960,7 +2966,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4193,7 +4199,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4929,7 +4935,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5319,7 +5325,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5549,7 +5555,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5985,7 +5991,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6022,7 +6028,7 @@ if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations o
 
 from . import codec, engine
 from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
-from .errors import DatabaseError, ForbiddenStatement
+from .errors import QUERY_ERRORS, DatabaseError, ForbiddenStatement
 from .rows import Rows
 
 #: the name of the package the bootstrap builds inside the worker.
@@ -6109,10 +6115,7 @@ def _unpickle(data: bytes) -> Any:
     except ImportError:  # pragma: no cover - a Python without the C accelerator
         from pickle import loads
 
-    def unpickle(data: bytes) -> Any:
-        return loads(data)
-
-    _unpickle = unpickle  # imported on the first query: a worker that runs none never loads it
+    _unpickle = loads  # type: ignore[assignment]  # imported on the first query only
     return loads(data)
 
 
@@ -6123,14 +6126,9 @@ def _query_error(info: Mapping[str, Any]) -> Exception:
 
     message = text("message") or "query failed"
     kind = text("type")
-    if kind == "TypeError":
-        return TypeError(message)
-    if kind == "ValueError":
-        return ValueError(message)
-    if kind == "RecursionError":
-        return RecursionError(message)
-    if kind == "MemoryError":
-        return MemoryError(message)
+    for error in QUERY_ERRORS:
+        if kind == error.__name__:
+            return error(message)
     sqlstate = text("sqlstate")
     if sqlstate == "WH003":  # the same class as in-process (sqltext refuses before sending)
         return ForbiddenStatement(message)
@@ -6452,7 +6450,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -6515,7 +6513,7 @@ from .channel import (
     current_cpu,
 )
 from .engine import Call, Limits, QueryPort, source_hash
-from .errors import DatabaseError, LimitExceeded
+from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
 from .rows import Rows
 
 __all__ = [
@@ -7184,17 +7182,14 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
             "hint": _clip(exc.hint),
         }
         return QERR, json.dumps(info).encode("utf-8")
-    except (TypeError, ValueError, RecursionError, MemoryError) as exc:
+    except QUERY_ERRORS as exc:
         # what converting the result raised (a jsonb value nested too deep, say): in-process
         # the function gets the same exception from query() and can catch it
-        kind = next(k for k in _QUERY_ERRORS if isinstance(exc, k))  # subclasses: their base
+        kind = next(k for k in QUERY_ERRORS if isinstance(exc, k))  # subclasses: their base
         info = {"type": kind.__name__, "message": _clip(str(exc))}
         return QERR, json.dumps(info).encode("utf-8")
     return ROWS, body
 
-
-#: the exception types a ``qerr`` may name (the worker raises the same type in the function)
-_QUERY_ERRORS = (TypeError, ValueError, RecursionError, MemoryError)
 
 
 def _rows_value(rows: Rows) -> tuple[Any, ...]:
@@ -7350,7 +7345,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8263,7 +8258,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8279,7 +8274,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000']):
+                for r in plpy.execute(plan, ['03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8329,7 +8324,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '63e6e11ad9e14ee2a841eb3c10f7d5ef77528a6a93f7eac8735b7a62d4ad7000'
+    _pkg.CODE_TAG = '03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     __import__(_pkgname + '.host')

@@ -63,3 +63,9 @@ class LimitExceeded(Exception):
 
 class PolicyViolation(Exception):
     """Raised at run time by a guard (e.g. a forbidden attribute reached dynamically)."""
+
+
+#: the plain exception types a failed ``query()`` may raise besides ``DatabaseError`` (a value
+#: that cannot be sent or converted); the confined worker's ``qerr`` names one of them, so the
+#: function sees the same type in both modes
+QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)

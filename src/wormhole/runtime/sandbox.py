@@ -61,7 +61,7 @@ from .channel import (
     current_cpu,
 )
 from .engine import Call, Limits, QueryPort, source_hash
-from .errors import DatabaseError, LimitExceeded
+from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
 from .rows import Rows
 
 __all__ = [
@@ -730,17 +730,14 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
             "hint": _clip(exc.hint),
         }
         return QERR, json.dumps(info).encode("utf-8")
-    except (TypeError, ValueError, RecursionError, MemoryError) as exc:
+    except QUERY_ERRORS as exc:
         # what converting the result raised (a jsonb value nested too deep, say): in-process
         # the function gets the same exception from query() and can catch it
-        kind = next(k for k in _QUERY_ERRORS if isinstance(exc, k))  # subclasses: their base
+        kind = next(k for k in QUERY_ERRORS if isinstance(exc, k))  # subclasses: their base
         info = {"type": kind.__name__, "message": _clip(str(exc))}
         return QERR, json.dumps(info).encode("utf-8")
     return ROWS, body
 
-
-#: the exception types a ``qerr`` may name (the worker raises the same type in the function)
-_QUERY_ERRORS = (TypeError, ValueError, RecursionError, MemoryError)
 
 
 def _rows_value(rows: Rows) -> tuple[Any, ...]:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations o
 
 from . import codec, engine
 from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
-from .errors import DatabaseError, ForbiddenStatement
+from .errors import QUERY_ERRORS, DatabaseError, ForbiddenStatement
 from .rows import Rows
 
 #: the name of the package the bootstrap builds inside the worker.
@@ -122,10 +122,7 @@ def _unpickle(data: bytes) -> Any:
     except ImportError:  # pragma: no cover - a Python without the C accelerator
         from pickle import loads
 
-    def unpickle(data: bytes) -> Any:
-        return loads(data)
-
-    _unpickle = unpickle  # imported on the first query: a worker that runs none never loads it
+    _unpickle = loads  # type: ignore[assignment]  # imported on the first query only
     return loads(data)
 
 
@@ -136,14 +133,9 @@ def _query_error(info: Mapping[str, Any]) -> Exception:
 
     message = text("message") or "query failed"
     kind = text("type")
-    if kind == "TypeError":
-        return TypeError(message)
-    if kind == "ValueError":
-        return ValueError(message)
-    if kind == "RecursionError":
-        return RecursionError(message)
-    if kind == "MemoryError":
-        return MemoryError(message)
+    for error in QUERY_ERRORS:
+        if kind == error.__name__:
+            return error(message)
     sqlstate = text("sqlstate")
     if sqlstate == "WH003":  # the same class as in-process (sqltext refuses before sending)
         return ForbiddenStatement(message)
