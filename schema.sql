@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -107,6 +107,7 @@ VERSION = "0.1.0"
 MODULES = (
     "errors",
     "rows",
+    "jsonlite",
     "codec",
     "pgtypes",
     "sqltext",
@@ -117,13 +118,14 @@ MODULES = (
     "spi",
     "channel",
     "worker",
+    "spawn",
     "sandbox",
     "host",
 )
-WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
+WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -196,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -226,7 +228,133 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+
+``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
+``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
+imports ``enum``, ``functools`` and ``collections``. The worker's start is on the critical path
+of a new connection's first call, so the modules a worker loads (``codec``, ``channel``,
+``engine``, ``worker``) use this instead.
+
+Same text and same verdicts as ``json``: encoding is the very C encoder ``json.JSONEncoder``
+uses for a one-shot ``encode`` without ``indent``; decoding runs the C scanner over the whole
+text, and whatever it does not settle by itself (surrounding whitespace, trailing data, no
+value at all) goes to ``json`` itself, imported only then. A Python without ``_json`` uses
+``json`` throughout. User code never sees this module: its ``json`` is the whitelisted one.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only
+    from collections.abc import Callable
+    from typing import Any
+
+__all__ = ["Decoder", "Encoder", "dumps", "loads"]
+
+_CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+
+_c_make_encoder: Any = None
+_c_make_scanner: Any = None
+try:
+    from _json import encode_basestring as _c_str
+    from _json import encode_basestring_ascii as _c_ascii
+    from _json import make_encoder as _c_make_encoder
+    from _json import make_scanner as _c_make_scanner
+except ImportError:  # pragma: no cover - a Python without the C accelerator
+    pass
+
+
+def _no_default(o: object) -> Any:
+    raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+
+class Encoder:
+    """``json.JSONEncoder(default, ensure_ascii, allow_nan, check_circular=False,
+    separators)``: ``encode(obj)`` gives the same text. Stateless, so one serves every call
+    (without circular-reference markers: the caller bounds depth, or nests nothing)."""
+
+    def __init__(self, *, default: Callable[[Any], Any] | None = None, ensure_ascii: bool = True,
+                 allow_nan: bool = True, separators: tuple[str, str] = (", ", ": ")) -> None:
+        self._args = (default or _no_default, ensure_ascii, allow_nan, separators)
+        if _c_make_encoder is not None:
+            self._c = _c_make_encoder(None, default or _no_default,
+                                      _c_ascii if ensure_ascii else _c_str, None,
+                                      separators[1], separators[0], False, False, allow_nan)
+        else:  # pragma: no cover
+            import json
+
+            self._py = json.JSONEncoder(default=default, ensure_ascii=ensure_ascii,
+                                        allow_nan=allow_nan, check_circular=False,
+                                        separators=separators)
+
+    def encode(self, obj: object) -> str:
+        if _c_make_encoder is not None:
+            return "".join(self._c(obj, 0))
+        return self._py.encode(obj)  # pragma: no cover
+
+
+def dumps(obj: object, *, ensure_ascii: bool = True,
+          separators: tuple[str, str] = (", ", ": ")) -> str:
+    """``json.dumps(obj, ensure_ascii=..., separators=...)``, circular references refused."""
+    if _c_make_encoder is None:  # pragma: no cover
+        import json
+
+        return json.dumps(obj, ensure_ascii=ensure_ascii, separators=separators)
+    # a fresh encoder with fresh markers: an encoder that raised midway may keep stale ones
+    c = _c_make_encoder({}, _no_default, _c_ascii if ensure_ascii else _c_str, None,
+                        separators[1], separators[0], False, False, True)
+    return "".join(c(obj, 0))
+
+
+class Decoder:
+    """``json.JSONDecoder(object_hook=..., parse_constant=...)``: ``decode(text)`` gives the
+    same value or raises the same kind of error (``ValueError``: ``json.JSONDecodeError``).
+    ``scan_once(text, idx)`` is the C scanner itself (``(value, end)``, ``StopIteration``
+    when there is no value at ``idx``)."""
+
+    # what _json.make_scanner reads from its context (json.JSONDecoder's attributes)
+    strict = True
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    def __init__(self, *, object_hook: Callable[[dict[str, Any]], Any] | None = None,
+                 parse_constant: Callable[[str], Any] | None = None) -> None:
+        self.object_hook = object_hook
+        self._constant = parse_constant
+        self.parse_constant = parse_constant or _CONSTANTS.__getitem__
+        self.memo: dict[str, str] = {}
+        self.scan_once: Callable[[str, int], tuple[Any, int]]
+        if _c_make_scanner is not None:
+            self.scan_once = _c_make_scanner(self)
+        else:  # pragma: no cover
+            self.scan_once = self._json().scan_once
+
+    def _json(self) -> Any:
+        import json  # only for what the C scanner does not settle alone
+
+        return json.JSONDecoder(object_hook=self.object_hook, parse_constant=self._constant)
+
+    def decode(self, text: str) -> Any:
+        try:
+            value, end = self.scan_once(text, 0)
+        except StopIteration:
+            end = -1
+        if end == len(text):
+            return value
+        return self._json().decode(text)
+
+
+_LOADS = Decoder()
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)`` for ``str``."""
+    return _LOADS.decode(text)
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -259,17 +387,16 @@ and text size are bounded, and every tag payload is validated.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as _dt
 import itertools
-import json
 import math
 import operator
-import re
 import sys
 from decimal import Decimal
 
+from .jsonlite import Decoder as _Decoder
+from .jsonlite import Encoder as _Encoder
 from .rows import Rows
 
 # typing and uuid stay off the import path (a new backend and every worker start import this
@@ -490,9 +617,9 @@ def _enc_td(o: _dt.timedelta, depth: int) -> dict[str, Any]:
 
 _TAGGERS: dict[type, Callable[[Any, int], Any]] = {
     tuple: _enc_tuple,
-    bytes: lambda o, d: {"$b": base64.b64encode(o).decode("ascii")},
-    bytearray: lambda o, d: {"$b": base64.b64encode(bytes(o)).decode("ascii")},
-    memoryview: lambda o, d: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},
+    bytes: lambda o, d: {"$b": _b64encode(o).decode("ascii")},
+    bytearray: lambda o, d: {"$b": _b64encode(bytes(o)).decode("ascii")},
+    memoryview: lambda o, d: {"$b": _b64encode(o.tobytes()).decode("ascii")},
     Decimal: lambda o, d: {"$n": str(o)},
     _dt.date: lambda o, d: {"$date": o.isoformat()},
     _dt.time: lambda o, d: {"$time": o.isoformat()},
@@ -540,9 +667,9 @@ def encode_value(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH
 # produces the error message with the path. nan/inf floats and oversized ints make
 # ``json.dumps`` raise ValueError (allow_nan=False, int_max_str_digits): full walk too.
 _SCALAR_TAGS: dict[type, Callable[[Any], dict[str, Any]]] = {
-    bytes: lambda o: {"$b": base64.b64encode(o).decode("ascii")},
-    bytearray: lambda o: {"$b": base64.b64encode(bytes(o)).decode("ascii")},
-    memoryview: lambda o: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},
+    bytes: lambda o: {"$b": _b64encode(o).decode("ascii")},
+    bytearray: lambda o: {"$b": _b64encode(bytes(o)).decode("ascii")},
+    memoryview: lambda o: {"$b": _b64encode(o.tobytes()).decode("ascii")},
     Decimal: lambda o: {"$n": str(o)},
     _dt.date: lambda o: {"$date": o.isoformat()},
     _dt.time: lambda o: {"$time": o.isoformat()},
@@ -602,10 +729,8 @@ def _fast_ok(obj: object, max_depth: int) -> bool:
 
 #: built once: ``json.dumps`` with options builds a new ``JSONEncoder`` on every call. Same
 #: options, same output (``ensure_ascii`` stays on).
-_FAST_ENCODER = json.JSONEncoder(
-    default=_default, allow_nan=False, check_circular=False, separators=(",", ":")
-)
-_PLAIN_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
+_FAST_ENCODER = _Encoder(default=_default, allow_nan=False, separators=(",", ":"))
+_PLAIN_ENCODER = _Encoder(allow_nan=False, separators=(",", ":"))
 
 try:  # JSONEncoder.encode builds a C encoder on every call; these are built once (stateless:
     # no circular-reference markers), same options, same output
@@ -700,8 +825,27 @@ _NONE_TYPE = type(None)
 _PLAIN_COLUMN = frozenset({str, int, bool, float})
 
 
+def _b64encode(o: bytes) -> bytes:
+    """``base64.b64encode(o)`` (the ``base64`` module imports ``re``: ~4 ms of a new worker)."""
+    return binascii.b2a_base64(o, newline=False)
+
+
+_a2b_base64: Any = binascii.a2b_base64  # strict_mode is 3.11's (the stubs checked are 3.10's)
+
+
+def _b64decode(s: str) -> bytes:
+    """``base64.b64decode(s, validate=True)``: only the alphabet and final padding, else
+    ``binascii.Error`` (a ``ValueError``)."""
+    try:
+        return bytes(_a2b_base64(s, strict_mode=True))
+    except TypeError:  # pragma: no cover - Python < 3.11: no strict mode
+        import base64
+
+        return base64.b64decode(s, validate=True)
+
+
 def _b64(o: bytes) -> str:
-    return base64.b64encode(o).decode("ascii")
+    return _b64encode(o).decode("ascii")
 
 
 #: column kinds for columns whose non-null values all have one of these exact types
@@ -829,14 +973,18 @@ def _dec_column(kind: str, col: list[Any]) -> list[Any]:
 # Python 3.10's fromisoformat does not read every such text ("+05" offsets, short fractions):
 # the regex below reads the same values there.
 _PG_KINDS = frozenset({"pgtz", "pgts", "pgdate"})
-_PG_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
-                     r"(?:([-+])(\d\d)(?::?(\d\d))?(?::?(\d\d))?)?")
+_PG_ISO: list[Any] = []  # the pattern, compiled on first use (``re`` costs a new worker ~4 ms)
 
 
 def _pg_iso(s: Any) -> _dt.datetime:
     if type(s) is not str:
         raise TypeError("expected text")
-    m = _PG_ISO.fullmatch(s)
+    if not _PG_ISO:
+        import re
+
+        _PG_ISO.append(re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+                                  r"(?:([-+])(\d\d)(?::?(\d\d))?(?::?(\d\d))?)?"))
+    m = _PG_ISO[0].fullmatch(s)
     if m is None:
         raise ValueError("not ISO")
     ye, mo, da, ho, mi, se, fr, sgn, oh, om, osec = m.groups()
@@ -918,7 +1066,7 @@ def _need_list(tag: str, p: object) -> list[Any]:
 def _dec_b(p: object) -> bytes:
     s = _need_str("$b", p)
     try:
-        return base64.b64decode(s, validate=True)
+        return _b64decode(s)
     except (binascii.Error, ValueError) as e:
         _bad("$b", p, str(e))
 
@@ -1144,10 +1292,9 @@ def _walk(v: Any, depth: int, max_depth: int) -> Any:
 
 
 #: one decoder per process: ``json.loads`` with hooks builds a decoder and a C scanner per call.
-_DECODER = json.JSONDecoder(object_hook=_hook, parse_constant=_reject_constant)
-#: its scanner (the C one when ``_json`` is there), set by ``JSONDecoder.__init__``; typeshed
-#: does not declare the attribute
-_SCAN: Callable[[str, int], tuple[Any, int]] = getattr(_DECODER, "scan_once")  # noqa: B009
+_DECODER = _Decoder(object_hook=_hook, parse_constant=_reject_constant)
+#: its scanner (the C one when ``_json`` is there)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once
 
 
 def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:
@@ -1193,7 +1340,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2106,7 +2253,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2575,7 +2722,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -2966,7 +3113,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4199,7 +4346,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -4935,7 +5082,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -4951,9 +5098,8 @@ The payload (JSON text, see docs/architecture.md):
 from __future__ import annotations
 
 import builtins
-import json
 
-from . import codec, namespace
+from . import codec, jsonlite, namespace
 from .errors import DatabaseError, Interrupted, LimitExceeded
 from .rows import Rows
 from .rules import Checked, PolicyError
@@ -5252,7 +5398,7 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
         if out.parts or out.truncated:
             text = ('{"ok":' + value + ',"out":'
-                    + json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
+                    + jsonlite.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
         else:
             text = '{"ok":' + value + ',"out":[]}'
         if len(text) > call.limits.max_result_bytes:
@@ -5321,11 +5467,11 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 
 def error_payload(exc: BaseException, out: _Output | None = None) -> str:
     lines = out.lines() if out is not None else []
-    return json.dumps({"err": error_info(exc), "out": lines}, ensure_ascii=False,
+    return jsonlite.dumps({"err": error_info(exc), "out": lines}, ensure_ascii=False,
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5344,8 +5490,10 @@ small implementation of the same interface over a real psycopg connection) in pl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a new backend ~2 ms to import; annotations only
+    from collections.abc import Sequence
+    from typing import Any
 
 from . import pgtypes, sqltext
 from .errors import DatabaseError, Interrupted
@@ -5555,7 +5703,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5610,11 +5758,13 @@ worker -> backend
 from __future__ import annotations
 
 import errno
-import json
 import os
 import select
 import struct
 import time
+
+from .jsonlite import Decoder as _Decoder
+from .jsonlite import Encoder as _Encoder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations only
@@ -5923,7 +6073,7 @@ def _reject_constant(name: str) -> Any:
 
 # built once: ``json.dumps``/``json.loads`` with options build an encoder/decoder per message,
 # and ``JSONEncoder.encode`` builds a C encoder per call; the C encoder is built here once.
-_HEADER_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_HEADER_ENCODER = _Encoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _PACK_PREFIX = struct.Struct(">II").pack
 # A header that is exactly {"op": <one of _OPS>, "id": <0..2**32-1>} (every query, rows, qerr
 # and done message) travels as 7 bytes: _COMPACT, the op's index in _OPS, the CPU the sender
@@ -5975,7 +6125,7 @@ try:
 except ImportError:  # pragma: no cover - a Python without the C accelerator
     def _header_text(header: dict[str, Any]) -> str:
         return _HEADER_ENCODER.encode(header)
-_HEADER_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_HEADER_DECODER = _Decoder(parse_constant=_reject_constant)
 
 
 def decode_header(raw: bytes) -> dict[str, Any]:
@@ -5991,7 +6141,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6014,7 +6164,6 @@ asked in that call (``spin``, at most ``MAX_SPIN``); between calls it always sle
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import resource
@@ -6026,7 +6175,7 @@ if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations o
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-from . import codec, engine
+from . import codec, engine, jsonlite
 from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
 from .errors import QUERY_ERRORS, DatabaseError, ForbiddenStatement
 from .rows import Rows
@@ -6084,7 +6233,7 @@ class ChannelPort:
             rows, rowcount = value
             return Rows(rows, rowcount if type(rowcount) is int else None)
         if op == QERR:
-            raise _query_error(json.loads(answer.decode("utf-8")))
+            raise _query_error(jsonlite.loads(answer.decode("utf-8")))
         raise SystemExit(EXIT_PROTOCOL)
 
 
@@ -6376,7 +6525,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
             header, body = received
             op = header["op"]
             if op == HELLO:
-                hello = json.loads(body.decode("utf-8"))
+                hello = jsonlite.loads(body.decode("utf-8"))
                 if type(hello) is not dict:
                     raise SystemExit(EXIT_PROTOCOL)
                 modules = _modules(hello.get("modules"))
@@ -6450,100 +6599,57 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+an early start while a new backend is still loading the runtime.
 
-User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
-a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
-namespaces, an empty root with a read-only ``/usr``, no capabilities, an unprivileged id, a
-cleared environment) and that confines itself further (hard ``setrlimit`` limits, a seccomp
-filter) before it loads any user code (``worker.confine``).
+Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
+backend *before* the rest of the runtime, so that the worker's own start (bubblewrap, Python's
+start-up, the worker's imports: ~25 ms) runs on another CPU while the backend imports the host
+(~15 ms) instead of after it.
 
-One worker per backend process, started on the first call and reused by the next ones (its
-compile cache lives on). A worker that dies, sends a malformed frame, outlives its time or is
-interrupted is killed (SIGKILL to its process group), reaped, and replaced on the next call.
-
-The backend waits for the worker in a loop that wakes every 20 ms to run the host's
-``check_interrupts`` (PostgreSQL's cancel, ``statement_timeout`` and terminate) and to enforce
-``limits.timeout_ms``; while it waits it serves the worker's ``query`` messages with the
-backend's ``QueryPort`` (SPI, as the calling role). Everything the worker sends is untrusted:
-sizes are bounded, types checked strictly, and the result payload is passed on as text, never
-decoded into objects here.
-
-Warm calls are dominated by wake-ups, not Python: a call is a ping-pong of small messages
-(call, query, rows, ..., done), and each hop that sleeps costs a context switch and, across
-CPUs, an inter-processor wake-up (tens of microseconds on a VM). So each call sends only what
-the worker lacks (the source once per worker, then the arguments alone; ``hello`` only when
-the whitelist or limits changed), and, **only when a CPU is idle at the start of the call**
-(``_spare_cpu``: fewer runnable tasks than usable CPUs), both sides poll their pipe without
-sleeping for up to ``SPIN_SECONDS`` per wait before they block. A spin that runs out switches
-spinning off for the rest of that call, so a busy or slow peer costs at most one spin per side
-per call; on a busy server nobody spins. Interrupts are checked exactly as before (a spin is
-far shorter than the 20 ms tick). Pinning the pair to one CPU was measured and not adopted: on
-a shared server it keeps both on a CPU that another process may be holding.
+:func:`prestart` is a prediction, never a decision: ``wormhole_execute``'s entry point asks
+``_wormhole_worker_hint(hash, current_user)`` on a backend's first call and, when the call will
+most likely run in the worker (untrusted execution is the worker, the hash is not approved, the
+role is not trusted), the boot function starts one worker here with the very argv and boot frame
+that ``sandbox.WorkerExecutor`` would use. The host's ``choose_executor`` still decides; the
+executor adopts the early worker (:func:`take_prestarted`) only if it is the one it would have
+started itself. A wrong prediction costs one idle worker in that backend (it dies with the
+backend) or, the other way, no overlap. The worker confines itself only when its ``hello``
+arrives, exactly as a worker started late does; until then it runs nothing but its bootstrap.
 """
 
 from __future__ import annotations
 
-import json
-import marshal
-import operator
 import os
-import select
-import signal
+import sys
 import time
+
+# the C module: signal.py wraps it in enums (it imports enum, functools, collections...: ~3.5 ms
+# of a new backend before the worker could start); only the plain numbers are needed here
+import _signal as signal  # type: ignore[import-not-found]  # (no stub for the C module)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only
-    from collections.abc import Callable, Mapping, Sequence
-    from typing import Any
-
-from . import WORKER_MODULES, codec
-from .channel import (
-    ABSOLUTE_MAX_FRAME,
-    BOOT,
-    CALL,
-    DONE,
-    HELLO,
-    QERR,
-    QUERY,
-    ROWS,
-    Channel,
-    ChannelClosed,
-    ProtocolError,
-    current_cpu,
-)
-from .engine import Call, Limits, QueryPort, source_hash
-from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
-from .rows import Rows
+    from collections.abc import Mapping
 
 __all__ = [
     "BOOTSTRAP",
     "BOOT_LOADER",
     "DEFAULT_BWRAP",
     "DEFAULT_PYTHON",
-    "WorkerCrashed",
-    "WorkerExecutor",
-    "available",
+    "SANDBOX_ID",
     "boot_frame",
     "bwrap_argv",
-    "executor_for",
+    "discard_prestarted",
+    "prestart",
+    "python_version",
+    "take_prestarted",
 ]
 
 DEFAULT_BWRAP = "/usr/bin/bwrap"
 DEFAULT_PYTHON = "/usr/bin/python3"
 #: the identity inside the sandbox's user namespace ("nobody").
 SANDBOX_ID = 65534
-#: the backend's wake-up interval while it waits for the worker.
-POLL_SECONDS = 0.02
-#: how much of the worker's stderr is kept for crash reports.
-STDERR_TAIL = 4096
-#: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
-#: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
-SPIN_SECONDS = 0.0003
-#: sources the backend remembers having sent to its worker (the worker keeps the same set),
-#: by count and by total characters; past either, both sides forget them all and start over.
-MAX_KNOWN_SOURCES = 256
-MAX_KNOWN_CHARS = 8 << 20
 
 #: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one
 #: ``boot`` frame from fd 0 whose body is ``marshal.dumps({module: source text | marshalled
@@ -6604,18 +6710,6 @@ del _read, _p, _pkg
 BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
 
 
-class WorkerCrashed(Exception):
-    """The worker died, was killed, could not start, or broke the protocol.
-
-    ``reason`` says what happened (signal or exit status, and the tail of its stderr). The
-    worker has been stopped and reaped; the next call starts a fresh one.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"the confined worker failed: {reason}")
-        self.reason = reason
-
-
 # -- the bubblewrap command line -----------------------------------------------------------
 
 
@@ -6659,16 +6753,6 @@ def bwrap_argv(
     ]
     argv += ["--", python, "-I", "-S", "-B", "-c", code]
     return argv
-
-
-# -- the worker process ---------------------------------------------------------------------
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 class _Process:
@@ -6753,13 +6837,249 @@ def _open_fds() -> list[int]:
         return list(range(3, os.sysconf("SC_OPEN_MAX")))
 
 
-class _Worker:
-    """One running worker: the bwrap process, its channel, its stderr tail."""
 
-    def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:
+
+def boot_frame(modules: Mapping[str, str | bytes], order: tuple[str, ...]) -> bytes:
+    """The ``boot`` frame ``BOOT_LOADER`` reads: the modules named in ``order``, each as its
+    source text or as ``marshal`` bytes of its code (from the same Python as the worker's), in
+    the channel's framing (``channel.Channel.frame({"op": "boot"}, body)``, built here without
+    importing the channel)."""
+    import marshal
+
+    ordered: dict[str, str | bytes] = {}
+    for name in order:
+        value = modules[name]
+        if type(value) is not str and type(value) is not bytes:
+            raise TypeError(f"worker module {name}: source text or marshalled code expected")
+        ordered[name] = value
+    body = marshal.dumps(ordered)
+    head = b'{"op":"boot"}'
+    return len(head).to_bytes(4, "big") + len(body).to_bytes(4, "big") + head + body
+
+
+def python_version(python: str = DEFAULT_PYTHON) -> tuple[int, int]:
+    """The major.minor of the worker's Python, read from the name its path resolves to
+    (Debian 12: ``/usr/bin/python3`` -> ``python3.11``); ``(0, 0)`` when the name does not
+    tell (the worker then boots from source text instead of this process's compiled code)."""
+    name = os.path.basename(os.path.realpath(python))
+    if name.startswith("python"):
+        major, dot, minor = name[len("python"):].partition(".")
+        if dot and major.isdigit() and minor.isdigit():
+            return (int(major), int(minor))
+    return (0, 0)
+
+
+#: the pipe capacity asked for the boot pipe, so the whole boot frame is written at once even
+#: before the worker's Python reads it (Linux's default cap for unprivileged processes, 1 MiB)
+BOOT_PIPE_SIZE = 1 << 20
+
+#: at most one early worker per process: (pid that started it, argv, process, unsent boot bytes)
+_EARLY: list[tuple[int, tuple[str, ...], _Process, bytes]] = []
+
+
+def prestart(modules: Mapping[str, bytes], order: tuple[str, ...], *,
+             bwrap: str = DEFAULT_BWRAP, python: str = DEFAULT_PYTHON) -> bool:
+    """Start the worker now, before the host asks for it; True if one was started.
+
+    ``modules`` must hold marshalled code for every module in ``order`` and the worker's Python
+    must be this process's major.minor (the boot frame is then this process's compiled code,
+    as ``sandbox.WorkerExecutor`` would send it); otherwise nothing starts and the executor
+    starts its worker late, as always. Never raises: an early start is only an optimisation.
+    """
+    if _EARLY or sys.version_info[:2] != python_version(python):
+        return False
+    try:
+        if any(type(modules.get(name)) is not bytes for name in order):
+            return False
+        frame = boot_frame(modules, order)
+        argv = bwrap_argv(bwrap, python, BOOTSTRAP)
+        proc = _Process(argv)
+    except Exception:  # noqa: BLE001 - no early worker; the executor starts one later
+        return False
+    rest = b""
+    try:
+        try:
+            import fcntl
+
+            fcntl.fcntl(proc.stdin, fcntl.F_SETPIPE_SZ, BOOT_PIPE_SIZE)
+        except (ImportError, AttributeError, OSError):  # not Linux, or over the cap: no matter
+            pass
+        os.set_blocking(proc.stdin, False)
+        try:
+            written = os.write(proc.stdin, frame)
+        except BlockingIOError:
+            written = 0
+        rest = frame[written:]
+    except OSError:
+        proc.kill()
+        proc.wait(1.0)
+        proc.close()
+        return False
+    _EARLY[:] = [(os.getpid(), tuple(argv), proc, rest)]
+    return True
+
+
+def discard_prestarted() -> None:
+    """Stop an early worker nobody will adopt (the host ran the call in-process after all: a
+    wrong prediction). Nothing if there is none."""
+    if _EARLY:
+        pid, _, proc, _ = _EARLY.pop()
+        if pid == os.getpid():
+            proc.kill()
+            proc.wait(1.0)
+        proc.close()
+
+
+def take_prestarted(argv: list[str]) -> tuple[_Process, bytes] | None:
+    """The early worker and the part of its boot frame not written yet, if one was started in
+    this process with exactly ``argv`` and is still running; it is then the caller's. An early
+    worker with another argv, or inherited through ``fork()``, is never handed out."""
+    if not _EARLY:
+        return None
+    pid, early_argv, proc, rest = _EARLY.pop()
+    if pid != os.getpid():
+        proc.close()  # the parent's worker: not ours to use or kill
+        return None
+    if early_argv != tuple(argv) or proc.poll() is not None:
+        proc.kill()
+        proc.wait(1.0)
+        proc.close()
+        return None
+    return proc, rest
+$wormhole_src$);
+INSERT INTO public._wormhole_code (tag, module, source) VALUES
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+
+User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
+a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
+namespaces, an empty root with a read-only ``/usr``, no capabilities, an unprivileged id, a
+cleared environment) and that confines itself further (hard ``setrlimit`` limits, a seccomp
+filter) before it loads any user code (``worker.confine``).
+
+One worker per backend process, started on the first call and reused by the next ones (its
+compile cache lives on). A worker that dies, sends a malformed frame, outlives its time or is
+interrupted is killed (SIGKILL to its process group), reaped, and replaced on the next call.
+
+The backend waits for the worker in a loop that wakes every 20 ms to run the host's
+``check_interrupts`` (PostgreSQL's cancel, ``statement_timeout`` and terminate) and to enforce
+``limits.timeout_ms``; while it waits it serves the worker's ``query`` messages with the
+backend's ``QueryPort`` (SPI, as the calling role). Everything the worker sends is untrusted:
+sizes are bounded, types checked strictly, and the result payload is passed on as text, never
+decoded into objects here.
+
+Warm calls are dominated by wake-ups, not Python: a call is a ping-pong of small messages
+(call, query, rows, ..., done), and each hop that sleeps costs a context switch and, across
+CPUs, an inter-processor wake-up (tens of microseconds on a VM). So each call sends only what
+the worker lacks (the source once per worker, then the arguments alone; ``hello`` only when
+the whitelist or limits changed), and, **only when a CPU is idle at the start of the call**
+(``_spare_cpu``: fewer runnable tasks than usable CPUs), both sides poll their pipe without
+sleeping for up to ``SPIN_SECONDS`` per wait before they block. A spin that runs out switches
+spinning off for the rest of that call, so a busy or slow peer costs at most one spin per side
+per call; on a busy server nobody spins. Interrupts are checked exactly as before (a spin is
+far shorter than the 20 ms tick). Pinning the pair to one CPU was measured and not adopted: on
+a shared server it keeps both on a CPU that another process may be holding.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import select
+import signal
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
+from . import WORKER_MODULES, codec
+from .channel import (
+    ABSOLUTE_MAX_FRAME,
+    CALL,
+    DONE,
+    HELLO,
+    QERR,
+    QUERY,
+    ROWS,
+    Channel,
+    ChannelClosed,
+    ProtocolError,
+    current_cpu,
+)
+from .engine import Call, Limits, QueryPort, source_hash
+from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
+from .rows import Rows
+from .spawn import (
+    BOOT_LOADER,
+    BOOTSTRAP,
+    DEFAULT_BWRAP,
+    DEFAULT_PYTHON,
+    SANDBOX_ID,
+    _Process,
+    bwrap_argv,
+    take_prestarted,
+)
+from .spawn import boot_frame as _boot_frame
+
+__all__ = [
+    "BOOTSTRAP",
+    "BOOT_LOADER",
+    "DEFAULT_BWRAP",
+    "DEFAULT_PYTHON",
+    "WorkerCrashed",
+    "WorkerExecutor",
+    "available",
+    "boot_frame",
+    "bwrap_argv",
+    "executor_for",
+]
+
+#: the backend's wake-up interval while it waits for the worker.
+POLL_SECONDS = 0.02
+#: how much of the worker's stderr is kept for crash reports.
+STDERR_TAIL = 4096
+#: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
+#: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
+SPIN_SECONDS = 0.0003
+#: sources the backend remembers having sent to its worker (the worker keeps the same set),
+#: by count and by total characters; past either, both sides forget them all and start over.
+MAX_KNOWN_SOURCES = 256
+MAX_KNOWN_CHARS = 8 << 20
+
+class WorkerCrashed(Exception):
+    """The worker died, was killed, could not start, or broke the protocol.
+
+    ``reason`` says what happened (signal or exit status, and the tail of its stderr). The
+    worker has been stopped and reaped; the next call starts a fresh one.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the confined worker failed: {reason}")
+        self.reason = reason
+
+
+# -- the worker process ---------------------------------------------------------------------
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class _Worker:
+    """One running worker: the bwrap process, its channel, its stderr tail.
+
+    ``boot`` is what is left to send of the boot frame (all of it for a worker started now;
+    the unsent rest, usually nothing, for one started early: ``spawn.prestart``)."""
+
+    def __init__(self, proc: _Process, boot: bytes, limits: Limits) -> None:
         self.limits = limits
         self.started = time.monotonic()
-        self.proc = _Process(argv)
+        self.proc = proc
         self.pid = self.proc.pid
         self.errfd = self.proc.stderr
         os.set_blocking(self.errfd, False)
@@ -6874,16 +7194,22 @@ class WorkerExecutor:
 
     def __init__(
         self,
-        sources: Mapping[str, str | bytes],
+        sources: Mapping[str, str | bytes] | Callable[[], Mapping[str, str | bytes]],
         *,
         bwrap: str = DEFAULT_BWRAP,
         python: str = DEFAULT_PYTHON,
         stored_code: bool = False,
+        adopt: bool = False,
     ) -> None:
-        missing = [name for name in WORKER_MODULES if name not in sources]
-        if missing:
-            raise ValueError(f"worker sources are missing: {', '.join(missing)}")
-        self._boot = boot_frame(sources)
+        self._sources_of: Callable[[], Mapping[str, str | bytes]] | None = None
+        self._boot: bytes | None = None
+        if callable(sources):  # built when a worker is first started here (not adopted)
+            self._sources_of = sources
+        else:
+            self._boot = self._checked_boot(sources)
+        #: whether the first worker may be the one ``spawn.prestart`` started early in this
+        #: process (the host's executor: its boot frame is the same compiled runtime)
+        self.adopt = adopt
         self.bwrap = bwrap
         self.python = python
         self._worker: _Worker | None = None
@@ -6898,6 +7224,15 @@ class WorkerExecutor:
         #: calls in which both sides were allowed to spin (a CPU was idle when they began)
         self.spun_calls = 0
         self.last_start_seconds = 0.0
+        #: whether the current worker is one ``spawn.prestart`` started early
+        self.adopted = False
+
+    @staticmethod
+    def _checked_boot(sources: Mapping[str, str | bytes]) -> bytes:
+        missing = [name for name in WORKER_MODULES if name not in sources]
+        if missing:
+            raise ValueError(f"worker sources are missing: {', '.join(missing)}")
+        return boot_frame(sources)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -6919,8 +7254,18 @@ class WorkerExecutor:
     def _start(self, limits: Limits) -> _Worker:
         argv = bwrap_argv(self.bwrap, self.python, BOOTSTRAP)
         begin = time.monotonic()
+        early = take_prestarted(argv) if self.adopt else None
+        self.adopt = False  # once: a worker that dies later is replaced by a new one here
+        if early is not None:
+            self.starts += 1
+            self.adopted = True
+            return _Worker(early[0], early[1], limits)
+        self.adopted = False
+        if self._boot is None:
+            assert self._sources_of is not None
+            self._boot = self._checked_boot(self._sources_of())
         try:
-            worker = _Worker(argv, self._boot, limits)
+            worker = _Worker(_Process(argv), self._boot, limits)
         except OSError as exc:
             raise WorkerCrashed(
                 f"cannot start {self.bwrap} ({exc.strerror or exc}); install bubblewrap "
@@ -7117,13 +7462,7 @@ def _spare_cpu() -> bool:
 def boot_frame(sources: Mapping[str, str | bytes]) -> bytes:
     """The ``boot`` frame ``BOOT_LOADER`` reads: ``WORKER_MODULES`` in order, each as its source
     text or as ``marshal.dumps`` of its compiled code (from the same Python as the worker's)."""
-    ordered: dict[str, str | bytes] = {}
-    for name in WORKER_MODULES:
-        value = sources[name]
-        if type(value) is not str and type(value) is not bytes:
-            raise TypeError(f"worker module {name}: source text or marshalled code expected")
-        ordered[name] = value
-    return Channel.frame({"op": BOOT}, marshal.dumps(ordered))
+    return _boot_frame(sources, WORKER_MODULES)
 
 
 def _send_raw(chan: Channel, frame: bytes, tick: Callable[[], None]) -> None:
@@ -7345,7 +7684,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -7366,7 +7705,7 @@ import os
 import re
 import time
 
-from . import VERSION, WORKER_MODULES, codec, engine
+from . import VERSION, WORKER_MODULES, codec, engine, spawn
 from .errors import DatabaseError, Interrupted, LimitExceeded
 from .spi import SpiPort
 
@@ -7935,6 +8274,7 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
     cached = state.in_process
     if cached is not None and cached[0] is plpy:
         return cached[1]
+    spawn.discard_prestarted()  # a worker started early for a call that runs here: not needed
     check = _interrupt_check(plpy, state)
     flag = state.interrupt_flag
 
@@ -7978,7 +8318,7 @@ def _worker_modules(state: Backend, same: bool | None = None) -> dict[str, str |
     codes = getattr(package, "CODES", None) or {}
     out: dict[str, str | bytes] = {}
     if same is None:
-        same = sys.version_info[:2] == _worker_python_version()
+        same = sys.version_info[:2] == spawn.python_version(sandbox.DEFAULT_PYTHON)
     for name in WORKER_MODULES:
         code = codes.get(name)
         if same and code is not None:
@@ -7986,25 +8326,6 @@ def _worker_modules(state: Backend, same: bool | None = None) -> dict[str, str |
         else:
             out[name] = state.sources[name]
     return out
-
-
-def _worker_python_version() -> tuple[int, int]:
-    """The major.minor of the worker's Python (Debian 12: /usr/bin/python3 is 3.11)."""
-    import re
-
-    try:
-        real = os.path.realpath(sandbox.DEFAULT_PYTHON)
-        m = re.search(r"python(\d+)\.(\d+)$", real)
-        if m:
-            return (int(m.group(1)), int(m.group(2)))
-        import subprocess  # only here: the import alone costs a new backend ~5 ms
-
-        out = subprocess.run([sandbox.DEFAULT_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=5).stdout
-        nums = re.findall(r"\d+", out)
-        return (int(nums[0]), int(nums[1]))
-    except Exception:  # noqa: BLE001 - unknown: send sources
-        return (0, 0)
 
 
 def _in_worker(plpy: Any, state: Backend) -> Executor:
@@ -8022,8 +8343,11 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
     if state.worker is None:
         import sys
 
-        same = sys.version_info[:2] == _worker_python_version()
-        state.worker = sandbox.WorkerExecutor(_worker_modules(state, same), stored_code=same)
+        same = sys.version_info[:2] == spawn.python_version(sandbox.DEFAULT_PYTHON)
+        # the boot frame is built only if this executor starts a worker itself: the first
+        # one is usually the worker the boot function started early (spawn.prestart)
+        state.worker = sandbox.WorkerExecutor(lambda: _worker_modules(state, same),
+                                              stored_code=same, adopt=True)
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:
@@ -8246,6 +8570,19 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
                          FROM public.wormhole_trusted_roles t), '[]'::json))::text
 $fn$;
 
+-- A prediction for a backend's first wormhole_execute (runtime/spawn.py): will this call most
+-- likely run in the confined worker? Then the boot starts the worker before it imports the
+-- host. The host's choose_executor still decides; a wrong guess costs an idle worker or no
+-- overlap, never a different execution mode.
+CREATE OR REPLACE FUNCTION public._wormhole_worker_hint(function_hash text, role_name text)
+RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT COALESCE($1 ~ '^[0-9a-f]{64}$', false)
+     AND COALESCE((SELECT s.value = 'worker' FROM public.wormhole_settings s
+                   WHERE s.name = 'untrusted_execution'), false)
+     AND NOT EXISTS (SELECT 1 FROM public.wormhole_approvals a WHERE a.hash = $1)
+     AND NOT EXISTS (SELECT 1 FROM public.wormhole_trusted_roles t WHERE t.role_name = $2)
+$fn$;
+
 -- The runtime, embedded: loaded into GD once per backend -------------------------------------
 CREATE OR REPLACE FUNCTION public._wormhole_boot() RETURNS void
 LANGUAGE plpython3u AS $wormhole_body$
@@ -8258,7 +8595,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8274,7 +8611,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed']):
+                for r in plpy.execute(plan, ['4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8324,9 +8661,19 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '03369ba38d42d7bda3f68c2d4c8aa8fb353b6b3752e6f6d434181d23a9735aed'
+    _pkg.CODE_TAG = '4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
+    if GD.pop('wormhole.prestart', None) is True:
+        # wormhole_execute's entry predicted the worker (_wormhole_worker_hint): start it now,
+        # so its start-up runs while this backend imports the host (spawn.prestart)
+        try:
+            __import__(_pkgname + '.spawn')
+            sys.modules[_pkgname + '.spawn'].prestart(
+                {n: _rows[n]['code'] for n in _pkg.WORKER_MODULES if n in _rows},
+                _pkg.WORKER_MODULES)
+        except Exception:
+            pass
     __import__(_pkgname + '.host')
     GD[_key] = _pkg
 $wormhole_body$;
@@ -8351,6 +8698,11 @@ CREATE OR REPLACE FUNCTION public.wormhole_execute(
 RETURNS text LANGUAGE plpython3u AS $wormhole_body$
 _rt = GD.get('wormhole.runtime/0.1.0')
 if _rt is None:
+    try:
+        if plpy.execute(plpy.prepare('SELECT public._wormhole_worker_hint($1, current_user::text) AS w', ['text']), [function_hash])[0]['w']:
+            GD['wormhole.prestart'] = True
+    except plpy.SPIError:
+        pass
     plpy.execute('SELECT public._wormhole_boot()')
     _rt = GD['wormhole.runtime/0.1.0']
 return _rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing, SD)
@@ -8413,6 +8765,8 @@ ALTER FUNCTION public._wormhole_function(text) OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public._wormhole_function(text) FROM PUBLIC;
 ALTER FUNCTION public._wormhole_config() OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public._wormhole_config() FROM PUBLIC;
+ALTER FUNCTION public._wormhole_worker_hint(text, text) OWNER TO wormhole_owner;
+REVOKE ALL ON FUNCTION public._wormhole_worker_hint(text, text) FROM PUBLIC;
 ALTER FUNCTION public._wormhole_boot() OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public._wormhole_boot() FROM PUBLIC;
 ALTER FUNCTION public.wormhole_version() OWNER TO wormhole_owner;
@@ -8433,6 +8787,7 @@ ALTER FUNCTION public.wormhole_revoke(text) OWNER TO wormhole_owner;
 REVOKE ALL ON FUNCTION public.wormhole_revoke(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public._wormhole_function(text) TO wormhole_user;
 GRANT EXECUTE ON FUNCTION public._wormhole_config() TO wormhole_user;
+GRANT EXECUTE ON FUNCTION public._wormhole_worker_hint(text, text) TO wormhole_user;
 GRANT EXECUTE ON FUNCTION public._wormhole_boot() TO wormhole_user;
 GRANT EXECUTE ON FUNCTION public.wormhole_version() TO wormhole_user;
 GRANT EXECUTE ON FUNCTION public.wormhole_install(text) TO wormhole_user;

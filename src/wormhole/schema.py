@@ -175,15 +175,38 @@ if _key not in GD:
     _pkg.CODE_TAG = '{tag}'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
+    if GD.pop('wormhole.prestart', None) is True:
+        # wormhole_execute's entry predicted the worker (_wormhole_worker_hint): start it now,
+        # so its start-up runs while this backend imports the host (spawn.prestart)
+        try:
+            __import__(_pkgname + '.spawn')
+            sys.modules[_pkgname + '.spawn'].prestart(
+                {{n: _rows[n]['code'] for n in _pkg.WORKER_MODULES if n in _rows}},
+                _pkg.WORKER_MODULES)
+        except Exception:
+            pass
     __import__(_pkgname + '.host')
     GD[_key] = _pkg"""
 
 
-def _entry(call: str) -> str:
-    """The body of a plpython3u entry point: find the runtime (boot once), then call it."""
+def _entry(call: str, prestart: bool = False) -> str:
+    """The body of a plpython3u entry point: find the runtime (boot once), then call it.
+
+    With ``prestart`` (``wormhole_execute``), a backend's first call first asks whether it will
+    most likely run in the confined worker and, if so, has the boot start that worker before
+    it imports the host (``runtime/spawn.py``): a prediction, never the decision."""
+    hint = (
+        "    try:\n"
+        "        if plpy.execute(plpy.prepare('SELECT public._wormhole_worker_hint($1, "
+        "current_user::text) AS w', ['text']), [function_hash])[0]['w']:\n"
+        "            GD['wormhole.prestart'] = True\n"
+        "    except plpy.SPIError:\n"
+        "        pass\n"
+    ) if prestart else ""
     return (
         f"_rt = GD.get('wormhole.runtime/{VERSION}')\n"
         "if _rt is None:\n"
+        f"{hint}"
         "    plpy.execute('SELECT public._wormhole_boot()')\n"
         f"    _rt = GD['wormhole.runtime/{VERSION}']\n"
         f"return {call}"
@@ -410,6 +433,19 @@ LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
                          FROM public.wormhole_trusted_roles t), '[]'::json))::text
 $fn$;
 
+-- A prediction for a backend's first wormhole_execute (runtime/spawn.py): will this call most
+-- likely run in the confined worker? Then the boot starts the worker before it imports the
+-- host. The host's choose_executor still decides; a wrong guess costs an idle worker or no
+-- overlap, never a different execution mode.
+CREATE OR REPLACE FUNCTION public._wormhole_worker_hint(function_hash text, role_name text)
+RETURNS boolean LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
+  SELECT COALESCE($1 ~ '^[0-9a-f]{{64}}$', false)
+     AND COALESCE((SELECT s.value = 'worker' FROM public.wormhole_settings s
+                   WHERE s.name = 'untrusted_execution'), false)
+     AND NOT EXISTS (SELECT 1 FROM public.wormhole_approvals a WHERE a.hash = $1)
+     AND NOT EXISTS (SELECT 1 FROM public.wormhole_trusted_roles t WHERE t.role_name = $2)
+$fn$;
+
 -- The runtime, embedded: loaded into GD once per backend -------------------------------------
 CREATE OR REPLACE FUNCTION public._wormhole_boot() RETURNS void
 LANGUAGE plpython3u AS {t}
@@ -430,7 +466,8 @@ COMMENT ON FUNCTION public.wormhole_install(text) IS
 CREATE OR REPLACE FUNCTION public.wormhole_execute(
   function_hash text, args_json text, missing text DEFAULT 'error')
 RETURNS text LANGUAGE plpython3u AS {t}
-{_entry("_rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing, SD)")}
+{_entry("_rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing, SD)",
+        prestart=True)}
 {t};
 COMMENT ON FUNCTION public.wormhole_execute(text, text, text) IS
   'Run an installed function as the calling role; returns a JSON payload (result or error).';
@@ -478,6 +515,7 @@ $fn$;
     functions = (
         "_wormhole_function(text)",
         "_wormhole_config()",
+        "_wormhole_worker_hint(text, text)",
         "_wormhole_boot()",
         "wormhole_version()",
         "wormhole_install(text)",
@@ -491,7 +529,7 @@ $fn$;
     for fn in functions:
         add(f"ALTER FUNCTION public.{fn} OWNER TO wormhole_owner;\n")
         add(f"REVOKE ALL ON FUNCTION public.{fn} FROM PUBLIC;\n")
-    for fn in functions[:7]:
+    for fn in functions[:8]:
         add(f"GRANT EXECUTE ON FUNCTION public.{fn} TO wormhole_user;\n")
     add("""GRANT EXECUTE ON FUNCTION public._wormhole_boot() TO wormhole_admin;
 GRANT EXECUTE ON FUNCTION public.wormhole_approve(text, text) TO wormhole_admin;

@@ -20,7 +20,7 @@ import pytest
 from wormhole.runtime import codec, pgtypes
 
 RUNTIME = Path(pgtypes.__file__).resolve().parent
-MODULES = ("errors", "rows", "codec", "pgtypes")
+MODULES = ("errors", "rows", "jsonlite", "codec", "pgtypes")
 
 SETUP = r"""
 CREATE OR REPLACE FUNCTION wh_test_load(names text[], sources text[]) RETURNS void

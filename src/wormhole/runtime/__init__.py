@@ -12,6 +12,7 @@ VERSION = "0.1.0"
 MODULES = (
     "errors",
     "rows",
+    "jsonlite",
     "codec",
     "pgtypes",
     "sqltext",
@@ -22,7 +23,8 @@ MODULES = (
     "spi",
     "channel",
     "worker",
+    "spawn",
     "sandbox",
     "host",
 )
-WORKER_MODULES = ("errors", "rows", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
+WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")

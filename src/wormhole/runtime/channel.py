@@ -53,11 +53,13 @@ worker -> backend
 from __future__ import annotations
 
 import errno
-import json
 import os
 import select
 import struct
 import time
+
+from .jsonlite import Decoder as _Decoder
+from .jsonlite import Encoder as _Encoder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations only
@@ -366,7 +368,7 @@ def _reject_constant(name: str) -> Any:
 
 # built once: ``json.dumps``/``json.loads`` with options build an encoder/decoder per message,
 # and ``JSONEncoder.encode`` builds a C encoder per call; the C encoder is built here once.
-_HEADER_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_HEADER_ENCODER = _Encoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _PACK_PREFIX = struct.Struct(">II").pack
 # A header that is exactly {"op": <one of _OPS>, "id": <0..2**32-1>} (every query, rows, qerr
 # and done message) travels as 7 bytes: _COMPACT, the op's index in _OPS, the CPU the sender
@@ -418,7 +420,7 @@ try:
 except ImportError:  # pragma: no cover - a Python without the C accelerator
     def _header_text(header: dict[str, Any]) -> str:
         return _HEADER_ENCODER.encode(header)
-_HEADER_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_HEADER_DECODER = _Decoder(parse_constant=_reject_constant)
 
 
 def decode_header(raw: bytes) -> dict[str, Any]:

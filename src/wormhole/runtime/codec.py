@@ -31,17 +31,16 @@ and text size are bounded, and every tag payload is validated.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as _dt
 import itertools
-import json
 import math
 import operator
-import re
 import sys
 from decimal import Decimal
 
+from .jsonlite import Decoder as _Decoder
+from .jsonlite import Encoder as _Encoder
 from .rows import Rows
 
 # typing and uuid stay off the import path (a new backend and every worker start import this
@@ -262,9 +261,9 @@ def _enc_td(o: _dt.timedelta, depth: int) -> dict[str, Any]:
 
 _TAGGERS: dict[type, Callable[[Any, int], Any]] = {
     tuple: _enc_tuple,
-    bytes: lambda o, d: {"$b": base64.b64encode(o).decode("ascii")},
-    bytearray: lambda o, d: {"$b": base64.b64encode(bytes(o)).decode("ascii")},
-    memoryview: lambda o, d: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},
+    bytes: lambda o, d: {"$b": _b64encode(o).decode("ascii")},
+    bytearray: lambda o, d: {"$b": _b64encode(bytes(o)).decode("ascii")},
+    memoryview: lambda o, d: {"$b": _b64encode(o.tobytes()).decode("ascii")},
     Decimal: lambda o, d: {"$n": str(o)},
     _dt.date: lambda o, d: {"$date": o.isoformat()},
     _dt.time: lambda o, d: {"$time": o.isoformat()},
@@ -312,9 +311,9 @@ def encode_value(obj: object, *, root: str = "value", max_depth: int = MAX_DEPTH
 # produces the error message with the path. nan/inf floats and oversized ints make
 # ``json.dumps`` raise ValueError (allow_nan=False, int_max_str_digits): full walk too.
 _SCALAR_TAGS: dict[type, Callable[[Any], dict[str, Any]]] = {
-    bytes: lambda o: {"$b": base64.b64encode(o).decode("ascii")},
-    bytearray: lambda o: {"$b": base64.b64encode(bytes(o)).decode("ascii")},
-    memoryview: lambda o: {"$b": base64.b64encode(o.tobytes()).decode("ascii")},
+    bytes: lambda o: {"$b": _b64encode(o).decode("ascii")},
+    bytearray: lambda o: {"$b": _b64encode(bytes(o)).decode("ascii")},
+    memoryview: lambda o: {"$b": _b64encode(o.tobytes()).decode("ascii")},
     Decimal: lambda o: {"$n": str(o)},
     _dt.date: lambda o: {"$date": o.isoformat()},
     _dt.time: lambda o: {"$time": o.isoformat()},
@@ -374,10 +373,8 @@ def _fast_ok(obj: object, max_depth: int) -> bool:
 
 #: built once: ``json.dumps`` with options builds a new ``JSONEncoder`` on every call. Same
 #: options, same output (``ensure_ascii`` stays on).
-_FAST_ENCODER = json.JSONEncoder(
-    default=_default, allow_nan=False, check_circular=False, separators=(",", ":")
-)
-_PLAIN_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
+_FAST_ENCODER = _Encoder(default=_default, allow_nan=False, separators=(",", ":"))
+_PLAIN_ENCODER = _Encoder(allow_nan=False, separators=(",", ":"))
 
 try:  # JSONEncoder.encode builds a C encoder on every call; these are built once (stateless:
     # no circular-reference markers), same options, same output
@@ -472,8 +469,27 @@ _NONE_TYPE = type(None)
 _PLAIN_COLUMN = frozenset({str, int, bool, float})
 
 
+def _b64encode(o: bytes) -> bytes:
+    """``base64.b64encode(o)`` (the ``base64`` module imports ``re``: ~4 ms of a new worker)."""
+    return binascii.b2a_base64(o, newline=False)
+
+
+_a2b_base64: Any = binascii.a2b_base64  # strict_mode is 3.11's (the stubs checked are 3.10's)
+
+
+def _b64decode(s: str) -> bytes:
+    """``base64.b64decode(s, validate=True)``: only the alphabet and final padding, else
+    ``binascii.Error`` (a ``ValueError``)."""
+    try:
+        return bytes(_a2b_base64(s, strict_mode=True))
+    except TypeError:  # pragma: no cover - Python < 3.11: no strict mode
+        import base64
+
+        return base64.b64decode(s, validate=True)
+
+
 def _b64(o: bytes) -> str:
-    return base64.b64encode(o).decode("ascii")
+    return _b64encode(o).decode("ascii")
 
 
 #: column kinds for columns whose non-null values all have one of these exact types
@@ -601,14 +617,18 @@ def _dec_column(kind: str, col: list[Any]) -> list[Any]:
 # Python 3.10's fromisoformat does not read every such text ("+05" offsets, short fractions):
 # the regex below reads the same values there.
 _PG_KINDS = frozenset({"pgtz", "pgts", "pgdate"})
-_PG_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
-                     r"(?:([-+])(\d\d)(?::?(\d\d))?(?::?(\d\d))?)?")
+_PG_ISO: list[Any] = []  # the pattern, compiled on first use (``re`` costs a new worker ~4 ms)
 
 
 def _pg_iso(s: Any) -> _dt.datetime:
     if type(s) is not str:
         raise TypeError("expected text")
-    m = _PG_ISO.fullmatch(s)
+    if not _PG_ISO:
+        import re
+
+        _PG_ISO.append(re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+                                  r"(?:([-+])(\d\d)(?::?(\d\d))?(?::?(\d\d))?)?"))
+    m = _PG_ISO[0].fullmatch(s)
     if m is None:
         raise ValueError("not ISO")
     ye, mo, da, ho, mi, se, fr, sgn, oh, om, osec = m.groups()
@@ -690,7 +710,7 @@ def _need_list(tag: str, p: object) -> list[Any]:
 def _dec_b(p: object) -> bytes:
     s = _need_str("$b", p)
     try:
-        return base64.b64decode(s, validate=True)
+        return _b64decode(s)
     except (binascii.Error, ValueError) as e:
         _bad("$b", p, str(e))
 
@@ -916,10 +936,9 @@ def _walk(v: Any, depth: int, max_depth: int) -> Any:
 
 
 #: one decoder per process: ``json.loads`` with hooks builds a decoder and a C scanner per call.
-_DECODER = json.JSONDecoder(object_hook=_hook, parse_constant=_reject_constant)
-#: its scanner (the C one when ``_json`` is there), set by ``JSONDecoder.__init__``; typeshed
-#: does not declare the attribute
-_SCAN: Callable[[str, int], tuple[Any, int]] = getattr(_DECODER, "scan_once")  # noqa: B009
+_DECODER = _Decoder(object_hook=_hook, parse_constant=_reject_constant)
+#: its scanner (the C one when ``_json`` is there)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once
 
 
 def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:

@@ -14,9 +14,8 @@ The payload (JSON text, see docs/architecture.md):
 from __future__ import annotations
 
 import builtins
-import json
 
-from . import codec, namespace
+from . import codec, jsonlite, namespace
 from .errors import DatabaseError, Interrupted, LimitExceeded
 from .rows import Rows
 from .rules import Checked, PolicyError
@@ -315,7 +314,7 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
             raise TypeError(f"the return value cannot be sent to the client: {exc}") from None
         if out.parts or out.truncated:
             text = ('{"ok":' + value + ',"out":'
-                    + json.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
+                    + jsonlite.dumps(out.lines(), ensure_ascii=False, separators=(",", ":")) + "}")
         else:
             text = '{"ok":' + value + ',"out":[]}'
         if len(text) > call.limits.max_result_bytes:
@@ -384,5 +383,5 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 
 def error_payload(exc: BaseException, out: _Output | None = None) -> str:
     lines = out.lines() if out is not None else []
-    return json.dumps({"err": error_info(exc), "out": lines}, ensure_ascii=False,
+    return jsonlite.dumps({"err": error_info(exc), "out": lines}, ensure_ascii=False,
                       separators=(",", ":"))

@@ -19,7 +19,7 @@ import os
 import re
 import time
 
-from . import VERSION, WORKER_MODULES, codec, engine
+from . import VERSION, WORKER_MODULES, codec, engine, spawn
 from .errors import DatabaseError, Interrupted, LimitExceeded
 from .spi import SpiPort
 
@@ -588,6 +588,7 @@ def _in_process(plpy: Any, state: Backend) -> Executor:
     cached = state.in_process
     if cached is not None and cached[0] is plpy:
         return cached[1]
+    spawn.discard_prestarted()  # a worker started early for a call that runs here: not needed
     check = _interrupt_check(plpy, state)
     flag = state.interrupt_flag
 
@@ -631,7 +632,7 @@ def _worker_modules(state: Backend, same: bool | None = None) -> dict[str, str |
     codes = getattr(package, "CODES", None) or {}
     out: dict[str, str | bytes] = {}
     if same is None:
-        same = sys.version_info[:2] == _worker_python_version()
+        same = sys.version_info[:2] == spawn.python_version(sandbox.DEFAULT_PYTHON)
     for name in WORKER_MODULES:
         code = codes.get(name)
         if same and code is not None:
@@ -639,25 +640,6 @@ def _worker_modules(state: Backend, same: bool | None = None) -> dict[str, str |
         else:
             out[name] = state.sources[name]
     return out
-
-
-def _worker_python_version() -> tuple[int, int]:
-    """The major.minor of the worker's Python (Debian 12: /usr/bin/python3 is 3.11)."""
-    import re
-
-    try:
-        real = os.path.realpath(sandbox.DEFAULT_PYTHON)
-        m = re.search(r"python(\d+)\.(\d+)$", real)
-        if m:
-            return (int(m.group(1)), int(m.group(2)))
-        import subprocess  # only here: the import alone costs a new backend ~5 ms
-
-        out = subprocess.run([sandbox.DEFAULT_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=5).stdout
-        nums = re.findall(r"\d+", out)
-        return (int(nums[0]), int(nums[1]))
-    except Exception:  # noqa: BLE001 - unknown: send sources
-        return (0, 0)
 
 
 def _in_worker(plpy: Any, state: Backend) -> Executor:
@@ -675,8 +657,11 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
     if state.worker is None:
         import sys
 
-        same = sys.version_info[:2] == _worker_python_version()
-        state.worker = sandbox.WorkerExecutor(_worker_modules(state, same), stored_code=same)
+        same = sys.version_info[:2] == spawn.python_version(sandbox.DEFAULT_PYTHON)
+        # the boot frame is built only if this executor starts a worker itself: the first
+        # one is usually the worker the boot function started early (spawn.prestart)
+        state.worker = sandbox.WorkerExecutor(lambda: _worker_modules(state, same),
+                                              stored_code=same, adopt=True)
     worker = state.worker
 
     def run(call: engine.Call, port: Any) -> str:

@@ -33,7 +33,6 @@ a shared server it keeps both on a CPU that another process may be holding.
 from __future__ import annotations
 
 import json
-import marshal
 import operator
 import os
 import select
@@ -48,7 +47,6 @@ if TYPE_CHECKING:  # annotations only
 from . import WORKER_MODULES, codec
 from .channel import (
     ABSOLUTE_MAX_FRAME,
-    BOOT,
     CALL,
     DONE,
     HELLO,
@@ -63,6 +61,17 @@ from .channel import (
 from .engine import Call, Limits, QueryPort, source_hash
 from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
 from .rows import Rows
+from .spawn import (
+    BOOT_LOADER,
+    BOOTSTRAP,
+    DEFAULT_BWRAP,
+    DEFAULT_PYTHON,
+    SANDBOX_ID,
+    _Process,
+    bwrap_argv,
+    take_prestarted,
+)
+from .spawn import boot_frame as _boot_frame
 
 __all__ = [
     "BOOTSTRAP",
@@ -77,10 +86,6 @@ __all__ = [
     "executor_for",
 ]
 
-DEFAULT_BWRAP = "/usr/bin/bwrap"
-DEFAULT_PYTHON = "/usr/bin/python3"
-#: the identity inside the sandbox's user namespace ("nobody").
-SANDBOX_ID = 65534
 #: the backend's wake-up interval while it waits for the worker.
 POLL_SECONDS = 0.02
 #: how much of the worker's stderr is kept for crash reports.
@@ -92,65 +97,6 @@ SPIN_SECONDS = 0.0003
 #: by count and by total characters; past either, both sides forget them all and start over.
 MAX_KNOWN_SOURCES = 256
 MAX_KNOWN_CHARS = 8 << 20
-
-#: the program ``python3 -c`` runs inside the sandbox (``BOOTSTRAP``). ``BOOT_LOADER`` reads one
-#: ``boot`` frame from fd 0 whose body is ``marshal.dumps({module: source text | marshalled
-#: code})`` for ``runtime.WORKER_MODULES`` (dependencies first; see :func:`boot_frame`) and
-#: builds the package ``wormhole_rt`` (no path; a meta-path loader over those modules only) so
-#: the runtime's relative imports resolve to them, each executed when first imported; it
-#: imports ``wormhole_rt.worker`` (and so everything but the parser, ``policy``, which is loaded
-#: only when a call comes without checked code). ``BOOTSTRAP`` then serves calls on fds 0 and 1
-#: (``worker.main``). The loader itself imports nothing but builtin modules (``marshal``,
-#: ``os``, ``sys``): the frame comes from the backend, which is trusted, and parsing it needs no
-#: ``json``.
-BOOT_LOADER = """\
-import os, sys, marshal
-def _read(n):
-    data = b''
-    while len(data) < n:
-        chunk = os.read(0, n - len(data))
-        if not chunk:
-            raise SystemExit(3)
-        data += chunk
-    return data
-_p = _read(8)
-if _read(int.from_bytes(_p[:4], 'big')) != b'{"op":"boot"}':
-    raise SystemExit(4)
-_sources = marshal.loads(_read(int.from_bytes(_p[4:], 'big')))
-if type(_sources) is not dict:
-    raise SystemExit(4)
-class _Loader:
-    # the runtime's modules, each made (unmarshalled, else compiled) when first imported:
-    # the parser (policy) is loaded only if a call comes without checked code
-    @staticmethod
-    def find_spec(fullname, path=None, target=None):
-        head, _, name = fullname.rpartition('.')
-        if head == 'wormhole_rt' and name in _sources:
-            return sys.modules['_frozen_importlib'].ModuleSpec(fullname, _Loader)
-        return None
-    @staticmethod
-    def create_module(spec):
-        return None
-    @staticmethod
-    def exec_module(module):
-        name = module.__name__.rpartition('.')[2]
-        module.__file__ = '<wormhole_rt/' + name + '.py>'
-        src = _sources[name]
-        if type(src) is bytes:  # code the backend compiled already (same /usr/bin/python3)
-            code = marshal.loads(src)
-        else:
-            code = compile(src, module.__file__, 'exec')
-        exec(code, module.__dict__)
-_pkg = type(sys)('wormhole_rt')
-_pkg.__path__ = []
-_pkg.__package__ = 'wormhole_rt'
-sys.modules['wormhole_rt'] = _pkg
-sys.meta_path.append(_Loader)
-__import__('wormhole_rt.worker')
-del _read, _p, _pkg
-"""
-BOOTSTRAP = BOOT_LOADER + "sys.modules['wormhole_rt.worker'].main(0, 1)\n"
-
 
 class WorkerCrashed(Exception):
     """The worker died, was killed, could not start, or broke the protocol.
@@ -164,51 +110,6 @@ class WorkerCrashed(Exception):
         self.reason = reason
 
 
-# -- the bubblewrap command line -----------------------------------------------------------
-
-
-def _root_links() -> list[str]:
-    """``/lib``, ``/lib64`` and ``/bin`` as the host has them (symlinks into /usr on merged-/usr
-    systems such as Debian 12; read-only binds where they are real directories)."""
-    args: list[str] = []
-    for path in ("/bin", "/lib", "/lib64", "/lib32", "/libx32"):
-        if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            args += ["--ro-bind", path, path]
-    return args
-
-
-def bwrap_argv(
-    bwrap: str = DEFAULT_BWRAP,
-    python: str = DEFAULT_PYTHON,
-    code: str = BOOTSTRAP,
-) -> list[str]:
-    """The exact command line the worker runs with (``code`` is what ``python3 -c`` runs).
-
-    Tests run attack snippets with this very argv, so what they prove is what the worker gets.
-    """
-    argv = [
-        bwrap,
-        "--unshare-all",  # new user, pid, net, ipc, uts and cgroup namespaces
-        "--unshare-user",  # ... and fail (not silently continue) without a user namespace
-        "--disable-userns",  # no nested user namespaces (kernel attack surface)
-        "--die-with-parent",  # SIGKILL when the backend that started it dies
-        "--new-session",  # setsid: no controlling terminal (TIOCSTI)
-        "--clearenv",
-        "--cap-drop", "ALL",
-        "--uid", str(SANDBOX_ID),
-        "--gid", str(SANDBOX_ID),
-        "--hostname", "wormhole",
-        "--ro-bind", "/usr", "/usr",
-        *_root_links(),
-        "--remount-ro", "/",  # the root tmpfs bubblewrap builds: read-only too
-        "--chdir", "/",
-    ]
-    argv += ["--", python, "-I", "-S", "-B", "-c", code]
-    return argv
-
-
 # -- the worker process ---------------------------------------------------------------------
 
 
@@ -219,95 +120,16 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-class _Process:
-    """The bubblewrap process, started with ``posix_spawn``.
-
-    Not ``subprocess``: importing it costs a new backend ~5 ms of its first worker call. The
-    child gets exactly what ``subprocess.Popen(close_fds=True, start_new_session=True, env={})``
-    gave it: three pipes as fds 0-2 and no other descriptor (each one this process has open is
-    closed in the child, before bubblewrap runs), a new session, an empty environment,
-    default SIGPIPE/SIGXFSZ and no blocked signals.
-    """
-
-    def __init__(self, argv: list[str]) -> None:
-        fds: list[int] = []
-        try:
-            for _ in range(3):
-                fds.extend(os.pipe())  # close-on-exec: only the dup2'd copies survive exec
-            if min(fds) < 3:
-                raise OSError("the standard descriptors 0-2 are not open in this process")
-            r0, w0, r1, w1, r2, w2 = fds
-            actions: list[tuple[int, ...]] = [
-                (os.POSIX_SPAWN_DUP2, r0, 0),
-                (os.POSIX_SPAWN_DUP2, w1, 1),
-                (os.POSIX_SPAWN_DUP2, w2, 2),
-            ]
-            # every other descriptor (PostgreSQL opens its files and sockets without
-            # close-on-exec); closing one that is already closed is not an error
-            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _open_fds() if fd > 2]
-            self.pid = os.posix_spawn(
-                argv[0], argv, {}, file_actions=actions, setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=(),
-            )
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-        for fd in (r0, w1, w2):
-            os.close(fd)
-        self.stdin, self.stdout, self.stderr = w0, r1, r2
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: the status is lost
-                self.returncode = 0
-            else:
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float) -> int | None:
-        """The exit code, or None if the process is still running after ``timeout`` s."""
-        end = time.monotonic() + timeout
-        delay = 0.0005
-        while self.poll() is None and time.monotonic() < end:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
-        return self.returncode
-
-    def kill(self) -> None:
-        if self.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def close(self) -> None:
-        for fd in (self.stdin, self.stdout, self.stderr):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.stdin = self.stdout = self.stderr = -1
-
-
-def _open_fds() -> list[int]:
-    try:
-        return [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:  # no /proc: every descriptor up to the limit
-        return list(range(3, os.sysconf("SC_OPEN_MAX")))
-
-
 class _Worker:
-    """One running worker: the bwrap process, its channel, its stderr tail."""
+    """One running worker: the bwrap process, its channel, its stderr tail.
 
-    def __init__(self, argv: list[str], boot: bytes, limits: Limits) -> None:
+    ``boot`` is what is left to send of the boot frame (all of it for a worker started now;
+    the unsent rest, usually nothing, for one started early: ``spawn.prestart``)."""
+
+    def __init__(self, proc: _Process, boot: bytes, limits: Limits) -> None:
         self.limits = limits
         self.started = time.monotonic()
-        self.proc = _Process(argv)
+        self.proc = proc
         self.pid = self.proc.pid
         self.errfd = self.proc.stderr
         os.set_blocking(self.errfd, False)
@@ -422,16 +244,22 @@ class WorkerExecutor:
 
     def __init__(
         self,
-        sources: Mapping[str, str | bytes],
+        sources: Mapping[str, str | bytes] | Callable[[], Mapping[str, str | bytes]],
         *,
         bwrap: str = DEFAULT_BWRAP,
         python: str = DEFAULT_PYTHON,
         stored_code: bool = False,
+        adopt: bool = False,
     ) -> None:
-        missing = [name for name in WORKER_MODULES if name not in sources]
-        if missing:
-            raise ValueError(f"worker sources are missing: {', '.join(missing)}")
-        self._boot = boot_frame(sources)
+        self._sources_of: Callable[[], Mapping[str, str | bytes]] | None = None
+        self._boot: bytes | None = None
+        if callable(sources):  # built when a worker is first started here (not adopted)
+            self._sources_of = sources
+        else:
+            self._boot = self._checked_boot(sources)
+        #: whether the first worker may be the one ``spawn.prestart`` started early in this
+        #: process (the host's executor: its boot frame is the same compiled runtime)
+        self.adopt = adopt
         self.bwrap = bwrap
         self.python = python
         self._worker: _Worker | None = None
@@ -446,6 +274,15 @@ class WorkerExecutor:
         #: calls in which both sides were allowed to spin (a CPU was idle when they began)
         self.spun_calls = 0
         self.last_start_seconds = 0.0
+        #: whether the current worker is one ``spawn.prestart`` started early
+        self.adopted = False
+
+    @staticmethod
+    def _checked_boot(sources: Mapping[str, str | bytes]) -> bytes:
+        missing = [name for name in WORKER_MODULES if name not in sources]
+        if missing:
+            raise ValueError(f"worker sources are missing: {', '.join(missing)}")
+        return boot_frame(sources)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -467,8 +304,18 @@ class WorkerExecutor:
     def _start(self, limits: Limits) -> _Worker:
         argv = bwrap_argv(self.bwrap, self.python, BOOTSTRAP)
         begin = time.monotonic()
+        early = take_prestarted(argv) if self.adopt else None
+        self.adopt = False  # once: a worker that dies later is replaced by a new one here
+        if early is not None:
+            self.starts += 1
+            self.adopted = True
+            return _Worker(early[0], early[1], limits)
+        self.adopted = False
+        if self._boot is None:
+            assert self._sources_of is not None
+            self._boot = self._checked_boot(self._sources_of())
         try:
-            worker = _Worker(argv, self._boot, limits)
+            worker = _Worker(_Process(argv), self._boot, limits)
         except OSError as exc:
             raise WorkerCrashed(
                 f"cannot start {self.bwrap} ({exc.strerror or exc}); install bubblewrap "
@@ -665,13 +512,7 @@ def _spare_cpu() -> bool:
 def boot_frame(sources: Mapping[str, str | bytes]) -> bytes:
     """The ``boot`` frame ``BOOT_LOADER`` reads: ``WORKER_MODULES`` in order, each as its source
     text or as ``marshal.dumps`` of its compiled code (from the same Python as the worker's)."""
-    ordered: dict[str, str | bytes] = {}
-    for name in WORKER_MODULES:
-        value = sources[name]
-        if type(value) is not str and type(value) is not bytes:
-            raise TypeError(f"worker module {name}: source text or marshalled code expected")
-        ordered[name] = value
-    return Channel.frame({"op": BOOT}, marshal.dumps(ordered))
+    return _boot_frame(sources, WORKER_MODULES)
 
 
 def _send_raw(chan: Channel, frame: bytes, tick: Callable[[], None]) -> None:

@@ -17,8 +17,10 @@ small implementation of the same interface over a real psycopg connection) in pl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a new backend ~2 ms to import; annotations only
+    from collections.abc import Sequence
+    from typing import Any
 
 from . import pgtypes, sqltext
 from .errors import DatabaseError, Interrupted

@@ -21,7 +21,6 @@ asked in that call (``spin``, at most ``MAX_SPIN``); between calls it always sle
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import resource
@@ -33,7 +32,7 @@ if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations o
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-from . import codec, engine
+from . import codec, engine, jsonlite
 from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
 from .errors import QUERY_ERRORS, DatabaseError, ForbiddenStatement
 from .rows import Rows
@@ -91,7 +90,7 @@ class ChannelPort:
             rows, rowcount = value
             return Rows(rows, rowcount if type(rowcount) is int else None)
         if op == QERR:
-            raise _query_error(json.loads(answer.decode("utf-8")))
+            raise _query_error(jsonlite.loads(answer.decode("utf-8")))
         raise SystemExit(EXIT_PROTOCOL)
 
 
@@ -383,7 +382,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
             header, body = received
             op = header["op"]
             if op == HELLO:
-                hello = json.loads(body.decode("utf-8"))
+                hello = jsonlite.loads(body.decode("utf-8"))
                 if type(hello) is not dict:
                     raise SystemExit(EXIT_PROTOCOL)
                 modules = _modules(hello.get("modules"))
