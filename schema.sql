@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +125,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -354,7 +354,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1340,7 +1340,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2253,7 +2253,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2722,7 +2722,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3113,7 +3113,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4346,7 +4346,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5082,7 +5082,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5471,7 +5471,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5703,7 +5703,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5854,6 +5854,8 @@ class Channel:
         self.closed = False
         self._buf = bytearray()
         self._need: tuple[int, int] | None = None  # (header length, body length) once known
+        #: a whole compact frame read in one piece (``_fill``'s fast path), not yet returned
+        self._ready: tuple[dict[str, Any], bytes] | None = None
         self._eof = False
         self._wnonblock = False
         #: whether ``rfd`` blocks (read once; a read that would block says otherwise)
@@ -5874,13 +5876,10 @@ class Channel:
             raise TypeError("a header must be a dict with a str 'op'")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError("a body must be bytes")
-        code = _OP_CODES.get(header["op"]) if len(header) == 2 else None
-        call_id = header.get("id")
-        if code is not None and type(call_id) is int and 0 <= call_id <= 0xFFFFFFFF:
-            cpu = _cpu()
-            head = _PACK_COMPACT(_COMPACT, code, cpu if 0 <= cpu < 255 else 255, call_id)
-        else:
-            head = _header_text(header).encode("utf-8")
+        compact = _compact_frame(header, body) if len(header) == 2 else None
+        if compact is not None:
+            return compact
+        head = _header_text(header).encode("utf-8")
         if len(head) > MAX_HEADER:
             raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")
         if len(body) > ABSOLUTE_MAX_FRAME:
@@ -5903,10 +5902,24 @@ class Channel:
         """
         if self.closed:
             raise ChannelClosed("the channel is closed")
-        data = memoryview(self.frame(header, body))
+        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
+            else None
+        if frame is None:
+            frame = self.frame(header, body)
         if tick is not None and not self._wnonblock:
             os.set_blocking(self.wfd, False)
             self._wnonblock = True
+        try:  # the frame usually fits the pipe whole: one write, nothing else
+            n = os.write(self.wfd, frame)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+                raise ChannelClosed("the peer closed the channel") from None
+            raise
+        if n == len(frame):
+            return
+        data = memoryview(frame)[n:]
         wpoll: select.poll | None = None
         last_tick = time.monotonic()
         while data:
@@ -6023,9 +6036,22 @@ class Channel:
         if not chunk:
             self._eof = True
             return
+        if (not self._buf and len(chunk) >= _FAST_PREFIX and chunk[_PREFIX] == _COMPACT
+                and self._ready is None):
+            # the common case of a call's ping-pong: the read is exactly one compact frame
+            hlen, blen, _, code, cpu, call_id = _UNPACK_FAST(chunk)
+            if (hlen == _COMPACT_SIZE and len(chunk) - _FAST_PREFIX == blen
+                    and blen <= self.max_frame and code < len(_OPS)):
+                self.peer_cpu = -1 if cpu == 255 else cpu
+                self._ready = ({"op": _OPS[code], "id": call_id}, chunk[_FAST_PREFIX:])
+                return
         self._buf += chunk
 
     def _parse(self) -> tuple[dict[str, Any], bytes] | None:
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            return ready
         if self._need is None:
             if len(self._buf) < _PREFIX:
                 return None
@@ -6083,7 +6109,27 @@ _OPS = (CALL, ROWS, QERR, QUERY, DONE)
 _OP_CODES = {op: code for code, op in enumerate(_OPS)}
 _COMPACT = 1
 _COMPACT_SIZE = 7
-_PACK_COMPACT = struct.Struct(">BBBI").pack
+#: a compact frame's prefix and header together (15 bytes), packed and read in one go
+_FAST = struct.Struct(">IIBBBI")
+_PACK_FAST = _FAST.pack
+_UNPACK_FAST = _FAST.unpack_from
+_FAST_PREFIX = _FAST.size
+
+
+def _compact_frame(header: dict[str, Any], body: bytes) -> bytes | None:
+    """The whole frame for a header that is exactly ``{"op": <one of _OPS>, "id": n}`` (the
+    messages of a call), or None for any other header."""
+    code = _OP_CODES.get(header.get("op"))  # type: ignore[arg-type]
+    call_id = header.get("id")
+    if code is None or type(call_id) is not int or not 0 <= call_id <= 0xFFFFFFFF:
+        return None
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError("a body must be bytes")
+    if len(body) > ABSOLUTE_MAX_FRAME:
+        raise ValueError(f"body is {len(body)} bytes; the limit is {ABSOLUTE_MAX_FRAME}")
+    cpu = _cpu()
+    return _PACK_FAST(_COMPACT_SIZE, len(body), _COMPACT, code,
+                      cpu if 0 <= cpu < 255 else 255, call_id) + body
 
 
 def current_cpu() -> int:
@@ -6141,7 +6187,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6599,7 +6645,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -6948,7 +6994,7 @@ def take_prestarted(argv: list[str]) -> tuple[_Process, bytes] | None:
     return proc, rest
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7684,7 +7730,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8595,7 +8641,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8611,7 +8657,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50']):
+                for r in plpy.execute(plan, ['2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8661,7 +8707,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '4f43b245c098b250e89f6c36da614d2475d90e566c3f41c296a5f8787da44c50'
+    _pkg.CODE_TAG = '2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

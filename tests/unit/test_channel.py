@@ -275,11 +275,12 @@ def test_a_spinning_end_gives_its_cpu_away_between_polls(
 
 def test_the_backend_side_never_unpickles_or_unmarshals() -> None:
     # Rows go to the worker as pickle (it trusts its backend); nothing the worker sends may be
-    # read that way. The backend's side of the channel is channel.py and sandbox.py.
+    # read that way. The backend's side of the channel is channel.py, sandbox.py, spawn.py
+    # (which starts the worker) and jsonlite.py (the JSON both read the worker's frames with).
     import ast
 
     runtime = SRC / "wormhole" / "runtime"
-    for name in ("channel.py", "sandbox.py"):
+    for name in ("channel.py", "sandbox.py", "spawn.py", "jsonlite.py"):
         tree = ast.parse((runtime / name).read_text("utf-8"))
         modules = {"pickle", "_pickle", "marshal"}
         readers = {"loads", "load", "Unpickler"}
@@ -290,7 +291,7 @@ def test_the_backend_side_never_unpickles_or_unmarshals() -> None:
             or (isinstance(node, ast.ImportFrom) and node.module in modules
                 and any(alias.name in readers for alias in node.names))
         ]
-        # sandbox.py's bootstrap text (run inside the worker) is a string, not code here
+        # spawn.py's bootstrap text (run inside the worker) is a string, not code here
         assert loads == [], f"{name} deserializes at lines {loads}"
 
 

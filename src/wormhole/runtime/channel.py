@@ -149,6 +149,8 @@ class Channel:
         self.closed = False
         self._buf = bytearray()
         self._need: tuple[int, int] | None = None  # (header length, body length) once known
+        #: a whole compact frame read in one piece (``_fill``'s fast path), not yet returned
+        self._ready: tuple[dict[str, Any], bytes] | None = None
         self._eof = False
         self._wnonblock = False
         #: whether ``rfd`` blocks (read once; a read that would block says otherwise)
@@ -169,13 +171,10 @@ class Channel:
             raise TypeError("a header must be a dict with a str 'op'")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError("a body must be bytes")
-        code = _OP_CODES.get(header["op"]) if len(header) == 2 else None
-        call_id = header.get("id")
-        if code is not None and type(call_id) is int and 0 <= call_id <= 0xFFFFFFFF:
-            cpu = _cpu()
-            head = _PACK_COMPACT(_COMPACT, code, cpu if 0 <= cpu < 255 else 255, call_id)
-        else:
-            head = _header_text(header).encode("utf-8")
+        compact = _compact_frame(header, body) if len(header) == 2 else None
+        if compact is not None:
+            return compact
+        head = _header_text(header).encode("utf-8")
         if len(head) > MAX_HEADER:
             raise ValueError(f"header is {len(head)} bytes; the limit is {MAX_HEADER}")
         if len(body) > ABSOLUTE_MAX_FRAME:
@@ -198,10 +197,24 @@ class Channel:
         """
         if self.closed:
             raise ChannelClosed("the channel is closed")
-        data = memoryview(self.frame(header, body))
+        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
+            else None
+        if frame is None:
+            frame = self.frame(header, body)
         if tick is not None and not self._wnonblock:
             os.set_blocking(self.wfd, False)
             self._wnonblock = True
+        try:  # the frame usually fits the pipe whole: one write, nothing else
+            n = os.write(self.wfd, frame)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+                raise ChannelClosed("the peer closed the channel") from None
+            raise
+        if n == len(frame):
+            return
+        data = memoryview(frame)[n:]
         wpoll: select.poll | None = None
         last_tick = time.monotonic()
         while data:
@@ -318,9 +331,22 @@ class Channel:
         if not chunk:
             self._eof = True
             return
+        if (not self._buf and len(chunk) >= _FAST_PREFIX and chunk[_PREFIX] == _COMPACT
+                and self._ready is None):
+            # the common case of a call's ping-pong: the read is exactly one compact frame
+            hlen, blen, _, code, cpu, call_id = _UNPACK_FAST(chunk)
+            if (hlen == _COMPACT_SIZE and len(chunk) - _FAST_PREFIX == blen
+                    and blen <= self.max_frame and code < len(_OPS)):
+                self.peer_cpu = -1 if cpu == 255 else cpu
+                self._ready = ({"op": _OPS[code], "id": call_id}, chunk[_FAST_PREFIX:])
+                return
         self._buf += chunk
 
     def _parse(self) -> tuple[dict[str, Any], bytes] | None:
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            return ready
         if self._need is None:
             if len(self._buf) < _PREFIX:
                 return None
@@ -378,7 +404,27 @@ _OPS = (CALL, ROWS, QERR, QUERY, DONE)
 _OP_CODES = {op: code for code, op in enumerate(_OPS)}
 _COMPACT = 1
 _COMPACT_SIZE = 7
-_PACK_COMPACT = struct.Struct(">BBBI").pack
+#: a compact frame's prefix and header together (15 bytes), packed and read in one go
+_FAST = struct.Struct(">IIBBBI")
+_PACK_FAST = _FAST.pack
+_UNPACK_FAST = _FAST.unpack_from
+_FAST_PREFIX = _FAST.size
+
+
+def _compact_frame(header: dict[str, Any], body: bytes) -> bytes | None:
+    """The whole frame for a header that is exactly ``{"op": <one of _OPS>, "id": n}`` (the
+    messages of a call), or None for any other header."""
+    code = _OP_CODES.get(header.get("op"))  # type: ignore[arg-type]
+    call_id = header.get("id")
+    if code is None or type(call_id) is not int or not 0 <= call_id <= 0xFFFFFFFF:
+        return None
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError("a body must be bytes")
+    if len(body) > ABSOLUTE_MAX_FRAME:
+        raise ValueError(f"body is {len(body)} bytes; the limit is {ABSOLUTE_MAX_FRAME}")
+    cpu = _cpu()
+    return _PACK_FAST(_COMPACT_SIZE, len(body), _COMPACT, code,
+                      cpu if 0 <= cpu < 255 else 255, call_id) + body
 
 
 def current_cpu() -> int:
