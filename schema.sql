@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +125,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -354,7 +354,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1340,7 +1340,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2253,7 +2253,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2722,7 +2722,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3113,7 +3113,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4346,7 +4346,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5082,7 +5082,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5471,7 +5471,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5703,7 +5703,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6187,7 +6187,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6645,7 +6645,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -6689,6 +6689,7 @@ __all__ = [
     "discard_prestarted",
     "prestart",
     "python_version",
+    "restore_pipe_size",
     "take_prestarted",
 ]
 
@@ -6915,9 +6916,11 @@ def python_version(python: str = DEFAULT_PYTHON) -> tuple[int, int]:
     return (0, 0)
 
 
-#: the pipe capacity asked for the boot pipe, so the whole boot frame is written at once even
-#: before the worker's Python reads it (Linux's default cap for unprivileged processes, 1 MiB)
-BOOT_PIPE_SIZE = 1 << 20
+#: a pipe's default capacity on Linux; the boot pipe of an early worker is enlarged to hold the
+#: whole boot frame (~300 kB) until the worker has read it, then given this size back: the
+#: kernel counts every pipe's capacity against the user's pipe-user-pages-soft (64 MiB for
+#: all of the postgres user's pipes), past which new pipes get 8 KiB
+PIPE_SIZE = 1 << 16
 
 #: at most one early worker per process: (pid that started it, argv, process, unsent boot bytes)
 _EARLY: list[tuple[int, tuple[str, ...], _Process, bytes]] = []
@@ -6947,8 +6950,8 @@ def prestart(modules: Mapping[str, bytes], order: tuple[str, ...], *,
         try:
             import fcntl
 
-            fcntl.fcntl(proc.stdin, fcntl.F_SETPIPE_SZ, BOOT_PIPE_SIZE)
-        except (ImportError, AttributeError, OSError):  # not Linux, or over the cap: no matter
+            fcntl.fcntl(proc.stdin, fcntl.F_SETPIPE_SZ, max(len(frame), PIPE_SIZE))
+        except (ImportError, AttributeError, OSError):  # not Linux, or over a cap: no matter
             pass
         os.set_blocking(proc.stdin, False)
         try:
@@ -6963,6 +6966,18 @@ def prestart(modules: Mapping[str, bytes], order: tuple[str, ...], *,
         return False
     _EARLY[:] = [(os.getpid(), tuple(argv), proc, rest)]
     return True
+
+
+def restore_pipe_size(fd: int) -> None:
+    """Give an enlarged boot pipe its default capacity back (once the worker has read the boot
+    frame: a pipe cannot shrink below what it holds). Never raises."""
+    try:
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) > PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def discard_prestarted() -> None:
@@ -6994,7 +7009,7 @@ def take_prestarted(argv: list[str]) -> tuple[_Process, bytes] | None:
     return proc, rest
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7065,6 +7080,7 @@ from .spawn import (
     SANDBOX_ID,
     _Process,
     bwrap_argv,
+    restore_pipe_size,
     take_prestarted,
 )
 from .spawn import boot_frame as _boot_frame
@@ -7141,6 +7157,8 @@ class _Worker:
         self.next_id = 1
         self.alive = True
         self.boot = boot
+        #: the channel's write pipe was enlarged for the boot frame (``spawn.prestart``)
+        self.boot_pipe = False
 
     def drain(self) -> None:
         """Keep the last ``STDERR_TAIL`` bytes of the worker's stderr (never blocks)."""
@@ -7305,7 +7323,9 @@ class WorkerExecutor:
         if early is not None:
             self.starts += 1
             self.adopted = True
-            return _Worker(early[0], early[1], limits)
+            worker = _Worker(early[0], early[1], limits)
+            worker.boot_pipe = True  # enlarged for the boot frame: restored after its first answer
+            return worker
         self.adopted = False
         if self._boot is None:
             assert self._sources_of is not None
@@ -7454,6 +7474,9 @@ class WorkerExecutor:
                 # after an idle spell without saying anything about the waits that follow
                 woken = True
                 chan.spin = spin
+                if worker.boot_pipe:  # it answers: it has read its boot frame long ago
+                    worker.boot_pipe = False
+                    restore_pipe_size(chan.wfd)
             header, payload = received
             if header.get("id") != call_id:
                 raise ProtocolError(f"message for call {header.get('id')!r}, expected {call_id}")
@@ -7730,7 +7753,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8641,7 +8664,7 @@ if _key not in GD:
         'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8657,7 +8680,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82']):
+                for r in plpy.execute(plan, ['103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8707,7 +8730,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '2a555550ff6d0e84130d4f43071b7e8196104c7961be142e200f22a2e44fed82'
+    _pkg.CODE_TAG = '103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

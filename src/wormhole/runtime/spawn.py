@@ -42,6 +42,7 @@ __all__ = [
     "discard_prestarted",
     "prestart",
     "python_version",
+    "restore_pipe_size",
     "take_prestarted",
 ]
 
@@ -268,9 +269,11 @@ def python_version(python: str = DEFAULT_PYTHON) -> tuple[int, int]:
     return (0, 0)
 
 
-#: the pipe capacity asked for the boot pipe, so the whole boot frame is written at once even
-#: before the worker's Python reads it (Linux's default cap for unprivileged processes, 1 MiB)
-BOOT_PIPE_SIZE = 1 << 20
+#: a pipe's default capacity on Linux; the boot pipe of an early worker is enlarged to hold the
+#: whole boot frame (~300 kB) until the worker has read it, then given this size back: the
+#: kernel counts every pipe's capacity against the user's pipe-user-pages-soft (64 MiB for
+#: all of the postgres user's pipes), past which new pipes get 8 KiB
+PIPE_SIZE = 1 << 16
 
 #: at most one early worker per process: (pid that started it, argv, process, unsent boot bytes)
 _EARLY: list[tuple[int, tuple[str, ...], _Process, bytes]] = []
@@ -300,8 +303,8 @@ def prestart(modules: Mapping[str, bytes], order: tuple[str, ...], *,
         try:
             import fcntl
 
-            fcntl.fcntl(proc.stdin, fcntl.F_SETPIPE_SZ, BOOT_PIPE_SIZE)
-        except (ImportError, AttributeError, OSError):  # not Linux, or over the cap: no matter
+            fcntl.fcntl(proc.stdin, fcntl.F_SETPIPE_SZ, max(len(frame), PIPE_SIZE))
+        except (ImportError, AttributeError, OSError):  # not Linux, or over a cap: no matter
             pass
         os.set_blocking(proc.stdin, False)
         try:
@@ -316,6 +319,18 @@ def prestart(modules: Mapping[str, bytes], order: tuple[str, ...], *,
         return False
     _EARLY[:] = [(os.getpid(), tuple(argv), proc, rest)]
     return True
+
+
+def restore_pipe_size(fd: int) -> None:
+    """Give an enlarged boot pipe its default capacity back (once the worker has read the boot
+    frame: a pipe cannot shrink below what it holds). Never raises."""
+    try:
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) > PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def discard_prestarted() -> None:
