@@ -30,6 +30,19 @@ def text_params(sql: str, params: Sequence[object]) -> list[str | None]:
     return out
 
 
+def unencodable(exc: UnicodeEncodeError) -> errors.ArgumentError:
+    """A clear error for text the connection's ``client_encoding`` cannot represent (a
+    function's source, a ``query()`` statement or parameter): the driver's own
+    ``UnicodeEncodeError`` says neither where nor what to do."""
+    bad = exc.object[exc.start:exc.end] if isinstance(exc.object, str) else ""
+    what = f" {bad[0]!r} (U+{ord(bad[0]):04X})" if bad else " a character"
+    return errors.ArgumentError(
+        f"the connection's client_encoding ({exc.encoding}) cannot represent{what}, found in "
+        "a statement, a parameter or a remote function's source; connect with client_encoding "
+        "UTF8 (e.g. options='-c client_encoding=UTF8' in the connection string)"
+    )
+
+
 def translate(exc: BaseException, sqlstate: str | None, primary: str | None,
               detail: str | None, hint: str | None) -> errors.DatabaseError:
     """A wormhole DatabaseError for a driver error, keeping the SQLSTATE and diagnostics."""

@@ -12,7 +12,7 @@ import psycopg2.extras  # type: ignore[import-untyped]
 
 from ..runtime import sqltext
 from ..runtime.rows import Rows
-from ._common import text_params, translate
+from ._common import text_params, translate, unencodable
 
 _keys: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
 _sql_cache: dict[str, str] = {}
@@ -84,6 +84,8 @@ class Psycopg2Driver:
             return Rows(rows, cur.rowcount)
         except psycopg2.Error as exc:
             raise _translate(exc) from exc
+        except UnicodeEncodeError as exc:
+            raise unencodable(exc) from None
         finally:
             cur.close()
 
@@ -105,6 +107,8 @@ class Psycopg2Driver:
                     conn.autocommit = False
         except psycopg2.Error as exc:
             raise _translate(exc) from exc
+        except UnicodeEncodeError as exc:
+            raise unencodable(exc) from None
         finally:
             if cur is not None:
                 cur.close()
@@ -139,6 +143,8 @@ class Psycopg2Driver:
             cur.execute(sql)
         except psycopg2.Error as exc:
             raise _translate(exc) from exc
+        except UnicodeEncodeError as exc:
+            raise unencodable(exc) from None
         finally:
             if cur is not None:
                 cur.close()

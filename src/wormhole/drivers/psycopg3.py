@@ -37,7 +37,7 @@ from psycopg.rows import dict_row
 
 from .. import errors
 from ..runtime.rows import Rows
-from ._common import text_params, translate
+from ._common import text_params, translate, unencodable
 
 _STATUS_NAMES = {
     pq.TransactionStatus.IDLE: "idle",
@@ -169,6 +169,8 @@ class Psycopg3Driver:
             return Rows(cur.fetchall(), cur.rowcount)
         except psycopg.Error as exc:
             raise _translate(exc) from exc
+        except UnicodeEncodeError as exc:
+            raise unencodable(exc) from None
         finally:
             cur.close()
 
@@ -184,7 +186,10 @@ class Psycopg3Driver:
             if pgconn.status != _OK:
                 raise errors.ConnectionLost("the connection is closed")
             encoding = pgconn._encoding
-            values = [None if p is None else p.encode(encoding) for p in params]
+            try:
+                values = [None if p is None else p.encode(encoding) for p in params]
+            except UnicodeEncodeError as exc:
+                raise unencodable(exc) from None
             try:
                 if prepare:
                     result = self._run_prepared(conn, pgconn, sql, values, encoding)
@@ -302,6 +307,8 @@ class Psycopg3Driver:
                     conn.autocommit = False
         except psycopg.Error as exc:
             raise _translate(exc) from exc
+        except UnicodeEncodeError as exc:
+            raise unencodable(exc) from None
         finally:
             cur.close()
         return None if row is None else row[0]
