@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +125,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -237,9 +237,9 @@ of a new connection's first call, so the modules a worker loads (``codec``, ``ch
 ``engine``, ``worker``) use this instead.
 
 Same text and same verdicts as ``json``: encoding is the very C encoder ``json.JSONEncoder``
-uses for a one-shot ``encode`` without ``indent``; decoding runs the C scanner over the whole
-text, and whatever it does not settle by itself (surrounding whitespace, trailing data, no
-value at all) goes to ``json`` itself, imported only then. A Python without ``_json`` uses
+uses for a one-shot ``encode`` without ``indent``; decoding runs the C scanner once over the
+text, skipping JSON whitespace around the value as ``json`` does, and raises ``json``'s own
+``JSONDecodeError`` (``json`` is imported only then). A Python without ``_json`` uses
 ``json`` throughout. User code never sees this module: its ``json`` is the whitelisted one.
 """
 
@@ -331,19 +331,34 @@ class Decoder:
         else:  # pragma: no cover
             self.scan_once = self._json().scan_once
 
-    def _json(self) -> Any:
-        import json  # only for what the C scanner does not settle alone
+    def _json(self) -> Any:  # pragma: no cover - a Python without the C accelerator
+        import json
 
         return json.JSONDecoder(object_hook=self.object_hook, parse_constant=self._constant)
 
     def decode(self, text: str) -> Any:
+        """One scan, as ``json.loads``: JSON whitespace around the value is skipped, anything
+        else is an error (``json.JSONDecodeError``, imported only then)."""
+        start = len(text) - len(text.lstrip(_WHITESPACE))
         try:
-            value, end = self.scan_once(text, 0)
-        except StopIteration:
-            end = -1
-        if end == len(text):
-            return value
-        return self._json().decode(text)
+            value, end = self.scan_once(text, start)
+        except StopIteration as exc:
+            raise _decode_error("Expecting value", text, exc.value) from None
+        if end != len(text):
+            end = len(text) - len(text[end:].lstrip(_WHITESPACE))
+            if end != len(text):
+                raise _decode_error("Extra data", text, end)
+        return value
+
+
+#: what ``json`` skips around a value (its WHITESPACE pattern)
+_WHITESPACE = " \t\n\r"
+
+
+def _decode_error(message: str, text: str, pos: int) -> ValueError:
+    from json import JSONDecodeError  # the same class json raises (a ValueError)
+
+    return JSONDecodeError(message, text, pos)
 
 
 _LOADS = Decoder()
@@ -354,7 +369,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1293,8 +1308,6 @@ def _walk(v: Any, depth: int, max_depth: int) -> Any:
 
 #: one decoder per process: ``json.loads`` with hooks builds a decoder and a C scanner per call.
 _DECODER = _Decoder(object_hook=_hook, parse_constant=_reject_constant)
-#: its scanner (the C one when ``_json`` is there)
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once
 
 
 def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:
@@ -1317,15 +1330,8 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     if n > max_bytes or (n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
         raise CodecError(f"text too large (limit {max_bytes} bytes)")
     try:
-        # the C scanner straight away (what json.loads ends up calling, without its Python
-        # frames and whitespace regexes); anything it does not consume whole (surrounding
-        # whitespace, trailing data, invalid text) goes to the full decoder for its verdict
-        try:
-            value, end = _SCAN(text, 0)
-        except StopIteration:
-            end = -1
-        if end != n:
-            value = _DECODER.decode(text)  # json.loads(text, object_hook=..., parse_constant=...)
+        # the C scanner, once (json.loads without its Python frames and whitespace regexes)
+        value = _DECODER.decode(text)
     except CodecError:
         raise
     except RecursionError:
@@ -1340,7 +1346,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2253,7 +2259,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2722,7 +2728,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3113,7 +3119,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4346,7 +4352,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5082,7 +5088,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5471,7 +5477,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5641,12 +5647,14 @@ class SpiPort:
         plpy.execute(f"PREPARE {_INFER_NAME} AS {sql}")
         try:
             rows = plpy.execute(
-                "SELECT p.typ::regtype::text AS t, pg_catalog.format_type("
-                "CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END, NULL) AS b "
+                "SELECT p.typ::pg_catalog.regtype::pg_catalog.text AS t, pg_catalog.format_type("
+                "CASE WHEN t.typtype OPERATOR(pg_catalog.=) 'd' THEN t.typbasetype ELSE t.oid END,"
+                " NULL) AS b "
                 "FROM pg_catalog.pg_prepared_statements s, "
                 "pg_catalog.unnest(s.parameter_types) WITH ORDINALITY AS p(typ, ord), "
                 "pg_catalog.pg_type t "
-                f"WHERE s.name = '{_INFER_NAME}' AND t.oid = p.typ ORDER BY p.ord"
+                f"WHERE s.name OPERATOR(pg_catalog.=) '{_INFER_NAME}'"
+                " AND t.oid OPERATOR(pg_catalog.=) p.typ ORDER BY p.ord"
             )
         finally:
             plpy.execute(f"DEALLOCATE {_INFER_NAME}")
@@ -5703,7 +5711,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6187,7 +6195,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6645,7 +6653,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -6689,7 +6697,6 @@ __all__ = [
     "discard_prestarted",
     "prestart",
     "python_version",
-    "restore_pipe_size",
     "take_prestarted",
 ]
 
@@ -6706,8 +6713,10 @@ SANDBOX_ID = 65534
 #: imports ``wormhole_rt.worker`` (and so everything but the parser, ``policy``, which is loaded
 #: only when a call comes without checked code). ``BOOTSTRAP`` then serves calls on fds 0 and 1
 #: (``worker.main``). The loader itself imports nothing but builtin modules (``marshal``,
-#: ``os``, ``sys``): the frame comes from the backend, which is trusted, and parsing it needs no
-#: ``json``.
+#: ``os``, ``sys``, ``fcntl``): the frame comes from the backend, which is trusted, and parsing
+#: it needs no ``json``. Once it has read the frame it gives the boot pipe its default size
+#: back (``prestart`` enlarged it; the kernel counts every pipe's capacity against the
+#: postgres user's pipe-user-pages-soft, whether or not the host ever adopts this worker).
 BOOT_LOADER = """\
 import os, sys, marshal
 def _read(n):
@@ -6724,6 +6733,13 @@ if _read(int.from_bytes(_p[:4], 'big')) != b'{"op":"boot"}':
 _sources = marshal.loads(_read(int.from_bytes(_p[4:], 'big')))
 if type(_sources) is not dict:
     raise SystemExit(4)
+try:  # an early start enlarged this pipe for the boot frame: its default size back, now read
+    import fcntl
+    if fcntl.fcntl(0, fcntl.F_GETPIPE_SZ) > 65536:
+        fcntl.fcntl(0, fcntl.F_SETPIPE_SZ, 65536)
+    del fcntl
+except Exception:
+    pass
 class _Loader:
     # the runtime's modules, each made (unmarshalled, else compiled) when first imported:
     # the parser (policy) is loaded only if a call comes without checked code
@@ -6917,9 +6933,10 @@ def python_version(python: str = DEFAULT_PYTHON) -> tuple[int, int]:
 
 
 #: a pipe's default capacity on Linux; the boot pipe of an early worker is enlarged to hold the
-#: whole boot frame (~300 kB) until the worker has read it, then given this size back: the
-#: kernel counts every pipe's capacity against the user's pipe-user-pages-soft (64 MiB for
-#: all of the postgres user's pipes), past which new pipes get 8 KiB
+#: whole boot frame (~300 kB) until the worker has read it, and the worker's bootstrap gives it
+#: this size back (``BOOT_LOADER``): the kernel counts every pipe's capacity against the user's
+#: pipe-user-pages-soft (64 MiB for all of the postgres user's pipes), past which new pipes
+#: get 8 KiB
 PIPE_SIZE = 1 << 16
 
 #: at most one early worker per process: (pid that started it, argv, process, unsent boot bytes)
@@ -6968,18 +6985,6 @@ def prestart(modules: Mapping[str, bytes], order: tuple[str, ...], *,
     return True
 
 
-def restore_pipe_size(fd: int) -> None:
-    """Give an enlarged boot pipe its default capacity back (once the worker has read the boot
-    frame: a pipe cannot shrink below what it holds). Never raises."""
-    try:
-        import fcntl
-
-        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) > PIPE_SIZE:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, AttributeError, OSError):
-        pass
-
-
 def discard_prestarted() -> None:
     """Stop an early worker nobody will adopt (the host ran the call in-process after all: a
     wrong prediction). Nothing if there is none."""
@@ -7009,7 +7014,7 @@ def take_prestarted(argv: list[str]) -> tuple[_Process, bytes] | None:
     return proc, rest
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7080,7 +7085,6 @@ from .spawn import (
     SANDBOX_ID,
     _Process,
     bwrap_argv,
-    restore_pipe_size,
     take_prestarted,
 )
 from .spawn import boot_frame as _boot_frame
@@ -7157,8 +7161,6 @@ class _Worker:
         self.next_id = 1
         self.alive = True
         self.boot = boot
-        #: the channel's write pipe was enlarged for the boot frame (``spawn.prestart``)
-        self.boot_pipe = False
 
     def drain(self) -> None:
         """Keep the last ``STDERR_TAIL`` bytes of the worker's stderr (never blocks)."""
@@ -7323,9 +7325,7 @@ class WorkerExecutor:
         if early is not None:
             self.starts += 1
             self.adopted = True
-            worker = _Worker(early[0], early[1], limits)
-            worker.boot_pipe = True  # enlarged for the boot frame: restored after its first answer
-            return worker
+            return _Worker(early[0], early[1], limits)
         self.adopted = False
         if self._boot is None:
             assert self._sources_of is not None
@@ -7474,9 +7474,6 @@ class WorkerExecutor:
                 # after an idle spell without saying anything about the waits that follow
                 woken = True
                 chan.spin = spin
-                if worker.boot_pipe:  # it answers: it has read its boot frame long ago
-                    worker.boot_pipe = False
-                    restore_pipe_size(chan.wfd)
             header, payload = received
             if header.get("id") != call_id:
                 raise ProtocolError(f"message for call {header.get('id')!r}, expected {call_id}")
@@ -7753,7 +7750,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8007,7 +8004,8 @@ def _refresh_config(plpy: Any, state: Backend, SD: dict[str, Any] | None = None)
         return
     plan = state.plans.get("\0cfgver")
     if plan is None:
-        plan = plpy.prepare("SELECT version FROM public._wormhole_state WHERE id = 1")
+        plan = plpy.prepare(
+            "SELECT version FROM public._wormhole_state WHERE id OPERATOR(pg_catalog.=) 1")
         state.plans["\0cfgver"] = plan
     rows = plpy.execute(plan)
     cfgver = int(rows[0]["version"]) if rows else -1
@@ -8044,7 +8042,8 @@ def _lookup(plpy: Any, state: Backend, function_hash: str,
         if ids is not None:
             trusted = _current_role_name(plpy, state) in state.trusted
         else:
-            trusted = plpy.execute("SELECT current_user::text AS u")[0]["u"] in state.trusted
+            trusted = plpy.execute(
+                "SELECT current_user::pg_catalog.text AS u")[0]["u"] in state.trusted
     return function_hash in state.approved, trusted
 
 
@@ -8056,7 +8055,8 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
     plan = state.role_name_plan
     if plan is None:
         plan = state.role_name_plan = plpy.prepare(
-            "SELECT rolname::text AS n FROM pg_catalog.pg_roles WHERE oid = $1", ["oid"])
+            "SELECT rolname::pg_catalog.text AS n FROM pg_catalog.pg_roles"
+            " WHERE oid OPERATOR(pg_catalog.=) $1", ["pg_catalog.oid"])
     rows = plpy.execute(plan, [int(state.user_ids[0]())])
     return str(rows[0]["n"]) if rows else ""
 
@@ -8078,7 +8078,8 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
     if stored is None:
         plan = state.plans.get("\0function")
         if plan is None:
-            plan = plpy.prepare("SELECT * FROM public._wormhole_function($1)", ["text"])
+            plan = plpy.prepare("SELECT * FROM public._wormhole_function($1)",
+                                 ["pg_catalog.text"])
             state.plans["\0function"] = plan
         rows = plpy.execute(plan, [function_hash])
         row = rows[0] if rows else None
@@ -8298,7 +8299,8 @@ def _roles(plpy: Any, state: Backend) -> tuple[object, ...]:
     ids = state.user_ids
     if ids is not None:
         return (ids[0](), ids[1]())
-    row = plpy.execute("SELECT current_user::text AS c, session_user::text AS s")[0]
+    row = plpy.execute("SELECT current_user::pg_catalog.text AS c,"
+                       " session_user::pg_catalog.text AS s")[0]
     return (row["c"], row["s"])
 
 
@@ -8466,7 +8468,7 @@ def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:
     state = backend(GD, sources)
     ok, reason = sandbox.available()
     rows = plpy.execute("SELECT value FROM public.wormhole_settings "
-                        "WHERE name = 'untrusted_execution'")
+                        "WHERE name OPERATOR(pg_catalog.=) 'untrusted_execution'")
     current = rows[0]["value"] if rows else None
     if ok and current in (None, "unavailable"):
         wanted: str | None = "worker"
@@ -8478,7 +8480,7 @@ def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:
         plan = plpy.prepare(
             "INSERT INTO public.wormhole_settings (name, value) VALUES ('untrusted_execution', $1)"
             " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-            ["text"],
+            ["pg_catalog.text"],
         )
         plpy.execute(plan, [wanted])
         current = wanted
@@ -8654,17 +8656,18 @@ $fn$;
 
 -- The runtime, embedded: loaded into GD once per backend -------------------------------------
 CREATE OR REPLACE FUNCTION public._wormhole_boot() RETURNS void
-LANGUAGE plpython3u AS $wormhole_body$
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $wormhole_body$
 import sys, marshal
 _key = 'wormhole.runtime/0.1.0'
 if _key not in GD:
     _bootstrap = sys.modules['_frozen_importlib']
     _magic = sys.modules['_frozen_importlib_external'].MAGIC_NUMBER
     _plan = plpy.prepare(
-        'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
+        'SELECT module, CASE WHEN magic OPERATOR(pg_catalog.=) $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
-        'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4', _magic])}
+        'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
+        ['pg_catalog.text', 'pg_catalog.bytea'])
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8679,8 +8682,8 @@ if _key not in GD:
             if not self.fetched:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
-                                    'WHERE tag = $1', ['text'])
-                for r in plpy.execute(plan, ['103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4']):
+                                    'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
+                for r in plpy.execute(plan, ['efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8730,7 +8733,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '103f94b9959fe3457bce9626b7afd0f8ba06a62f9e04684272286218fc3034c4'
+    _pkg.CODE_TAG = 'efb080b0091a98085378fcba61980df4e53279b8c2d195bf661e94456d37d085'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:
@@ -8768,10 +8771,13 @@ RETURNS text LANGUAGE plpython3u AS $wormhole_body$
 _rt = GD.get('wormhole.runtime/0.1.0')
 if _rt is None:
     try:
-        if plpy.execute(plpy.prepare('SELECT public._wormhole_worker_hint($1, current_user::text) AS w', ['text']), [function_hash])[0]['w']:
+        if plpy.execute(plpy.prepare('SELECT public._wormhole_worker_hint($1, current_user::pg_catalog.text) AS w', ['pg_catalog.text']), [function_hash])[0]['w']:
             GD['wormhole.prestart'] = True
-    except plpy.SPIError:
-        pass
+    except plpy.SPIError as _e:
+        # a broken or missing hint is passed over (it only predicts), but a cancel or
+        # statement_timeout (class 57) ends the call as it would anywhere else
+        if (getattr(_e, 'sqlstate', None) or '').startswith('57'):
+            raise
     plpy.execute('SELECT public._wormhole_boot()')
     _rt = GD['wormhole.runtime/0.1.0']
 return _rt.host.execute(plpy, GD, _rt.SOURCES, function_hash, args_json, missing, SD)

@@ -103,9 +103,10 @@ if _key not in GD:
     _bootstrap = sys.modules['_frozen_importlib']
     _magic = sys.modules['_frozen_importlib_external'].MAGIC_NUMBER
     _plan = plpy.prepare(
-        'SELECT module, CASE WHEN magic = $2 THEN code END AS code, '
+        'SELECT module, CASE WHEN magic OPERATOR(pg_catalog.=) $2 THEN code END AS code, '
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
-        'FROM public._wormhole_code WHERE tag = $1', ['text', 'bytea'])
+        'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
+        ['pg_catalog.text', 'pg_catalog.bytea'])
     _rows = {{r['module']: r for r in plpy.execute(_plan, ['{tag}', _magic])}}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
@@ -121,7 +122,7 @@ if _key not in GD:
             if not self.fetched:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
-                                    'WHERE tag = $1', ['text'])
+                                    'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
                 for r in plpy.execute(plan, ['{tag}']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
@@ -198,10 +199,13 @@ def _entry(call: str, prestart: bool = False) -> str:
     hint = (
         "    try:\n"
         "        if plpy.execute(plpy.prepare('SELECT public._wormhole_worker_hint($1, "
-        "current_user::text) AS w', ['text']), [function_hash])[0]['w']:\n"
+        "current_user::pg_catalog.text) AS w', ['pg_catalog.text']), [function_hash])[0]['w']:\n"
         "            GD['wormhole.prestart'] = True\n"
-        "    except plpy.SPIError:\n"
-        "        pass\n"
+        "    except plpy.SPIError as _e:\n"
+        "        # a broken or missing hint is passed over (it only predicts), but a cancel or\n"
+        "        # statement_timeout (class 57) ends the call as it would anywhere else\n"
+        "        if (getattr(_e, 'sqlstate', None) or '').startswith('57'):\n"
+        "            raise\n"
     ) if prestart else ""
     return (
         f"_rt = GD.get('wormhole.runtime/{VERSION}')\n"
@@ -448,7 +452,7 @@ $fn$;
 
 -- The runtime, embedded: loaded into GD once per backend -------------------------------------
 CREATE OR REPLACE FUNCTION public._wormhole_boot() RETURNS void
-LANGUAGE plpython3u AS {t}
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS {t}
 {_boot_body(tag)}
 {t};
 

@@ -937,8 +937,6 @@ def _walk(v: Any, depth: int, max_depth: int) -> Any:
 
 #: one decoder per process: ``json.loads`` with hooks builds a decoder and a C scanner per call.
 _DECODER = _Decoder(object_hook=_hook, parse_constant=_reject_constant)
-#: its scanner (the C one when ``_json`` is there)
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once
 
 
 def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> object:
@@ -961,15 +959,8 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     if n > max_bytes or (n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
         raise CodecError(f"text too large (limit {max_bytes} bytes)")
     try:
-        # the C scanner straight away (what json.loads ends up calling, without its Python
-        # frames and whitespace regexes); anything it does not consume whole (surrounding
-        # whitespace, trailing data, invalid text) goes to the full decoder for its verdict
-        try:
-            value, end = _SCAN(text, 0)
-        except StopIteration:
-            end = -1
-        if end != n:
-            value = _DECODER.decode(text)  # json.loads(text, object_hook=..., parse_constant=...)
+        # the C scanner, once (json.loads without its Python frames and whitespace regexes)
+        value = _DECODER.decode(text)
     except CodecError:
         raise
     except RecursionError:

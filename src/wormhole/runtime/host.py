@@ -252,7 +252,8 @@ def _refresh_config(plpy: Any, state: Backend, SD: dict[str, Any] | None = None)
         return
     plan = state.plans.get("\0cfgver")
     if plan is None:
-        plan = plpy.prepare("SELECT version FROM public._wormhole_state WHERE id = 1")
+        plan = plpy.prepare(
+            "SELECT version FROM public._wormhole_state WHERE id OPERATOR(pg_catalog.=) 1")
         state.plans["\0cfgver"] = plan
     rows = plpy.execute(plan)
     cfgver = int(rows[0]["version"]) if rows else -1
@@ -289,7 +290,8 @@ def _lookup(plpy: Any, state: Backend, function_hash: str,
         if ids is not None:
             trusted = _current_role_name(plpy, state) in state.trusted
         else:
-            trusted = plpy.execute("SELECT current_user::text AS u")[0]["u"] in state.trusted
+            trusted = plpy.execute(
+                "SELECT current_user::pg_catalog.text AS u")[0]["u"] in state.trusted
     return function_hash in state.approved, trusted
 
 
@@ -301,7 +303,8 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
     plan = state.role_name_plan
     if plan is None:
         plan = state.role_name_plan = plpy.prepare(
-            "SELECT rolname::text AS n FROM pg_catalog.pg_roles WHERE oid = $1", ["oid"])
+            "SELECT rolname::pg_catalog.text AS n FROM pg_catalog.pg_roles"
+            " WHERE oid OPERATOR(pg_catalog.=) $1", ["pg_catalog.oid"])
     rows = plpy.execute(plan, [int(state.user_ids[0]())])
     return str(rows[0]["n"]) if rows else ""
 
@@ -323,7 +326,8 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
     if stored is None:
         plan = state.plans.get("\0function")
         if plan is None:
-            plan = plpy.prepare("SELECT * FROM public._wormhole_function($1)", ["text"])
+            plan = plpy.prepare("SELECT * FROM public._wormhole_function($1)",
+                                 ["pg_catalog.text"])
             state.plans["\0function"] = plan
         rows = plpy.execute(plan, [function_hash])
         row = rows[0] if rows else None
@@ -543,7 +547,8 @@ def _roles(plpy: Any, state: Backend) -> tuple[object, ...]:
     ids = state.user_ids
     if ids is not None:
         return (ids[0](), ids[1]())
-    row = plpy.execute("SELECT current_user::text AS c, session_user::text AS s")[0]
+    row = plpy.execute("SELECT current_user::pg_catalog.text AS c,"
+                       " session_user::pg_catalog.text AS s")[0]
     return (row["c"], row["s"])
 
 
@@ -711,7 +716,7 @@ def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:
     state = backend(GD, sources)
     ok, reason = sandbox.available()
     rows = plpy.execute("SELECT value FROM public.wormhole_settings "
-                        "WHERE name = 'untrusted_execution'")
+                        "WHERE name OPERATOR(pg_catalog.=) 'untrusted_execution'")
     current = rows[0]["value"] if rows else None
     if ok and current in (None, "unavailable"):
         wanted: str | None = "worker"
@@ -723,7 +728,7 @@ def selftest(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str]) -> str:
         plan = plpy.prepare(
             "INSERT INTO public.wormhole_settings (name, value) VALUES ('untrusted_execution', $1)"
             " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-            ["text"],
+            ["pg_catalog.text"],
         )
         plpy.execute(plan, [wanted])
         current = wanted

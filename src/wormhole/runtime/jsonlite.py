@@ -7,9 +7,9 @@ of a new connection's first call, so the modules a worker loads (``codec``, ``ch
 ``engine``, ``worker``) use this instead.
 
 Same text and same verdicts as ``json``: encoding is the very C encoder ``json.JSONEncoder``
-uses for a one-shot ``encode`` without ``indent``; decoding runs the C scanner over the whole
-text, and whatever it does not settle by itself (surrounding whitespace, trailing data, no
-value at all) goes to ``json`` itself, imported only then. A Python without ``_json`` uses
+uses for a one-shot ``encode`` without ``indent``; decoding runs the C scanner once over the
+text, skipping JSON whitespace around the value as ``json`` does, and raises ``json``'s own
+``JSONDecodeError`` (``json`` is imported only then). A Python without ``_json`` uses
 ``json`` throughout. User code never sees this module: its ``json`` is the whitelisted one.
 """
 
@@ -101,19 +101,34 @@ class Decoder:
         else:  # pragma: no cover
             self.scan_once = self._json().scan_once
 
-    def _json(self) -> Any:
-        import json  # only for what the C scanner does not settle alone
+    def _json(self) -> Any:  # pragma: no cover - a Python without the C accelerator
+        import json
 
         return json.JSONDecoder(object_hook=self.object_hook, parse_constant=self._constant)
 
     def decode(self, text: str) -> Any:
+        """One scan, as ``json.loads``: JSON whitespace around the value is skipped, anything
+        else is an error (``json.JSONDecodeError``, imported only then)."""
+        start = len(text) - len(text.lstrip(_WHITESPACE))
         try:
-            value, end = self.scan_once(text, 0)
-        except StopIteration:
-            end = -1
-        if end == len(text):
-            return value
-        return self._json().decode(text)
+            value, end = self.scan_once(text, start)
+        except StopIteration as exc:
+            raise _decode_error("Expecting value", text, exc.value) from None
+        if end != len(text):
+            end = len(text) - len(text[end:].lstrip(_WHITESPACE))
+            if end != len(text):
+                raise _decode_error("Extra data", text, end)
+        return value
+
+
+#: what ``json`` skips around a value (its WHITESPACE pattern)
+_WHITESPACE = " \t\n\r"
+
+
+def _decode_error(message: str, text: str, pos: int) -> ValueError:
+    from json import JSONDecodeError  # the same class json raises (a ValueError)
+
+    return JSONDecodeError(message, text, pos)
 
 
 _LOADS = Decoder()

@@ -69,7 +69,6 @@ from .spawn import (
     SANDBOX_ID,
     _Process,
     bwrap_argv,
-    restore_pipe_size,
     take_prestarted,
 )
 from .spawn import boot_frame as _boot_frame
@@ -146,8 +145,6 @@ class _Worker:
         self.next_id = 1
         self.alive = True
         self.boot = boot
-        #: the channel's write pipe was enlarged for the boot frame (``spawn.prestart``)
-        self.boot_pipe = False
 
     def drain(self) -> None:
         """Keep the last ``STDERR_TAIL`` bytes of the worker's stderr (never blocks)."""
@@ -312,9 +309,7 @@ class WorkerExecutor:
         if early is not None:
             self.starts += 1
             self.adopted = True
-            worker = _Worker(early[0], early[1], limits)
-            worker.boot_pipe = True  # enlarged for the boot frame: restored after its first answer
-            return worker
+            return _Worker(early[0], early[1], limits)
         self.adopted = False
         if self._boot is None:
             assert self._sources_of is not None
@@ -463,9 +458,6 @@ class WorkerExecutor:
                 # after an idle spell without saying anything about the waits that follow
                 woken = True
                 chan.spin = spin
-                if worker.boot_pipe:  # it answers: it has read its boot frame long ago
-                    worker.boot_pipe = False
-                    restore_pipe_size(chan.wfd)
             header, payload = received
             if header.get("id") != call_id:
                 raise ProtocolError(f"message for call {header.get('id')!r}, expected {call_id}")

@@ -42,7 +42,6 @@ __all__ = [
     "discard_prestarted",
     "prestart",
     "python_version",
-    "restore_pipe_size",
     "take_prestarted",
 ]
 
@@ -59,8 +58,10 @@ SANDBOX_ID = 65534
 #: imports ``wormhole_rt.worker`` (and so everything but the parser, ``policy``, which is loaded
 #: only when a call comes without checked code). ``BOOTSTRAP`` then serves calls on fds 0 and 1
 #: (``worker.main``). The loader itself imports nothing but builtin modules (``marshal``,
-#: ``os``, ``sys``): the frame comes from the backend, which is trusted, and parsing it needs no
-#: ``json``.
+#: ``os``, ``sys``, ``fcntl``): the frame comes from the backend, which is trusted, and parsing
+#: it needs no ``json``. Once it has read the frame it gives the boot pipe its default size
+#: back (``prestart`` enlarged it; the kernel counts every pipe's capacity against the
+#: postgres user's pipe-user-pages-soft, whether or not the host ever adopts this worker).
 BOOT_LOADER = """\
 import os, sys, marshal
 def _read(n):
@@ -77,6 +78,13 @@ if _read(int.from_bytes(_p[:4], 'big')) != b'{"op":"boot"}':
 _sources = marshal.loads(_read(int.from_bytes(_p[4:], 'big')))
 if type(_sources) is not dict:
     raise SystemExit(4)
+try:  # an early start enlarged this pipe for the boot frame: its default size back, now read
+    import fcntl
+    if fcntl.fcntl(0, fcntl.F_GETPIPE_SZ) > 65536:
+        fcntl.fcntl(0, fcntl.F_SETPIPE_SZ, 65536)
+    del fcntl
+except Exception:
+    pass
 class _Loader:
     # the runtime's modules, each made (unmarshalled, else compiled) when first imported:
     # the parser (policy) is loaded only if a call comes without checked code
@@ -270,9 +278,10 @@ def python_version(python: str = DEFAULT_PYTHON) -> tuple[int, int]:
 
 
 #: a pipe's default capacity on Linux; the boot pipe of an early worker is enlarged to hold the
-#: whole boot frame (~300 kB) until the worker has read it, then given this size back: the
-#: kernel counts every pipe's capacity against the user's pipe-user-pages-soft (64 MiB for
-#: all of the postgres user's pipes), past which new pipes get 8 KiB
+#: whole boot frame (~300 kB) until the worker has read it, and the worker's bootstrap gives it
+#: this size back (``BOOT_LOADER``): the kernel counts every pipe's capacity against the user's
+#: pipe-user-pages-soft (64 MiB for all of the postgres user's pipes), past which new pipes
+#: get 8 KiB
 PIPE_SIZE = 1 << 16
 
 #: at most one early worker per process: (pid that started it, argv, process, unsent boot bytes)
@@ -319,18 +328,6 @@ def prestart(modules: Mapping[str, bytes], order: tuple[str, ...], *,
         return False
     _EARLY[:] = [(os.getpid(), tuple(argv), proc, rest)]
     return True
-
-
-def restore_pipe_size(fd: int) -> None:
-    """Give an enlarged boot pipe its default capacity back (once the worker has read the boot
-    frame: a pipe cannot shrink below what it holds). Never raises."""
-    try:
-        import fcntl
-
-        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) > PIPE_SIZE:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, AttributeError, OSError):
-        pass
 
 
 def discard_prestarted() -> None:

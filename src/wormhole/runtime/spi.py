@@ -168,12 +168,14 @@ class SpiPort:
         plpy.execute(f"PREPARE {_INFER_NAME} AS {sql}")
         try:
             rows = plpy.execute(
-                "SELECT p.typ::regtype::text AS t, pg_catalog.format_type("
-                "CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END, NULL) AS b "
+                "SELECT p.typ::pg_catalog.regtype::pg_catalog.text AS t, pg_catalog.format_type("
+                "CASE WHEN t.typtype OPERATOR(pg_catalog.=) 'd' THEN t.typbasetype ELSE t.oid END,"
+                " NULL) AS b "
                 "FROM pg_catalog.pg_prepared_statements s, "
                 "pg_catalog.unnest(s.parameter_types) WITH ORDINALITY AS p(typ, ord), "
                 "pg_catalog.pg_type t "
-                f"WHERE s.name = '{_INFER_NAME}' AND t.oid = p.typ ORDER BY p.ord"
+                f"WHERE s.name OPERATOR(pg_catalog.=) '{_INFER_NAME}'"
+                " AND t.oid OPERATOR(pg_catalog.=) p.typ ORDER BY p.ord"
             )
         finally:
             plpy.execute(f"DEALLOCATE {_INFER_NAME}")
