@@ -210,10 +210,15 @@ def render(res: RunResults) -> str:
 
     add("## Targets (issue 5)\n")
     add("Judged from this run only; \"not measured\" means this run did not show it.\n")
+    judged = targets(res)
     add("\n".join(_table(["target", "goal", "measured", "verdict"],
-                         ([t.what, t.goal, t.shown, t.verdict] for t in targets(res)),
+                         ([t.what, t.goal, t.shown, t.verdict] for t in judged),
                          "llrl")))
     add("")
+    met = sum(1 for t in judged if t.ok)
+    add(f"{met} of {len(judged)} targets met in this run. Why the missed ones are missed, as "
+        "measured: [bench/README.md, \"Why some targets are missed\"]"
+        "(README.md#why-some-targets-are-missed).\n")
 
     if res.failed:
         add("## Implementations that failed\n")

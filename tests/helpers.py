@@ -53,3 +53,61 @@ class RoundTrips:
 
 def _is_psycopg3(conn: Any) -> bool:
     return type(conn).__module__.startswith("psycopg.") or type(conn).__module__ == "psycopg"
+
+
+# -- the backend's confined worker, seen from the tests -------------------------------------------
+
+#: ``wh_worker()``: a superuser's SECURITY DEFINER helper (tests only) that reads this backend's
+#: worker executor and any early worker pending (``runtime/spawn.py``) as JSON
+WORKER_PROBE_SQL = (
+    "CREATE FUNCTION wh_worker() RETURNS text LANGUAGE plpython3u SECURITY DEFINER AS $$\n"
+    "import json, sys\n"
+    "st = GD.get('wormhole.backend/0.1.0')\n"
+    "w = st.worker if st is not None else None\n"
+    "sp = sys.modules.get('wormhole_rt_0_1_0.spawn')\n"
+    "return json.dumps({'executor': w is not None,\n"
+    "                   'adopted': bool(w and w.adopted), 'starts': w.starts if w else 0,\n"
+    "                   'pending': len(sp._EARLY) if sp else 0})\n"
+    "$$; GRANT EXECUTE ON FUNCTION wh_worker() TO app;"
+)
+
+
+def worker_state(conn: Any) -> dict[str, Any]:
+    """What ``wh_worker()`` says about the backend of ``conn`` (a psycopg 3 connection)."""
+    import json
+
+    return dict(json.loads(conn.execute("SELECT wh_worker()").fetchone()[0]))
+
+
+def bwrap_children(pid: int) -> list[int]:
+    """The live bubblewrap processes ``pid`` started (its workers), from /proc."""
+    import os
+
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] not in "ZX":
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"bwrap" in f.read():
+                        kids.append(int(entry))
+        except OSError:
+            continue
+    return kids
+
+
+def pipe_size(pid: int, fd: int) -> int:
+    """The capacity of the pipe at descriptor ``fd`` of process ``pid`` (opened through /proc:
+    root, or the same user)."""
+    import fcntl
+    import os
+
+    mine = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return fcntl.fcntl(mine, fcntl.F_GETPIPE_SZ)
+    finally:
+        os.close(mine)
+

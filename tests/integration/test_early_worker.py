@@ -8,7 +8,6 @@ ran in is the one started early, and ``/proc`` shows which processes the backend
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -18,9 +17,7 @@ import pytest
 import wormhole
 from wormhole import errors, remote
 
-STATE_KEY = "wormhole.backend/0.1.0"
-PACKAGE = "wormhole_rt_0_1_0"
-
+from tests.helpers import WORKER_PROBE_SQL, bwrap_children, pipe_size, worker_state
 
 @remote
 def twice(x):
@@ -29,52 +26,13 @@ def twice(x):
 
 @pytest.fixture
 def probe(db):
-    db.setup_sql(
-        "CREATE FUNCTION wh_worker() RETURNS text LANGUAGE plpython3u SECURITY DEFINER AS $$\n"
-        "import json, sys\n"
-        f"st = GD.get('{STATE_KEY}')\n"
-        "w = st.worker if st is not None else None\n"
-        f"sp = sys.modules.get('{PACKAGE}.spawn')\n"
-        "return json.dumps({'executor': w is not None,\n"
-        "                   'adopted': bool(w and w.adopted), 'starts': w.starts if w else 0,\n"
-        "                   'pending': len(sp._EARLY) if sp else 0})\n"
-        "$$; GRANT EXECUTE ON FUNCTION wh_worker() TO app;",
-        grant=False,
-    )
+    db.setup_sql(WORKER_PROBE_SQL, grant=False)
     return db
 
 
-def _worker_state(c):
-    return json.loads(c.execute("SELECT wh_worker()").fetchone()[0])
-
-
-def _bwrap_children(pid):
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"bwrap" in f.read():
-                        kids.append(int(entry))
-        except OSError:
-            continue
-    return kids
-
-
-def _pipe_size(pid, fd):
-    """The capacity of the pipe at descriptor ``fd`` of process ``pid`` (root only: opens it
-    through /proc)."""
-    import fcntl
-
-    mine = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        return fcntl.fcntl(mine, fcntl.F_GETPIPE_SZ)
-    finally:
-        os.close(mine)
+_worker_state = worker_state
+_bwrap_children = bwrap_children
+_pipe_size = pipe_size
 
 
 def _installed(db):

@@ -42,8 +42,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wormhole
+from tests.helpers import WORKER_PROBE_SQL, bwrap_children, pipe_size, worker_state
 from wormhole import remote
-from wormhole.runtime import VERSION, WORKER_MODULES, codec, jsonlite, sandbox, spawn
+from wormhole.runtime import WORKER_MODULES, codec, jsonlite, sandbox, spawn
 from wormhole.runtime.channel import (
     _OPS,
     MAX_HEADER,
@@ -637,8 +638,6 @@ def test_a_legitimate_query_and_answer_in_one_write_are_served_in_order() -> Non
 # live server: a regular role against the early start
 # =================================================================================================
 
-STATE_KEY = f"wormhole.backend/{VERSION}"
-PACKAGE = f"wormhole_rt_{VERSION.replace('.', '_')}"
 UNKNOWN = "ab" * 32  # well-formed, never installed: the hint says "worker", the call fails
 
 
@@ -650,42 +649,14 @@ def doubled(x):
 @pytest.fixture
 def probe(db: Any) -> Any:
     """``wh_worker()``: a superuser's helper reading the backend's executor (test only)."""
-    db.setup_sql(
-        "CREATE FUNCTION wh_worker() RETURNS text LANGUAGE plpython3u SECURITY DEFINER AS $$\n"
-        "import json, sys\n"
-        f"st = GD.get('{STATE_KEY}')\n"
-        "w = st.worker if st is not None else None\n"
-        f"sp = sys.modules.get('{PACKAGE}.spawn')\n"
-        "return json.dumps({'executor': w is not None,\n"
-        "                   'adopted': bool(w and w.adopted), 'starts': w.starts if w else 0,\n"
-        "                   'pending': len(sp._EARLY) if sp else 0})\n"
-        "$$; GRANT EXECUTE ON FUNCTION wh_worker() TO app;",
-        grant=False,
-    )
+    db.setup_sql(WORKER_PROBE_SQL, grant=False)
     with psycopg.connect(db.dsn(), autocommit=True) as c, wormhole.connection(c):
         doubled.install()
     return db
 
 
-def _state(c: Any) -> dict[str, Any]:
-    return json.loads(c.execute("SELECT wh_worker()").fetchone()[0])
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] not in "ZX":
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"bwrap" in f.read():
-                        kids.append(int(entry))
-        except OSError:
-            continue
-    return kids
+_state = worker_state
+_children = bwrap_children
 
 
 def _python_under(root: int) -> int:
@@ -710,12 +681,7 @@ def _fd_targets(pid: int) -> dict[int, str]:
     return out
 
 
-def _pipe_size(pid: int, fd: int) -> int:
-    mine = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        return fcntl.fcntl(mine, fcntl.F_GETPIPE_SZ)
-    finally:
-        os.close(mine)
+_pipe_size = pipe_size
 
 
 def _pipe_queued(pid: int, fd: int) -> int:
