@@ -6,8 +6,8 @@ namespaces, an empty root with a read-only ``/usr``, no capabilities, an unprivi
 cleared environment) and that confines itself further (hard ``setrlimit`` limits, a seccomp
 filter) before it loads any user code (``worker.confine``).
 
-One worker per backend process, started on the first call and reused by the next ones (its
-compile cache lives on). A worker that dies, sends a malformed frame, outlives its time or is
+One worker per backend process, started on the first call (or just before it, while the
+backend boots: ``spawn.prestart``) and reused by the next ones (its compile cache lives on). A worker that dies, sends a malformed frame, outlives its time or is
 interrupted is killed (SIGKILL to its process group), reaped, and replaced on the next call.
 
 The backend waits for the worker in a loop that wakes every 20 ms to run the host's
