@@ -322,9 +322,7 @@ def prestart(modules: Mapping[str, bytes], order: tuple[str, ...], *,
             written = 0
         rest = frame[written:]
     except OSError:
-        proc.kill()
-        proc.wait(1.0)
-        proc.close()
+        _stop(proc)
         return False
     _EARLY[:] = [(os.getpid(), tuple(argv), proc, rest)]
     return True
@@ -336,9 +334,9 @@ def discard_prestarted() -> None:
     if _EARLY:
         pid, _, proc, _ = _EARLY.pop()
         if pid == os.getpid():
-            proc.kill()
-            proc.wait(1.0)
-        proc.close()
+            _stop(proc)
+        else:
+            proc.close()  # the parent's worker: not ours to kill
 
 
 def take_prestarted(argv: list[str]) -> tuple[_Process, bytes] | None:
@@ -352,8 +350,18 @@ def take_prestarted(argv: list[str]) -> tuple[_Process, bytes] | None:
         proc.close()  # the parent's worker: not ours to use or kill
         return None
     if early_argv != tuple(argv) or proc.poll() is not None:
-        proc.kill()
-        proc.wait(1.0)
-        proc.close()
+        _stop(proc)
         return None
     return proc, rest
+
+
+def _stop(proc: _Process) -> None:
+    """SIGKILL the early worker's process group (bubblewrap and the sandboxed Python under it,
+    its own session), reap it, close our ends of its pipes."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.kill()
+    proc.wait(1.0)
+    proc.close()
