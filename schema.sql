@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +125,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -369,7 +369,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1346,7 +1346,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2259,7 +2259,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2728,7 +2728,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3119,7 +3119,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4352,7 +4352,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5088,7 +5088,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5477,7 +5477,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5711,7 +5711,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -5917,41 +5917,38 @@ class Channel:
         if tick is not None and not self._wnonblock:
             os.set_blocking(self.wfd, False)
             self._wnonblock = True
-        try:  # the frame usually fits the pipe whole: one write, nothing else
-            n = os.write(self.wfd, frame)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
-                raise ChannelClosed("the peer closed the channel") from None
-            raise
+        n = self._write(frame)  # the frame usually fits the pipe whole: one write, nothing else
         if n == len(frame):
             return
         data = memoryview(frame)[n:]
         wpoll: select.poll | None = None
         last_tick = time.monotonic()
         while data:
-            try:
-                n = os.write(self.wfd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError as exc:
-                if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
-                    raise ChannelClosed("the peer closed the channel") from None
-                raise
-            data = data[n:]
-            if data and n == 0:
+            if n == 0:  # the pipe is full: wait until the peer reads (or the next tick)
                 if wpoll is None:
                     wpoll = select.poll()
                     wpoll.register(self.wfd, select.POLLOUT)
                 events = wpoll.poll(_POLL_MS if tick is not None else -1)
                 if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in events):
                     raise ChannelClosed("the peer closed the channel")
-            if data and tick is not None:
+            if tick is not None:
                 now = time.monotonic()
                 if now - last_tick >= _POLL_MS / 1000:
                     last_tick = now
                     tick()
+            n = self._write(data)
+            data = data[n:]
+
+    def _write(self, data: bytes | memoryview) -> int:
+        """One ``write``: the bytes it took (0 when a non-blocking pipe is full)."""
+        try:
+            return os.write(self.wfd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+                raise ChannelClosed("the peer closed the channel") from None
+            raise
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -6195,7 +6192,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6653,7 +6650,7 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
         return
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7022,7 +7019,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7758,7 +7755,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8675,7 +8672,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -8691,7 +8688,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca']):
+                for r in plpy.execute(plan, ['492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -8741,7 +8738,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '321fa73fabe7ca200ad4b6d00a14c4ddb56254599610f5a3443c44e3bcefdbca'
+    _pkg.CODE_TAG = '492f4b271a1f358ce04a263cabc9b724c8e92e89e323c5b66f84ce128cfbcf8e'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

@@ -204,41 +204,38 @@ class Channel:
         if tick is not None and not self._wnonblock:
             os.set_blocking(self.wfd, False)
             self._wnonblock = True
-        try:  # the frame usually fits the pipe whole: one write, nothing else
-            n = os.write(self.wfd, frame)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
-                raise ChannelClosed("the peer closed the channel") from None
-            raise
+        n = self._write(frame)  # the frame usually fits the pipe whole: one write, nothing else
         if n == len(frame):
             return
         data = memoryview(frame)[n:]
         wpoll: select.poll | None = None
         last_tick = time.monotonic()
         while data:
-            try:
-                n = os.write(self.wfd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError as exc:
-                if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
-                    raise ChannelClosed("the peer closed the channel") from None
-                raise
-            data = data[n:]
-            if data and n == 0:
+            if n == 0:  # the pipe is full: wait until the peer reads (or the next tick)
                 if wpoll is None:
                     wpoll = select.poll()
                     wpoll.register(self.wfd, select.POLLOUT)
                 events = wpoll.poll(_POLL_MS if tick is not None else -1)
                 if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in events):
                     raise ChannelClosed("the peer closed the channel")
-            if data and tick is not None:
+            if tick is not None:
                 now = time.monotonic()
                 if now - last_tick >= _POLL_MS / 1000:
                     last_tick = now
                     tick()
+            n = self._write(data)
+            data = data[n:]
+
+    def _write(self, data: bytes | memoryview) -> int:
+        """One ``write``: the bytes it took (0 when a non-blocking pipe is full)."""
+        try:
+            return os.write(self.wfd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+                raise ChannelClosed("the peer closed the channel") from None
+            raise
 
     # -- receiving -------------------------------------------------------------------------
 
