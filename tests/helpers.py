@@ -67,16 +67,22 @@ WORKER_PROBE_SQL = (
     "sp = sys.modules.get('wormhole_rt_0_1_0.spawn')\n"
     "return json.dumps({'executor': w is not None,\n"
     "                   'adopted': bool(w and w.adopted), 'starts': w.starts if w else 0,\n"
+    "                   'dispatched': w.dispatched if w else 0,\n"
+    "                   'answered': w.answered if w else 0, 'deferred': w.deferred if w else 0,\n"
     "                   'pending': len(sp._EARLY) if sp else 0})\n"
     "$$; GRANT EXECUTE ON FUNCTION wh_worker() TO app;"
 )
 
 
-def worker_state(conn: Any) -> dict[str, Any]:
-    """What ``wh_worker()`` says about the backend of ``conn`` (a psycopg 3 connection)."""
+def worker_state(conn: Any, keys: tuple[str, ...] = ("executor", "adopted", "starts",
+                                                     "pending")) -> dict[str, Any]:
+    """What ``wh_worker()`` says about the backend of ``conn`` (a psycopg 3 connection):
+    ``keys`` of executor, adopted, starts, pending (early workers), dispatched, answered,
+    deferred (the executor's counters)."""
     import json
 
-    return dict(json.loads(conn.execute("SELECT wh_worker()").fetchone()[0]))
+    state = json.loads(conn.execute("SELECT wh_worker()").fetchone()[0])
+    return {key: state[key] for key in keys}
 
 
 def bwrap_children(pid: int) -> list[int]:

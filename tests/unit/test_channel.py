@@ -146,8 +146,8 @@ def test_send_to_a_closed_peer(pipes: tuple[Channel, Channel, list[int]]) -> Non
         ((10).to_bytes(4, "big") + (0).to_bytes(4, "big") + b'{"op": 1 }', "no string 'op'"),
         ((3).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"{x}", "not UTF-8 JSON"),
         ((19).to_bytes(4, "big") + (0).to_bytes(4, "big") + b'{"op":"a","n":NaN }', "JSON"),
-        # compact headers: exactly 7 bytes, a known op
-        ((7).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x05\x00\x00\x00\x00\x01",
+        # compact headers: exactly 7 bytes, a known op (there are 7: 0..6)
+        ((7).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\x07\x00\x00\x00\x00\x01",
          "compact"),
         ((7).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\x01\xff\x00\x00\x00\x00\x01",
          "compact"),

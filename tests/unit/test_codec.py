@@ -469,3 +469,26 @@ def test_row_set_form_and_pg_text_columns() -> None:
 def test_malformed_row_sets_are_codec_errors(payload: str) -> None:
     with pytest.raises(CodecError):
         decode(payload)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [],
+        [1, "a", None, True, 1.5],
+        [Decimal("12.50"), Decimal("-0"), Decimal("NaN"), Decimal("1E+3")],
+        [dt.date(2024, 2, 29), dt.datetime(2024, 1, 1, 12, 0, tzinfo=dt.timezone.utc),
+         dt.time(1, 2, 3), dt.timedelta(days=-1, microseconds=5)],
+        [b"\x00\xff", bytearray(b"ab"), memoryview(b"cd")],
+        [float("nan"), float("inf")],  # tagged: the full path
+        [10**400, uuid.UUID(int=7), (1, 2), {"$n": "x"}, [1, [2]]],
+        [{"a": Decimal("1")}],
+    ],
+)
+def test_a_query_request_is_the_codec_text_of_sql_and_params(params: list[Any]) -> None:
+    sql = "SELECT $1"
+    text = codec.encode_query(sql, params)
+    assert text == encode({"sql": sql, "params": params}, root="params")
+    assert same(decode(text), {"sql": sql, "params": [p.tobytes() if type(p) is memoryview
+                                                      else bytes(p) if type(p) is bytearray
+                                                      else p for p in params]})

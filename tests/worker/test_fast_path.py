@@ -216,6 +216,22 @@ def test_spare_cpu_needs_a_second_cpu() -> None:
     assert sandbox._spare_cpu() in (True, False)
 
 
+@pytest.mark.parametrize(
+    ("running", "cpus", "spin"),
+    [
+        (1, 2, True),  # only this backend runs
+        (2, 2, True),  # and one more task: usually the client or a proxy about to sleep
+        (3, 2, False),  # more runnable tasks than CPUs: a busy server, nobody spins
+        (9, 8, False),
+        (8, 8, True),
+        (1, 1, False),  # one CPU: the worker needs it
+    ],
+)
+def test_spinning_needs_a_cpu_for_every_runnable_task(running: int, cpus: int,
+                                                      spin: bool) -> None:
+    assert sandbox._spin_allowed(running, cpus) is spin
+
+
 def test_a_read_end_made_non_blocking_later_still_waits_properly() -> None:
     """The channel reads its descriptor's blocking mode once; if it changes, recv still sleeps
     in poll() for data instead of spinning on a read that would block."""

@@ -45,8 +45,15 @@ backend -> worker
     its backend, unpickles
     ``qerr``  answer to ``query``; body: JSON ``{"message", "sqlstate", "detail", "hint",
     "type"}``
+    ``derr``  a ``nowait`` statement of this call failed (body: like ``qerr``'s, with its
+    ``line``): the answer to the next ``query``, which did not run, or to ``done``, whose
+    payload the worker then replaces with that error (a second ``done``)
 worker -> backend
     ``query`` body: codec text of ``{"sql": str, "params": [...]}``
+    ``nowait`` body: codec text of ``{"sql": str, "params": [...], "line": int}``; a statement
+    whose result the function discards (``policy._defer_discarded_queries``): no answer
+    unless it fails. The backend runs every statement in order; after a failed one it runs
+    none of the call's statements
     ``done``  body: the payload text (UTF-8); header may carry ``"recycle": true``
 """
 
@@ -69,9 +76,11 @@ if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations o
 __all__ = [
     "BOOT",
     "CALL",
+    "DERR",
     "DONE",
     "HELLO",
     "MAX_HEADER",
+    "NOWAIT",
     "QERR",
     "QUERY",
     "ROWS",
@@ -89,6 +98,8 @@ ROWS = "rows"
 QERR = "qerr"
 QUERY = "query"
 DONE = "done"
+NOWAIT = "nowait"
+DERR = "derr"
 
 #: largest header accepted (headers are small: an op, an id, a hash).
 MAX_HEADER = 64 * 1024
@@ -397,7 +408,7 @@ _PACK_PREFIX = struct.Struct(">II").pack
 # and done message) travels as 7 bytes: _COMPACT, the op's index in _OPS, the CPU the sender
 # ran on as it sent (255: unknown), the id (big-endian).
 # A JSON header starts with "{", so the first byte tells the two apart.
-_OPS = (CALL, ROWS, QERR, QUERY, DONE)
+_OPS = (CALL, ROWS, QERR, QUERY, DONE, NOWAIT, DERR)
 _OP_CODES = {op: code for code, op in enumerate(_OPS)}
 _COMPACT = 1
 _COMPACT_SIZE = 7

@@ -438,10 +438,10 @@ _FLAT = frozenset({str, int, float, bool, type(None)})
 def encode_query(sql: str, params: list[Any]) -> str:
     """``encode({"sql": sql, "params": params}, root="params")``, the text of a ``query`` request.
 
-    Parameters that are all plain scalars (the usual case) go straight to the C encoder, with
-    the same output; anything else takes the full path.
+    Parameters that are all scalars (the usual case, ``Decimal`` and dates included) go
+    straight to the C encoder, with the same output; anything else takes the full path.
     """
-    if _FLAT.issuperset(map(type, params)):
+    if _LEAVES.issuperset(map(type, params)):
         try:
             return _fast_text({"sql": sql, "params": params})
         except (ValueError, OverflowError):

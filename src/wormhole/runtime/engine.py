@@ -286,8 +286,20 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
     (the user's exceptions, database errors, policy refusals, bad arguments) becomes an
     ``err`` payload, so the host can roll back the call's subtransaction and still return
     normally: the client's transaction stays usable.
+
+    A port may defer statements whose result is discarded (``defer(line, function, sql,
+    params)``, see ``policy._defer_discarded_queries``); its ``finish(text, error_payload)``
+    then has the last word on the payload (a deferred statement that failed comes first).
     """
     out = _Output(call.limits.max_output_bytes)
+    text = _run(call, port, tick, out)
+    finish = getattr(port, "finish", None)
+    if finish is not None:
+        text = finish(text, lambda exc: error_payload(exc, out))
+    return text
+
+
+def _run(call: Call, port: QueryPort, tick: Callable[[], None], out: _Output) -> str:
     try:
         checked = _COMPILED.get((call.source_hash, call.modules_key)) or checked_code(call)
         if call.decoded is not None:
@@ -299,9 +311,19 @@ def run_call(call: Call, port: QueryPort, tick: Callable[[], None] = _noop) -> s
         def query(sql: str, *args: object) -> Rows:
             return port_query(sql, args)
 
+        port_defer = getattr(port, "defer", None)
+        if port_defer is not None:
+            entry = checked.name
+
+            def defer(line: int, sql: str, *args: object) -> None:
+                port_defer(line, entry, sql, args)
+        else:
+            def defer(line: int, sql: str, *args: object) -> None:
+                port_query(sql, args)
+
         ns = _NAMESPACES[-1] if _NAMESPACES and _NAMESPACES[-1].modules is call.modules \
             else namespace_for(call.modules)
-        glb, previous = ns.enter(query=query, print_fn=out.write, tick=tick)
+        glb, previous = ns.enter(query=query, print_fn=out.write, tick=tick, defer=defer)
         try:
             exec(checked.code, glb)  # defines the function; the policy allows nothing else
             function: Callable[..., Any] = glb[checked.name]  # type: ignore[assignment]
@@ -370,6 +392,10 @@ def error_info(exc: BaseException) -> dict[str, Any]:
         info["builtin"] = False
         info["sqlstate"] = "WH006"
         info["limit"] = exc.limit
+    where = getattr(exc, "_wh_where", None)  # a deferred statement's (line, function)
+    if where is not None:
+        info["tb"] = [list(where)]
+        return info
     tb = []
     frame_tb = exc.__traceback__
     while frame_tb is not None:

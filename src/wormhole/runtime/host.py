@@ -454,7 +454,7 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     transaction stays usable. Cancel, statement_timeout and terminate end the statement with
     PostgreSQL's own error.
     """
-    state = GD.get(_STATE_KEY)
+    state: Backend | None = GD.get(_STATE_KEY)
     if state is None or state.pid != _pid():
         state = backend(GD, sources)
     if not state.subxact_checked:
@@ -467,6 +467,25 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
     if type(args_json) is not str:
         raise _error(plpy, "wormhole_execute: arguments are NULL", WH_BAD_INPUT,
                      hint="pass the JSON text produced by the wormhole client, e.g. '[[],{}]'")
+    worker = state.worker
+    current = SD is not None and SD.get(_CONFIG_MARK) is state  # the configuration is current
+    if (worker is not None and current and not state.trusted
+            and function_hash not in state.approved and not state.worker_busy):
+        # warm, and the call will run in the worker: send it now, so the worker wakes up and
+        # starts while the checks below run (sandbox.WorkerExecutor.dispatch); the worker's
+        # first query then waits for the subtransaction below
+        known = state.source_cache.get(function_hash)
+        if known is not None and worker.dispatch(function_hash, known.source, args_json,
+                                                 state.modules, state.cfgkey, state.limits):
+            try:
+                return _execute(plpy, state, function_hash, args_json, missing, SD)
+            finally:
+                worker.cancel()  # nothing, once the call ran
+    return _execute(plpy, state, function_hash, args_json, missing, SD)
+
+
+def _execute(plpy: Any, state: Backend, function_hash: str, args_json: str, missing: object,
+             SD: dict[str, Any] | None) -> str:
     if SD is not None and not state.trusted and SD.get(_CONFIG_MARK) is state:
         # warm: the configuration is current and no role is trusted (what _lookup does)
         approved, trusted = function_hash in state.approved, False

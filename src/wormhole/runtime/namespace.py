@@ -49,6 +49,7 @@ from .rules import (
     POW,
     SETATTR,
     TICK,
+    DEFER,
     allowed_names,
 )
 from .rows import Rows
@@ -700,10 +701,15 @@ class Namespace:
         return cur
 
     def enter(self, *, query: Callable[..., Rows], print_fn: Callable[[str], None],
-              tick: Callable[[], None]) -> tuple[dict[str, object], _Call | None]:
-        """Fresh globals for one call; returns them and the token :meth:`leave` needs."""
+              tick: Callable[[], None], defer: Callable[..., None] | None = None,
+              ) -> tuple[dict[str, object], _Call | None]:
+        """Fresh globals for one call; returns them and the token :meth:`leave` needs.
+
+        ``defer(line, sql, *params)`` runs a statement whose result is discarded
+        (``policy._defer_discarded_queries``); without one it is ``query``."""
         glb = self.template.copy()
         glb["query"] = query
+        glb[DEFER] = defer if defer is not None else _deferred_by(query)
         glb[TICK] = tick
         previous = self.cur
         self.cur = _Call(tick, print_fn, glb)
@@ -712,6 +718,13 @@ class Namespace:
     def leave(self, previous: _Call | None) -> None:
         """End the call :meth:`enter` started (the enclosing call, if any, is current again)."""
         self.cur = previous
+
+
+def _deferred_by(query: Callable[..., Rows]) -> Callable[..., None]:
+    def defer(line: int, sql: str, *params: object) -> None:
+        query(sql, *params)
+
+    return defer
 
 
 def build_globals(

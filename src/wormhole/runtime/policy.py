@@ -71,6 +71,7 @@ __all__ = [
 
 from .rules import (  # noqa: F401 - re-exported: the rules are part of the policy's API
     CATALOGUE,
+    DEFER,
     Checked,
     DELATTR,
     DUNDER_METHODS,
@@ -1098,6 +1099,92 @@ class _Rewriter:
 
 
 # --------------------------------------------------------------------------------------------
+# deferred statements (runs only on a tree that passed the validator, before the rewriter)
+
+#: where an exception raised inside may be caught before it leaves the function
+_CATCHING: tuple[type[ast.AST], ...] = tuple(
+    t for t in (ast.Try, getattr(ast, "TryStar", None), ast.With, ast.AsyncWith) if t is not None)
+#: nodes that open a new scope (their bodies are other functions' code)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+def _binds_query(node: ast.AST) -> bool:
+    """Does ``node`` bind, delete or declare the name ``query`` (so a call may not be ours)?"""
+    if isinstance(node, ast.Name):
+        return node.id == "query" and not isinstance(node.ctx, ast.Load)
+    if isinstance(node, ast.arg):
+        return node.arg == "query"
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name == "query"
+    if isinstance(node, ast.alias):
+        return (node.asname or node.name.split(".")[0]) == "query"
+    if isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
+        return node.name == "query"
+    if isinstance(node, ast.MatchMapping):
+        return node.rest == "query"
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return "query" in node.names
+    return False
+
+
+def _own_nodes(fn: ast.FunctionDef) -> Iterator[ast.AST]:
+    """The nodes of ``fn``'s own body, not those of the functions and classes it defines."""
+    stack: list[ast.AST] = list(fn.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, _SCOPES):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
+    """Rewrite ``query(sql, ...)`` statements of the entry function whose result is discarded
+    and whose error nothing in the function could catch into ``_wh_defer(line, sql, ...)``;
+    returns how many.
+
+    The confined worker sends such a statement without waiting for its answer (the backend
+    still runs every statement in order, and the call fails with the statement's error at its
+    line, as it would have: see ``worker.ChannelPort.defer``); in-process ``_wh_defer`` is
+    ``query``. Only where that cannot change what the function does:
+
+    * in the function the client calls (its error leaves the call: the engine is its only
+      caller), so never when its name is used anywhere (recursion, or a helper calling it);
+    * outside ``try`` and ``with`` (an ``except`` or a context manager could catch it);
+    * never in a generator (its body runs as the consumer iterates);
+    * never when ``query`` is bound anywhere in the source (the call would not be ours).
+    """
+    for node in ast.walk(tree):
+        if _binds_query(node) or (isinstance(node, ast.Name) and node.id == fn.name):
+            return 0
+    if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
+        return 0
+    count = 0
+    bodies: list[list[ast.stmt]] = [fn.body]
+    while bodies:
+        body = bodies.pop()
+        for index, stmt in enumerate(body):
+            if isinstance(stmt, _CATCHING) or isinstance(stmt, _SCOPES):
+                continue
+            if isinstance(stmt, ast.Expr):
+                call = stmt.value
+                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                        and call.func.id == "query" and call.args and not call.keywords):
+                    line = ast.copy_location(ast.Constant(value=stmt.lineno), call)
+                    body[index] = ast.copy_location(
+                        ast.Expr(value=_call(DEFER, [line, *call.args], call)), stmt)
+                    count += 1
+                continue
+            if isinstance(stmt, ast.Match):
+                bodies.extend(case.body for case in stmt.cases)
+                continue
+            for field in ("body", "orelse"):  # if, for, while (their else too)
+                inner = getattr(stmt, field, None)
+                if isinstance(inner, list):
+                    bodies.append(inner)
+    return count
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -1181,6 +1268,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError(_sorted(validator.findings) or [
             Finding(1, 0, "top-level", "the source must be exactly one function definition")])
     fn = validator.function
+    _defer_discarded_queries(tree, fn)
     _Rewriter().run(tree)
     _fix_locations(tree)
     try:

@@ -37,7 +37,10 @@ LSHIFT = "_wh_lshift"
 IPOW = "_wh_ipow"
 IMUL = "_wh_imul"
 ILSHIFT = "_wh_ilshift"
-HOOKS = (TICK, GETATTR, SETATTR, DELATTR, POW, MUL, LSHIFT, IPOW, IMUL, ILSHIFT)
+#: ``query(...)`` as a statement whose result is discarded, where its error could not be caught
+#: (``policy._defer_discarded_queries``): ``_wh_defer(line, sql, *params)``
+DEFER = "_wh_defer"
+HOOKS = (TICK, GETATTR, SETATTR, DELATTR, POW, MUL, LSHIFT, IPOW, IMUL, ILSHIFT, DEFER)
 
 #: attribute reads routed through ``_wh_getattr`` (see the module docstring).
 DYNAMIC_ATTRIBUTES = frozenset({"format", "obj"})

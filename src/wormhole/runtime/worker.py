@@ -29,11 +29,22 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a new worker a few ms to import; annotations only
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
 from . import codec, engine, jsonlite
-from .channel import CALL, DONE, HELLO, QERR, QUERY, ROWS, Channel, ChannelClosed
+from .channel import (
+    CALL,
+    DERR,
+    DONE,
+    HELLO,
+    NOWAIT,
+    QERR,
+    QUERY,
+    ROWS,
+    Channel,
+    ChannelClosed,
+)
 from .errors import QUERY_ERRORS, DatabaseError, ForbiddenStatement
 from .rows import Rows
 
@@ -54,13 +65,30 @@ MAX_SPIN = 0.002
 
 
 class ChannelPort:
-    """The ``QueryPort`` inside the worker: ``query()`` is an RPC to the backend."""
+    """The ``QueryPort`` inside the worker: ``query()`` is an RPC to the backend.
+
+    A statement whose result the function discards, where its error could not be caught
+    (``policy._defer_discarded_queries``), is sent without waiting (``defer``): the worker
+    runs on while the backend runs it. The backend runs every statement in order and answers
+    a deferred one only if it fails, with the answer to the next ``query`` (which then does
+    not run) or to ``done``. From then on the call is *doomed*: every ``query()`` raises that
+    error again and the call ends with it, reported at the deferred statement's line, as it
+    would have ended in-process (where the error could not have been caught either).
+    """
 
     def __init__(self, chan: Channel, call_id: int = 0) -> None:
         self.chan = chan
         self.call_id = call_id
+        #: deferred statements sent since the last answer (an answer means they all ran)
+        self.pending = 0
+        #: the error of a deferred statement that failed: the call's outcome from then on
+        self.doomed: Exception | None = None
+        #: the function the deferred statements belong to (for the error's traceback)
+        self.function = ""
+        #: builds the error payload, should a deferred statement's failure come after ``done``
+        self.fallback: Callable[[BaseException], str] | None = None
 
-    def query(self, sql: str, params: Sequence[object]) -> Rows:
+    def _request(self, sql: str, params: Sequence[object]) -> bytes:
         if type(sql) is not str:
             raise TypeError("query() needs the SQL text as a str")
         try:
@@ -68,16 +96,52 @@ class ChannelPort:
         except codec.CodecError as exc:
             raise TypeError(f"a query parameter cannot be sent to the database: {exc}") from None
         try:
-            data = body.encode("utf-8")
+            return body.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(
                 "the query text or a parameter is not valid Unicode (a lone surrogate)"
             ) from None
+
+    def defer(self, line: int, function: str, sql: str, params: Sequence[object]) -> None:
+        if self.doomed is not None:
+            raise self.doomed
+        data = self._request(sql, params)
+        # encode_query's text is one JSON object: the line goes in before its closing brace
+        self.chan.send({"op": NOWAIT, "id": self.call_id}, b"%s,\"line\":%d}" % (data[:-1], line))
+        self.function = function
+        self.pending += 1
+
+    def finish(self, text: str, error_payload: Callable[[BaseException], str]) -> str:
+        if self.doomed is not None:
+            return error_payload(self.doomed)
+        if self.pending:
+            self.fallback = error_payload
+        return text
+
+    def deferred_error(self, body: bytes) -> Exception:
+        """The error of the deferred statement a ``derr`` message reports."""
+        try:
+            info = jsonlite.loads(body.decode("utf-8"))
+        except ValueError:
+            raise SystemExit(EXIT_PROTOCOL) from None
+        if type(info) is not dict or type(info.get("line")) is not int:
+            raise SystemExit(EXIT_PROTOCOL)
+        exc = _query_error(info)
+        exc._wh_where = (info["line"], self.function)  # type: ignore[attr-defined]
+        self.pending = 0
+        self.doomed = exc
+        return exc
+
+    def query(self, sql: str, params: Sequence[object]) -> Rows:
+        if self.doomed is not None:
+            raise self.doomed
+        data = self._request(sql, params)
         self.chan.send({"op": QUERY, "id": self.call_id}, data)
         received = self.chan.recv(None)
         assert received is not None
         header, answer = received
         op = header["op"]
+        self.pending = 0
         if op == ROWS:
             try:
                 value = _unpickle(answer)
@@ -91,6 +155,8 @@ class ChannelPort:
             return Rows(rows, rowcount if type(rowcount) is int else None)
         if op == QERR:
             raise _query_error(jsonlite.loads(answer.decode("utf-8")))
+        if op == DERR:
+            raise self.deferred_error(answer)
         raise SystemExit(EXIT_PROTOCOL)
 
 
@@ -375,12 +441,21 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
     limits: engine.Limits | None = None
     sources: dict[str, str] = {}  # hash -> source, as the backend sent them
     armed = False  # whether the CPU limit was re-armed after the last call
+    # the last call, while a deferred statement of it may still be reported failed (``derr``)
+    last: ChannelPort | None = None
     try:
         while True:
             received = chan.recv(None)
             assert received is not None
             header, body = received
             op = header["op"]
+            if op == DERR and last is not None and header.get("id") == last.call_id:
+                # a deferred statement of the call just answered failed: that is its outcome
+                assert last.fallback is not None
+                _done(chan, last.call_id, last.fallback(last.deferred_error(body)), False)
+                last = None
+                continue
+            last = None
             if op == HELLO:
                 hello = jsonlite.loads(body.decode("utf-8"))
                 if type(hello) is not dict:
@@ -435,22 +510,31 @@ def main(rfd: int = 0, wfd: int = 1) -> None:
                 recycle = False if armed else not arm_cpu(limits)
                 # poll without sleeping while the backend runs our queries, this call only
                 chan.spin = min(spin, MAX_SPIN) if type(spin) is float and spin > 0 else 0.0
+                port = ChannelPort(chan, call_id)
                 try:
-                    payload = engine.run_call(call, ChannelPort(chan, call_id))
+                    payload = engine.run_call(call, port)
                 finally:
                     chan.spin = 0.0
-                try:
-                    data = payload.encode("utf-8")
-                except UnicodeEncodeError:
-                    data = engine.error_payload(ValueError(
-                        "the result contains text that is not valid Unicode (a lone surrogate)"
-                    )).encode("utf-8")
-                reply: dict[str, Any] = {"op": DONE, "id": call_id}
-                if recycle or not arm_cpu(limits):  # re-armed: the idle worker has its budget
-                    reply["recycle"] = True
+                # re-armed: the idle worker has its budget
+                recycle = recycle or not arm_cpu(limits)
                 armed = True
-                chan.send(reply, data)
+                _done(chan, call_id, payload, recycle)
+                if port.fallback is not None:
+                    last = port
             else:
                 raise SystemExit(EXIT_PROTOCOL)
     except ChannelClosed:
         return
+
+
+def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
+    try:
+        data = payload.encode("utf-8")
+    except UnicodeEncodeError:
+        data = engine.error_payload(ValueError(
+            "the result contains text that is not valid Unicode (a lone surrogate)"
+        )).encode("utf-8")
+    reply: dict[str, Any] = {"op": DONE, "id": call_id}
+    if recycle:
+        reply["recycle"] = True
+    chan.send(reply, data)
