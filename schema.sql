@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +125,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -369,7 +369,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1346,7 +1346,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2259,7 +2259,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2728,7 +2728,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3122,7 +3122,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4443,7 +4443,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5192,7 +5192,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5607,7 +5607,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5841,7 +5841,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6079,6 +6079,26 @@ class Channel:
                     tick()
             n = self._write(data)
             data = data[n:]
+
+    def offer(self, header: dict[str, Any], body: bytes = b"") -> bool | None:
+        """Send one frame only if the pipe takes all of it at once; never waits.
+
+        True: sent. False: nothing was written (the channel is as it was). None: part of the
+        frame was written, so the stream is broken: the caller must discard the channel.
+        """
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
+            else None
+        if frame is None:
+            frame = self.frame(header, body)
+        if not self._wnonblock:
+            os.set_blocking(self.wfd, False)
+            self._wnonblock = True
+        n = self._write(frame)
+        if n == len(frame):
+            return True
+        return False if n == 0 else None
 
     def _write(self, data: bytes | memoryview) -> int:
         """One ``write``: the bytes it took (0 when a non-blocking pipe is full)."""
@@ -6333,7 +6353,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6422,6 +6442,7 @@ class ChannelPort:
         self.function = ""
         #: builds the error payload, should a deferred statement's failure come after ``done``
         self.fallback: Callable[[BaseException], str] | None = None
+        self._doom: dict[str, Any] = {}
 
     def _request(self, sql: str, params: Sequence[object]) -> bytes:
         if type(sql) is not str:
@@ -6439,7 +6460,7 @@ class ChannelPort:
 
     def defer(self, line: int, function: str, sql: str, params: Sequence[object]) -> None:
         if self.doomed is not None:
-            raise self.doomed
+            raise self._again()
         data = self._request(sql, params)
         # encode_query's text is one JSON object: the line goes in before its closing brace
         self.chan.send({"op": NOWAIT, "id": self.call_id}, b"%s,\"line\":%d}" % (data[:-1], line))
@@ -6461,15 +6482,21 @@ class ChannelPort:
             raise SystemExit(EXIT_PROTOCOL) from None
         if type(info) is not dict or type(info.get("line")) is not int:
             raise SystemExit(EXIT_PROTOCOL)
-        exc = _query_error(info)
-        exc._wh_where = (info["line"], self.function)  # type: ignore[attr-defined]
         self.pending = 0
-        self.doomed = exc
+        self._doom = info
+        self.doomed = self._again()
+        return self.doomed
+
+    def _again(self) -> Exception:
+        """The failed statement's error, new each time it is raised (one object raised over
+        and over would keep every traceback it went through)."""
+        exc = _query_error(self._doom)
+        exc._wh_where = (self._doom["line"], self.function)  # type: ignore[attr-defined]
         return exc
 
     def query(self, sql: str, params: Sequence[object]) -> Rows:
         if self.doomed is not None:
-            raise self.doomed
+            raise self._again()
         data = self._request(sql, params)
         self.chan.send({"op": QUERY, "id": self.call_id}, data)
         received = self.chan.recv(None)
@@ -6875,7 +6902,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7040,6 +7067,15 @@ def bwrap_argv(
     return argv
 
 
+#: signals the worker is started with blocked. Until the child's ``setsid`` it is still in the
+#: backend's process group, and PostgreSQL signals whole groups (``pg_cancel_backend``: SIGINT,
+#: a reload: SIGHUP, ...): one landing in that instant would kill the starting worker. Blocked,
+#: it stays pending and harmless; nothing in the worker uses these (its limits are SIGXCPU and
+#: SIGKILL, its parent's death SIGKILL).
+_BLOCKED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+            signal.SIGUSR2)
+
+
 class _Process:
     """The bubblewrap process, started with ``posix_spawn``.
 
@@ -7068,7 +7104,7 @@ class _Process:
             actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _open_fds() if fd > 2]
             self.pid = os.posix_spawn(
                 argv[0], argv, {}, file_actions=actions, setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=(),
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=_BLOCKED,
             )
         except BaseException:
             for fd in fds:
@@ -7244,7 +7280,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7281,6 +7317,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import re
 import select
 import signal
 import time
@@ -7306,7 +7343,7 @@ from .channel import (
     ProtocolError,
     current_cpu,
 )
-from .engine import Call, Limits, QueryPort, source_hash
+from .engine import Call, Limits, QueryPort, error_payload, source_hash
 from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
 from .rows import Rows
 from .spawn import (
@@ -7341,6 +7378,10 @@ STDERR_TAIL = 4096
 #: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
 #: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
 SPIN_SECONDS = 0.0003
+#: how long (seconds) the backend waits, after a deferred statement failed, for the worker to
+#: finish the call with that error (it usually takes microseconds); then it stops the worker
+#: and ends the call with the error itself, as in-process execution would have at that line
+DOOMED_GRACE = 0.05
 #: sources the backend remembers having sent to its worker (the worker keeps the same set),
 #: by count and by total characters; past either, both sides forget them all and start over.
 MAX_KNOWN_SOURCES = 256
@@ -7620,15 +7661,23 @@ class WorkerExecutor:
                 or worker.hello_modules is not modules
                 or worker.hello_key != (modules_key, limits)):
             return False
+        body = args_json.encode("utf-8", "surrogatepass")
+        if len(body) > _EARLY_MAX_ARGS:
+            return False
         call_id = worker.next_id
-        worker.next_id += 1
         header, spin = self._call_header(call_id, source_hash)
         try:
-            worker.chan.send(header, args_json.encode("utf-8", "surrogatepass"))
+            # never waits: a worker that stopped reading must not hold the backend here,
+            # where nothing checks for interrupts (run's send does, with its tick)
+            sent = worker.chan.offer(header, body)
         except (ChannelClosed, OSError):
-            worker.stop()
-            self._forget(worker)
+            sent = None
+        if not sent:
+            if sent is None:  # part of a frame went out, or the pipe is gone: start afresh
+                worker.stop()
+                self._forget(worker)
             return False
+        worker.next_id += 1
         self._early = _Early(worker, call_id, source_hash, args_json, spin)
         return True
 
@@ -7671,6 +7720,9 @@ class WorkerExecutor:
         except ChannelClosed:
             reason = worker.exit_reason()
             self._forget(worker)
+            # a cancel reaches the backend's whole process group, and so a worker still being
+            # spawned into it: that call ends with the cancel, not with a crashed worker
+            check_interrupts()
             raise WorkerCrashed(reason) from None
         except ProtocolError as exc:
             worker.stop()
@@ -7724,8 +7776,16 @@ class WorkerExecutor:
         recycle = False
         #: the ``derr`` body of this call's deferred statement that failed (none run after it)
         failed: bytes | None = None
+        failure: _Failed | None = None
         told = False  # the worker knows (it answered a query with it): its result is that error
         while True:
+            if failure is not None and time.monotonic() >= failure.deadline:
+                # the outcome is known: in-process the call would have ended at the failed
+                # statement, and code that goes on past it (a loop that catches the error)
+                # must not turn it into a timeout or a crash
+                worker.stop()
+                self._forget(worker)
+                return failure.payload(call)
             received = chan.recv(POLL_SECONDS)
             if received is None:
                 tick()
@@ -7750,8 +7810,10 @@ class WorkerExecutor:
                     tick()  # a worker that only sends queries must still be interruptible
             elif op == NOWAIT:
                 self.deferred += 1
-                if failed is None:
-                    failed = _serve_deferred(port, payload, limits)
+                if failure is None:
+                    failure = _serve_deferred(port, payload, limits)
+                    if failure is not None:
+                        failed = failure.body
                 if time.monotonic() - last_tick >= POLL_SECONDS:
                     tick()
             elif op == DONE:
@@ -7842,7 +7904,8 @@ class _Early:
                 and worker.hello_key == (call.modules_key, call.limits))
 
 
-#: the largest arguments (characters) sent by ``dispatch``: the pipe takes them at once
+#: the largest arguments (bytes) sent by ``dispatch``: far below a pipe's 64 KiB, so an empty
+#: pipe takes them at once (a pipe the worker has filled or shrunk makes ``dispatch`` decline)
 _EARLY_MAX_ARGS = 16384
 
 _LOADAVG: list[int] = []  # [fd of /proc/loadavg, usable CPUs], opened on first use
@@ -7974,8 +8037,33 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
     return ROWS, body
 
 
-def _serve_deferred(port: QueryPort, payload: bytes, limits: Limits) -> bytes | None:
-    """Run one ``nowait`` request (its result is discarded); the ``derr`` body if it failed."""
+class _Failed:
+    """A deferred statement that failed: the call's outcome, whatever the worker does next."""
+
+    __slots__ = ("exc", "line", "body", "deadline")
+
+    def __init__(self, exc: Exception, line: int) -> None:
+        self.exc = exc
+        self.line = line
+        info = _failure(exc)
+        info["line"] = line
+        #: what the worker is told (``derr``)
+        self.body = json.dumps(info).encode("utf-8")
+        #: when the backend stops waiting for the worker to finish with it
+        self.deadline = time.monotonic() + DOOMED_GRACE
+
+    def payload(self, call: Call) -> str:
+        """The call's error payload, built here (the worker was stopped before it answered)."""
+        match = _DEF_NAME.search(call.source)
+        self.exc._wh_where = (self.line, match.group(1) if match else "?")  # type: ignore[attr-defined]
+        return error_payload(self.exc)
+
+
+_DEF_NAME = re.compile(r"^def[ \t]+(\w+)", re.MULTILINE)
+
+
+def _serve_deferred(port: QueryPort, payload: bytes, limits: Limits) -> _Failed | None:
+    """Run one ``nowait`` request (its result is discarded); what failed, if it did."""
     request = _request(payload, limits, _DEFERRED_KEYS)
     line = request["line"]
     if type(line) is not int or not 0 < line < 1 << 31:
@@ -7983,9 +8071,7 @@ def _serve_deferred(port: QueryPort, payload: bytes, limits: Limits) -> bytes | 
     try:
         port.query(request["sql"], request["params"])
     except _FAILURES as exc:
-        info = _failure(exc)
-        info["line"] = line
-        return json.dumps(info).encode("utf-8")
+        return _Failed(exc, line)
     return None
 
 
@@ -8143,7 +8229,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8210,6 +8296,9 @@ class Backend:
         #: the runtime's sources (the boot's mapping fetches them only when first needed)
         self.sources = sources
         self.plans: dict[str, Any] = {}
+        #: the host's own prepared statements, apart from ``plans`` (which holds the SQL text
+        #: of user statements as keys: no user text can name one of these)
+        self.host_plans: dict[str, Any] = {}
         self.cfgver: int | None = None
         #: ``str(cfgver)``: the compile-cache key of the whitelist
         self.cfgkey = ""
@@ -8395,11 +8484,11 @@ def _refresh_config(plpy: Any, state: Backend, SD: dict[str, Any] | None = None)
     """
     if SD is not None and SD.get(_CONFIG_MARK) is state:
         return
-    plan = state.plans.get("\0cfgver")
+    plan = state.host_plans.get("\0cfgver")
     if plan is None:
         plan = plpy.prepare(
             "SELECT version FROM public._wormhole_state WHERE id OPERATOR(pg_catalog.=) 1")
-        state.plans["\0cfgver"] = plan
+        state.host_plans["\0cfgver"] = plan
     rows = plpy.execute(plan)
     cfgver = int(rows[0]["version"]) if rows else -1
     if state.cfgver != cfgver:
@@ -8469,11 +8558,11 @@ class _Stored:
 def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
     stored = state.source_cache.get(function_hash)
     if stored is None:
-        plan = state.plans.get("\0function")
+        plan = state.host_plans.get("\0function")
         if plan is None:
             plan = plpy.prepare("SELECT * FROM public._wormhole_function($1)",
                                  ["pg_catalog.text"])
-            state.plans["\0function"] = plan
+            state.host_plans["\0function"] = plan
         rows = plpy.execute(plan, [function_hash])
         row = rows[0] if rows else None
         if row is None or row["source"] is None:
@@ -9079,7 +9168,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9095,7 +9184,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2']):
+                for r in plpy.execute(plan, ['7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9145,7 +9234,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '74f475dc8f99973c1f62761a39696e5331d4d0e03d9f2a5cc4a7b4134858ead2'
+    _pkg.CODE_TAG = '7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

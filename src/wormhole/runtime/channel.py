@@ -237,6 +237,26 @@ class Channel:
             n = self._write(data)
             data = data[n:]
 
+    def offer(self, header: dict[str, Any], body: bytes = b"") -> bool | None:
+        """Send one frame only if the pipe takes all of it at once; never waits.
+
+        True: sent. False: nothing was written (the channel is as it was). None: part of the
+        frame was written, so the stream is broken: the caller must discard the channel.
+        """
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
+            else None
+        if frame is None:
+            frame = self.frame(header, body)
+        if not self._wnonblock:
+            os.set_blocking(self.wfd, False)
+            self._wnonblock = True
+        n = self._write(frame)
+        if n == len(frame):
+            return True
+        return False if n == 0 else None
+
     def _write(self, data: bytes | memoryview) -> int:
         """One ``write``: the bytes it took (0 when a non-blocking pipe is full)."""
         try:

@@ -65,6 +65,9 @@ class Backend:
         #: the runtime's sources (the boot's mapping fetches them only when first needed)
         self.sources = sources
         self.plans: dict[str, Any] = {}
+        #: the host's own prepared statements, apart from ``plans`` (which holds the SQL text
+        #: of user statements as keys: no user text can name one of these)
+        self.host_plans: dict[str, Any] = {}
         self.cfgver: int | None = None
         #: ``str(cfgver)``: the compile-cache key of the whitelist
         self.cfgkey = ""
@@ -250,11 +253,11 @@ def _refresh_config(plpy: Any, state: Backend, SD: dict[str, Any] | None = None)
     """
     if SD is not None and SD.get(_CONFIG_MARK) is state:
         return
-    plan = state.plans.get("\0cfgver")
+    plan = state.host_plans.get("\0cfgver")
     if plan is None:
         plan = plpy.prepare(
             "SELECT version FROM public._wormhole_state WHERE id OPERATOR(pg_catalog.=) 1")
-        state.plans["\0cfgver"] = plan
+        state.host_plans["\0cfgver"] = plan
     rows = plpy.execute(plan)
     cfgver = int(rows[0]["version"]) if rows else -1
     if state.cfgver != cfgver:
@@ -324,11 +327,11 @@ class _Stored:
 def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
     stored = state.source_cache.get(function_hash)
     if stored is None:
-        plan = state.plans.get("\0function")
+        plan = state.host_plans.get("\0function")
         if plan is None:
             plan = plpy.prepare("SELECT * FROM public._wormhole_function($1)",
                                  ["pg_catalog.text"])
-            state.plans["\0function"] = plan
+            state.host_plans["\0function"] = plan
         rows = plpy.execute(plan, [function_hash])
         row = rows[0] if rows else None
         if row is None or row["source"] is None:

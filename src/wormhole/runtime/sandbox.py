@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import re
 import select
 import signal
 import time
@@ -60,7 +61,7 @@ from .channel import (
     ProtocolError,
     current_cpu,
 )
-from .engine import Call, Limits, QueryPort, source_hash
+from .engine import Call, Limits, QueryPort, error_payload, source_hash
 from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
 from .rows import Rows
 from .spawn import (
@@ -95,6 +96,10 @@ STDERR_TAIL = 4096
 #: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
 #: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
 SPIN_SECONDS = 0.0003
+#: how long (seconds) the backend waits, after a deferred statement failed, for the worker to
+#: finish the call with that error (it usually takes microseconds); then it stops the worker
+#: and ends the call with the error itself, as in-process execution would have at that line
+DOOMED_GRACE = 0.05
 #: sources the backend remembers having sent to its worker (the worker keeps the same set),
 #: by count and by total characters; past either, both sides forget them all and start over.
 MAX_KNOWN_SOURCES = 256
@@ -374,15 +379,23 @@ class WorkerExecutor:
                 or worker.hello_modules is not modules
                 or worker.hello_key != (modules_key, limits)):
             return False
+        body = args_json.encode("utf-8", "surrogatepass")
+        if len(body) > _EARLY_MAX_ARGS:
+            return False
         call_id = worker.next_id
-        worker.next_id += 1
         header, spin = self._call_header(call_id, source_hash)
         try:
-            worker.chan.send(header, args_json.encode("utf-8", "surrogatepass"))
+            # never waits: a worker that stopped reading must not hold the backend here,
+            # where nothing checks for interrupts (run's send does, with its tick)
+            sent = worker.chan.offer(header, body)
         except (ChannelClosed, OSError):
-            worker.stop()
-            self._forget(worker)
+            sent = None
+        if not sent:
+            if sent is None:  # part of a frame went out, or the pipe is gone: start afresh
+                worker.stop()
+                self._forget(worker)
             return False
+        worker.next_id += 1
         self._early = _Early(worker, call_id, source_hash, args_json, spin)
         return True
 
@@ -425,6 +438,9 @@ class WorkerExecutor:
         except ChannelClosed:
             reason = worker.exit_reason()
             self._forget(worker)
+            # a cancel reaches the backend's whole process group, and so a worker still being
+            # spawned into it: that call ends with the cancel, not with a crashed worker
+            check_interrupts()
             raise WorkerCrashed(reason) from None
         except ProtocolError as exc:
             worker.stop()
@@ -478,8 +494,16 @@ class WorkerExecutor:
         recycle = False
         #: the ``derr`` body of this call's deferred statement that failed (none run after it)
         failed: bytes | None = None
+        failure: _Failed | None = None
         told = False  # the worker knows (it answered a query with it): its result is that error
         while True:
+            if failure is not None and time.monotonic() >= failure.deadline:
+                # the outcome is known: in-process the call would have ended at the failed
+                # statement, and code that goes on past it (a loop that catches the error)
+                # must not turn it into a timeout or a crash
+                worker.stop()
+                self._forget(worker)
+                return failure.payload(call)
             received = chan.recv(POLL_SECONDS)
             if received is None:
                 tick()
@@ -504,8 +528,10 @@ class WorkerExecutor:
                     tick()  # a worker that only sends queries must still be interruptible
             elif op == NOWAIT:
                 self.deferred += 1
-                if failed is None:
-                    failed = _serve_deferred(port, payload, limits)
+                if failure is None:
+                    failure = _serve_deferred(port, payload, limits)
+                    if failure is not None:
+                        failed = failure.body
                 if time.monotonic() - last_tick >= POLL_SECONDS:
                     tick()
             elif op == DONE:
@@ -596,7 +622,8 @@ class _Early:
                 and worker.hello_key == (call.modules_key, call.limits))
 
 
-#: the largest arguments (characters) sent by ``dispatch``: the pipe takes them at once
+#: the largest arguments (bytes) sent by ``dispatch``: far below a pipe's 64 KiB, so an empty
+#: pipe takes them at once (a pipe the worker has filled or shrunk makes ``dispatch`` decline)
 _EARLY_MAX_ARGS = 16384
 
 _LOADAVG: list[int] = []  # [fd of /proc/loadavg, usable CPUs], opened on first use
@@ -728,8 +755,33 @@ def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, 
     return ROWS, body
 
 
-def _serve_deferred(port: QueryPort, payload: bytes, limits: Limits) -> bytes | None:
-    """Run one ``nowait`` request (its result is discarded); the ``derr`` body if it failed."""
+class _Failed:
+    """A deferred statement that failed: the call's outcome, whatever the worker does next."""
+
+    __slots__ = ("exc", "line", "body", "deadline")
+
+    def __init__(self, exc: Exception, line: int) -> None:
+        self.exc = exc
+        self.line = line
+        info = _failure(exc)
+        info["line"] = line
+        #: what the worker is told (``derr``)
+        self.body = json.dumps(info).encode("utf-8")
+        #: when the backend stops waiting for the worker to finish with it
+        self.deadline = time.monotonic() + DOOMED_GRACE
+
+    def payload(self, call: Call) -> str:
+        """The call's error payload, built here (the worker was stopped before it answered)."""
+        match = _DEF_NAME.search(call.source)
+        self.exc._wh_where = (self.line, match.group(1) if match else "?")  # type: ignore[attr-defined]
+        return error_payload(self.exc)
+
+
+_DEF_NAME = re.compile(r"^def[ \t]+(\w+)", re.MULTILINE)
+
+
+def _serve_deferred(port: QueryPort, payload: bytes, limits: Limits) -> _Failed | None:
+    """Run one ``nowait`` request (its result is discarded); what failed, if it did."""
     request = _request(payload, limits, _DEFERRED_KEYS)
     line = request["line"]
     if type(line) is not int or not 0 < line < 1 << 31:
@@ -737,9 +789,7 @@ def _serve_deferred(port: QueryPort, payload: bytes, limits: Limits) -> bytes | 
     try:
         port.query(request["sql"], request["params"])
     except _FAILURES as exc:
-        info = _failure(exc)
-        info["line"] = line
-        return json.dumps(info).encode("utf-8")
+        return _Failed(exc, line)
     return None
 
 

@@ -163,6 +163,15 @@ def bwrap_argv(
     return argv
 
 
+#: signals the worker is started with blocked. Until the child's ``setsid`` it is still in the
+#: backend's process group, and PostgreSQL signals whole groups (``pg_cancel_backend``: SIGINT,
+#: a reload: SIGHUP, ...): one landing in that instant would kill the starting worker. Blocked,
+#: it stays pending and harmless; nothing in the worker uses these (its limits are SIGXCPU and
+#: SIGKILL, its parent's death SIGKILL).
+_BLOCKED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+            signal.SIGUSR2)
+
+
 class _Process:
     """The bubblewrap process, started with ``posix_spawn``.
 
@@ -191,7 +200,7 @@ class _Process:
             actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _open_fds() if fd > 2]
             self.pid = os.posix_spawn(
                 argv[0], argv, {}, file_actions=actions, setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=(),
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=_BLOCKED,
             )
         except BaseException:
             for fd in fds:

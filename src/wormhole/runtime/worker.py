@@ -87,6 +87,7 @@ class ChannelPort:
         self.function = ""
         #: builds the error payload, should a deferred statement's failure come after ``done``
         self.fallback: Callable[[BaseException], str] | None = None
+        self._doom: dict[str, Any] = {}
 
     def _request(self, sql: str, params: Sequence[object]) -> bytes:
         if type(sql) is not str:
@@ -104,7 +105,7 @@ class ChannelPort:
 
     def defer(self, line: int, function: str, sql: str, params: Sequence[object]) -> None:
         if self.doomed is not None:
-            raise self.doomed
+            raise self._again()
         data = self._request(sql, params)
         # encode_query's text is one JSON object: the line goes in before its closing brace
         self.chan.send({"op": NOWAIT, "id": self.call_id}, b"%s,\"line\":%d}" % (data[:-1], line))
@@ -126,15 +127,21 @@ class ChannelPort:
             raise SystemExit(EXIT_PROTOCOL) from None
         if type(info) is not dict or type(info.get("line")) is not int:
             raise SystemExit(EXIT_PROTOCOL)
-        exc = _query_error(info)
-        exc._wh_where = (info["line"], self.function)  # type: ignore[attr-defined]
         self.pending = 0
-        self.doomed = exc
+        self._doom = info
+        self.doomed = self._again()
+        return self.doomed
+
+    def _again(self) -> Exception:
+        """The failed statement's error, new each time it is raised (one object raised over
+        and over would keep every traceback it went through)."""
+        exc = _query_error(self._doom)
+        exc._wh_where = (self._doom["line"], self.function)  # type: ignore[attr-defined]
         return exc
 
     def query(self, sql: str, params: Sequence[object]) -> Rows:
         if self.doomed is not None:
-            raise self.doomed
+            raise self._again()
         data = self._request(sql, params)
         self.chan.send({"op": QUERY, "id": self.call_id}, data)
         received = self.chan.recv(None)
