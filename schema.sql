@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +125,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -369,7 +369,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1346,7 +1346,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2259,7 +2259,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2728,7 +2728,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3122,7 +3122,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4443,7 +4443,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5192,7 +5192,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5607,7 +5607,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5841,7 +5841,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6049,12 +6049,7 @@ class Channel:
         does not read; whatever ``tick`` raises aborts the send (the frame is then partly
         written: the caller must discard the channel).
         """
-        if self.closed:
-            raise ChannelClosed("the channel is closed")
-        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
-            else None
-        if frame is None:
-            frame = self.frame(header, body)
+        frame = self._framed(header, body)
         if tick is not None and not self._wnonblock:
             os.set_blocking(self.wfd, False)
             self._wnonblock = True
@@ -6086,12 +6081,7 @@ class Channel:
         True: sent. False: nothing was written (the channel is as it was). None: part of the
         frame was written, so the stream is broken: the caller must discard the channel.
         """
-        if self.closed:
-            raise ChannelClosed("the channel is closed")
-        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
-            else None
-        if frame is None:
-            frame = self.frame(header, body)
+        frame = self._framed(header, body)
         if not self._wnonblock:
             os.set_blocking(self.wfd, False)
             self._wnonblock = True
@@ -6099,6 +6089,14 @@ class Channel:
         if n == len(frame):
             return True
         return False if n == 0 else None
+
+    def _framed(self, header: dict[str, Any], body: bytes) -> bytes:
+        """The frame to send (compact when it can be), on a channel that is still open."""
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
+            else None
+        return frame if frame is not None else self.frame(header, body)
 
     def _write(self, data: bytes | memoryview) -> int:
         """One ``write``: the bytes it took (0 when a non-blocking pipe is full)."""
@@ -6353,7 +6351,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6902,7 +6900,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7280,7 +7278,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -8229,7 +8227,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -9168,7 +9166,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9184,7 +9182,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e']):
+                for r in plpy.execute(plan, ['b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9234,7 +9232,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '7c3eb278bbfb36c0655363c27ef276016e292be3e678b71b5cfd90ea9addf46e'
+    _pkg.CODE_TAG = 'b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

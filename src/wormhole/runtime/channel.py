@@ -206,12 +206,7 @@ class Channel:
         does not read; whatever ``tick`` raises aborts the send (the frame is then partly
         written: the caller must discard the channel).
         """
-        if self.closed:
-            raise ChannelClosed("the channel is closed")
-        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
-            else None
-        if frame is None:
-            frame = self.frame(header, body)
+        frame = self._framed(header, body)
         if tick is not None and not self._wnonblock:
             os.set_blocking(self.wfd, False)
             self._wnonblock = True
@@ -243,12 +238,7 @@ class Channel:
         True: sent. False: nothing was written (the channel is as it was). None: part of the
         frame was written, so the stream is broken: the caller must discard the channel.
         """
-        if self.closed:
-            raise ChannelClosed("the channel is closed")
-        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
-            else None
-        if frame is None:
-            frame = self.frame(header, body)
+        frame = self._framed(header, body)
         if not self._wnonblock:
             os.set_blocking(self.wfd, False)
             self._wnonblock = True
@@ -256,6 +246,14 @@ class Channel:
         if n == len(frame):
             return True
         return False if n == 0 else None
+
+    def _framed(self, header: dict[str, Any], body: bytes) -> bytes:
+        """The frame to send (compact when it can be), on a channel that is still open."""
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        frame = _compact_frame(header, body) if type(header) is dict and len(header) == 2 \
+            else None
+        return frame if frame is not None else self.frame(header, body)
 
     def _write(self, data: bytes | memoryview) -> int:
         """One ``write``: the bytes it took (0 when a non-blocking pipe is full)."""
