@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +125,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -369,7 +369,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1346,7 +1346,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2259,7 +2259,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2728,7 +2728,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3122,7 +3122,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4292,7 +4292,8 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
             if isinstance(stmt, ast.Expr):
                 call = stmt.value
                 if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                        and call.func.id == "query" and call.args and not call.keywords):
+                        and call.func.id == "query" and call.args and not call.keywords
+                        and not isinstance(call.args[0], ast.Starred)):
                     line = ast.copy_location(ast.Constant(value=stmt.lineno), call)
                     body[index] = ast.copy_location(
                         ast.Expr(value=_call(DEFER, [line, *call.args], call)), stmt)
@@ -4443,7 +4444,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5192,7 +5193,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5607,7 +5608,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5841,7 +5842,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6351,7 +6352,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6364,8 +6365,9 @@ The bootstrap itself is ``sandbox.BOOTSTRAP`` (it lives with the backend, which 
 ``main`` reads ``hello`` (the module whitelist and the limits), applies hard resource limits
 that the code it runs cannot raise again, and then serves calls one after the other: for each
 ``call`` it runs ``engine.run_call`` with a :class:`ChannelPort` (``query()`` becomes a
-``query`` message answered by the backend with ``rows`` or ``qerr``) and answers ``done`` with
-the payload text. The engine's compile cache lives on across calls, and so do the sources the
+``query`` message answered by the backend with ``rows`` or ``qerr``; a discarded statement a
+``nowait`` message, answered only by ``derr`` if it fails) and answers ``done`` with the
+payload text (and again, with the failed statement's error, if ``derr`` answers it). The engine's compile cache lives on across calls, and so do the sources the
 backend sent (by hash): a call for a function the worker has seen carries only its arguments.
 While a call runs, the worker polls for answers without sleeping for as long as the backend
 asked in that call (``spin``, at most ``MAX_SPIN``); between calls it always sleeps.
@@ -6759,9 +6761,9 @@ def steer(avoid: object) -> None:
     allowed CPU again (``None``). Measured on a 2-core VM: a backend and its worker sharing
     one CPU run a call's ping-pong about twice as slowly as on two (each evicts the other from
     that core's caches), and once the scheduler has put them together it keeps them there,
-    since only one of them is ever runnable. The backend asks only while a CPU is idle, so on
-    a busy server the worker goes wherever the scheduler sends it. One ``sched_setaffinity``
-    when the set changes, none otherwise."""
+    since only one of them is ever runnable. The backend asks only while every runnable task
+    has a CPU, so on a busy server the worker goes wherever the scheduler sends it. One
+    ``sched_setaffinity`` when the set changes, none otherwise."""
     if not _CPUS:
         try:
             allowed = frozenset(os.sched_getaffinity(0))
@@ -6900,7 +6902,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7278,7 +7280,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7301,8 +7303,9 @@ Warm calls are dominated by wake-ups, not Python: a call is a ping-pong of small
 (call, query, rows, ..., done), and each hop that sleeps costs a context switch and, across
 CPUs, an inter-processor wake-up (tens of microseconds on a VM). So each call sends only what
 the worker lacks (the source once per worker, then the arguments alone; ``hello`` only when
-the whitelist or limits changed), and, **only when a CPU is idle at the start of the call**
-(``_spare_cpu``: no more runnable tasks than usable CPUs), both sides poll their pipe without
+the whitelist or limits changed), and, **only when every runnable task has a CPU at the start
+of the call** (``_spare_cpu``: no more runnable tasks than usable CPUs, and at least two CPUs),
+both sides poll their pipe without
 sleeping for up to ``SPIN_SECONDS`` per wait before they block. A spin that runs out switches
 spinning off for the rest of that call, so a busy or slow peer costs at most one spin per side
 per call; on a busy server nobody spins. Interrupts are checked exactly as before (a spin is
@@ -7374,12 +7377,14 @@ POLL_SECONDS = 0.02
 #: how much of the worker's stderr is kept for crash reports.
 STDERR_TAIL = 4096
 #: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
-#: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
+#: when every runnable task has a CPU (see ``_spare_cpu``); 0 disables spinning. Per wait.
 SPIN_SECONDS = 0.0003
 #: how long (seconds) the backend waits, after a deferred statement failed, for the worker to
 #: finish the call with that error (it usually takes microseconds); then it stops the worker
 #: and ends the call with the error itself, as in-process execution would have at that line
 DOOMED_GRACE = 0.05
+#: the same once the worker has finished and been told (it only builds the error payload)
+DONE_GRACE = 1.0
 #: sources the backend remembers having sent to its worker (the worker keeps the same set),
 #: by count and by total characters; past either, both sides forget them all and start over.
 MAX_KNOWN_SOURCES = 256
@@ -7560,7 +7565,7 @@ class WorkerExecutor:
         self.stored_code = stored_code
         #: statistics (also read by tests and benchmarks)
         self.starts = 0
-        #: calls in which both sides were allowed to spin (a CPU was idle when they began)
+        #: calls in which both sides were allowed to spin (every runnable task had a CPU)
         self.spun_calls = 0
         #: calls sent before the host's checks were done (``dispatch``) and then run
         self.dispatched = 0
@@ -7671,6 +7676,8 @@ class WorkerExecutor:
         except (ChannelClosed, OSError):
             sent = None
         if not sent:
+            if spin:
+                self.spun_calls -= 1  # counted again when run sends the call itself
             if sent is None:  # part of a frame went out, or the pipe is gone: start afresh
                 worker.stop()
                 self._forget(worker)
@@ -7750,11 +7757,18 @@ class WorkerExecutor:
         deadline: float | None = None
         last_tick = time.monotonic()
 
+        #: this call's deferred statement that failed: none of its statements runs after it
+        failure: _Failed | None = None
+
         def tick() -> None:
             nonlocal last_tick
             last_tick = time.monotonic()
             check_interrupts()
-            if deadline is not None and time.monotonic() > deadline:
+            if failure is not None:  # the grace bounds the wait now, not timeout_ms
+                if time.monotonic() >= failure.deadline:
+                    raise LimitExceeded("timeout_ms", "the worker did not end the call after "
+                                        "its deferred statement failed")
+            elif deadline is not None and time.monotonic() > deadline:
                 raise LimitExceeded(
                     "timeout_ms",
                     f"the call ran longer than the DBA's limit of {limits.timeout_ms} ms "
@@ -7772,67 +7786,72 @@ class WorkerExecutor:
         chan.spin = spin
         woken = False
         recycle = False
-        #: the ``derr`` body of this call's deferred statement that failed (none run after it)
-        failed: bytes | None = None
-        failure: _Failed | None = None
         told = False  # the worker knows (it answered a query with it): its result is that error
-        while True:
-            if failure is not None and time.monotonic() >= failure.deadline:
-                # the outcome is known: in-process the call would have ended at the failed
-                # statement, and code that goes on past it (a loop that catches the error)
-                # must not turn it into a timeout or a crash
-                worker.stop()
-                self._forget(worker)
-                return failure.payload(call)
-            received = chan.recv(POLL_SECONDS)
-            if received is None:
-                tick()
-                continue
-            if not woken:
-                # the first answer waited for the worker to wake up, which can outlast a spin
-                # after an idle spell without saying anything about the waits that follow
-                woken = True
-                chan.spin = spin
-            header, payload = received
-            if header.get("id") != call_id:
-                raise ProtocolError(f"message for call {header.get('id')!r}, expected {call_id}")
-            op = header["op"]
-            if op == QUERY:
-                self.answered += 1
-                if failed is None:
-                    answer_op, answer = _serve_query(port, payload, limits)
-                else:  # not run: the call is over, with the deferred statement's error
-                    answer_op, answer, told = DERR, failed, True
-                chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
-                if time.monotonic() - last_tick >= POLL_SECONDS:
-                    tick()  # a worker that only sends queries must still be interruptible
-            elif op == NOWAIT:
-                self.deferred += 1
-                if failure is None:
-                    failure = _serve_deferred(port, payload, limits)
-                    if failure is not None:
-                        failed = failure.body
-                if time.monotonic() - last_tick >= POLL_SECONDS:
-                    tick()
-            elif op == DONE:
-                text = _payload_text(payload, limits)
-                recycle = recycle or header.get("recycle") is True
-                if failed is not None:
-                    if not told:
-                        # the worker finished before it heard: it answers with that error
-                        chan.send({"op": DERR, "id": call_id}, failed, tick=tick)
-                        told = True
-                        continue
-                    if not text.startswith('{"err"'):
-                        raise ProtocolError("a deferred statement failed, yet the worker's "
-                                            "result is not that error")
-                if recycle:
+        try:
+            while True:
+                if failure is not None and time.monotonic() >= failure.deadline:
+                    # the outcome is known: in-process the call would have ended at the failed
+                    # statement, and code that goes on past it (a loop that catches the error)
+                    # must not turn it into a timeout or a crash
                     worker.stop()
                     self._forget(worker)
-                return text
-            else:
-                raise ProtocolError(f"unexpected message {op!r} from the worker")
-
+                    return failure.payload(call)
+                received = chan.recv(POLL_SECONDS)
+                if received is None:
+                    tick()
+                    continue
+                if not woken:
+                    # the first answer waited for the worker to wake up, which can outlast a
+                    # spin after an idle spell without saying anything about the waits after it
+                    woken = True
+                    chan.spin = spin
+                header, payload = received
+                if header.get("id") != call_id:
+                    raise ProtocolError(
+                        f"message for call {header.get('id')!r}, expected {call_id}")
+                op = header["op"]
+                if op == QUERY:
+                    self.answered += 1
+                    if failure is None:
+                        answer_op, answer = _serve_query(port, payload)
+                    else:  # not run: the call is over, with the deferred statement's error
+                        answer_op, answer, told = DERR, failure.body, True
+                    chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
+                    if time.monotonic() - last_tick >= POLL_SECONDS:
+                        tick()  # a worker that only sends queries must still be interruptible
+                elif op == NOWAIT:
+                    self.deferred += 1
+                    if failure is None:
+                        failure = _serve_deferred(port, payload)
+                    if time.monotonic() - last_tick >= POLL_SECONDS:
+                        tick()
+                elif op == DONE:
+                    text = _payload_text(payload, limits)
+                    recycle = recycle or header.get("recycle") is True
+                    if failure is not None:
+                        if not told:
+                            # the worker finished before it heard: it answers with that error
+                            # (building a payload, no user code: a longer grace)
+                            chan.send({"op": DERR, "id": call_id}, failure.body, tick=tick)
+                            told = True
+                            failure.deadline = time.monotonic() + DONE_GRACE
+                            continue
+                        if not text.startswith('{"err"'):
+                            raise ProtocolError("a deferred statement failed, yet the worker's "
+                                                "result is not that error")
+                    if recycle:
+                        worker.stop()
+                        self._forget(worker)
+                    return text
+                else:
+                    raise ProtocolError(f"unexpected message {op!r} from the worker")
+        except (ChannelClosed, ProtocolError, LimitExceeded):
+            if failure is None:
+                raise
+            # the outcome was known before the worker died, misbehaved or ran out of time
+            worker.stop()
+            self._forget(worker)
+            return failure.payload(call)
 
     def _send_call(self, worker: _Worker, call: Call,
                    tick: Callable[[], None]) -> tuple[int, float]:
@@ -7992,7 +8011,7 @@ _FAILURES: tuple[type[Exception], ...] = (DatabaseError, *QUERY_ERRORS)
 _DEFERRED_KEYS = frozenset({"sql", "params", "line"})
 
 
-def _request(payload: bytes, limits: Limits, keys: frozenset[str]) -> dict[str, Any]:
+def _request(payload: bytes, keys: frozenset[str]) -> dict[str, Any]:
     """A ``query`` or ``nowait`` request from the worker, checked (untrusted input)."""
     try:  # (the channel bounded the payload by ``_max_frame(limits)`` already)
         request = codec.decode(payload, max_bytes=ABSOLUTE_MAX_FRAME)
@@ -8020,9 +8039,9 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"type": kind.__name__, "message": _clip(str(exc))}
 
 
-def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, bytes]:
+def _serve_query(port: QueryPort, payload: bytes) -> tuple[str, bytes]:
     """Run one ``query`` request from the worker; returns the answer (op, body)."""
-    request = _request(payload, limits, _REQUEST_KEYS)
+    request = _request(payload, _REQUEST_KEYS)
     try:
         rows = port.query(request["sql"], request["params"])
         try:
@@ -8052,17 +8071,21 @@ class _Failed:
 
     def payload(self, call: Call) -> str:
         """The call's error payload, built here (the worker was stopped before it answered)."""
-        match = _DEF_NAME.search(call.source)
-        self.exc._wh_where = (self.line, match.group(1) if match else "?")  # type: ignore[attr-defined]
+        if call.stored is not None:  # the name wormhole_install checked
+            name = call.stored[0]
+        else:  # the source's one top-level def (the policy allows nothing else)
+            match = _DEF_NAME.search(call.source)
+            name = match.group(1) if match else "?"
+        self.exc._wh_where = (self.line, name)  # type: ignore[attr-defined]
         return error_payload(self.exc)
 
 
 _DEF_NAME = re.compile(r"^def[ \t]+(\w+)", re.MULTILINE)
 
 
-def _serve_deferred(port: QueryPort, payload: bytes, limits: Limits) -> _Failed | None:
+def _serve_deferred(port: QueryPort, payload: bytes) -> _Failed | None:
     """Run one ``nowait`` request (its result is discarded); what failed, if it did."""
-    request = _request(payload, limits, _DEFERRED_KEYS)
+    request = _request(payload, _DEFERRED_KEYS)
     line = request["line"]
     if type(line) is not int or not 0 < line < 1 << 31:
         raise ProtocolError("a deferred statement's line must be a positive int")
@@ -8227,7 +8250,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -9166,7 +9189,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9182,7 +9205,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b']):
+                for r in plpy.execute(plan, ['6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9232,7 +9255,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = 'b3456c88325344b70d1f16c7243cac7b4a584a747e595ac4a031637742d3349b'
+    _pkg.CODE_TAG = '6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

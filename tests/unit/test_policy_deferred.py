@@ -101,14 +101,15 @@ def deferred_lines(source: str) -> list[int]:
             helper()
             return a
         '''), []),
-    # keyword arguments or no arguments: left to fail exactly as written
+    # keyword arguments, no arguments, unpacked arguments: left to run (or fail) as written
     (S('''
         def f(a):
             query()
             query("SELECT 1", x=1)
             query(*a)
+            query("SELECT $1", *a)
             return a
-        '''), [4]),
+        '''), [5]),
 ])
 def test_which_statements_are_deferred(source: str, lines: list[int]) -> None:
     assert deferred_lines(source) == lines

@@ -1168,7 +1168,8 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
             if isinstance(stmt, ast.Expr):
                 call = stmt.value
                 if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                        and call.func.id == "query" and call.args and not call.keywords):
+                        and call.func.id == "query" and call.args and not call.keywords
+                        and not isinstance(call.args[0], ast.Starred)):
                     line = ast.copy_location(ast.Constant(value=stmt.lineno), call)
                     body[index] = ast.copy_location(
                         ast.Expr(value=_call(DEFER, [line, *call.args], call)), stmt)

@@ -21,8 +21,9 @@ Warm calls are dominated by wake-ups, not Python: a call is a ping-pong of small
 (call, query, rows, ..., done), and each hop that sleeps costs a context switch and, across
 CPUs, an inter-processor wake-up (tens of microseconds on a VM). So each call sends only what
 the worker lacks (the source once per worker, then the arguments alone; ``hello`` only when
-the whitelist or limits changed), and, **only when a CPU is idle at the start of the call**
-(``_spare_cpu``: no more runnable tasks than usable CPUs), both sides poll their pipe without
+the whitelist or limits changed), and, **only when every runnable task has a CPU at the start
+of the call** (``_spare_cpu``: no more runnable tasks than usable CPUs, and at least two CPUs),
+both sides poll their pipe without
 sleeping for up to ``SPIN_SECONDS`` per wait before they block. A spin that runs out switches
 spinning off for the rest of that call, so a busy or slow peer costs at most one spin per side
 per call; on a busy server nobody spins. Interrupts are checked exactly as before (a spin is
@@ -94,12 +95,14 @@ POLL_SECONDS = 0.02
 #: how much of the worker's stderr is kept for crash reports.
 STDERR_TAIL = 4096
 #: how long (seconds) each side of a call polls its pipe without sleeping before it blocks,
-#: when a CPU is idle (see ``_spare_cpu``); 0 disables spinning. Per wait, never per call.
+#: when every runnable task has a CPU (see ``_spare_cpu``); 0 disables spinning. Per wait.
 SPIN_SECONDS = 0.0003
 #: how long (seconds) the backend waits, after a deferred statement failed, for the worker to
 #: finish the call with that error (it usually takes microseconds); then it stops the worker
 #: and ends the call with the error itself, as in-process execution would have at that line
 DOOMED_GRACE = 0.05
+#: the same once the worker has finished and been told (it only builds the error payload)
+DONE_GRACE = 1.0
 #: sources the backend remembers having sent to its worker (the worker keeps the same set),
 #: by count and by total characters; past either, both sides forget them all and start over.
 MAX_KNOWN_SOURCES = 256
@@ -280,7 +283,7 @@ class WorkerExecutor:
         self.stored_code = stored_code
         #: statistics (also read by tests and benchmarks)
         self.starts = 0
-        #: calls in which both sides were allowed to spin (a CPU was idle when they began)
+        #: calls in which both sides were allowed to spin (every runnable task had a CPU)
         self.spun_calls = 0
         #: calls sent before the host's checks were done (``dispatch``) and then run
         self.dispatched = 0
@@ -391,6 +394,8 @@ class WorkerExecutor:
         except (ChannelClosed, OSError):
             sent = None
         if not sent:
+            if spin:
+                self.spun_calls -= 1  # counted again when run sends the call itself
             if sent is None:  # part of a frame went out, or the pipe is gone: start afresh
                 worker.stop()
                 self._forget(worker)
@@ -470,11 +475,18 @@ class WorkerExecutor:
         deadline: float | None = None
         last_tick = time.monotonic()
 
+        #: this call's deferred statement that failed: none of its statements runs after it
+        failure: _Failed | None = None
+
         def tick() -> None:
             nonlocal last_tick
             last_tick = time.monotonic()
             check_interrupts()
-            if deadline is not None and time.monotonic() > deadline:
+            if failure is not None:  # the grace bounds the wait now, not timeout_ms
+                if time.monotonic() >= failure.deadline:
+                    raise LimitExceeded("timeout_ms", "the worker did not end the call after "
+                                        "its deferred statement failed")
+            elif deadline is not None and time.monotonic() > deadline:
                 raise LimitExceeded(
                     "timeout_ms",
                     f"the call ran longer than the DBA's limit of {limits.timeout_ms} ms "
@@ -492,67 +504,72 @@ class WorkerExecutor:
         chan.spin = spin
         woken = False
         recycle = False
-        #: the ``derr`` body of this call's deferred statement that failed (none run after it)
-        failed: bytes | None = None
-        failure: _Failed | None = None
         told = False  # the worker knows (it answered a query with it): its result is that error
-        while True:
-            if failure is not None and time.monotonic() >= failure.deadline:
-                # the outcome is known: in-process the call would have ended at the failed
-                # statement, and code that goes on past it (a loop that catches the error)
-                # must not turn it into a timeout or a crash
-                worker.stop()
-                self._forget(worker)
-                return failure.payload(call)
-            received = chan.recv(POLL_SECONDS)
-            if received is None:
-                tick()
-                continue
-            if not woken:
-                # the first answer waited for the worker to wake up, which can outlast a spin
-                # after an idle spell without saying anything about the waits that follow
-                woken = True
-                chan.spin = spin
-            header, payload = received
-            if header.get("id") != call_id:
-                raise ProtocolError(f"message for call {header.get('id')!r}, expected {call_id}")
-            op = header["op"]
-            if op == QUERY:
-                self.answered += 1
-                if failed is None:
-                    answer_op, answer = _serve_query(port, payload, limits)
-                else:  # not run: the call is over, with the deferred statement's error
-                    answer_op, answer, told = DERR, failed, True
-                chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
-                if time.monotonic() - last_tick >= POLL_SECONDS:
-                    tick()  # a worker that only sends queries must still be interruptible
-            elif op == NOWAIT:
-                self.deferred += 1
-                if failure is None:
-                    failure = _serve_deferred(port, payload, limits)
-                    if failure is not None:
-                        failed = failure.body
-                if time.monotonic() - last_tick >= POLL_SECONDS:
-                    tick()
-            elif op == DONE:
-                text = _payload_text(payload, limits)
-                recycle = recycle or header.get("recycle") is True
-                if failed is not None:
-                    if not told:
-                        # the worker finished before it heard: it answers with that error
-                        chan.send({"op": DERR, "id": call_id}, failed, tick=tick)
-                        told = True
-                        continue
-                    if not text.startswith('{"err"'):
-                        raise ProtocolError("a deferred statement failed, yet the worker's "
-                                            "result is not that error")
-                if recycle:
+        try:
+            while True:
+                if failure is not None and time.monotonic() >= failure.deadline:
+                    # the outcome is known: in-process the call would have ended at the failed
+                    # statement, and code that goes on past it (a loop that catches the error)
+                    # must not turn it into a timeout or a crash
                     worker.stop()
                     self._forget(worker)
-                return text
-            else:
-                raise ProtocolError(f"unexpected message {op!r} from the worker")
-
+                    return failure.payload(call)
+                received = chan.recv(POLL_SECONDS)
+                if received is None:
+                    tick()
+                    continue
+                if not woken:
+                    # the first answer waited for the worker to wake up, which can outlast a
+                    # spin after an idle spell without saying anything about the waits after it
+                    woken = True
+                    chan.spin = spin
+                header, payload = received
+                if header.get("id") != call_id:
+                    raise ProtocolError(
+                        f"message for call {header.get('id')!r}, expected {call_id}")
+                op = header["op"]
+                if op == QUERY:
+                    self.answered += 1
+                    if failure is None:
+                        answer_op, answer = _serve_query(port, payload)
+                    else:  # not run: the call is over, with the deferred statement's error
+                        answer_op, answer, told = DERR, failure.body, True
+                    chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
+                    if time.monotonic() - last_tick >= POLL_SECONDS:
+                        tick()  # a worker that only sends queries must still be interruptible
+                elif op == NOWAIT:
+                    self.deferred += 1
+                    if failure is None:
+                        failure = _serve_deferred(port, payload)
+                    if time.monotonic() - last_tick >= POLL_SECONDS:
+                        tick()
+                elif op == DONE:
+                    text = _payload_text(payload, limits)
+                    recycle = recycle or header.get("recycle") is True
+                    if failure is not None:
+                        if not told:
+                            # the worker finished before it heard: it answers with that error
+                            # (building a payload, no user code: a longer grace)
+                            chan.send({"op": DERR, "id": call_id}, failure.body, tick=tick)
+                            told = True
+                            failure.deadline = time.monotonic() + DONE_GRACE
+                            continue
+                        if not text.startswith('{"err"'):
+                            raise ProtocolError("a deferred statement failed, yet the worker's "
+                                                "result is not that error")
+                    if recycle:
+                        worker.stop()
+                        self._forget(worker)
+                    return text
+                else:
+                    raise ProtocolError(f"unexpected message {op!r} from the worker")
+        except (ChannelClosed, ProtocolError, LimitExceeded):
+            if failure is None:
+                raise
+            # the outcome was known before the worker died, misbehaved or ran out of time
+            worker.stop()
+            self._forget(worker)
+            return failure.payload(call)
 
     def _send_call(self, worker: _Worker, call: Call,
                    tick: Callable[[], None]) -> tuple[int, float]:
@@ -712,7 +729,7 @@ _FAILURES: tuple[type[Exception], ...] = (DatabaseError, *QUERY_ERRORS)
 _DEFERRED_KEYS = frozenset({"sql", "params", "line"})
 
 
-def _request(payload: bytes, limits: Limits, keys: frozenset[str]) -> dict[str, Any]:
+def _request(payload: bytes, keys: frozenset[str]) -> dict[str, Any]:
     """A ``query`` or ``nowait`` request from the worker, checked (untrusted input)."""
     try:  # (the channel bounded the payload by ``_max_frame(limits)`` already)
         request = codec.decode(payload, max_bytes=ABSOLUTE_MAX_FRAME)
@@ -740,9 +757,9 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"type": kind.__name__, "message": _clip(str(exc))}
 
 
-def _serve_query(port: QueryPort, payload: bytes, limits: Limits) -> tuple[str, bytes]:
+def _serve_query(port: QueryPort, payload: bytes) -> tuple[str, bytes]:
     """Run one ``query`` request from the worker; returns the answer (op, body)."""
-    request = _request(payload, limits, _REQUEST_KEYS)
+    request = _request(payload, _REQUEST_KEYS)
     try:
         rows = port.query(request["sql"], request["params"])
         try:
@@ -772,17 +789,21 @@ class _Failed:
 
     def payload(self, call: Call) -> str:
         """The call's error payload, built here (the worker was stopped before it answered)."""
-        match = _DEF_NAME.search(call.source)
-        self.exc._wh_where = (self.line, match.group(1) if match else "?")  # type: ignore[attr-defined]
+        if call.stored is not None:  # the name wormhole_install checked
+            name = call.stored[0]
+        else:  # the source's one top-level def (the policy allows nothing else)
+            match = _DEF_NAME.search(call.source)
+            name = match.group(1) if match else "?"
+        self.exc._wh_where = (self.line, name)  # type: ignore[attr-defined]
         return error_payload(self.exc)
 
 
 _DEF_NAME = re.compile(r"^def[ \t]+(\w+)", re.MULTILINE)
 
 
-def _serve_deferred(port: QueryPort, payload: bytes, limits: Limits) -> _Failed | None:
+def _serve_deferred(port: QueryPort, payload: bytes) -> _Failed | None:
     """Run one ``nowait`` request (its result is discarded); what failed, if it did."""
-    request = _request(payload, limits, _DEFERRED_KEYS)
+    request = _request(payload, _DEFERRED_KEYS)
     line = request["line"]
     if type(line) is not int or not 0 < line < 1 << 31:
         raise ProtocolError("a deferred statement's line must be a positive int")

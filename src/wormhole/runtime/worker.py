@@ -11,8 +11,9 @@ The bootstrap itself is ``sandbox.BOOTSTRAP`` (it lives with the backend, which 
 ``main`` reads ``hello`` (the module whitelist and the limits), applies hard resource limits
 that the code it runs cannot raise again, and then serves calls one after the other: for each
 ``call`` it runs ``engine.run_call`` with a :class:`ChannelPort` (``query()`` becomes a
-``query`` message answered by the backend with ``rows`` or ``qerr``) and answers ``done`` with
-the payload text. The engine's compile cache lives on across calls, and so do the sources the
+``query`` message answered by the backend with ``rows`` or ``qerr``; a discarded statement a
+``nowait`` message, answered only by ``derr`` if it fails) and answers ``done`` with the
+payload text (and again, with the failed statement's error, if ``derr`` answers it). The engine's compile cache lives on across calls, and so do the sources the
 backend sent (by hash): a call for a function the worker has seen carries only its arguments.
 While a call runs, the worker polls for answers without sleeping for as long as the backend
 asked in that call (``spin``, at most ``MAX_SPIN``); between calls it always sleeps.
@@ -406,9 +407,9 @@ def steer(avoid: object) -> None:
     allowed CPU again (``None``). Measured on a 2-core VM: a backend and its worker sharing
     one CPU run a call's ping-pong about twice as slowly as on two (each evicts the other from
     that core's caches), and once the scheduler has put them together it keeps them there,
-    since only one of them is ever runnable. The backend asks only while a CPU is idle, so on
-    a busy server the worker goes wherever the scheduler sends it. One ``sched_setaffinity``
-    when the set changes, none otherwise."""
+    since only one of them is ever runnable. The backend asks only while every runnable task
+    has a CPU, so on a busy server the worker goes wherever the scheduler sends it. One
+    ``sched_setaffinity`` when the set changes, none otherwise."""
     if not _CPUS:
         try:
             allowed = frozenset(os.sched_getaffinity(0))
