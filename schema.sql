@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +125,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +198,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -369,7 +369,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1346,7 +1346,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2259,7 +2259,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2728,7 +2728,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3122,7 +3122,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4444,7 +4444,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5193,7 +5193,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5507,14 +5507,12 @@ def _run(call: Call, port: QueryPort, tick: Callable[[], None], out: _Output) ->
             return port_query(sql, args)
 
         port_defer = getattr(port, "defer", None)
+        defer: Callable[..., None] | None = None  # without one the namespace's is query()
         if port_defer is not None:
             entry = checked.name
 
             def defer(line: int, sql: str, *args: object) -> None:
                 port_defer(line, entry, sql, args)
-        else:
-            def defer(line: int, sql: str, *args: object) -> None:
-                port_query(sql, args)
 
         ns = _NAMESPACES[-1] if _NAMESPACES and _NAMESPACES[-1].modules is call.modules \
             else namespace_for(call.modules)
@@ -5608,7 +5606,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5842,7 +5840,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6352,7 +6350,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6436,13 +6434,13 @@ class ChannelPort:
         self.call_id = call_id
         #: deferred statements sent since the last answer (an answer means they all ran)
         self.pending = 0
-        #: the error of a deferred statement that failed: the call's outcome from then on
-        self.doomed: Exception | None = None
+        #: what ``derr`` said of a deferred statement that failed: the call's outcome from then
+        #: on (the call is *doomed*)
+        self._doom: dict[str, Any] | None = None
         #: the function the deferred statements belong to (for the error's traceback)
         self.function = ""
         #: builds the error payload, should a deferred statement's failure come after ``done``
         self.fallback: Callable[[BaseException], str] | None = None
-        self._doom: dict[str, Any] = {}
 
     def _request(self, sql: str, params: Sequence[object]) -> bytes:
         if type(sql) is not str:
@@ -6459,7 +6457,7 @@ class ChannelPort:
             ) from None
 
     def defer(self, line: int, function: str, sql: str, params: Sequence[object]) -> None:
-        if self.doomed is not None:
+        if self._doom is not None:
             raise self._again()
         data = self._request(sql, params)
         # encode_query's text is one JSON object: the line goes in before its closing brace
@@ -6468,8 +6466,8 @@ class ChannelPort:
         self.pending += 1
 
     def finish(self, text: str, error_payload: Callable[[BaseException], str]) -> str:
-        if self.doomed is not None:
-            return error_payload(self.doomed)
+        if self._doom is not None:
+            return error_payload(self._again())
         if self.pending:
             self.fallback = error_payload
         return text
@@ -6484,18 +6482,18 @@ class ChannelPort:
             raise SystemExit(EXIT_PROTOCOL)
         self.pending = 0
         self._doom = info
-        self.doomed = self._again()
-        return self.doomed
+        return self._again()
 
     def _again(self) -> Exception:
         """The failed statement's error, new each time it is raised (one object raised over
         and over would keep every traceback it went through)."""
+        assert self._doom is not None
         exc = _query_error(self._doom)
         exc._wh_where = (self._doom["line"], self.function)  # type: ignore[attr-defined]
         return exc
 
     def query(self, sql: str, params: Sequence[object]) -> Rows:
-        if self.doomed is not None:
+        if self._doom is not None:
             raise self._again()
         data = self._request(sql, params)
         self.chan.send({"op": QUERY, "id": self.call_id}, data)
@@ -6902,7 +6900,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7280,7 +7278,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7679,8 +7677,7 @@ class WorkerExecutor:
             if spin:
                 self.spun_calls -= 1  # counted again when run sends the call itself
             if sent is None:  # part of a frame went out, or the pipe is gone: start afresh
-                worker.stop()
-                self._forget(worker)
+                self._discard(worker)
             return False
         worker.next_id += 1
         self._early = _Early(worker, call_id, source_hash, args_json, spin)
@@ -7690,8 +7687,7 @@ class WorkerExecutor:
         """Stop the worker if a dispatched call was not run (see :meth:`dispatch`)."""
         early, self._early = self._early, None
         if early is not None:
-            early.worker.stop()
-            self._forget(early.worker)
+            self._discard(early.worker)
 
     def _call_header(self, call_id: int, source_hash: str) -> tuple[dict[str, Any], float]:
         header: dict[str, Any] = {"op": CALL, "id": call_id, "hash": source_hash}
@@ -7716,8 +7712,7 @@ class WorkerExecutor:
         worker = self._current(limits)
         if early is not None and not early.runs(worker, call):
             if early.worker is worker:  # another call than the one dispatched: start afresh
-                worker.stop()
-                self._forget(worker)
+                self._discard(worker)
                 worker = self._current(limits)
             early = None
         try:
@@ -7730,18 +7725,21 @@ class WorkerExecutor:
             check_interrupts()
             raise WorkerCrashed(reason) from None
         except ProtocolError as exc:
-            worker.stop()
-            self._forget(worker)
+            self._discard(worker)
             raise WorkerCrashed(f"the worker sent a malformed message ({exc}); it was stopped") \
                 from None
         except BaseException:
-            worker.stop()
-            self._forget(worker)
+            self._discard(worker)
             raise
 
     def _forget(self, worker: _Worker) -> None:
         if self._worker is worker:
             self._worker = None
+
+    def _discard(self, worker: _Worker) -> None:
+        """Stop ``worker`` (its process group) and forget it: the next call starts another."""
+        worker.stop()
+        self._forget(worker)
 
     def _run(
         self,
@@ -7789,13 +7787,6 @@ class WorkerExecutor:
         told = False  # the worker knows (it answered a query with it): its result is that error
         try:
             while True:
-                if failure is not None and time.monotonic() >= failure.deadline:
-                    # the outcome is known: in-process the call would have ended at the failed
-                    # statement, and code that goes on past it (a loop that catches the error)
-                    # must not turn it into a timeout or a crash
-                    worker.stop()
-                    self._forget(worker)
-                    return failure.payload(call)
                 received = chan.recv(POLL_SECONDS)
                 if received is None:
                     tick()
@@ -7840,17 +7831,17 @@ class WorkerExecutor:
                             raise ProtocolError("a deferred statement failed, yet the worker's "
                                                 "result is not that error")
                     if recycle:
-                        worker.stop()
-                        self._forget(worker)
+                        self._discard(worker)
                     return text
                 else:
                     raise ProtocolError(f"unexpected message {op!r} from the worker")
         except (ChannelClosed, ProtocolError, LimitExceeded):
             if failure is None:
                 raise
-            # the outcome was known before the worker died, misbehaved or ran out of time
-            worker.stop()
-            self._forget(worker)
+            # the outcome is known: in-process the call would have ended at the failed
+            # statement, so a worker that goes on past it (a loop catching the error: ``tick``
+            # ends the grace), dies or misbehaves does not turn it into a timeout or a crash
+            self._discard(worker)
             return failure.payload(call)
 
     def _send_call(self, worker: _Worker, call: Call,
@@ -8250,7 +8241,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -9189,7 +9180,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9205,7 +9196,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb']):
+                for r in plpy.execute(plan, ['8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9255,7 +9246,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '6d7de9f34c14f054e39b8ef9ff404da26fd6c89af1d21a2eb09cc23b032618cb'
+    _pkg.CODE_TAG = '8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

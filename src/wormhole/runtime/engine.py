@@ -312,14 +312,12 @@ def _run(call: Call, port: QueryPort, tick: Callable[[], None], out: _Output) ->
             return port_query(sql, args)
 
         port_defer = getattr(port, "defer", None)
+        defer: Callable[..., None] | None = None  # without one the namespace's is query()
         if port_defer is not None:
             entry = checked.name
 
             def defer(line: int, sql: str, *args: object) -> None:
                 port_defer(line, entry, sql, args)
-        else:
-            def defer(line: int, sql: str, *args: object) -> None:
-                port_query(sql, args)
 
         ns = _NAMESPACES[-1] if _NAMESPACES and _NAMESPACES[-1].modules is call.modules \
             else namespace_for(call.modules)

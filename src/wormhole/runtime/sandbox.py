@@ -397,8 +397,7 @@ class WorkerExecutor:
             if spin:
                 self.spun_calls -= 1  # counted again when run sends the call itself
             if sent is None:  # part of a frame went out, or the pipe is gone: start afresh
-                worker.stop()
-                self._forget(worker)
+                self._discard(worker)
             return False
         worker.next_id += 1
         self._early = _Early(worker, call_id, source_hash, args_json, spin)
@@ -408,8 +407,7 @@ class WorkerExecutor:
         """Stop the worker if a dispatched call was not run (see :meth:`dispatch`)."""
         early, self._early = self._early, None
         if early is not None:
-            early.worker.stop()
-            self._forget(early.worker)
+            self._discard(early.worker)
 
     def _call_header(self, call_id: int, source_hash: str) -> tuple[dict[str, Any], float]:
         header: dict[str, Any] = {"op": CALL, "id": call_id, "hash": source_hash}
@@ -434,8 +432,7 @@ class WorkerExecutor:
         worker = self._current(limits)
         if early is not None and not early.runs(worker, call):
             if early.worker is worker:  # another call than the one dispatched: start afresh
-                worker.stop()
-                self._forget(worker)
+                self._discard(worker)
                 worker = self._current(limits)
             early = None
         try:
@@ -448,18 +445,21 @@ class WorkerExecutor:
             check_interrupts()
             raise WorkerCrashed(reason) from None
         except ProtocolError as exc:
-            worker.stop()
-            self._forget(worker)
+            self._discard(worker)
             raise WorkerCrashed(f"the worker sent a malformed message ({exc}); it was stopped") \
                 from None
         except BaseException:
-            worker.stop()
-            self._forget(worker)
+            self._discard(worker)
             raise
 
     def _forget(self, worker: _Worker) -> None:
         if self._worker is worker:
             self._worker = None
+
+    def _discard(self, worker: _Worker) -> None:
+        """Stop ``worker`` (its process group) and forget it: the next call starts another."""
+        worker.stop()
+        self._forget(worker)
 
     def _run(
         self,
@@ -507,13 +507,6 @@ class WorkerExecutor:
         told = False  # the worker knows (it answered a query with it): its result is that error
         try:
             while True:
-                if failure is not None and time.monotonic() >= failure.deadline:
-                    # the outcome is known: in-process the call would have ended at the failed
-                    # statement, and code that goes on past it (a loop that catches the error)
-                    # must not turn it into a timeout or a crash
-                    worker.stop()
-                    self._forget(worker)
-                    return failure.payload(call)
                 received = chan.recv(POLL_SECONDS)
                 if received is None:
                     tick()
@@ -558,17 +551,17 @@ class WorkerExecutor:
                             raise ProtocolError("a deferred statement failed, yet the worker's "
                                                 "result is not that error")
                     if recycle:
-                        worker.stop()
-                        self._forget(worker)
+                        self._discard(worker)
                     return text
                 else:
                     raise ProtocolError(f"unexpected message {op!r} from the worker")
         except (ChannelClosed, ProtocolError, LimitExceeded):
             if failure is None:
                 raise
-            # the outcome was known before the worker died, misbehaved or ran out of time
-            worker.stop()
-            self._forget(worker)
+            # the outcome is known: in-process the call would have ended at the failed
+            # statement, so a worker that goes on past it (a loop catching the error: ``tick``
+            # ends the grace), dies or misbehaves does not turn it into a timeout or a crash
+            self._discard(worker)
             return failure.payload(call)
 
     def _send_call(self, worker: _Worker, call: Call,

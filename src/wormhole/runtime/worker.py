@@ -82,13 +82,13 @@ class ChannelPort:
         self.call_id = call_id
         #: deferred statements sent since the last answer (an answer means they all ran)
         self.pending = 0
-        #: the error of a deferred statement that failed: the call's outcome from then on
-        self.doomed: Exception | None = None
+        #: what ``derr`` said of a deferred statement that failed: the call's outcome from then
+        #: on (the call is *doomed*)
+        self._doom: dict[str, Any] | None = None
         #: the function the deferred statements belong to (for the error's traceback)
         self.function = ""
         #: builds the error payload, should a deferred statement's failure come after ``done``
         self.fallback: Callable[[BaseException], str] | None = None
-        self._doom: dict[str, Any] = {}
 
     def _request(self, sql: str, params: Sequence[object]) -> bytes:
         if type(sql) is not str:
@@ -105,7 +105,7 @@ class ChannelPort:
             ) from None
 
     def defer(self, line: int, function: str, sql: str, params: Sequence[object]) -> None:
-        if self.doomed is not None:
+        if self._doom is not None:
             raise self._again()
         data = self._request(sql, params)
         # encode_query's text is one JSON object: the line goes in before its closing brace
@@ -114,8 +114,8 @@ class ChannelPort:
         self.pending += 1
 
     def finish(self, text: str, error_payload: Callable[[BaseException], str]) -> str:
-        if self.doomed is not None:
-            return error_payload(self.doomed)
+        if self._doom is not None:
+            return error_payload(self._again())
         if self.pending:
             self.fallback = error_payload
         return text
@@ -130,18 +130,18 @@ class ChannelPort:
             raise SystemExit(EXIT_PROTOCOL)
         self.pending = 0
         self._doom = info
-        self.doomed = self._again()
-        return self.doomed
+        return self._again()
 
     def _again(self) -> Exception:
         """The failed statement's error, new each time it is raised (one object raised over
         and over would keep every traceback it went through)."""
+        assert self._doom is not None
         exc = _query_error(self._doom)
         exc._wh_where = (self._doom["line"], self.function)  # type: ignore[attr-defined]
         return exc
 
     def query(self, sql: str, params: Sequence[object]) -> Rows:
-        if self.doomed is not None:
+        if self._doom is not None:
             raise self._again()
         data = self._request(sql, params)
         self.chan.send({"op": QUERY, "id": self.call_id}, data)
