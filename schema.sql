@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS public.wormhole_functions (
 -- without importing the policy's parser; on any mismatch it checks the source again
 ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS code bytea,
   ADD COLUMN IF NOT EXISTS code_magic bytea, ADD COLUMN IF NOT EXISTS code_key text;
+-- the statement every call of the function runs first, when its source says so (JSON
+-- [sql, positional parameters, [indexes passed]], valid with the code): the backend of a
+-- confined worker runs it while the worker starts the call
+ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS first_query text;
 CREATE TABLE IF NOT EXISTS public.wormhole_audit (
   id      bigserial PRIMARY KEY,
   at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -93,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -125,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -198,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -228,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -369,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1346,7 +1350,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2259,7 +2263,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2728,7 +2732,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3101,20 +3105,28 @@ class PolicyError(Exception):
         return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
 
 
+#: ``(sql, positional parameters, indexes of the parameters passed)``: the statement a function
+#: runs first whatever it is given, ``query(sql, *[args[i] for i in indexes])`` for a call
+#: with exactly that many positional arguments and no keywords (``policy.first_query``)
+FirstQuery = tuple[str, int, tuple[int, ...]]
+
+
 class Checked:
     """A function that passed: its name, compiled module code, parameter names and hash.
 
     ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
     """
 
-    __slots__ = ("name", "code", "params", "source_hash")
+    __slots__ = ("name", "code", "params", "source_hash", "first")
 
     def __init__(self, name: str, code: CodeType, params: tuple[str, ...],
-                 source_hash: str) -> None:
+                 source_hash: str, first: FirstQuery | None = None) -> None:
         self.name = name
         self.code = code
         self.params = params
         self.source_hash = source_hash
+        #: the statement every call runs first, when the source says so (``policy.first_query``)
+        self.first = first
 
     def __repr__(self) -> str:
         return f"Checked(name={self.name!r}, params={self.params!r}, hash={self.source_hash!r})"
@@ -3122,7 +3134,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3188,9 +3200,11 @@ __all__ = [
     "HOOKS",
     "Checked",
     "Finding",
+    "FirstQuery",
     "PolicyError",
     "allowed_names",
     "check",
+    "first_query",
 ]
 
 from .rules import (  # noqa: F401 - re-exported: the rules are part of the policy's API
@@ -3205,6 +3219,7 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     FORBIDDEN_ATTRIBUTES,
     FORBIDDEN_NAMES,
     Finding,
+    FirstQuery,
     GETATTR,
     GLOBAL_NAMES,
     HARD_DENY,
@@ -4309,6 +4324,76 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
     return count
 
 
+def first_query(tree: ast.Module, fn: ast.FunctionDef) -> FirstQuery | None:
+    """The statement every call of ``fn`` runs before anything else, if its source says so:
+    ``(sql, positional parameters, indexes of the parameters it passes)``, else None.
+
+    The confined worker's backend runs it while the worker wakes up and reaches it, and
+    answers the worker's first ``query`` with its result when that request is byte for byte
+    this statement with the call's arguments (``sandbox.WorkerExecutor``). So it must be
+    certain that a call which binds its arguments runs exactly this statement first, and
+    nothing the function does before could fail, branch or have effects:
+
+    * the first statement (after a docstring) is an assignment, ``return`` or ``for`` whose
+      value starts by calling ``query`` (``query(...)[0]["x"]``, ``query(...).attr``: the
+      subscripts, attributes and method calls around it are evaluated after it);
+    * ``query`` gets a literal SQL text and then only the function's own parameters, no
+      keywords, no ``*``;
+    * the parameters are plain positional ones: no defaults or annotations (evaluated when the
+      function is defined, which could fail), no ``*args``, keyword-only or ``**kwargs``, no
+      decorators; the function is neither a generator nor ``async`` (its body would not run
+      when it is called);
+    * ``query`` is bound nowhere in the source (the call would not be wormhole's).
+    """
+    a = fn.args
+    if (not isinstance(fn, ast.FunctionDef) or fn.decorator_list or fn.returns is not None
+            or a.vararg is not None or a.kwarg is not None or a.kwonlyargs or a.defaults
+            or a.kw_defaults):
+        return None
+    params = [*a.posonlyargs, *a.args]
+    if any(p.annotation is not None for p in params):
+        return None
+    names = [p.arg for p in params]
+    for node in ast.walk(tree):
+        if _binds_query(node):
+            return None
+    if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
+        return None
+    body = fn.body
+    if (len(body) > 1 and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+        body = body[1:]  # the docstring
+    stmt = body[0]
+    value: ast.expr | None
+    if isinstance(stmt, ast.Assign):
+        value = stmt.value  # targets are assigned after the value is computed
+    elif isinstance(stmt, ast.Return):
+        value = stmt.value
+    elif isinstance(stmt, ast.For):
+        value = stmt.iter
+    else:
+        return None
+    while value is not None:  # down to what is evaluated first
+        if isinstance(value, (ast.Subscript, ast.Attribute)):
+            value = value.value
+        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+            value = value.func.value
+        else:
+            break
+    if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+            and value.func.id == "query" and value.args and not value.keywords):
+        return None
+    sql, *passed = value.args
+    if not (isinstance(sql, ast.Constant) and type(sql.value) is str):
+        return None
+    indexes: list[int] = []
+    for arg in passed:
+        if not (isinstance(arg, ast.Name) and arg.id in names):
+            return None
+        indexes.append(names.index(arg.id))
+    return sql.value, len(names), tuple(indexes)
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 
@@ -4393,6 +4478,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError(_sorted(validator.findings) or [
             Finding(1, 0, "top-level", "the source must be exactly one function definition")])
     fn = validator.function
+    first = first_query(tree, fn)  # before the rewrites: it reads the user's own statements
     _defer_discarded_queries(tree, fn)
     _Rewriter().run(tree)
     _fix_locations(tree)
@@ -4409,7 +4495,8 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError([Finding(1, 0, "too-deep",
                                    "the function is nested too deeply to be compiled")]) from None
     digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
-    return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest)
+    return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest,
+                   first=first)
 
 
 def check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:
@@ -4444,7 +4531,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5193,7 +5280,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5306,7 +5393,7 @@ class Call:
     """One call as the host hands it to an executor."""
 
     __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
-                 "decoded", "stored")
+                 "decoded", "stored", "first")
 
     def __init__(
         self,
@@ -5329,6 +5416,9 @@ class Call:
         #: (name, marshalled code) that ``wormhole_install`` checked under this whitelist and
         #: Python, when the host has it: then this process need not import the policy
         self.stored: tuple[str, bytes] | None = None
+        #: ``(sql, params)``: the statement this call runs first (``policy.first_query`` bound
+        #: to the call's arguments by the host), which the worker's backend runs ahead
+        self.first: tuple[str, list[Any]] | None = None
 
 
 class BadArguments(DatabaseError):
@@ -5606,7 +5696,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5840,7 +5930,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6350,7 +6440,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6900,7 +6990,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7278,7 +7368,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7570,6 +7660,10 @@ class WorkerExecutor:
         #: statements the worker waited for (``query``) and sent without waiting (``nowait``)
         self.answered = 0
         self.deferred = 0
+        #: first statements run ahead (``call.first``) whose result answered the worker's first
+        #: ``query``, and those the worker did not ask for (none, unless the analysis is wrong)
+        self.ahead = 0
+        self.ahead_unused = 0
         self.last_start_seconds = 0.0
         #: whether the current worker is one ``spawn.prestart`` started early
         self.adopted = False
@@ -7782,6 +7876,9 @@ class WorkerExecutor:
         else:
             call_id, spin = self._send_call(worker, call, tick)
         chan.spin = spin
+        # the statement the function runs first, run now, while the worker wakes up and gets
+        # there: its answer is ready when the worker asks for exactly that statement
+        ahead = None if call.first is None else _run_ahead(port, call.first, chan.max_frame)
         woken = False
         recycle = False
         told = False  # the worker knows (it answered a query with it): its result is that error
@@ -7801,6 +7898,15 @@ class WorkerExecutor:
                     raise ProtocolError(
                         f"message for call {header.get('id')!r}, expected {call_id}")
                 op = header["op"]
+                if ahead is not None:  # the worker's first message: is it that statement?
+                    request, answer_op, answer = ahead
+                    ahead = None
+                    if op == QUERY and (payload == request or _same(payload, request)):
+                        self.answered += 1
+                        self.ahead += 1
+                        chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
+                        continue
+                    self.ahead_unused += 1
                 if op == QUERY:
                     self.answered += 1
                     if failure is None:
@@ -8033,8 +8139,47 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 def _serve_query(port: QueryPort, payload: bytes) -> tuple[str, bytes]:
     """Run one ``query`` request from the worker; returns the answer (op, body)."""
     request = _request(payload, _REQUEST_KEYS)
+    return _answer(port, request["sql"], request["params"])
+
+
+def _run_ahead(port: QueryPort, first: tuple[str, list[Any]],
+               max_frame: int) -> tuple[bytes, str, bytes] | None:
+    """Run the call's first statement (``call.first``) before the worker asks for it:
+    ``(the request the worker will send for it, answer op, answer body)``.
+
+    ``policy.first_query`` found that the function runs ``query(sql, *params)`` before
+    anything else, with these arguments; the request is encoded here as the worker's
+    ``ChannelPort`` encodes it (same codec, same values: the arguments decode the same on both
+    sides). A statement the worker would refuse to send (a parameter the codec cannot encode,
+    text that is not Unicode, a frame over the limit) is not run: its ``query()`` raises
+    there, before any statement.
+    """
+    sql, params = first
     try:
-        rows = port.query(request["sql"], request["params"])
+        request = codec.encode_query(sql, params).encode("utf-8")
+    except Exception:  # noqa: BLE001 - whatever the worker's encoding would raise there
+        return None
+    if len(request) > max_frame:
+        return None
+    return (request, *_answer(port, sql, params))
+
+
+def _same(payload: bytes, request: bytes) -> bool:
+    """Is the worker's request ``payload`` the statement ``request`` (which this backend
+    encoded), though not byte for byte? Decoded and encoded again here, so a worker whose
+    Python writes a value differently still gets the answer, and the statement is not run
+    twice."""
+    try:
+        mine = _request(payload, _REQUEST_KEYS)
+        return codec.encode_query(mine["sql"], mine["params"]).encode("utf-8") == request
+    except Exception:  # noqa: BLE001 - malformed: served (and refused) as any request
+        return False
+
+
+def _answer(port: QueryPort, sql: str, params: list[Any]) -> tuple[str, bytes]:
+    """Run a statement for the worker: ``(rows, pickled rows)`` or ``(qerr, the error)``."""
+    try:
+        rows = port.query(sql, params)
         try:
             body = _pickle(_rows_value(rows))
         except Exception as exc:  # noqa: BLE001 - pickle's own errors (PicklingError) too
@@ -8241,7 +8386,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8272,6 +8417,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import policy, sandbox
+    from .rules import FirstQuery
 else:
     class _Sibling:
         """A sibling module imported on first use, then bound in its place: a warm in-process
@@ -8557,14 +8703,31 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
 
 class _Stored:
     """An installed function as the backend caches it: its source and, when usable here, the
-    checked code ``wormhole_install`` stored (marshal; same Python, same whitelist)."""
+    checked code ``wormhole_install`` stored (marshal; same Python, same whitelist) and the
+    statement its every call runs first (``policy.first_query``)."""
 
-    __slots__ = ("source", "name", "code")
+    __slots__ = ("source", "name", "code", "first")
 
-    def __init__(self, source: str, name: str, code: bytes | None) -> None:
+    def __init__(self, source: str, name: str, code: bytes | None,
+                 first: FirstQuery | None = None) -> None:
         self.source = source
         self.name = name
         self.code = code
+        self.first = first
+
+
+def _first_query(text: object) -> FirstQuery | None:
+    """``wormhole_functions.first_query`` as ``wormhole_install`` wrote it, or None."""
+    if type(text) is not str:
+        return None
+    try:
+        sql, count, indexes = json.loads(text)
+    except ValueError:
+        return None
+    if (type(sql) is not str or type(count) is not int or type(indexes) is not list
+            or not all(type(i) is int and 0 <= i < count for i in indexes)):
+        return None
+    return sql, count, tuple(indexes)
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
@@ -8583,7 +8746,8 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
         usable = (code is not None and row["code_magic"] is not None
                   and bytes(row["code_magic"]) == _magic()
                   and row["code_key"] == code_key(state.modules))
-        stored = _Stored(row["source"], row["name"], bytes(code) if usable else None)
+        stored = _Stored(row["source"], row["name"], bytes(code) if usable else None,
+                         _first_query(row["first_query"]) if usable else None)
         if len(state.source_cache) > 1024:
             state.source_cache.clear()
         state.source_cache[function_hash] = stored
@@ -8672,15 +8836,17 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
     plan = plpy.prepare(
         "WITH ins AS ("
         " INSERT INTO public.wormhole_functions"
-        "  (hash, name, source, installed_by, code, code_magic, code_key)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
+        "  (hash, name, source, installed_by, code, code_magic, code_key, first_query)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
         " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"
         " SELECT $4, 'install', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"
         "   THEN 'accepted' ELSE 'accepted (already installed)' END",
-        ["text", "text", "text", "name", "bytea", "bytea", "text"],
+        ["text", "text", "text", "name", "bytea", "bytea", "text", "text"],
     )
+    first = None if checked.first is None else json.dumps(
+        [checked.first[0], checked.first[1], list(checked.first[2])])
     plpy.execute(plan, [checked.source_hash, checked.name, source, who,
-                        marshal.dumps(checked.code), _magic(), code_key(state.modules)])
+                        marshal.dumps(checked.code), _magic(), code_key(state.modules), first])
     event.update(verdict="accepted", name=checked.name)
     _audit_log(plpy, event)
     return checked.source_hash
@@ -8767,6 +8933,13 @@ def _execute(plpy: Any, state: Backend, function_hash: str, args_json: str, miss
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
         if stored.code is not None:
             call.stored = (stored.name, stored.code)
+    elif stored.first is not None:
+        # the statement the function runs first, with these arguments: the worker's backend
+        # runs it ahead (sandbox.WorkerExecutor); only for a call that binds positionally
+        sql, count, indexes = stored.first
+        args, kwargs = decoded
+        if not kwargs and len(args) == count:
+            call.first = (sql, [args[i] for i in indexes])
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)
@@ -9133,10 +9306,19 @@ CREATE TRIGGER wormhole_functions_changed AFTER UPDATE OR DELETE ON public.wormh
 
 -- Private helpers (SECURITY DEFINER, pinned search_path, everything schema-qualified) ---------
 DROP FUNCTION IF EXISTS public._wormhole_source(text);
+DO $do$ BEGIN  -- an older install's version has fewer OUT columns: replace it
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc
+             WHERE oid = 'public._wormhole_function(text)'::pg_catalog.regprocedure
+               AND NOT ('first_query' = ANY (proargnames))) THEN
+    DROP FUNCTION public._wormhole_function(text);
+  END IF;
+EXCEPTION WHEN undefined_function THEN NULL;
+END $do$;
 CREATE OR REPLACE FUNCTION public._wormhole_function(function_hash text,
-  OUT source text, OUT name text, OUT code bytea, OUT code_magic bytea, OUT code_key text)
+  OUT source text, OUT name text, OUT code bytea, OUT code_magic bytea, OUT code_key text,
+  OUT first_query text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT f.source, f.name, f.code, f.code_magic, f.code_key
+  SELECT f.source, f.name, f.code, f.code_magic, f.code_key, f.first_query
   FROM public.wormhole_functions f WHERE f.hash = function_hash
 $fn$;
 CREATE OR REPLACE FUNCTION public._wormhole_config() RETURNS text
@@ -9180,7 +9362,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9196,7 +9378,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb']):
+                for r in plpy.execute(plan, ['fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9246,7 +9428,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '8428c438f6771ddce5b5864c359d1c47ce658be865457f64d36b7b20fac154bb'
+    _pkg.CODE_TAG = 'fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

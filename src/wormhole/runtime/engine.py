@@ -111,7 +111,7 @@ class Call:
     """One call as the host hands it to an executor."""
 
     __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
-                 "decoded", "stored")
+                 "decoded", "stored", "first")
 
     def __init__(
         self,
@@ -134,6 +134,9 @@ class Call:
         #: (name, marshalled code) that ``wormhole_install`` checked under this whitelist and
         #: Python, when the host has it: then this process need not import the policy
         self.stored: tuple[str, bytes] | None = None
+        #: ``(sql, params)``: the statement this call runs first (``policy.first_query`` bound
+        #: to the call's arguments by the host), which the worker's backend runs ahead
+        self.first: tuple[str, list[Any]] | None = None
 
 
 class BadArguments(DatabaseError):

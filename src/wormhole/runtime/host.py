@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import policy, sandbox
+    from .rules import FirstQuery
 else:
     class _Sibling:
         """A sibling module imported on first use, then bound in its place: a warm in-process
@@ -314,14 +315,31 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
 
 class _Stored:
     """An installed function as the backend caches it: its source and, when usable here, the
-    checked code ``wormhole_install`` stored (marshal; same Python, same whitelist)."""
+    checked code ``wormhole_install`` stored (marshal; same Python, same whitelist) and the
+    statement its every call runs first (``policy.first_query``)."""
 
-    __slots__ = ("source", "name", "code")
+    __slots__ = ("source", "name", "code", "first")
 
-    def __init__(self, source: str, name: str, code: bytes | None) -> None:
+    def __init__(self, source: str, name: str, code: bytes | None,
+                 first: FirstQuery | None = None) -> None:
         self.source = source
         self.name = name
         self.code = code
+        self.first = first
+
+
+def _first_query(text: object) -> FirstQuery | None:
+    """``wormhole_functions.first_query`` as ``wormhole_install`` wrote it, or None."""
+    if type(text) is not str:
+        return None
+    try:
+        sql, count, indexes = json.loads(text)
+    except ValueError:
+        return None
+    if (type(sql) is not str or type(count) is not int or type(indexes) is not list
+            or not all(type(i) is int and 0 <= i < count for i in indexes)):
+        return None
+    return sql, count, tuple(indexes)
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
@@ -340,7 +358,8 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
         usable = (code is not None and row["code_magic"] is not None
                   and bytes(row["code_magic"]) == _magic()
                   and row["code_key"] == code_key(state.modules))
-        stored = _Stored(row["source"], row["name"], bytes(code) if usable else None)
+        stored = _Stored(row["source"], row["name"], bytes(code) if usable else None,
+                         _first_query(row["first_query"]) if usable else None)
         if len(state.source_cache) > 1024:
             state.source_cache.clear()
         state.source_cache[function_hash] = stored
@@ -429,15 +448,17 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
     plan = plpy.prepare(
         "WITH ins AS ("
         " INSERT INTO public.wormhole_functions"
-        "  (hash, name, source, installed_by, code, code_magic, code_key)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
+        "  (hash, name, source, installed_by, code, code_magic, code_key, first_query)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
         " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"
         " SELECT $4, 'install', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"
         "   THEN 'accepted' ELSE 'accepted (already installed)' END",
-        ["text", "text", "text", "name", "bytea", "bytea", "text"],
+        ["text", "text", "text", "name", "bytea", "bytea", "text", "text"],
     )
+    first = None if checked.first is None else json.dumps(
+        [checked.first[0], checked.first[1], list(checked.first[2])])
     plpy.execute(plan, [checked.source_hash, checked.name, source, who,
-                        marshal.dumps(checked.code), _magic(), code_key(state.modules)])
+                        marshal.dumps(checked.code), _magic(), code_key(state.modules), first])
     event.update(verdict="accepted", name=checked.name)
     _audit_log(plpy, event)
     return checked.source_hash
@@ -524,6 +545,13 @@ def _execute(plpy: Any, state: Backend, function_hash: str, args_json: str, miss
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
         if stored.code is not None:
             call.stored = (stored.name, stored.code)
+    elif stored.first is not None:
+        # the statement the function runs first, with these arguments: the worker's backend
+        # runs it ahead (sandbox.WorkerExecutor); only for a call that binds positionally
+        sql, count, indexes = stored.first
+        args, kwargs = decoded
+        if not kwargs and len(args) == count:
+            call.first = (sql, [args[i] for i in indexes])
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)

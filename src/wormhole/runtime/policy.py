@@ -64,9 +64,11 @@ __all__ = [
     "HOOKS",
     "Checked",
     "Finding",
+    "FirstQuery",
     "PolicyError",
     "allowed_names",
     "check",
+    "first_query",
 ]
 
 from .rules import (  # noqa: F401 - re-exported: the rules are part of the policy's API
@@ -81,6 +83,7 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     FORBIDDEN_ATTRIBUTES,
     FORBIDDEN_NAMES,
     Finding,
+    FirstQuery,
     GETATTR,
     GLOBAL_NAMES,
     HARD_DENY,
@@ -1185,6 +1188,76 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
     return count
 
 
+def first_query(tree: ast.Module, fn: ast.FunctionDef) -> FirstQuery | None:
+    """The statement every call of ``fn`` runs before anything else, if its source says so:
+    ``(sql, positional parameters, indexes of the parameters it passes)``, else None.
+
+    The confined worker's backend runs it while the worker wakes up and reaches it, and
+    answers the worker's first ``query`` with its result when that request is byte for byte
+    this statement with the call's arguments (``sandbox.WorkerExecutor``). So it must be
+    certain that a call which binds its arguments runs exactly this statement first, and
+    nothing the function does before could fail, branch or have effects:
+
+    * the first statement (after a docstring) is an assignment, ``return`` or ``for`` whose
+      value starts by calling ``query`` (``query(...)[0]["x"]``, ``query(...).attr``: the
+      subscripts, attributes and method calls around it are evaluated after it);
+    * ``query`` gets a literal SQL text and then only the function's own parameters, no
+      keywords, no ``*``;
+    * the parameters are plain positional ones: no defaults or annotations (evaluated when the
+      function is defined, which could fail), no ``*args``, keyword-only or ``**kwargs``, no
+      decorators; the function is neither a generator nor ``async`` (its body would not run
+      when it is called);
+    * ``query`` is bound nowhere in the source (the call would not be wormhole's).
+    """
+    a = fn.args
+    if (not isinstance(fn, ast.FunctionDef) or fn.decorator_list or fn.returns is not None
+            or a.vararg is not None or a.kwarg is not None or a.kwonlyargs or a.defaults
+            or a.kw_defaults):
+        return None
+    params = [*a.posonlyargs, *a.args]
+    if any(p.annotation is not None for p in params):
+        return None
+    names = [p.arg for p in params]
+    for node in ast.walk(tree):
+        if _binds_query(node):
+            return None
+    if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
+        return None
+    body = fn.body
+    if (len(body) > 1 and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+        body = body[1:]  # the docstring
+    stmt = body[0]
+    value: ast.expr | None
+    if isinstance(stmt, ast.Assign):
+        value = stmt.value  # targets are assigned after the value is computed
+    elif isinstance(stmt, ast.Return):
+        value = stmt.value
+    elif isinstance(stmt, ast.For):
+        value = stmt.iter
+    else:
+        return None
+    while value is not None:  # down to what is evaluated first
+        if isinstance(value, (ast.Subscript, ast.Attribute)):
+            value = value.value
+        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+            value = value.func.value
+        else:
+            break
+    if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+            and value.func.id == "query" and value.args and not value.keywords):
+        return None
+    sql, *passed = value.args
+    if not (isinstance(sql, ast.Constant) and type(sql.value) is str):
+        return None
+    indexes: list[int] = []
+    for arg in passed:
+        if not (isinstance(arg, ast.Name) and arg.id in names):
+            return None
+        indexes.append(names.index(arg.id))
+    return sql.value, len(names), tuple(indexes)
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 
@@ -1269,6 +1342,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError(_sorted(validator.findings) or [
             Finding(1, 0, "top-level", "the source must be exactly one function definition")])
     fn = validator.function
+    first = first_query(tree, fn)  # before the rewrites: it reads the user's own statements
     _defer_discarded_queries(tree, fn)
     _Rewriter().run(tree)
     _fix_locations(tree)
@@ -1285,7 +1359,8 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError([Finding(1, 0, "too-deep",
                                    "the function is nested too deeply to be compiled")]) from None
     digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
-    return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest)
+    return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest,
+                   first=first)
 
 
 def check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:

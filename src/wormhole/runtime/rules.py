@@ -371,20 +371,28 @@ class PolicyError(Exception):
         return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
 
 
+#: ``(sql, positional parameters, indexes of the parameters passed)``: the statement a function
+#: runs first whatever it is given, ``query(sql, *[args[i] for i in indexes])`` for a call
+#: with exactly that many positional arguments and no keywords (``policy.first_query``)
+FirstQuery = tuple[str, int, tuple[int, ...]]
+
+
 class Checked:
     """A function that passed: its name, compiled module code, parameter names and hash.
 
     ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
     """
 
-    __slots__ = ("name", "code", "params", "source_hash")
+    __slots__ = ("name", "code", "params", "source_hash", "first")
 
     def __init__(self, name: str, code: CodeType, params: tuple[str, ...],
-                 source_hash: str) -> None:
+                 source_hash: str, first: FirstQuery | None = None) -> None:
         self.name = name
         self.code = code
         self.params = params
         self.source_hash = source_hash
+        #: the statement every call runs first, when the source says so (``policy.first_query``)
+        self.first = first
 
     def __repr__(self) -> str:
         return f"Checked(name={self.name!r}, params={self.params!r}, hash={self.source_hash!r})"

@@ -290,6 +290,10 @@ class WorkerExecutor:
         #: statements the worker waited for (``query``) and sent without waiting (``nowait``)
         self.answered = 0
         self.deferred = 0
+        #: first statements run ahead (``call.first``) whose result answered the worker's first
+        #: ``query``, and those the worker did not ask for (none, unless the analysis is wrong)
+        self.ahead = 0
+        self.ahead_unused = 0
         self.last_start_seconds = 0.0
         #: whether the current worker is one ``spawn.prestart`` started early
         self.adopted = False
@@ -502,6 +506,9 @@ class WorkerExecutor:
         else:
             call_id, spin = self._send_call(worker, call, tick)
         chan.spin = spin
+        # the statement the function runs first, run now, while the worker wakes up and gets
+        # there: its answer is ready when the worker asks for exactly that statement
+        ahead = None if call.first is None else _run_ahead(port, call.first, chan.max_frame)
         woken = False
         recycle = False
         told = False  # the worker knows (it answered a query with it): its result is that error
@@ -521,6 +528,15 @@ class WorkerExecutor:
                     raise ProtocolError(
                         f"message for call {header.get('id')!r}, expected {call_id}")
                 op = header["op"]
+                if ahead is not None:  # the worker's first message: is it that statement?
+                    request, answer_op, answer = ahead
+                    ahead = None
+                    if op == QUERY and (payload == request or _same(payload, request)):
+                        self.answered += 1
+                        self.ahead += 1
+                        chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
+                        continue
+                    self.ahead_unused += 1
                 if op == QUERY:
                     self.answered += 1
                     if failure is None:
@@ -753,8 +769,47 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 def _serve_query(port: QueryPort, payload: bytes) -> tuple[str, bytes]:
     """Run one ``query`` request from the worker; returns the answer (op, body)."""
     request = _request(payload, _REQUEST_KEYS)
+    return _answer(port, request["sql"], request["params"])
+
+
+def _run_ahead(port: QueryPort, first: tuple[str, list[Any]],
+               max_frame: int) -> tuple[bytes, str, bytes] | None:
+    """Run the call's first statement (``call.first``) before the worker asks for it:
+    ``(the request the worker will send for it, answer op, answer body)``.
+
+    ``policy.first_query`` found that the function runs ``query(sql, *params)`` before
+    anything else, with these arguments; the request is encoded here as the worker's
+    ``ChannelPort`` encodes it (same codec, same values: the arguments decode the same on both
+    sides). A statement the worker would refuse to send (a parameter the codec cannot encode,
+    text that is not Unicode, a frame over the limit) is not run: its ``query()`` raises
+    there, before any statement.
+    """
+    sql, params = first
     try:
-        rows = port.query(request["sql"], request["params"])
+        request = codec.encode_query(sql, params).encode("utf-8")
+    except Exception:  # noqa: BLE001 - whatever the worker's encoding would raise there
+        return None
+    if len(request) > max_frame:
+        return None
+    return (request, *_answer(port, sql, params))
+
+
+def _same(payload: bytes, request: bytes) -> bool:
+    """Is the worker's request ``payload`` the statement ``request`` (which this backend
+    encoded), though not byte for byte? Decoded and encoded again here, so a worker whose
+    Python writes a value differently still gets the answer, and the statement is not run
+    twice."""
+    try:
+        mine = _request(payload, _REQUEST_KEYS)
+        return codec.encode_query(mine["sql"], mine["params"]).encode("utf-8") == request
+    except Exception:  # noqa: BLE001 - malformed: served (and refused) as any request
+        return False
+
+
+def _answer(port: QueryPort, sql: str, params: list[Any]) -> tuple[str, bytes]:
+    """Run a statement for the worker: ``(rows, pickled rows)`` or ``(qerr, the error)``."""
+    try:
+        rows = port.query(sql, params)
         try:
             body = _pickle(_rows_value(rows))
         except Exception as exc:  # noqa: BLE001 - pickle's own errors (PicklingError) too

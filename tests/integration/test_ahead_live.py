@@ -1,0 +1,154 @@
+"""The first statement run ahead, against a real PostgreSQL, in both execution modes.
+
+``wormhole_install`` keeps the statement a function runs first, whatever it is given
+(``policy.first_query``), with its checked code. In the confined worker the backend runs it,
+with the call's arguments, while the worker wakes up and reaches it, and answers the worker's
+first ``query`` with its result. That may change nothing a function does: the statement runs
+once per call, never when the call cannot bind its arguments, and its effects go with the call's
+when the call fails. A sequence shows every time the statement ran (``nextval`` is never rolled
+back). ``wh_worker()`` (a superuser's helper, for the test only) reads the executor's counters.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import psycopg
+import pytest
+
+import wormhole
+from tests.helpers import WORKER_PROBE_SQL, worker_state
+from wormhole import errors, query, remote
+
+COUNTERS = ("answered", "ahead", "ahead_unused")
+
+
+@pytest.fixture
+def shop(db):
+    db.setup_sql(
+        "CREATE SEQUENCE ticket;"
+        "CREATE TABLE tickets (id bigint PRIMARY KEY, who text NOT NULL);"
+    )
+    db.setup_sql(WORKER_PROBE_SQL, grant=False)
+    return db
+
+
+@remote
+def issue(who):
+    ticket = query("SELECT nextval('ticket') AS n")[0]["n"]
+    query("INSERT INTO tickets VALUES ($1, $2)", ticket, who)
+    if who == "nobody":
+        raise ValueError("no ticket for nobody")
+    return ticket
+
+
+@remote
+def lookup(ticket):
+    who = query("SELECT who FROM tickets WHERE id = $1", ticket)[0]["who"]  # LOOKUP
+    return who
+
+
+def _last_value(db) -> int:
+    with db.admin() as a:
+        return a.execute("SELECT last_value FROM ticket").fetchone()[0]
+
+
+def _tickets(db) -> list[tuple[int, str]]:
+    with db.admin() as a:
+        return a.execute("SELECT id, who FROM tickets ORDER BY id").fetchall()
+
+
+@pytest.fixture(params=["worker", "in-process"])
+def mode(request, shop):
+    if request.param == "in-process":
+        with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+            issue.install()
+            lookup.install()
+        with shop.admin() as a:
+            a.execute("SELECT wormhole_approve(%s), wormhole_approve(%s)",
+                      (issue.hash, lookup.hash))
+    return request.param
+
+
+def test_install_keeps_the_statement_a_function_runs_first(shop):
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        issue.install()
+        lookup.install()
+
+        @remote
+        def later(n):
+            m = n + 1
+            return query("SELECT $1::int AS m", m)
+
+        later.install()
+    with shop.admin() as a:
+        rows = dict(a.execute("SELECT name, first_query FROM wormhole_functions").fetchall())
+    assert rows == {
+        "issue": '["SELECT nextval(\'ticket\') AS n", 1, []]',
+        "lookup": '["SELECT who FROM tickets WHERE id = $1", 1, [0]]',
+        "later": None,
+    }
+
+
+def test_the_first_statement_runs_once_per_call(shop, mode):
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        assert [issue("ada"), issue("grace"), issue("alan")] == [1, 2, 3]
+        assert lookup(2) == "grace"
+    assert _last_value(shop) == 3
+    assert _tickets(shop) == [(1, "ada"), (2, "grace"), (3, "alan")]
+
+
+def test_in_the_worker_it_answers_the_first_query_without_a_round_trip_more(shop):
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        issue("ada")
+        before = worker_state(c, COUNTERS)
+        assert issue("grace") == 2
+        assert lookup(1) == "ada"
+        after = worker_state(c, COUNTERS)
+    delta = {k: after[k] - before[k] for k in COUNTERS}
+    # two calls, each with one answered query: both answered from the statement run ahead
+    assert delta == {"answered": 2, "ahead": 2, "ahead_unused": 0}
+
+
+def test_its_effects_go_with_a_failed_call(shop, mode):
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        with pytest.raises(ValueError, match="no ticket for nobody"):
+            issue("nobody")
+        assert issue("ada") == 2
+    # the failed call's INSERT is gone with it; its nextval, like any nextval, is not
+    assert _tickets(shop) == [(2, "ada")]
+
+
+def test_its_error_is_the_functions_at_its_line(shop, mode):
+    with psycopg.connect(shop.dsn()) as c, wormhole.connection(c):
+        with pytest.raises(errors.DataError) as info:
+            lookup("not a number")
+        assert info.value.sqlstate == "22P02"
+        frames = [f for f in traceback.extract_tb(info.value.__traceback__)
+                  if f.filename == __file__ and f.name == "lookup"]
+        assert frames and "# LOOKUP" in (frames[-1].line or "")
+        with pytest.raises(IndexError):
+            lookup(12345)
+        c.rollback()
+
+
+def test_a_call_that_cannot_bind_its_arguments_runs_nothing(shop):
+    """Straight to wormhole_execute: too many arguments, keywords. The function never starts
+    (TypeError in the worker), so its first statement must not have run either: the sequence
+    did not move. Keywords that do bind run it the usual way (asked by the worker)."""
+    with psycopg.connect(shop.dsn(), autocommit=True) as c:
+        with wormhole.connection(c):
+            assert issue("ada") == 1
+        before = worker_state(c, COUNTERS)
+        for args in ('[["a", "b"], {}]', '[[], {}]', '[[], {"whom": "x"}]'):
+            text = c.execute("SELECT wormhole_execute(%s, %s)",
+                             (issue.hash, args)).fetchone()[0]
+            assert '"TypeError"' in text, text
+        assert _last_value(shop) == 1
+        text = c.execute("SELECT wormhole_execute(%s, %s)",
+                         (issue.hash, '[[], {"who": "kw"}]')).fetchone()[0]
+        assert text.startswith('{"ok":2'), text
+        after = worker_state(c, COUNTERS)
+    assert {k: after[k] - before[k] for k in COUNTERS} == {
+        "answered": 1, "ahead": 0, "ahead_unused": 0}
+    assert _last_value(shop) == 2
