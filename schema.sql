@@ -43,10 +43,10 @@ CREATE TABLE IF NOT EXISTS public.wormhole_functions (
 -- without importing the policy's parser; on any mismatch it checks the source again
 ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS code bytea,
   ADD COLUMN IF NOT EXISTS code_magic bytea, ADD COLUMN IF NOT EXISTS code_key text;
--- the statement every call of the function runs first, when its source says so (JSON
--- [sql, positional parameters, [indexes passed]], valid with the code): the backend of a
--- confined worker runs it while the worker starts the call
-ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS first_query text;
+-- the statements every call of the function starts with, as far as its source says so (JSON,
+-- valid with the code; runtime/policy.py: ahead_statements): the backend of a confined worker
+-- runs them before the worker asks
+ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS ahead text;
 CREATE TABLE IF NOT EXISTS public.wormhole_audit (
   id      bigserial PRIMARY KEY,
   at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1350,7 +1350,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2263,7 +2263,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2732,7 +2732,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3105,10 +3105,15 @@ class PolicyError(Exception):
         return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
 
 
-#: ``(sql, positional parameters, indexes of the parameters passed)``: the statement a function
-#: runs first whatever it is given, ``query(sql, *[args[i] for i in indexes])`` for a call
-#: with exactly that many positional arguments and no keywords (``policy.first_query``)
-FirstQuery = tuple[str, int, tuple[int, ...]]
+#: one statement of a function's leading chain (``policy.ahead_statements``): ``(sql,
+#: arguments, keys)``, each argument ``(source, keys)`` with its source a parameter's index
+#: (``>= 0``) or ``-1 - i`` for what step ``i`` assigned (its rows subscripted with its keys)
+AheadStep = tuple[str, tuple[tuple[int, tuple[int | str, ...]], ...], tuple[int | str, ...]]
+#: ``(positional parameters, steps)``: the statements a function starts with, whatever it is
+#: given, for a call with exactly that many positional arguments and no keywords
+Ahead = tuple[int, tuple[AheadStep, ...]]
+#: the longest chain kept
+MAX_AHEAD = 8
 
 
 class Checked:
@@ -3117,16 +3122,17 @@ class Checked:
     ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
     """
 
-    __slots__ = ("name", "code", "params", "source_hash", "first")
+    __slots__ = ("name", "code", "params", "source_hash", "ahead")
 
     def __init__(self, name: str, code: CodeType, params: tuple[str, ...],
-                 source_hash: str, first: FirstQuery | None = None) -> None:
+                 source_hash: str, ahead: Ahead | None = None) -> None:
         self.name = name
         self.code = code
         self.params = params
         self.source_hash = source_hash
-        #: the statement every call runs first, when the source says so (``policy.first_query``)
-        self.first = first
+        #: the statements every call starts with, as far as the source says so
+        #: (``policy.ahead_statements``)
+        self.ahead = ahead
 
     def __repr__(self) -> str:
         return f"Checked(name={self.name!r}, params={self.params!r}, hash={self.source_hash!r})"
@@ -3134,7 +3140,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3199,12 +3205,12 @@ __all__ = [
     "FORBIDDEN_NAMES",
     "HOOKS",
     "Checked",
+    "Ahead",
     "Finding",
-    "FirstQuery",
     "PolicyError",
+    "ahead_statements",
     "allowed_names",
     "check",
-    "first_query",
 ]
 
 from .rules import (  # noqa: F401 - re-exported: the rules are part of the policy's API
@@ -3218,8 +3224,9 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     FILENAME,
     FORBIDDEN_ATTRIBUTES,
     FORBIDDEN_NAMES,
+    Ahead,
+    AheadStep,
     Finding,
-    FirstQuery,
     GETATTR,
     GLOBAL_NAMES,
     HARD_DENY,
@@ -3228,6 +3235,7 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     IMUL,
     IPOW,
     LSHIFT,
+    MAX_AHEAD,
     MAX_DEPTH,
     MAX_FINDINGS,
     MAX_NODES,
@@ -4324,26 +4332,38 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
     return count
 
 
-def first_query(tree: ast.Module, fn: ast.FunctionDef) -> FirstQuery | None:
-    """The statement every call of ``fn`` runs before anything else, if its source says so:
-    ``(sql, positional parameters, indexes of the parameters it passes)``, else None.
+def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
+    """The statements every call of ``fn`` starts with, whatever it is given, as far as its
+    source says so: ``(positional parameters, steps)``, or None.
 
-    The confined worker's backend runs it while the worker wakes up and reaches it, and
-    answers the worker's first ``query`` with its result when that request is byte for byte
-    this statement with the call's arguments (``sandbox.WorkerExecutor``). So it must be
-    certain that a call which binds its arguments runs exactly this statement first, and
-    nothing the function does before could fail, branch or have effects:
+    The confined worker's backend runs each of them before the worker asks for it (the first
+    as soon as the call starts, each next one right after answering the one before), and
+    answers the worker's ``query`` from it when the request is exactly that statement
+    (``sandbox._Ahead``). So it must be certain that a call which binds its arguments runs
+    exactly these statements, in this order, before anything else, and that nothing between
+    them could fail, branch or have an effect that the backend cannot see for itself:
 
-    * the first statement (after a docstring) is an assignment, ``return`` or ``for`` whose
-      value starts by calling ``query`` (``query(...)[0]["x"]``, ``query(...).attr``: the
-      subscripts, attributes and method calls around it are evaluated after it);
-    * ``query`` gets a literal SQL text and then only the function's own parameters, no
-      keywords, no ``*``;
+    * the first statement (after a docstring) and each next one is an assignment, ``return``
+      or ``for`` whose value starts by calling ``query`` (``query(...)[0]["x"]``,
+      ``query(...).attr``: the subscripts, attributes and method calls around it are evaluated
+      after it);
+    * ``query`` gets a literal SQL text and then, as arguments, only the function's parameters
+      or what an earlier statement of the chain assigned, possibly subscripted with literal
+      ints and strings (``order["product_id"]``): the backend evaluates those on the same
+      values (rows are lists of dicts of plain values), and where that raises, the function
+      raises too and the chain stops;
+    * a statement is followed by the next only when it assigns one plain name a value made of
+      the ``query`` call and literal subscripts alone, which the backend evaluates the same way
+      (``rows[0]`` raising ``IndexError`` for no rows ends the function, and the chain);
     * the parameters are plain positional ones: no defaults or annotations (evaluated when the
       function is defined, which could fail), no ``*args``, keyword-only or ``**kwargs``, no
       decorators; the function is neither a generator nor ``async`` (its body would not run
       when it is called);
     * ``query`` is bound nowhere in the source (the call would not be wormhole's).
+
+    A step is ``(sql, arguments, keys)``: each argument ``(source, keys)``, its source a
+    parameter's index (``>= 0``) or ``-1 - i`` for what step ``i`` assigned; the step's own
+    ``keys`` give what it assigns (its rows, subscripted), for the steps after it.
     """
     a = fn.args
     if (not isinstance(fn, ast.FunctionDef) or fn.decorator_list or fn.returns is not None
@@ -4353,7 +4373,6 @@ def first_query(tree: ast.Module, fn: ast.FunctionDef) -> FirstQuery | None:
     params = [*a.posonlyargs, *a.args]
     if any(p.annotation is not None for p in params):
         return None
-    names = [p.arg for p in params]
     for node in ast.walk(tree):
         if _binds_query(node):
             return None
@@ -4363,35 +4382,67 @@ def first_query(tree: ast.Module, fn: ast.FunctionDef) -> FirstQuery | None:
     if (len(body) > 1 and isinstance(body[0], ast.Expr)
             and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
         body = body[1:]  # the docstring
-    stmt = body[0]
-    value: ast.expr | None
-    if isinstance(stmt, ast.Assign):
-        value = stmt.value  # targets are assigned after the value is computed
-    elif isinstance(stmt, ast.Return):
-        value = stmt.value
-    elif isinstance(stmt, ast.For):
-        value = stmt.iter
-    else:
-        return None
-    while value is not None:  # down to what is evaluated first
-        if isinstance(value, (ast.Subscript, ast.Attribute)):
-            value = value.value
-        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
-            value = value.func.value
+    #: what each name holds as the chain runs: a parameter (>= 0) or a step's value (< 0)
+    names: dict[str, int] = {p.arg: i for i, p in enumerate(params)}
+    steps: list[AheadStep] = []
+    for stmt in body[:MAX_AHEAD]:
+        value: ast.expr | None
+        if isinstance(stmt, ast.Assign):
+            value = stmt.value  # targets are assigned after the value is computed
+        elif isinstance(stmt, (ast.Return, ast.For)):
+            value = stmt.value if isinstance(stmt, ast.Return) else stmt.iter
         else:
             break
-    if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
-            and value.func.id == "query" and value.args and not value.keywords):
-        return None
-    sql, *passed = value.args
-    if not (isinstance(sql, ast.Constant) and type(sql.value) is str):
-        return None
-    indexes: list[int] = []
-    for arg in passed:
-        if not (isinstance(arg, ast.Name) and arg.id in names):
+        keys: list[int | str] | None = []  # the literal subscripts around the call, if only
+        while value is not None:  # down to what is evaluated first
+            if isinstance(value, ast.Subscript):
+                key = _literal_key(value.slice)
+                if key is None or keys is None:
+                    keys = None
+                else:
+                    keys.insert(0, key)
+                value = value.value
+            elif isinstance(value, ast.Attribute):
+                keys, value = None, value.value
+            elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+                keys, value = None, value.func.value
+            else:
+                break
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                and value.func.id == "query" and value.args and not value.keywords):
+            break
+        sql, *passed = value.args
+        if not (isinstance(sql, ast.Constant) and type(sql.value) is str):
+            break
+        refs = [_ahead_ref(arg, names) for arg in passed]
+        if any(ref is None for ref in refs):
+            break
+        steps.append((sql.value, tuple(r for r in refs if r is not None), tuple(keys or ())))
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name) and keys is not None):
+            break
+        names[stmt.targets[0].id] = -len(steps)  # -1 - (index of this step)
+    return (len(params), tuple(steps)) if steps else None
+
+
+def _literal_key(node: ast.expr) -> int | str | None:
+    value = node.value if isinstance(node, ast.Constant) else None
+    return value if type(value) is int or type(value) is str else None
+
+
+def _ahead_ref(arg: ast.expr, names: Mapping[str, int]) -> tuple[int, tuple[int | str, ...]] | None:
+    """An argument of a statement run ahead: a name the chain knows, subscripted with
+    literals (``order["product_id"]``), as ``(source, keys)``; None for anything else."""
+    keys: list[int | str] = []
+    while isinstance(arg, ast.Subscript):
+        key = _literal_key(arg.slice)
+        if key is None:
             return None
-        indexes.append(names.index(arg.id))
-    return sql.value, len(names), tuple(indexes)
+        keys.insert(0, key)
+        arg = arg.value
+    if isinstance(arg, ast.Name) and arg.id in names:
+        return names[arg.id], tuple(keys)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -4478,7 +4529,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError(_sorted(validator.findings) or [
             Finding(1, 0, "top-level", "the source must be exactly one function definition")])
     fn = validator.function
-    first = first_query(tree, fn)  # before the rewrites: it reads the user's own statements
+    ahead = ahead_statements(tree, fn)  # before the rewrites: it reads the user's statements
     _defer_discarded_queries(tree, fn)
     _Rewriter().run(tree)
     _fix_locations(tree)
@@ -4496,7 +4547,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
                                    "the function is nested too deeply to be compiled")]) from None
     digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
     return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest,
-                   first=first)
+                   ahead=ahead)
 
 
 def check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:
@@ -4531,7 +4582,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5280,7 +5331,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5308,6 +5359,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, Protocol
+
+    from .rules import AheadStep
 
     class QueryPort(Protocol):
         """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a
@@ -5393,7 +5446,7 @@ class Call:
     """One call as the host hands it to an executor."""
 
     __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
-                 "decoded", "stored", "first")
+                 "decoded", "stored", "ahead")
 
     def __init__(
         self,
@@ -5416,9 +5469,10 @@ class Call:
         #: (name, marshalled code) that ``wormhole_install`` checked under this whitelist and
         #: Python, when the host has it: then this process need not import the policy
         self.stored: tuple[str, bytes] | None = None
-        #: ``(sql, params)``: the statement this call runs first (``policy.first_query`` bound
-        #: to the call's arguments by the host), which the worker's backend runs ahead
-        self.first: tuple[str, list[Any]] | None = None
+        #: ``(steps, arguments)``: the statements this call starts with
+        #: (``policy.ahead_statements``) and its positional arguments, which the worker's
+        #: backend runs before the worker asks (``sandbox._Ahead``)
+        self.ahead: tuple[tuple[AheadStep, ...], list[Any]] | None = None
 
 
 class BadArguments(DatabaseError):
@@ -5696,7 +5750,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5930,7 +5984,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6440,7 +6494,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -6990,7 +7044,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7368,7 +7422,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7415,6 +7469,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
+
+    from .rules import AheadStep
 
 from . import WORKER_MODULES, codec
 from .channel import (
@@ -7660,8 +7716,8 @@ class WorkerExecutor:
         #: statements the worker waited for (``query``) and sent without waiting (``nowait``)
         self.answered = 0
         self.deferred = 0
-        #: first statements run ahead (``call.first``) whose result answered the worker's first
-        #: ``query``, and those the worker did not ask for (none, unless the analysis is wrong)
+        #: statements run ahead (``call.ahead``) whose result answered the worker's ``query``,
+        #: and those the worker did not ask for (none, unless the analysis is wrong)
         self.ahead = 0
         self.ahead_unused = 0
         self.last_start_seconds = 0.0
@@ -7876,9 +7932,10 @@ class WorkerExecutor:
         else:
             call_id, spin = self._send_call(worker, call, tick)
         chan.spin = spin
-        # the statement the function runs first, run now, while the worker wakes up and gets
-        # there: its answer is ready when the worker asks for exactly that statement
-        ahead = None if call.first is None else _run_ahead(port, call.first, chan.max_frame)
+        # the statements the function starts with, each run before the worker asks for it:
+        # the first now, while the worker wakes up and gets there; the next after each answer
+        ahead = None if call.ahead is None else _Ahead(port, *call.ahead, chan.max_frame)
+        pending = None if ahead is None else ahead.next()
         woken = False
         recycle = False
         told = False  # the worker knows (it answered a query with it): its result is that error
@@ -7898,15 +7955,19 @@ class WorkerExecutor:
                     raise ProtocolError(
                         f"message for call {header.get('id')!r}, expected {call_id}")
                 op = header["op"]
-                if ahead is not None:  # the worker's first message: is it that statement?
-                    request, answer_op, answer = ahead
-                    ahead = None
+                if pending is not None:  # is this message the statement run ahead?
+                    request, answer_op, answer = pending
+                    pending = None
                     if op == QUERY and (payload == request or _same(payload, request)):
                         self.answered += 1
                         self.ahead += 1
                         chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
+                        assert ahead is not None
+                        pending = ahead.next()  # while the worker reads this answer
+                        if time.monotonic() - last_tick >= POLL_SECONDS:
+                            tick()
                         continue
-                    self.ahead_unused += 1
+                    self.ahead_unused += 1  # not what the function asked: the chain stops
                 if op == QUERY:
                     self.answered += 1
                     if failure is None:
@@ -8142,26 +8203,66 @@ def _serve_query(port: QueryPort, payload: bytes) -> tuple[str, bytes]:
     return _answer(port, request["sql"], request["params"])
 
 
-def _run_ahead(port: QueryPort, first: tuple[str, list[Any]],
-               max_frame: int) -> tuple[bytes, str, bytes] | None:
-    """Run the call's first statement (``call.first``) before the worker asks for it:
-    ``(the request the worker will send for it, answer op, answer body)``.
+class _Ahead:
+    """The statements a call starts with (``call.ahead``: ``policy.ahead_statements`` and the
+    call's positional arguments), each run before the worker asks for it.
 
-    ``policy.first_query`` found that the function runs ``query(sql, *params)`` before
-    anything else, with these arguments; the request is encoded here as the worker's
-    ``ChannelPort`` encodes it (same codec, same values: the arguments decode the same on both
-    sides). A statement the worker would refuse to send (a parameter the codec cannot encode,
-    text that is not Unicode, a frame over the limit) is not run: its ``query()`` raises
-    there, before any statement.
+    :meth:`next` runs the next one and returns ``(the request the worker will send for it,
+    answer op, answer body)``, or None when the chain is over. Its arguments are the call's,
+    or values an earlier statement assigned (its rows subscripted with literal keys), taken
+    here from the same rows the worker gets; the request is encoded as the worker's
+    ``ChannelPort`` encodes it (same codec, same values). The chain stops where the function
+    would stop or could go elsewhere: a subscript that raises (no rows: ``IndexError``), a
+    statement that fails (the worker's ``query()`` raises), an argument the worker could not
+    send (the codec refuses it, the frame is over the limit: not run).
     """
-    sql, params = first
-    try:
-        request = codec.encode_query(sql, params).encode("utf-8")
-    except Exception:  # noqa: BLE001 - whatever the worker's encoding would raise there
-        return None
-    if len(request) > max_frame:
-        return None
-    return (request, *_answer(port, sql, params))
+
+    __slots__ = ("port", "steps", "args", "max_frame", "values")
+
+    def __init__(self, port: QueryPort, steps: tuple[AheadStep, ...], args: list[Any],
+                 max_frame: int) -> None:
+        self.port = port
+        self.steps = steps
+        self.args = args
+        self.max_frame = max_frame
+        #: what each step run so far assigned (read by the steps after it)
+        self.values: list[Any] = []
+
+    def next(self) -> tuple[bytes, str, bytes] | None:
+        index = len(self.values)
+        if index >= len(self.steps):
+            return None
+        sql, refs, keys = self.steps[index]
+        self.values.append(None)
+        try:
+            params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
+                              path) for source, path in refs]
+            request = codec.encode_query(sql, params).encode("utf-8")
+        except Exception:  # noqa: BLE001 - the function raises there: it never sends it
+            self.steps = ()
+            return None
+        if len(request) > self.max_frame:
+            self.steps = ()
+            return None
+        op, body, rows = _run_statement(self.port, sql, params)
+        if rows is None or index + 1 >= len(self.steps) or rows._wire:
+            # it failed (the worker's query() raises), or it was the last; or the worker reads
+            # some of its values from PostgreSQL's text itself (a large row set's dates and
+            # times): the next steps' arguments are taken only from values sent as they are
+            self.steps = ()
+        else:
+            try:
+                self.values[index] = _follow(rows, keys)
+            except Exception:  # noqa: BLE001 - the function raises there too: no next step
+                self.steps = ()
+        return request, op, body
+
+
+def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
+    """``value[k0][k1]...``: literal subscripts on rows (a list of dicts of plain values)."""
+    for key in keys:
+        value = value[key]
+    return value
 
 
 def _same(payload: bytes, request: bytes) -> bool:
@@ -8178,6 +8279,13 @@ def _same(payload: bytes, request: bytes) -> bool:
 
 def _answer(port: QueryPort, sql: str, params: list[Any]) -> tuple[str, bytes]:
     """Run a statement for the worker: ``(rows, pickled rows)`` or ``(qerr, the error)``."""
+    op, body, _ = _run_statement(port, sql, params)
+    return op, body
+
+
+def _run_statement(port: QueryPort, sql: str, params: list[Any]
+                   ) -> tuple[str, bytes, Rows | None]:
+    """:func:`_answer`, and the rows themselves (None when it failed)."""
     try:
         rows = port.query(sql, params)
         try:
@@ -8186,8 +8294,8 @@ def _answer(port: QueryPort, sql: str, params: list[Any]) -> tuple[str, bytes]:
             raise TypeError(f"a value in the result cannot be sent to the worker: {exc}") \
                 from None
     except _FAILURES as exc:
-        return QERR, json.dumps(_failure(exc)).encode("utf-8")
-    return ROWS, body
+        return QERR, json.dumps(_failure(exc)).encode("utf-8"), None
+    return ROWS, body, rows
 
 
 class _Failed:
@@ -8386,7 +8494,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8409,6 +8517,7 @@ import time
 
 from . import VERSION, WORKER_MODULES, codec, engine, spawn
 from .errors import DatabaseError, Interrupted, LimitExceeded
+from .rules import MAX_AHEAD
 from .spi import SpiPort
 
 TYPE_CHECKING = False
@@ -8417,7 +8526,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import policy, sandbox
-    from .rules import FirstQuery
+    from .rules import Ahead, AheadStep
 else:
     class _Sibling:
         """A sibling module imported on first use, then bound in its place: a warm in-process
@@ -8704,30 +8813,53 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
 class _Stored:
     """An installed function as the backend caches it: its source and, when usable here, the
     checked code ``wormhole_install`` stored (marshal; same Python, same whitelist) and the
-    statement its every call runs first (``policy.first_query``)."""
+    statements its every call starts with (``policy.ahead_statements``)."""
 
-    __slots__ = ("source", "name", "code", "first")
+    __slots__ = ("source", "name", "code", "ahead")
 
     def __init__(self, source: str, name: str, code: bytes | None,
-                 first: FirstQuery | None = None) -> None:
+                 ahead: Ahead | None = None) -> None:
         self.source = source
         self.name = name
         self.code = code
-        self.first = first
+        self.ahead = ahead
 
 
-def _first_query(text: object) -> FirstQuery | None:
-    """``wormhole_functions.first_query`` as ``wormhole_install`` wrote it, or None."""
+def _ahead(text: object) -> Ahead | None:
+    """``wormhole_functions.ahead`` as ``wormhole_install`` wrote it (``_ahead_text``), or None
+    for anything else."""
     if type(text) is not str:
         return None
     try:
-        sql, count, indexes = json.loads(text)
-    except ValueError:
+        count, raw_steps = json.loads(text)
+        if type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD:
+            return None
+        steps: list[AheadStep] = []
+        for sql, raw_refs, keys in raw_steps:
+            refs = []
+            for source, path in raw_refs:
+                if (type(source) is not int or not -len(steps) <= source < count
+                        or not _keys(path)):
+                    return None
+                refs.append((source, tuple(path)))
+            if type(sql) is not str or not _keys(keys):
+                return None
+            steps.append((sql, tuple(refs), tuple(keys)))
+    except (ValueError, TypeError):
         return None
-    if (type(sql) is not str or type(count) is not int or type(indexes) is not list
-            or not all(type(i) is int and 0 <= i < count for i in indexes)):
+    if type(count) is not int or not steps:
         return None
-    return sql, count, tuple(indexes)
+    return count, tuple(steps)
+
+
+def _keys(path: object) -> bool:
+    return type(path) is list and all(type(k) in (int, str) for k in path)
+
+
+def _ahead_text(ahead: Ahead) -> str:
+    count, steps = ahead
+    return json.dumps([count, [[sql, [[source, list(path)] for source, path in refs], list(keys)]
+                               for sql, refs, keys in steps]], separators=(",", ":"))
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
@@ -8747,7 +8879,7 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
                   and bytes(row["code_magic"]) == _magic()
                   and row["code_key"] == code_key(state.modules))
         stored = _Stored(row["source"], row["name"], bytes(code) if usable else None,
-                         _first_query(row["first_query"]) if usable else None)
+                         _ahead(row["ahead"]) if usable else None)
         if len(state.source_cache) > 1024:
             state.source_cache.clear()
         state.source_cache[function_hash] = stored
@@ -8836,17 +8968,16 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
     plan = plpy.prepare(
         "WITH ins AS ("
         " INSERT INTO public.wormhole_functions"
-        "  (hash, name, source, installed_by, code, code_magic, code_key, first_query)"
+        "  (hash, name, source, installed_by, code, code_magic, code_key, ahead)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
         " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"
         " SELECT $4, 'install', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"
         "   THEN 'accepted' ELSE 'accepted (already installed)' END",
         ["text", "text", "text", "name", "bytea", "bytea", "text", "text"],
     )
-    first = None if checked.first is None else json.dumps(
-        [checked.first[0], checked.first[1], list(checked.first[2])])
+    ahead = None if checked.ahead is None else _ahead_text(checked.ahead)
     plpy.execute(plan, [checked.source_hash, checked.name, source, who,
-                        marshal.dumps(checked.code), _magic(), code_key(state.modules), first])
+                        marshal.dumps(checked.code), _magic(), code_key(state.modules), ahead])
     event.update(verdict="accepted", name=checked.name)
     _audit_log(plpy, event)
     return checked.source_hash
@@ -8933,13 +9064,13 @@ def _execute(plpy: Any, state: Backend, function_hash: str, args_json: str, miss
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
         if stored.code is not None:
             call.stored = (stored.name, stored.code)
-    elif stored.first is not None:
-        # the statement the function runs first, with these arguments: the worker's backend
-        # runs it ahead (sandbox.WorkerExecutor); only for a call that binds positionally
-        sql, count, indexes = stored.first
+    elif stored.ahead is not None:
+        # the statements the function starts with, and these arguments: the worker's backend
+        # runs them ahead (sandbox._Ahead); only for a call that binds positionally
+        count, steps = stored.ahead
         args, kwargs = decoded
         if not kwargs and len(args) == count:
-            call.first = (sql, [args[i] for i in indexes])
+            call.ahead = (steps, args)
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)
@@ -9309,16 +9440,16 @@ DROP FUNCTION IF EXISTS public._wormhole_source(text);
 DO $do$ BEGIN  -- an older install's version has fewer OUT columns: replace it
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc
              WHERE oid = 'public._wormhole_function(text)'::pg_catalog.regprocedure
-               AND NOT ('first_query' = ANY (proargnames))) THEN
+               AND NOT ('ahead' = ANY (proargnames))) THEN
     DROP FUNCTION public._wormhole_function(text);
   END IF;
 EXCEPTION WHEN undefined_function THEN NULL;
 END $do$;
 CREATE OR REPLACE FUNCTION public._wormhole_function(function_hash text,
   OUT source text, OUT name text, OUT code bytea, OUT code_magic bytea, OUT code_key text,
-  OUT first_query text)
+  OUT ahead text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT f.source, f.name, f.code, f.code_magic, f.code_key, f.first_query
+  SELECT f.source, f.name, f.code, f.code_magic, f.code_key, f.ahead
   FROM public.wormhole_functions f WHERE f.hash = function_hash
 $fn$;
 CREATE OR REPLACE FUNCTION public._wormhole_config() RETURNS text
@@ -9362,7 +9493,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9378,7 +9509,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99']):
+                for r in plpy.execute(plan, ['9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9428,7 +9559,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = 'fa73547b1158c2c9e1d8778b2d96e464c72ede79ce0615301e1895feb3833f99'
+    _pkg.CODE_TAG = '9c9b2afc0a258a2aef4c9211176708492d765f9ab97725c5ee9b6c3660dcfbe6'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

@@ -285,10 +285,10 @@ CREATE TABLE IF NOT EXISTS public.wormhole_functions (
 -- without importing the policy's parser; on any mismatch it checks the source again
 ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS code bytea,
   ADD COLUMN IF NOT EXISTS code_magic bytea, ADD COLUMN IF NOT EXISTS code_key text;
--- the statement every call of the function runs first, when its source says so (JSON
--- [sql, positional parameters, [indexes passed]], valid with the code): the backend of a
--- confined worker runs it while the worker starts the call
-ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS first_query text;
+-- the statements every call of the function starts with, as far as its source says so (JSON,
+-- valid with the code; runtime/policy.py: ahead_statements): the backend of a confined worker
+-- runs them before the worker asks
+ALTER TABLE public.wormhole_functions ADD COLUMN IF NOT EXISTS ahead text;
 CREATE TABLE IF NOT EXISTS public.wormhole_audit (
   id      bigserial PRIMARY KEY,
   at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
@@ -423,16 +423,16 @@ DROP FUNCTION IF EXISTS public._wormhole_source(text);
 DO $do$ BEGIN  -- an older install's version has fewer OUT columns: replace it
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc
              WHERE oid = 'public._wormhole_function(text)'::pg_catalog.regprocedure
-               AND NOT ('first_query' = ANY (proargnames))) THEN
+               AND NOT ('ahead' = ANY (proargnames))) THEN
     DROP FUNCTION public._wormhole_function(text);
   END IF;
 EXCEPTION WHEN undefined_function THEN NULL;
 END $do$;
 CREATE OR REPLACE FUNCTION public._wormhole_function(function_hash text,
   OUT source text, OUT name text, OUT code bytea, OUT code_magic bytea, OUT code_key text,
-  OUT first_query text)
+  OUT ahead text)
 LANGUAGE sql STABLE {PRIVATE_DEFINER} AS $fn$
-  SELECT f.source, f.name, f.code, f.code_magic, f.code_key, f.first_query
+  SELECT f.source, f.name, f.code, f.code_magic, f.code_key, f.ahead
   FROM public.wormhole_functions f WHERE f.hash = function_hash
 $fn$;
 CREATE OR REPLACE FUNCTION public._wormhole_config() RETURNS text

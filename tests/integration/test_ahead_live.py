@@ -1,12 +1,14 @@
-"""The first statement run ahead, against a real PostgreSQL, in both execution modes.
+"""Statements run ahead, against a real PostgreSQL, in both execution modes.
 
-``wormhole_install`` keeps the statement a function runs first, whatever it is given
-(``policy.first_query``), with its checked code. In the confined worker the backend runs it,
-with the call's arguments, while the worker wakes up and reaches it, and answers the worker's
-first ``query`` with its result. That may change nothing a function does: the statement runs
-once per call, never when the call cannot bind its arguments, and its effects go with the call's
-when the call fails. A sequence shows every time the statement ran (``nextval`` is never rolled
-back). ``wh_worker()`` (a superuser's helper, for the test only) reads the executor's counters.
+``wormhole_install`` keeps the statements a function starts with, whatever it is given
+(``policy.ahead_statements``), with its checked code. In the confined worker the backend runs
+each before the worker asks for it (the first while the worker wakes up, the next after
+answering the one before, its arguments from the rows just sent) and answers the worker's
+``query`` with its result. That may change nothing a function does: each statement runs once
+per call, never when the call cannot bind its arguments or stops before it, and its effects go
+with the call's when the call fails. A sequence shows every time a statement ran (``nextval``
+is never rolled back). ``wh_worker()`` (a superuser's helper, for the test only) reads the
+executor's counters.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def lookup(ticket):
     return who
 
 
+@remote
+def reissue(ticket):
+    old = query("SELECT id, who FROM tickets WHERE id = $1", ticket)[0]
+    new = query("SELECT nextval('ticket') AS n, $1::text AS who", old["who"])[0]
+    query("INSERT INTO tickets VALUES ($1, $2)", new["n"], new["who"])
+    return new["n"]
+
+
 def _last_value(db) -> int:
     with db.admin() as a:
         return a.execute("SELECT last_value FROM ticket").fetchone()[0]
@@ -64,16 +74,18 @@ def mode(request, shop):
         with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
             issue.install()
             lookup.install()
+            reissue.install()
         with shop.admin() as a:
-            a.execute("SELECT wormhole_approve(%s), wormhole_approve(%s)",
-                      (issue.hash, lookup.hash))
+            for fn in (issue, lookup, reissue):
+                a.execute("SELECT wormhole_approve(%s)", (fn.hash,))
     return request.param
 
 
-def test_install_keeps_the_statement_a_function_runs_first(shop):
+def test_install_keeps_the_statements_a_function_starts_with(shop):
     with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
         issue.install()
         lookup.install()
+        reissue.install()
 
         @remote
         def later(n):
@@ -82,10 +94,12 @@ def test_install_keeps_the_statement_a_function_runs_first(shop):
 
         later.install()
     with shop.admin() as a:
-        rows = dict(a.execute("SELECT name, first_query FROM wormhole_functions").fetchall())
+        rows = dict(a.execute("SELECT name, ahead FROM wormhole_functions").fetchall())
     assert rows == {
-        "issue": '["SELECT nextval(\'ticket\') AS n", 1, []]',
-        "lookup": '["SELECT who FROM tickets WHERE id = $1", 1, [0]]',
+        "issue": '[1,[["SELECT nextval(\'ticket\') AS n",[],[0,"n"]]]]',
+        "lookup": '[1,[["SELECT who FROM tickets WHERE id = $1",[[0,[]]],[0,"who"]]]]',
+        "reissue": '[1,[["SELECT id, who FROM tickets WHERE id = $1",[[0,[]]],[0]],'
+                   '["SELECT nextval(\'ticket\') AS n, $1::text AS who",[[-1,["who"]]],[0]]]]',
         "later": None,
     }
 
@@ -152,3 +166,29 @@ def test_a_call_that_cannot_bind_its_arguments_runs_nothing(shop):
     assert {k: after[k] - before[k] for k in COUNTERS} == {
         "answered": 1, "ahead": 0, "ahead_unused": 0}
     assert _last_value(shop) == 2
+
+
+def test_a_chain_runs_each_statement_once_and_stops_where_the_function_does(shop, mode):
+    """reissue's second statement takes the first's row; a ticket that does not exist ends
+    the function at [0] (IndexError), before the second statement: the sequence shows it
+    never ran."""
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        assert issue("ada") == 1
+        assert reissue(1) == 2
+        assert reissue(2) == 3
+        with pytest.raises(IndexError):
+            reissue(99)
+    assert _last_value(shop) == 3
+    assert _tickets(shop) == [(1, "ada"), (2, "ada"), (3, "ada")]
+
+
+def test_in_the_worker_a_chain_answers_every_query_it_holds(shop):
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        issue("ada")
+        reissue(1)
+        before = worker_state(c, COUNTERS)
+        assert reissue(1) == 3
+        after = worker_state(c, COUNTERS)
+    # two answered statements, both run ahead (the INSERT is deferred: not answered)
+    assert {k: after[k] - before[k] for k in COUNTERS} == {
+        "answered": 2, "ahead": 2, "ahead_unused": 0}

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, Protocol
 
+    from .rules import AheadStep
+
     class QueryPort(Protocol):
         """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a
         worker."""
@@ -111,7 +113,7 @@ class Call:
     """One call as the host hands it to an executor."""
 
     __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
-                 "decoded", "stored", "first")
+                 "decoded", "stored", "ahead")
 
     def __init__(
         self,
@@ -134,9 +136,10 @@ class Call:
         #: (name, marshalled code) that ``wormhole_install`` checked under this whitelist and
         #: Python, when the host has it: then this process need not import the policy
         self.stored: tuple[str, bytes] | None = None
-        #: ``(sql, params)``: the statement this call runs first (``policy.first_query`` bound
-        #: to the call's arguments by the host), which the worker's backend runs ahead
-        self.first: tuple[str, list[Any]] | None = None
+        #: ``(steps, arguments)``: the statements this call starts with
+        #: (``policy.ahead_statements``) and its positional arguments, which the worker's
+        #: backend runs before the worker asks (``sandbox._Ahead``)
+        self.ahead: tuple[tuple[AheadStep, ...], list[Any]] | None = None
 
 
 class BadArguments(DatabaseError):

@@ -21,6 +21,7 @@ import time
 
 from . import VERSION, WORKER_MODULES, codec, engine, spawn
 from .errors import DatabaseError, Interrupted, LimitExceeded
+from .rules import MAX_AHEAD
 from .spi import SpiPort
 
 TYPE_CHECKING = False
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import policy, sandbox
-    from .rules import FirstQuery
+    from .rules import Ahead, AheadStep
 else:
     class _Sibling:
         """A sibling module imported on first use, then bound in its place: a warm in-process
@@ -316,30 +317,53 @@ def _current_role_name(plpy: Any, state: Backend) -> str:
 class _Stored:
     """An installed function as the backend caches it: its source and, when usable here, the
     checked code ``wormhole_install`` stored (marshal; same Python, same whitelist) and the
-    statement its every call runs first (``policy.first_query``)."""
+    statements its every call starts with (``policy.ahead_statements``)."""
 
-    __slots__ = ("source", "name", "code", "first")
+    __slots__ = ("source", "name", "code", "ahead")
 
     def __init__(self, source: str, name: str, code: bytes | None,
-                 first: FirstQuery | None = None) -> None:
+                 ahead: Ahead | None = None) -> None:
         self.source = source
         self.name = name
         self.code = code
-        self.first = first
+        self.ahead = ahead
 
 
-def _first_query(text: object) -> FirstQuery | None:
-    """``wormhole_functions.first_query`` as ``wormhole_install`` wrote it, or None."""
+def _ahead(text: object) -> Ahead | None:
+    """``wormhole_functions.ahead`` as ``wormhole_install`` wrote it (``_ahead_text``), or None
+    for anything else."""
     if type(text) is not str:
         return None
     try:
-        sql, count, indexes = json.loads(text)
-    except ValueError:
+        count, raw_steps = json.loads(text)
+        if type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD:
+            return None
+        steps: list[AheadStep] = []
+        for sql, raw_refs, keys in raw_steps:
+            refs = []
+            for source, path in raw_refs:
+                if (type(source) is not int or not -len(steps) <= source < count
+                        or not _keys(path)):
+                    return None
+                refs.append((source, tuple(path)))
+            if type(sql) is not str or not _keys(keys):
+                return None
+            steps.append((sql, tuple(refs), tuple(keys)))
+    except (ValueError, TypeError):
         return None
-    if (type(sql) is not str or type(count) is not int or type(indexes) is not list
-            or not all(type(i) is int and 0 <= i < count for i in indexes)):
+    if type(count) is not int or not steps:
         return None
-    return sql, count, tuple(indexes)
+    return count, tuple(steps)
+
+
+def _keys(path: object) -> bool:
+    return type(path) is list and all(type(k) in (int, str) for k in path)
+
+
+def _ahead_text(ahead: Ahead) -> str:
+    count, steps = ahead
+    return json.dumps([count, [[sql, [[source, list(path)] for source, path in refs], list(keys)]
+                               for sql, refs, keys in steps]], separators=(",", ":"))
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
@@ -359,7 +383,7 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
                   and bytes(row["code_magic"]) == _magic()
                   and row["code_key"] == code_key(state.modules))
         stored = _Stored(row["source"], row["name"], bytes(code) if usable else None,
-                         _first_query(row["first_query"]) if usable else None)
+                         _ahead(row["ahead"]) if usable else None)
         if len(state.source_cache) > 1024:
             state.source_cache.clear()
         state.source_cache[function_hash] = stored
@@ -448,17 +472,16 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
     plan = plpy.prepare(
         "WITH ins AS ("
         " INSERT INTO public.wormhole_functions"
-        "  (hash, name, source, installed_by, code, code_magic, code_key, first_query)"
+        "  (hash, name, source, installed_by, code, code_magic, code_key, ahead)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING RETURNING 1)"
         " INSERT INTO public.wormhole_audit (role, event, hash, name, source, verdict)"
         " SELECT $4, 'install', $1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM ins)"
         "   THEN 'accepted' ELSE 'accepted (already installed)' END",
         ["text", "text", "text", "name", "bytea", "bytea", "text", "text"],
     )
-    first = None if checked.first is None else json.dumps(
-        [checked.first[0], checked.first[1], list(checked.first[2])])
+    ahead = None if checked.ahead is None else _ahead_text(checked.ahead)
     plpy.execute(plan, [checked.source_hash, checked.name, source, who,
-                        marshal.dumps(checked.code), _magic(), code_key(state.modules), first])
+                        marshal.dumps(checked.code), _magic(), code_key(state.modules), ahead])
     event.update(verdict="accepted", name=checked.name)
     _audit_log(plpy, event)
     return checked.source_hash
@@ -545,13 +568,13 @@ def _execute(plpy: Any, state: Backend, function_hash: str, args_json: str, miss
         call.decoded = decoded  # in-process: decode once (the worker decodes its own copy)
         if stored.code is not None:
             call.stored = (stored.name, stored.code)
-    elif stored.first is not None:
-        # the statement the function runs first, with these arguments: the worker's backend
-        # runs it ahead (sandbox.WorkerExecutor); only for a call that binds positionally
-        sql, count, indexes = stored.first
+    elif stored.ahead is not None:
+        # the statements the function starts with, and these arguments: the worker's backend
+        # runs them ahead (sandbox._Ahead); only for a call that binds positionally
+        count, steps = stored.ahead
         args, kwargs = decoded
         if not kwargs and len(args) == count:
-            call.first = (sql, [args[i] for i in indexes])
+            call.ahead = (steps, args)
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)

@@ -63,12 +63,12 @@ __all__ = [
     "FORBIDDEN_NAMES",
     "HOOKS",
     "Checked",
+    "Ahead",
     "Finding",
-    "FirstQuery",
     "PolicyError",
+    "ahead_statements",
     "allowed_names",
     "check",
-    "first_query",
 ]
 
 from .rules import (  # noqa: F401 - re-exported: the rules are part of the policy's API
@@ -82,8 +82,9 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     FILENAME,
     FORBIDDEN_ATTRIBUTES,
     FORBIDDEN_NAMES,
+    Ahead,
+    AheadStep,
     Finding,
-    FirstQuery,
     GETATTR,
     GLOBAL_NAMES,
     HARD_DENY,
@@ -92,6 +93,7 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     IMUL,
     IPOW,
     LSHIFT,
+    MAX_AHEAD,
     MAX_DEPTH,
     MAX_FINDINGS,
     MAX_NODES,
@@ -1188,26 +1190,38 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
     return count
 
 
-def first_query(tree: ast.Module, fn: ast.FunctionDef) -> FirstQuery | None:
-    """The statement every call of ``fn`` runs before anything else, if its source says so:
-    ``(sql, positional parameters, indexes of the parameters it passes)``, else None.
+def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
+    """The statements every call of ``fn`` starts with, whatever it is given, as far as its
+    source says so: ``(positional parameters, steps)``, or None.
 
-    The confined worker's backend runs it while the worker wakes up and reaches it, and
-    answers the worker's first ``query`` with its result when that request is byte for byte
-    this statement with the call's arguments (``sandbox.WorkerExecutor``). So it must be
-    certain that a call which binds its arguments runs exactly this statement first, and
-    nothing the function does before could fail, branch or have effects:
+    The confined worker's backend runs each of them before the worker asks for it (the first
+    as soon as the call starts, each next one right after answering the one before), and
+    answers the worker's ``query`` from it when the request is exactly that statement
+    (``sandbox._Ahead``). So it must be certain that a call which binds its arguments runs
+    exactly these statements, in this order, before anything else, and that nothing between
+    them could fail, branch or have an effect that the backend cannot see for itself:
 
-    * the first statement (after a docstring) is an assignment, ``return`` or ``for`` whose
-      value starts by calling ``query`` (``query(...)[0]["x"]``, ``query(...).attr``: the
-      subscripts, attributes and method calls around it are evaluated after it);
-    * ``query`` gets a literal SQL text and then only the function's own parameters, no
-      keywords, no ``*``;
+    * the first statement (after a docstring) and each next one is an assignment, ``return``
+      or ``for`` whose value starts by calling ``query`` (``query(...)[0]["x"]``,
+      ``query(...).attr``: the subscripts, attributes and method calls around it are evaluated
+      after it);
+    * ``query`` gets a literal SQL text and then, as arguments, only the function's parameters
+      or what an earlier statement of the chain assigned, possibly subscripted with literal
+      ints and strings (``order["product_id"]``): the backend evaluates those on the same
+      values (rows are lists of dicts of plain values), and where that raises, the function
+      raises too and the chain stops;
+    * a statement is followed by the next only when it assigns one plain name a value made of
+      the ``query`` call and literal subscripts alone, which the backend evaluates the same way
+      (``rows[0]`` raising ``IndexError`` for no rows ends the function, and the chain);
     * the parameters are plain positional ones: no defaults or annotations (evaluated when the
       function is defined, which could fail), no ``*args``, keyword-only or ``**kwargs``, no
       decorators; the function is neither a generator nor ``async`` (its body would not run
       when it is called);
     * ``query`` is bound nowhere in the source (the call would not be wormhole's).
+
+    A step is ``(sql, arguments, keys)``: each argument ``(source, keys)``, its source a
+    parameter's index (``>= 0``) or ``-1 - i`` for what step ``i`` assigned; the step's own
+    ``keys`` give what it assigns (its rows, subscripted), for the steps after it.
     """
     a = fn.args
     if (not isinstance(fn, ast.FunctionDef) or fn.decorator_list or fn.returns is not None
@@ -1217,7 +1231,6 @@ def first_query(tree: ast.Module, fn: ast.FunctionDef) -> FirstQuery | None:
     params = [*a.posonlyargs, *a.args]
     if any(p.annotation is not None for p in params):
         return None
-    names = [p.arg for p in params]
     for node in ast.walk(tree):
         if _binds_query(node):
             return None
@@ -1227,35 +1240,67 @@ def first_query(tree: ast.Module, fn: ast.FunctionDef) -> FirstQuery | None:
     if (len(body) > 1 and isinstance(body[0], ast.Expr)
             and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
         body = body[1:]  # the docstring
-    stmt = body[0]
-    value: ast.expr | None
-    if isinstance(stmt, ast.Assign):
-        value = stmt.value  # targets are assigned after the value is computed
-    elif isinstance(stmt, ast.Return):
-        value = stmt.value
-    elif isinstance(stmt, ast.For):
-        value = stmt.iter
-    else:
-        return None
-    while value is not None:  # down to what is evaluated first
-        if isinstance(value, (ast.Subscript, ast.Attribute)):
-            value = value.value
-        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
-            value = value.func.value
+    #: what each name holds as the chain runs: a parameter (>= 0) or a step's value (< 0)
+    names: dict[str, int] = {p.arg: i for i, p in enumerate(params)}
+    steps: list[AheadStep] = []
+    for stmt in body[:MAX_AHEAD]:
+        value: ast.expr | None
+        if isinstance(stmt, ast.Assign):
+            value = stmt.value  # targets are assigned after the value is computed
+        elif isinstance(stmt, (ast.Return, ast.For)):
+            value = stmt.value if isinstance(stmt, ast.Return) else stmt.iter
         else:
             break
-    if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
-            and value.func.id == "query" and value.args and not value.keywords):
-        return None
-    sql, *passed = value.args
-    if not (isinstance(sql, ast.Constant) and type(sql.value) is str):
-        return None
-    indexes: list[int] = []
-    for arg in passed:
-        if not (isinstance(arg, ast.Name) and arg.id in names):
+        keys: list[int | str] | None = []  # the literal subscripts around the call, if only
+        while value is not None:  # down to what is evaluated first
+            if isinstance(value, ast.Subscript):
+                key = _literal_key(value.slice)
+                if key is None or keys is None:
+                    keys = None
+                else:
+                    keys.insert(0, key)
+                value = value.value
+            elif isinstance(value, ast.Attribute):
+                keys, value = None, value.value
+            elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+                keys, value = None, value.func.value
+            else:
+                break
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                and value.func.id == "query" and value.args and not value.keywords):
+            break
+        sql, *passed = value.args
+        if not (isinstance(sql, ast.Constant) and type(sql.value) is str):
+            break
+        refs = [_ahead_ref(arg, names) for arg in passed]
+        if any(ref is None for ref in refs):
+            break
+        steps.append((sql.value, tuple(r for r in refs if r is not None), tuple(keys or ())))
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name) and keys is not None):
+            break
+        names[stmt.targets[0].id] = -len(steps)  # -1 - (index of this step)
+    return (len(params), tuple(steps)) if steps else None
+
+
+def _literal_key(node: ast.expr) -> int | str | None:
+    value = node.value if isinstance(node, ast.Constant) else None
+    return value if type(value) is int or type(value) is str else None
+
+
+def _ahead_ref(arg: ast.expr, names: Mapping[str, int]) -> tuple[int, tuple[int | str, ...]] | None:
+    """An argument of a statement run ahead: a name the chain knows, subscripted with
+    literals (``order["product_id"]``), as ``(source, keys)``; None for anything else."""
+    keys: list[int | str] = []
+    while isinstance(arg, ast.Subscript):
+        key = _literal_key(arg.slice)
+        if key is None:
             return None
-        indexes.append(names.index(arg.id))
-    return sql.value, len(names), tuple(indexes)
+        keys.insert(0, key)
+        arg = arg.value
+    if isinstance(arg, ast.Name) and arg.id in names:
+        return names[arg.id], tuple(keys)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1342,7 +1387,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError(_sorted(validator.findings) or [
             Finding(1, 0, "top-level", "the source must be exactly one function definition")])
     fn = validator.function
-    first = first_query(tree, fn)  # before the rewrites: it reads the user's own statements
+    ahead = ahead_statements(tree, fn)  # before the rewrites: it reads the user's statements
     _defer_discarded_queries(tree, fn)
     _Rewriter().run(tree)
     _fix_locations(tree)
@@ -1360,7 +1405,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
                                    "the function is nested too deeply to be compiled")]) from None
     digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
     return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest,
-                   first=first)
+                   ahead=ahead)
 
 
 def check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:

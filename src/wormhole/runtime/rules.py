@@ -371,10 +371,15 @@ class PolicyError(Exception):
         return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
 
 
-#: ``(sql, positional parameters, indexes of the parameters passed)``: the statement a function
-#: runs first whatever it is given, ``query(sql, *[args[i] for i in indexes])`` for a call
-#: with exactly that many positional arguments and no keywords (``policy.first_query``)
-FirstQuery = tuple[str, int, tuple[int, ...]]
+#: one statement of a function's leading chain (``policy.ahead_statements``): ``(sql,
+#: arguments, keys)``, each argument ``(source, keys)`` with its source a parameter's index
+#: (``>= 0``) or ``-1 - i`` for what step ``i`` assigned (its rows subscripted with its keys)
+AheadStep = tuple[str, tuple[tuple[int, tuple[int | str, ...]], ...], tuple[int | str, ...]]
+#: ``(positional parameters, steps)``: the statements a function starts with, whatever it is
+#: given, for a call with exactly that many positional arguments and no keywords
+Ahead = tuple[int, tuple[AheadStep, ...]]
+#: the longest chain kept
+MAX_AHEAD = 8
 
 
 class Checked:
@@ -383,16 +388,17 @@ class Checked:
     ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
     """
 
-    __slots__ = ("name", "code", "params", "source_hash", "first")
+    __slots__ = ("name", "code", "params", "source_hash", "ahead")
 
     def __init__(self, name: str, code: CodeType, params: tuple[str, ...],
-                 source_hash: str, first: FirstQuery | None = None) -> None:
+                 source_hash: str, ahead: Ahead | None = None) -> None:
         self.name = name
         self.code = code
         self.params = params
         self.source_hash = source_hash
-        #: the statement every call runs first, when the source says so (``policy.first_query``)
-        self.first = first
+        #: the statements every call starts with, as far as the source says so
+        #: (``policy.ahead_statements``)
+        self.ahead = ahead
 
     def __repr__(self) -> str:
         return f"Checked(name={self.name!r}, params={self.params!r}, hash={self.source_hash!r})"

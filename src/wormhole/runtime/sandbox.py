@@ -46,6 +46,8 @@ if TYPE_CHECKING:  # annotations only
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
+    from .rules import AheadStep
+
 from . import WORKER_MODULES, codec
 from .channel import (
     ABSOLUTE_MAX_FRAME,
@@ -290,8 +292,8 @@ class WorkerExecutor:
         #: statements the worker waited for (``query``) and sent without waiting (``nowait``)
         self.answered = 0
         self.deferred = 0
-        #: first statements run ahead (``call.first``) whose result answered the worker's first
-        #: ``query``, and those the worker did not ask for (none, unless the analysis is wrong)
+        #: statements run ahead (``call.ahead``) whose result answered the worker's ``query``,
+        #: and those the worker did not ask for (none, unless the analysis is wrong)
         self.ahead = 0
         self.ahead_unused = 0
         self.last_start_seconds = 0.0
@@ -506,9 +508,10 @@ class WorkerExecutor:
         else:
             call_id, spin = self._send_call(worker, call, tick)
         chan.spin = spin
-        # the statement the function runs first, run now, while the worker wakes up and gets
-        # there: its answer is ready when the worker asks for exactly that statement
-        ahead = None if call.first is None else _run_ahead(port, call.first, chan.max_frame)
+        # the statements the function starts with, each run before the worker asks for it:
+        # the first now, while the worker wakes up and gets there; the next after each answer
+        ahead = None if call.ahead is None else _Ahead(port, *call.ahead, chan.max_frame)
+        pending = None if ahead is None else ahead.next()
         woken = False
         recycle = False
         told = False  # the worker knows (it answered a query with it): its result is that error
@@ -528,15 +531,19 @@ class WorkerExecutor:
                     raise ProtocolError(
                         f"message for call {header.get('id')!r}, expected {call_id}")
                 op = header["op"]
-                if ahead is not None:  # the worker's first message: is it that statement?
-                    request, answer_op, answer = ahead
-                    ahead = None
+                if pending is not None:  # is this message the statement run ahead?
+                    request, answer_op, answer = pending
+                    pending = None
                     if op == QUERY and (payload == request or _same(payload, request)):
                         self.answered += 1
                         self.ahead += 1
                         chan.send({"op": answer_op, "id": call_id}, answer, tick=tick)
+                        assert ahead is not None
+                        pending = ahead.next()  # while the worker reads this answer
+                        if time.monotonic() - last_tick >= POLL_SECONDS:
+                            tick()
                         continue
-                    self.ahead_unused += 1
+                    self.ahead_unused += 1  # not what the function asked: the chain stops
                 if op == QUERY:
                     self.answered += 1
                     if failure is None:
@@ -772,26 +779,66 @@ def _serve_query(port: QueryPort, payload: bytes) -> tuple[str, bytes]:
     return _answer(port, request["sql"], request["params"])
 
 
-def _run_ahead(port: QueryPort, first: tuple[str, list[Any]],
-               max_frame: int) -> tuple[bytes, str, bytes] | None:
-    """Run the call's first statement (``call.first``) before the worker asks for it:
-    ``(the request the worker will send for it, answer op, answer body)``.
+class _Ahead:
+    """The statements a call starts with (``call.ahead``: ``policy.ahead_statements`` and the
+    call's positional arguments), each run before the worker asks for it.
 
-    ``policy.first_query`` found that the function runs ``query(sql, *params)`` before
-    anything else, with these arguments; the request is encoded here as the worker's
-    ``ChannelPort`` encodes it (same codec, same values: the arguments decode the same on both
-    sides). A statement the worker would refuse to send (a parameter the codec cannot encode,
-    text that is not Unicode, a frame over the limit) is not run: its ``query()`` raises
-    there, before any statement.
+    :meth:`next` runs the next one and returns ``(the request the worker will send for it,
+    answer op, answer body)``, or None when the chain is over. Its arguments are the call's,
+    or values an earlier statement assigned (its rows subscripted with literal keys), taken
+    here from the same rows the worker gets; the request is encoded as the worker's
+    ``ChannelPort`` encodes it (same codec, same values). The chain stops where the function
+    would stop or could go elsewhere: a subscript that raises (no rows: ``IndexError``), a
+    statement that fails (the worker's ``query()`` raises), an argument the worker could not
+    send (the codec refuses it, the frame is over the limit: not run).
     """
-    sql, params = first
-    try:
-        request = codec.encode_query(sql, params).encode("utf-8")
-    except Exception:  # noqa: BLE001 - whatever the worker's encoding would raise there
-        return None
-    if len(request) > max_frame:
-        return None
-    return (request, *_answer(port, sql, params))
+
+    __slots__ = ("port", "steps", "args", "max_frame", "values")
+
+    def __init__(self, port: QueryPort, steps: tuple[AheadStep, ...], args: list[Any],
+                 max_frame: int) -> None:
+        self.port = port
+        self.steps = steps
+        self.args = args
+        self.max_frame = max_frame
+        #: what each step run so far assigned (read by the steps after it)
+        self.values: list[Any] = []
+
+    def next(self) -> tuple[bytes, str, bytes] | None:
+        index = len(self.values)
+        if index >= len(self.steps):
+            return None
+        sql, refs, keys = self.steps[index]
+        self.values.append(None)
+        try:
+            params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
+                              path) for source, path in refs]
+            request = codec.encode_query(sql, params).encode("utf-8")
+        except Exception:  # noqa: BLE001 - the function raises there: it never sends it
+            self.steps = ()
+            return None
+        if len(request) > self.max_frame:
+            self.steps = ()
+            return None
+        op, body, rows = _run_statement(self.port, sql, params)
+        if rows is None or index + 1 >= len(self.steps) or rows._wire:
+            # it failed (the worker's query() raises), or it was the last; or the worker reads
+            # some of its values from PostgreSQL's text itself (a large row set's dates and
+            # times): the next steps' arguments are taken only from values sent as they are
+            self.steps = ()
+        else:
+            try:
+                self.values[index] = _follow(rows, keys)
+            except Exception:  # noqa: BLE001 - the function raises there too: no next step
+                self.steps = ()
+        return request, op, body
+
+
+def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
+    """``value[k0][k1]...``: literal subscripts on rows (a list of dicts of plain values)."""
+    for key in keys:
+        value = value[key]
+    return value
 
 
 def _same(payload: bytes, request: bytes) -> bool:
@@ -808,6 +855,13 @@ def _same(payload: bytes, request: bytes) -> bool:
 
 def _answer(port: QueryPort, sql: str, params: list[Any]) -> tuple[str, bytes]:
     """Run a statement for the worker: ``(rows, pickled rows)`` or ``(qerr, the error)``."""
+    op, body, _ = _run_statement(port, sql, params)
+    return op, body
+
+
+def _run_statement(port: QueryPort, sql: str, params: list[Any]
+                   ) -> tuple[str, bytes, Rows | None]:
+    """:func:`_answer`, and the rows themselves (None when it failed)."""
     try:
         rows = port.query(sql, params)
         try:
@@ -816,8 +870,8 @@ def _answer(port: QueryPort, sql: str, params: list[Any]) -> tuple[str, bytes]:
             raise TypeError(f"a value in the result cannot be sent to the worker: {exc}") \
                 from None
     except _FAILURES as exc:
-        return QERR, json.dumps(_failure(exc)).encode("utf-8")
-    return ROWS, body
+        return QERR, json.dumps(_failure(exc)).encode("utf-8"), None
+    return ROWS, body, rows
 
 
 class _Failed:
