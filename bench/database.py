@@ -54,6 +54,9 @@ SMOKE_SCALE = Scale(users=200, messages=2_000, orders=1_000, products=100, links
 
 #: every product starts with this many units, so no order ever runs out during a run
 STOCK = 1_000_000_000
+#: the benchmark's tables and sequences (``schema_sql``): what the application role may use
+BENCH_TABLES = ("users", "messages", "orders", "inventory", "transactions", "links")
+BENCH_SEQUENCES = ("messages_id_seq", "transactions_id_seq")
 
 
 def order_user(order_id: int, scale: Scale) -> int:
@@ -230,10 +233,14 @@ def create(conninfo: str, scale: Scale, *, db: str = DB, db_approved: str = DB_A
         with admin.cursor() as cur:  # many statements, no parameters: simple protocol
             cur.execute(schema_sql(scale).encode())
             cur.execute(HANDWRITTEN_SQL.encode())
+        # the benchmark's own tables only: wormhole's live in the same schema, and no role
+        # that runs remote functions may write those
         admin.execute(
-            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {0};"
-                    " GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {0}")
-            .format(sql.Identifier(role))
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {1} TO {0};"
+                    " GRANT USAGE, SELECT ON SEQUENCE {2} TO {0}")
+            .format(sql.Identifier(role),
+                    sql.SQL(", ").join(map(sql.Identifier, BENCH_TABLES)),
+                    sql.SQL(", ").join(map(sql.Identifier, BENCH_SEQUENCES)))
         )
         admin.execute("VACUUM ANALYZE")
 

@@ -99,15 +99,33 @@ class Database:
         return psycopg.connect(self.dsn("postgres"), autocommit=True)
 
     def setup_sql(self, sql: str, grant: bool = True) -> None:
-        """Run DDL/DML as the superuser, then give ``app`` the usual privileges on tables."""
+        """Run DDL/DML as the superuser, then give ``app`` the usual privileges on the test's
+        own tables and sequences: never on wormhole's (a DBA grants ``wormhole_user``, nothing
+        on the tables behind it; the security tests must see exactly that)."""
         with self.admin() as conn:
             conn.execute(sql)  # type: ignore[arg-type]
             if grant:
-                conn.execute(
-                    f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
-                    f"TO {APP_ROLE}; GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public "
-                    f"TO {APP_ROLE}"
-                )
+                conn.execute(GRANT_APP_SQL)
+
+
+#: what ``Database.setup_sql`` grants ``app``: its usual privileges on every table and sequence
+#: of ``public`` that is not wormhole's own
+GRANT_APP_SQL = f"""
+DO $grant$ DECLARE r record; BEGIN
+  FOR r IN SELECT c.relname, c.relkind FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'S')
+             AND c.relname NOT LIKE 'wormhole\\_%' AND c.relname NOT LIKE '\\_wormhole\\_%'
+  LOOP
+    IF r.relkind = 'S' THEN
+      EXECUTE pg_catalog.format('GRANT USAGE, SELECT ON SEQUENCE public.%I TO {APP_ROLE}', r.relname);
+    ELSE
+      EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON public.%I TO {APP_ROLE}',
+                                r.relname);
+    END IF;
+  END LOOP;
+END $grant$
+"""
 
 
 @pytest.fixture

@@ -87,12 +87,20 @@ def process_order(order_id, user_id):
     return {"status": "success", "order_id": order_id}
 
 
+#: the demo's own tables and sequences: what ``setup`` grants the application role, and only
+#: these (wormhole's tables live in the same schema; a grant on ALL TABLES would hand the role
+#: the whitelist, approvals and audit log, which only the wormhole_* functions may write)
+DEMO_TABLES = ("users", "messages", "orders", "inventory", "transactions")
+DEMO_SEQUENCES = ("messages_id_seq", "transactions_id_seq")
+
+
 def setup(admin_conn: Any, app_role: str) -> None:
     """Create the demo tables (as a superuser) and let ``app_role`` use them."""
     admin_conn.execute(DEMO_SQL)
+    role = '"' + app_role.replace('"', '""') + '"'
     admin_conn.execute(
-        f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{app_role}";'
-        f' GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{app_role}"'
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(DEMO_TABLES)} TO {role};"
+        f" GRANT USAGE, SELECT ON SEQUENCE {', '.join(DEMO_SEQUENCES)} TO {role}"
     )
 
 

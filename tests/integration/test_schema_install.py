@@ -105,3 +105,44 @@ def test_cli_approve_unknown_hash_fails_clearly(db, capsys):
     assert cli.main(["approve", "0" * 64, "--dsn", db.dsn("postgres")]) == 1
     err = capsys.readouterr().err
     assert "no installed function has hash" in err and "hint:" in err
+
+
+def test_an_install_from_before_the_ahead_column_upgrades(server, blank):
+    """The fifth session's schema had no ``wormhole_functions.ahead`` and a
+    ``_wormhole_function`` with five OUT columns (CREATE OR REPLACE cannot change those). A
+    database left that way takes the new schema; the function installed before keeps running
+    (without a chain: its row has none), and one installed after gets its chain."""
+    assert psql_file(server, blank).returncode == 0
+    with psycopg.connect(server.dsn(blank), autocommit=True) as a:
+        a.execute("GRANT wormhole_user TO app")
+    with psycopg.connect(server.dsn(blank, "app"), autocommit=True) as c:
+        old = c.execute("SELECT wormhole_install(%s)",
+                        ('def old(x):\n    return query("SELECT $1::int + 1 AS n", x)[0]["n"]\n',)
+                        ).fetchone()[0]
+    with psycopg.connect(server.dsn(blank), autocommit=True) as a:
+        a.execute("DROP FUNCTION public._wormhole_function(text)")
+        a.execute("CREATE FUNCTION public._wormhole_function(function_hash text, OUT source text,"
+                  " OUT name text, OUT code bytea, OUT code_magic bytea, OUT code_key text)"
+                  " LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+                  " AS $$ SELECT f.source, f.name, f.code, f.code_magic, f.code_key"
+                  " FROM public.wormhole_functions f WHERE f.hash = function_hash $$")
+        a.execute("ALTER TABLE public.wormhole_functions DROP COLUMN ahead")
+    upgrade = psql_file(server, blank)
+    assert upgrade.returncode == 0, upgrade.stderr
+    with psycopg.connect(server.dsn(blank, "app"), autocommit=True) as c:
+        new = c.execute("SELECT wormhole_install(%s)",
+                        ('def new(x):\n    return query("SELECT $1::int + 2 AS n", x)[0]["n"]\n',)
+                        ).fetchone()[0]
+        assert c.execute("SELECT wormhole_execute(%s, '[[5],{}]')",
+                         (old,)).fetchone()[0] == '{"ok":6,"out":[]}'
+        assert c.execute("SELECT wormhole_execute(%s, '[[5],{}]')",
+                         (new,)).fetchone()[0] == '{"ok":7,"out":[]}'
+    with psycopg.connect(server.dsn(blank), autocommit=True) as a:
+        rows = dict(a.execute("SELECT name, ahead IS NOT NULL FROM wormhole_functions"))
+        assert rows == {"old": False, "new": True}
+        outs = a.execute("SELECT array_agg(p.parameter_name::text ORDER BY p.ordinal_position) "
+                         "FROM information_schema.parameters p JOIN information_schema.routines r"
+                         " USING (specific_schema, specific_name)"
+                         " WHERE r.routine_name = '_wormhole_function' AND p.parameter_mode = 'OUT'"
+                         ).fetchone()[0]
+        assert outs == ["source", "name", "code", "code_magic", "code_key", "ahead"]

@@ -349,7 +349,7 @@ def _ahead(text: object) -> Ahead | None:
             if type(sql) is not str or not _keys(keys):
                 return None
             steps.append((sql, tuple(refs), tuple(keys)))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
         return None
     if type(count) is not int or not steps:
         return None

@@ -1246,6 +1246,12 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     for stmt in body[:MAX_AHEAD]:
         value: ast.expr | None
         if isinstance(stmt, ast.Assign):
+            if any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
+                   for target in stmt.targets for sub in ast.walk(target)):
+                # ``a[0].b = query(...)``: the rewriter makes it ``_wh_setattr(a[0], "b",
+                # query(...))``, which evaluates ``a[0]`` (that may raise, or run a statement)
+                # before the call
+                break
             value = stmt.value  # targets are assigned after the value is computed
         elif isinstance(stmt, (ast.Return, ast.For)):
             value = stmt.value if isinstance(stmt, ast.Return) else stmt.iter
@@ -1285,7 +1291,9 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
 
 def _literal_key(node: ast.expr) -> int | str | None:
     value = node.value if isinstance(node, ast.Constant) else None
-    return value if type(value) is int or type(value) is str else None
+    if type(value) is int:  # an index past 64 bits raises anyway; JSON could not keep it
+        return value if -(1 << 63) <= value < 1 << 63 else None
+    return value if type(value) is str else None
 
 
 def _ahead_ref(arg: ast.expr, names: Mapping[str, int]) -> tuple[int, tuple[int | str, ...]] | None:
