@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1350,7 +1350,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2263,7 +2263,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2732,7 +2732,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3140,7 +3140,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4202,9 +4202,11 @@ class _Rewriter:
         if not any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
                    for t in stmt.targets for sub in ast.walk(t)):
             return [stmt]
-        # a.b = v  ->  _wh_setattr(a, 'b', v). With several or nested targets the value goes
-        # to a temporary first, so it is evaluated once and stored left to right as Python does.
-        if len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute):
+        # a.b = v  ->  _t = v; _wh_setattr(a, 'b', _t): the value goes to a temporary first, so
+        # it is evaluated once and before the targets, which are stored left to right, as Python
+        # does (only a constant, which evaluates to nothing, goes straight into the call)
+        if (len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute)
+                and isinstance(stmt.value, ast.Constant)):
             t = stmt.targets[0]
             call = _call(SETATTR, [t.value, ast.Constant(value=t.attr), stmt.value], stmt)
             return [ast.copy_location(ast.Expr(value=call), stmt)]
@@ -4390,9 +4392,9 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
         if isinstance(stmt, ast.Assign):
             if any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
                    for target in stmt.targets for sub in ast.walk(target)):
-                # ``a[0].b = query(...)``: the rewriter makes it ``_wh_setattr(a[0], "b",
-                # query(...))``, which evaluates ``a[0]`` (that may raise, or run a statement)
-                # before the call
+                # ``a[0].b = query(...)``: the rewritten store (``_wh_setattr``) evaluates
+                # ``a[0]`` (which may raise, or run a statement) around the call; before the
+                # sixth session's red team it did so before the call. Not followed at all.
                 break
             value = stmt.value  # targets are assigned after the value is computed
         elif isinstance(stmt, (ast.Return, ast.For)):
@@ -4590,7 +4592,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5339,7 +5341,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5758,7 +5760,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5992,7 +5994,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6502,7 +6504,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7052,7 +7054,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7430,7 +7432,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -8502,7 +8504,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -9501,7 +9503,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9517,7 +9519,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264']):
+                for r in plpy.execute(plan, ['75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9567,7 +9569,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = 'aa2c98258d38967fd6e57344f861f814ce6abb1ea21e8c2b59749e7f7e7af264'
+    _pkg.CODE_TAG = '75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

@@ -506,6 +506,26 @@ LEGIT: list[tuple[str, str, tuple[Any, ...], dict[str, Any], Any]] = [
             bags[0].n -= 1
             return alias is b.items, alias, b.n
      ''', (), {}, (True, ["x"], 4)),
+    # CPython evaluates an assignment's value before its target: the rewritten attribute store
+    # (_wh_setattr) must too (sixth session: the single-target form evaluated the target first)
+    ("attribute-store-evaluates-the-value-first", '''
+        def f():
+            order = []
+            class Box:
+                pass
+            box = Box()
+            def target():
+                order.append("target")
+                return box
+            def value(v):
+                order.append("value")
+                return v
+            target().x = value(1)
+            target().y = target().z = value(2)
+            [target().w, box.v] = value([3, 4])
+            return order, box.x, box.y, box.z, box.w, box.v
+     ''', (), {}, (["value", "target", "value", "target", "target", "value", "target"],
+                   1, 2, 2, 3, 4)),
     ("function-attributes", '''
         def f():
             def g():

@@ -1060,9 +1060,11 @@ class _Rewriter:
         if not any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
                    for t in stmt.targets for sub in ast.walk(t)):
             return [stmt]
-        # a.b = v  ->  _wh_setattr(a, 'b', v). With several or nested targets the value goes
-        # to a temporary first, so it is evaluated once and stored left to right as Python does.
-        if len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute):
+        # a.b = v  ->  _t = v; _wh_setattr(a, 'b', _t): the value goes to a temporary first, so
+        # it is evaluated once and before the targets, which are stored left to right, as Python
+        # does (only a constant, which evaluates to nothing, goes straight into the call)
+        if (len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute)
+                and isinstance(stmt.value, ast.Constant)):
             t = stmt.targets[0]
             call = _call(SETATTR, [t.value, ast.Constant(value=t.attr), stmt.value], stmt)
             return [ast.copy_location(ast.Expr(value=call), stmt)]
@@ -1248,9 +1250,9 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
         if isinstance(stmt, ast.Assign):
             if any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
                    for target in stmt.targets for sub in ast.walk(target)):
-                # ``a[0].b = query(...)``: the rewriter makes it ``_wh_setattr(a[0], "b",
-                # query(...))``, which evaluates ``a[0]`` (that may raise, or run a statement)
-                # before the call
+                # ``a[0].b = query(...)``: the rewritten store (``_wh_setattr``) evaluates
+                # ``a[0]`` (which may raise, or run a statement) around the call; before the
+                # sixth session's red team it did so before the call. Not followed at all.
                 break
             value = stmt.value  # targets are assigned after the value is computed
         elif isinstance(stmt, (ast.Return, ast.For)):
