@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1350,7 +1350,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2263,7 +2263,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2732,7 +2732,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3140,7 +3140,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4112,9 +4112,8 @@ class _Rewriter:
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Attribute):
             if stmt.value is None:
                 return [ast.copy_location(ast.Expr(value=stmt.target.value), stmt)]
-            store = _call(SETATTR, [stmt.target.value, ast.Constant(value=stmt.target.attr),
-                                    stmt.value], stmt)
-            return [ast.copy_location(ast.Expr(value=store), stmt)]
+            return self.assign(ast.copy_location(
+                ast.Assign(targets=[stmt.target], value=stmt.value), stmt))
         if isinstance(stmt, ast.Delete):
             # del a.b, (c.d, e), [f.g]: Python deletes left to right, unpacking tuple and list
             # targets; every attribute among them goes through the guard (a ``del (a.b,)`` left
@@ -4215,6 +4214,13 @@ class _Rewriter:
             ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=stmt.value), stmt)]
         for target in stmt.targets:
             out.extend(self._store(target, ast.Name(id=tmp, ctx=ast.Load()), stmt))
+        # the temporaries hold the value only until it is stored (else it would live as long
+        # as the frame: a big value overwritten later would still count against the limits)
+        held = sorted({n.id for o in out for n in ast.walk(o)
+                       if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                       and n.id.startswith("_wh_t")})
+        out.append(ast.copy_location(ast.Delete(
+            targets=[ast.Name(id=name, ctx=ast.Del()) for name in held]), stmt))
         return out
 
     def _store(self, target: ast.expr, value: ast.expr, like: ast.stmt) -> list[ast.stmt]:
@@ -4367,8 +4373,10 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     parameter's index (``>= 0``) or ``-1 - i`` for what step ``i`` assigned; the step's own
     ``keys`` give what it assigns (its rows, subscripted), for the steps after it.
     """
+    if not isinstance(fn, ast.FunctionDef):
+        return None
     a = fn.args
-    if (not isinstance(fn, ast.FunctionDef) or fn.decorator_list or fn.returns is not None
+    if (fn.decorator_list or fn.returns is not None
             or a.vararg is not None or a.kwarg is not None or a.kwonlyargs or a.defaults
             or a.kw_defaults):
         return None
@@ -4592,7 +4600,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5341,7 +5349,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5760,7 +5768,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -5994,7 +6002,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6504,7 +6512,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7054,7 +7062,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7432,7 +7440,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -8210,7 +8218,8 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 def _serve_query(port: QueryPort, payload: bytes) -> tuple[str, bytes]:
     """Run one ``query`` request from the worker; returns the answer (op, body)."""
     request = _request(payload, _REQUEST_KEYS)
-    return _answer(port, request["sql"], request["params"])
+    op, body, _ = _run_statement(port, request["sql"], request["params"])
+    return op, body
 
 
 class _Ahead:
@@ -8249,23 +8258,28 @@ class _Ahead:
                               path) for source, path in refs]
             request = codec.encode_query(sql, params).encode("utf-8")
         except Exception:  # noqa: BLE001 - the function raises there: it never sends it
-            self.steps = ()
+            self._stop()
             return None
         if len(request) > self.max_frame:
-            self.steps = ()
+            self._stop()
             return None
         op, body, rows = _run_statement(self.port, sql, params)
         if rows is None or index + 1 >= len(self.steps) or rows._wire:
             # it failed (the worker's query() raises), or it was the last; or the worker reads
             # some of its values from PostgreSQL's text itself (a large row set's dates and
             # times): the next steps' arguments are taken only from values sent as they are
-            self.steps = ()
+            self._stop()
         else:
             try:
                 self.values[index] = _follow(rows, keys)
             except Exception:  # noqa: BLE001 - the function raises there too: no next step
-                self.steps = ()
+                self._stop()
         return request, op, body
+
+    def _stop(self) -> None:
+        """No more steps; nothing kept (rows held for later steps are let go)."""
+        self.steps = ()
+        self.values = []
 
 
 def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
@@ -8287,15 +8301,10 @@ def _same(payload: bytes, request: bytes) -> bool:
         return False
 
 
-def _answer(port: QueryPort, sql: str, params: list[Any]) -> tuple[str, bytes]:
-    """Run a statement for the worker: ``(rows, pickled rows)`` or ``(qerr, the error)``."""
-    op, body, _ = _run_statement(port, sql, params)
-    return op, body
-
-
 def _run_statement(port: QueryPort, sql: str, params: list[Any]
                    ) -> tuple[str, bytes, Rows | None]:
-    """:func:`_answer`, and the rows themselves (None when it failed)."""
+    """Run a statement for the worker: ``(rows, pickled rows, the rows)`` or ``(qerr, the
+    error, None)``."""
     try:
         rows = port.query(sql, params)
         try:
@@ -8504,7 +8513,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -9450,7 +9459,7 @@ DROP FUNCTION IF EXISTS public._wormhole_source(text);
 DO $do$ BEGIN  -- an older install's version has fewer OUT columns: replace it
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc
              WHERE oid = 'public._wormhole_function(text)'::pg_catalog.regprocedure
-               AND NOT ('ahead' = ANY (proargnames))) THEN
+               AND ('ahead' = ANY (proargnames)) IS NOT TRUE) THEN
     DROP FUNCTION public._wormhole_function(text);
   END IF;
 EXCEPTION WHEN undefined_function THEN NULL;
@@ -9503,7 +9512,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9519,7 +9528,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00']):
+                for r in plpy.execute(plan, ['cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9569,7 +9578,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '75f95bb6469df73b9cc9be756f4229065a5ce3f322107743e9f087e414c6dd00'
+    _pkg.CODE_TAG = 'cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

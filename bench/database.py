@@ -239,8 +239,8 @@ def create(conninfo: str, scale: Scale, *, db: str = DB, db_approved: str = DB_A
             sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {1} TO {0};"
                     " GRANT USAGE, SELECT ON SEQUENCE {2} TO {0}")
             .format(sql.Identifier(role),
-                    sql.SQL(", ").join(map(sql.Identifier, BENCH_TABLES)),
-                    sql.SQL(", ").join(map(sql.Identifier, BENCH_SEQUENCES)))
+                    sql.SQL(", ").join(sql.Identifier("public", t) for t in BENCH_TABLES),
+                    sql.SQL(", ").join(sql.Identifier("public", s) for s in BENCH_SEQUENCES))
         )
         admin.execute("VACUUM ANALYZE")
 

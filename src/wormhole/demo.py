@@ -99,8 +99,10 @@ def setup(admin_conn: Any, app_role: str) -> None:
     admin_conn.execute(DEMO_SQL)
     role = '"' + app_role.replace('"', '""') + '"'
     admin_conn.execute(
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(DEMO_TABLES)} TO {role};"
-        f" GRANT USAGE, SELECT ON SEQUENCE {', '.join(DEMO_SEQUENCES)} TO {role}"
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON "
+        f"{', '.join('public.' + t for t in DEMO_TABLES)} TO {role};"
+        f" GRANT USAGE, SELECT ON SEQUENCE "
+        f"{', '.join('public.' + s for s in DEMO_SEQUENCES)} TO {role}"
     )
 
 

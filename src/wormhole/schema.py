@@ -423,7 +423,7 @@ DROP FUNCTION IF EXISTS public._wormhole_source(text);
 DO $do$ BEGIN  -- an older install's version has fewer OUT columns: replace it
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc
              WHERE oid = 'public._wormhole_function(text)'::pg_catalog.regprocedure
-               AND NOT ('ahead' = ANY (proargnames))) THEN
+               AND ('ahead' = ANY (proargnames)) IS NOT TRUE) THEN
     DROP FUNCTION public._wormhole_function(text);
   END IF;
 EXCEPTION WHEN undefined_function THEN NULL;

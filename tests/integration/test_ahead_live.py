@@ -112,7 +112,7 @@ def test_the_first_statement_runs_once_per_call(shop, mode):
     assert _tickets(shop) == [(1, "ada"), (2, "grace"), (3, "alan")]
 
 
-def test_in_the_worker_it_answers_the_first_query_without_a_round_trip_more(shop):
+def test_in_the_worker_the_statement_run_ahead_answers_its_query(shop):
     with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
         issue("ada")
         before = worker_state(c, COUNTERS)

@@ -146,3 +146,12 @@ def test_an_install_from_before_the_ahead_column_upgrades(server, blank):
                          " WHERE r.routine_name = '_wormhole_function' AND p.parameter_mode = 'OUT'"
                          ).fetchone()[0]
         assert outs == ["source", "name", "code", "code_magic", "code_key", "ahead"]
+        # dropped and made again: owned by wormhole_owner, not executable by PUBLIC, executable
+        # by app through wormhole_user (the backend reads a function's row as the caller)
+        owner, public, app = a.execute(
+            "SELECT pg_catalog.pg_get_userbyid(p.proowner),"
+            " pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE'),"
+            " pg_catalog.has_function_privilege('app', p.oid, 'EXECUTE')"
+            " FROM pg_catalog.pg_proc p"
+            " WHERE p.oid = 'public._wormhole_function(text)'::pg_catalog.regprocedure").fetchone()
+        assert (owner, public, app) == ("wormhole_owner", False, True)

@@ -208,7 +208,10 @@ def test_deadlock_between_standalone_remote_calls_is_retried(bank, connect, even
             return remote_move_slowly(i, src, dst, 10)
 
     assert in_threads(2, worker) == [0, 1]
-    assert sqlstates(events) == Counter({"40P01": 1})
+    # at least one victim, retried; on a loaded machine (CI beside other work) a retry can meet
+    # the other call again and be retried once more (seen once in the sixth session's CI)
+    deadlocks = sqlstates(events)
+    assert set(deadlocks) == {"40P01"} and 1 <= deadlocks["40P01"] <= 3, deadlocks
     assert all("standalone" in e.unit for e in events)
     check_books(bank, {0, 1}, {0: True, 1: True})
 

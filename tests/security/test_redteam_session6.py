@@ -719,7 +719,8 @@ def lab(db: Any) -> Any:
         "CREATE SEQUENCE ticket;"
         "CREATE TABLE tickets (id bigint PRIMARY KEY, who text NOT NULL);"
         "CREATE TABLE locked (id int PRIMARY KEY); INSERT INTO locked VALUES (1);"
-        # only these: setup_sql's default grant covers every table, wormhole's own included
+        # only these, by name (setup_sql's default grant covered wormhole's own tables too
+        # when this was written; it no longer does)
         "GRANT SELECT, INSERT, UPDATE, DELETE ON tickets, locked TO app;"
         "GRANT USAGE, SELECT ON SEQUENCE ticket TO app;",
         grant=False,

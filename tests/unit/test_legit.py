@@ -523,9 +523,10 @@ LEGIT: list[tuple[str, str, tuple[Any, ...], dict[str, Any], Any]] = [
             target().x = value(1)
             target().y = target().z = value(2)
             [target().w, box.v] = value([3, 4])
-            return order, box.x, box.y, box.z, box.w, box.v
-     ''', (), {}, (["value", "target", "value", "target", "target", "value", "target"],
-                   1, 2, 2, 3, 4)),
+            target().u: int = value(5)
+            return order, box.x, box.y, box.z, box.w, box.v, box.u
+     ''', (), {}, (["value", "target", "value", "target", "target", "value", "target",
+                    "value", "target"], 1, 2, 2, 3, 4, 5)),
     ("function-attributes", '''
         def f():
             def g():

@@ -253,8 +253,34 @@ def test_near_misses_name_no_statement(source: str) -> None:
         result = first(source)
     except Exception as exc:  # noqa: BLE001 - refused by the policy: no statement either
         assert type(exc).__name__ == "PolicyError"
+        assert "global query" in source, "only `global` is refused by the policy itself"
         return
     assert result is None
+
+
+@pytest.mark.parametrize("declaration", ["global query", "nonlocal query"])
+def test_a_declared_query_names_no_statement(declaration: str) -> None:
+    """The policy refuses ``global`` (and ``nonlocal`` at the top of a function is a syntax
+    error), so the analysis is asked directly: it must not trust a ``query`` declared away."""
+    import ast
+
+    from wormhole.runtime.policy import ahead_statements
+
+    tree = ast.parse(S(f'''
+        def f(a):
+            def g():
+                {declaration}
+                query = None
+            return query("SELECT $1", a)
+        '''))
+    fn = tree.body[0]
+    assert isinstance(fn, ast.FunctionDef)
+    assert ahead_statements(tree, fn) is None
+    plain = ast.parse(S('''
+        def f(a):
+            return query("SELECT $1", a)
+        '''))
+    assert ahead_statements(plain, plain.body[0]) is not None  # type: ignore[arg-type]
 
 
 def test_the_brief_functions_start_with_a_chain() -> None:

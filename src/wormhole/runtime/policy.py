@@ -970,9 +970,8 @@ class _Rewriter:
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Attribute):
             if stmt.value is None:
                 return [ast.copy_location(ast.Expr(value=stmt.target.value), stmt)]
-            store = _call(SETATTR, [stmt.target.value, ast.Constant(value=stmt.target.attr),
-                                    stmt.value], stmt)
-            return [ast.copy_location(ast.Expr(value=store), stmt)]
+            return self.assign(ast.copy_location(
+                ast.Assign(targets=[stmt.target], value=stmt.value), stmt))
         if isinstance(stmt, ast.Delete):
             # del a.b, (c.d, e), [f.g]: Python deletes left to right, unpacking tuple and list
             # targets; every attribute among them goes through the guard (a ``del (a.b,)`` left
@@ -1073,6 +1072,13 @@ class _Rewriter:
             ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=stmt.value), stmt)]
         for target in stmt.targets:
             out.extend(self._store(target, ast.Name(id=tmp, ctx=ast.Load()), stmt))
+        # the temporaries hold the value only until it is stored (else it would live as long
+        # as the frame: a big value overwritten later would still count against the limits)
+        held = sorted({n.id for o in out for n in ast.walk(o)
+                       if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                       and n.id.startswith("_wh_t")})
+        out.append(ast.copy_location(ast.Delete(
+            targets=[ast.Name(id=name, ctx=ast.Del()) for name in held]), stmt))
         return out
 
     def _store(self, target: ast.expr, value: ast.expr, like: ast.stmt) -> list[ast.stmt]:
@@ -1225,8 +1231,10 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     parameter's index (``>= 0``) or ``-1 - i`` for what step ``i`` assigned; the step's own
     ``keys`` give what it assigns (its rows, subscripted), for the steps after it.
     """
+    if not isinstance(fn, ast.FunctionDef):
+        return None
     a = fn.args
-    if (not isinstance(fn, ast.FunctionDef) or fn.decorator_list or fn.returns is not None
+    if (fn.decorator_list or fn.returns is not None
             or a.vararg is not None or a.kwarg is not None or a.kwonlyargs or a.defaults
             or a.kw_defaults):
         return None

@@ -776,7 +776,8 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 def _serve_query(port: QueryPort, payload: bytes) -> tuple[str, bytes]:
     """Run one ``query`` request from the worker; returns the answer (op, body)."""
     request = _request(payload, _REQUEST_KEYS)
-    return _answer(port, request["sql"], request["params"])
+    op, body, _ = _run_statement(port, request["sql"], request["params"])
+    return op, body
 
 
 class _Ahead:
@@ -815,23 +816,28 @@ class _Ahead:
                               path) for source, path in refs]
             request = codec.encode_query(sql, params).encode("utf-8")
         except Exception:  # noqa: BLE001 - the function raises there: it never sends it
-            self.steps = ()
+            self._stop()
             return None
         if len(request) > self.max_frame:
-            self.steps = ()
+            self._stop()
             return None
         op, body, rows = _run_statement(self.port, sql, params)
         if rows is None or index + 1 >= len(self.steps) or rows._wire:
             # it failed (the worker's query() raises), or it was the last; or the worker reads
             # some of its values from PostgreSQL's text itself (a large row set's dates and
             # times): the next steps' arguments are taken only from values sent as they are
-            self.steps = ()
+            self._stop()
         else:
             try:
                 self.values[index] = _follow(rows, keys)
             except Exception:  # noqa: BLE001 - the function raises there too: no next step
-                self.steps = ()
+                self._stop()
         return request, op, body
+
+    def _stop(self) -> None:
+        """No more steps; nothing kept (rows held for later steps are let go)."""
+        self.steps = ()
+        self.values = []
 
 
 def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
@@ -853,15 +859,10 @@ def _same(payload: bytes, request: bytes) -> bool:
         return False
 
 
-def _answer(port: QueryPort, sql: str, params: list[Any]) -> tuple[str, bytes]:
-    """Run a statement for the worker: ``(rows, pickled rows)`` or ``(qerr, the error)``."""
-    op, body, _ = _run_statement(port, sql, params)
-    return op, body
-
-
 def _run_statement(port: QueryPort, sql: str, params: list[Any]
                    ) -> tuple[str, bytes, Rows | None]:
-    """:func:`_answer`, and the rows themselves (None when it failed)."""
+    """Run a statement for the worker: ``(rows, pickled rows, the rows)`` or ``(qerr, the
+    error, None)``."""
     try:
         rows = port.query(sql, params)
         try:
