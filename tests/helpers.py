@@ -119,3 +119,34 @@ def pipe_size(pid: int, fd: int) -> int:
     finally:
         os.close(mine)
 
+
+
+def interrupted_call(db: Any, conn: Any, call: Any, how: str, *,
+                     wait: float = 10.0) -> tuple[Any, float]:
+    """Run ``call()`` (a statement on ``conn``) in a thread and interrupt it ``how``:
+    ``"pg_cancel_backend"`` cancels ``conn``'s backend after 0.7 s (from ``db.admin()``);
+    ``"statement_timeout"`` relies on the timeout ``conn`` already has. Returns (what the call
+    returned or raised, seconds from the interrupt, or the start, until it ended); fails if the
+    call has not ended after ``wait`` seconds."""
+    import threading
+    import time
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    begin = time.monotonic()
+    runner.start()
+    if how == "pg_cancel_backend":
+        time.sleep(0.7)
+        with db.admin() as a:
+            begin = time.monotonic()
+            a.execute("SELECT pg_cancel_backend(%s)", (conn.info.backend_pid,))
+    runner.join(wait)
+    assert not runner.is_alive(), "the call did not end"
+    return outcome[0], time.monotonic() - begin

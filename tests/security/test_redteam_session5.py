@@ -37,7 +37,7 @@ import psycopg
 import pytest
 
 import wormhole
-from tests.helpers import WORKER_PROBE_SQL, bwrap_children, worker_state
+from tests.helpers import WORKER_PROBE_SQL, bwrap_children, interrupted_call, worker_state
 from wormhole import remote
 from wormhole.runtime import codec, engine, sandbox
 
@@ -1327,26 +1327,9 @@ def test_a_compromised_worker_flooding_a_real_backend_is_stopped(
     try:
         assert _exec(c, plain, 1) == {"ok": 1, "out": []}
         _inject(c, "while True:\n    nowait(cid, 'INSERT INTO t (v) VALUES (1)', 2)")
-        outcome: list[Any] = []
-
-        def call() -> None:
-            try:
-                outcome.append(_exec(c, plain, 2))
-            except BaseException as exc:  # noqa: BLE001
-                outcome.append(exc)
-
-        runner = threading.Thread(target=call)
-        begin = time.monotonic()
-        runner.start()
-        if how == "pg_cancel_backend":
-            time.sleep(0.7)
-            with lab.admin() as a:
-                begin = time.monotonic()
-                a.execute("SELECT pg_cancel_backend(%s)", (c.info.backend_pid,))
-        runner.join(5.0)
-        assert not runner.is_alive(), "the call did not end"
-        assert time.monotonic() - begin < (1.0 if how == "pg_cancel_backend" else 2.0)
-        assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+        outcome, took = interrupted_call(lab, c, lambda: _exec(c, plain, 2), how, wait=5.0)
+        assert took < (1.0 if how == "pg_cancel_backend" else 2.0)
+        assert isinstance(outcome, psycopg.errors.QueryCanceled), outcome
         assert bwrap_children(c.info.backend_pid) == []
     finally:
         c.close()

@@ -61,7 +61,7 @@ import psycopg
 import pytest
 
 import wormhole
-from tests.helpers import WORKER_PROBE_SQL, bwrap_children, worker_state
+from tests.helpers import WORKER_PROBE_SQL, bwrap_children, interrupted_call, worker_state
 from wormhole import remote
 from wormhole.runtime import codec, engine, host, sandbox
 from wormhole.runtime.errors import DatabaseError, Interrupted
@@ -941,26 +941,9 @@ def test_a_slow_first_statement_run_ahead_stays_interruptible(lab: Any, how: str
     c = _app(lab, "1s" if how == "statement_timeout" else "0")
     try:
         assert _exec(c, sleepy, 0) == {"ok": 1, "out": []}  # warm: the worker runs
-        outcome: list[Any] = []
-
-        def call() -> None:
-            try:
-                outcome.append(_exec(c, sleepy, 30))
-            except BaseException as exc:  # noqa: BLE001
-                outcome.append(exc)
-
-        runner = threading.Thread(target=call)
-        begin = time.monotonic()
-        runner.start()
-        if how == "pg_cancel_backend":
-            time.sleep(0.7)
-            with lab.admin() as a:
-                begin = time.monotonic()
-                a.execute("SELECT pg_cancel_backend(%s)", (c.info.backend_pid,))
-        runner.join(10.0)
-        assert not runner.is_alive(), "the call did not end"
-        assert time.monotonic() - begin < (1.0 if how == "pg_cancel_backend" else 2.0)
-        assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+        outcome, took = interrupted_call(lab, c, lambda: _exec(c, sleepy, 30), how)
+        assert took < (1.0 if how == "pg_cancel_backend" else 2.0)
+        assert isinstance(outcome, psycopg.errors.QueryCanceled), outcome
         c.execute("SET statement_timeout = '20s'")
         # the backend and a new worker work (pg_sleep was cancelled before its nextval)
         assert _exec(c, sleepy, 0)["ok"] == 2
