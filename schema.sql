@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1350,7 +1350,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2263,7 +2263,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2732,7 +2732,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3105,15 +3105,31 @@ class PolicyError(Exception):
         return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
 
 
+#: a value the chain knows: ``(source, keys)``, its source a parameter's index (``>= 0``) or
+#: ``-1 - i`` for what step ``i`` assigned, subscripted with literal keys
+AheadRef = tuple[int, tuple[int | str, ...]]
+#: the test of an ``if`` the chain goes past (``policy._ahead_test``), as nested tuples:
+#: ``("ref", source, keys)``, ``("const", value)``, ``("cmp", left, ((op, right), ...))``,
+#: ``("and", (test, ...))``, ``("or", (test, ...))``, ``("not", test)``
+AheadTest = tuple[object, ...]
 #: one statement of a function's leading chain (``policy.ahead_statements``): ``(sql,
-#: arguments, keys)``, each argument ``(source, keys)`` with its source a parameter's index
-#: (``>= 0``) or ``-1 - i`` for what step ``i`` assigned (its rows subscripted with its keys)
-AheadStep = tuple[str, tuple[tuple[int, tuple[int | str, ...]], ...], tuple[int | str, ...]]
+#: arguments, keys, line, tests)``: its arguments are references (:data:`AheadRef`); its own
+#: ``keys`` give what it assigns (its rows, subscripted) for the steps after it; ``line`` is 0
+#: for a statement the worker waits for (``query``), else the line of a statement whose result
+#: the function discards (``nowait``); ``tests`` are the tests of the ``if`` statements before
+#: it, each of which must be false for the function to get there
+AheadStep = tuple[str, tuple[AheadRef, ...], tuple[int | str, ...], int, tuple[AheadTest, ...]]
 #: ``(positional parameters, steps)``: the statements a function starts with, whatever it is
 #: given, for a call with exactly that many positional arguments and no keywords
 Ahead = tuple[int, tuple[AheadStep, ...]]
 #: the longest chain kept
 MAX_AHEAD = 8
+#: the largest test of an ``if`` a chain goes past: nodes, and depth (``("not", ...)`` nests)
+MAX_AHEAD_TEST_NODES = 32
+MAX_AHEAD_TEST_DEPTH = 8
+#: the comparison operators a test may use (``is``/``is not`` only against None, True, False:
+#: identity of any other value differs between the backend and the worker)
+AHEAD_COMPARISONS = ("<", "<=", ">", ">=", "==", "!=", "in", "not in", "is", "is not")
 
 
 class Checked:
@@ -3140,7 +3156,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3190,6 +3206,7 @@ from __future__ import annotations
 import ast
 import builtins
 import hashlib
+import math
 import re
 import types
 import unicodedata
@@ -3226,6 +3243,7 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     FORBIDDEN_NAMES,
     Ahead,
     AheadStep,
+    AheadTest,
     Finding,
     GETATTR,
     GLOBAL_NAMES,
@@ -3236,6 +3254,8 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     IPOW,
     LSHIFT,
     MAX_AHEAD,
+    MAX_AHEAD_TEST_DEPTH,
+    MAX_AHEAD_TEST_NODES,
     MAX_DEPTH,
     MAX_FINDINGS,
     MAX_NODES,
@@ -4292,6 +4312,17 @@ def _own_nodes(fn: ast.FunctionDef) -> Iterator[ast.AST]:
             stack.extend(ast.iter_child_nodes(node))
 
 
+def _may_defer(tree: ast.Module, fn: ast.FunctionDef) -> bool:
+    """What :func:`_defer_discarded_queries` requires of the source as a whole (and
+    :func:`ahead_statements` of a discarded statement it runs ahead as one the worker does
+    not wait for): ``fn``'s name used nowhere, ``query`` bound nowhere, not a generator."""
+    for node in ast.walk(tree):
+        if _binds_query(node) or (isinstance(node, ast.Name) and node.id == fn.name):
+            return False
+    return not any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await))
+                   for node in _own_nodes(fn))
+
+
 def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
     """Rewrite ``query(sql, ...)`` statements of the entry function whose result is discarded
     and whose error nothing in the function could catch into ``_wh_defer(line, sql, ...)``;
@@ -4308,10 +4339,7 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
     * never in a generator (its body runs as the consumer iterates);
     * never when ``query`` is bound anywhere in the source (the call would not be ours).
     """
-    for node in ast.walk(tree):
-        if _binds_query(node) or (isinstance(node, ast.Name) and node.id == fn.name):
-            return 0
-    if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
+    if not _may_defer(tree, fn):
         return 0
     count = 0
     bodies: list[list[ast.stmt]] = [fn.body]
@@ -4354,7 +4382,7 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     * the first statement (after a docstring) and each next one is an assignment, ``return``
       or ``for`` whose value starts by calling ``query`` (``query(...)[0]["x"]``,
       ``query(...).attr``: the subscripts, attributes and method calls around it are evaluated
-      after it);
+      after it), or a ``query(...)`` statement whose result is discarded;
     * ``query`` gets a literal SQL text and then, as arguments, only the function's parameters
       or what an earlier statement of the chain assigned, possibly subscripted with literal
       ints and strings (``order["product_id"]``): the backend evaluates those on the same
@@ -4362,16 +4390,25 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
       raises too and the chain stops;
     * a statement is followed by the next only when it assigns one plain name a value made of
       the ``query`` call and literal subscripts alone, which the backend evaluates the same way
-      (``rows[0]`` raising ``IndexError`` for no rows ends the function, and the chain);
+      (``rows[0]`` raising ``IndexError`` for no rows ends the function, and the chain), or
+      discards its result;
+    * between two statements there may be ``if`` statements without ``elif``/``else`` whose
+      test compares such values and literals (``if inventory["quantity"] <
+      order["quantity"]: raise ...``, see :func:`_ahead_test`); the backend evaluates each test
+      on the same values, and goes on only where it is false, where the function skips the
+      body and runs the next statement (a true test, or one that raises, ends the chain
+      whatever the body does);
     * the parameters are plain positional ones: no defaults or annotations (evaluated when the
       function is defined, which could fail), no ``*args``, keyword-only or ``**kwargs``, no
       decorators; the function is neither a generator nor ``async`` (its body would not run
       when it is called);
     * ``query`` is bound nowhere in the source (the call would not be wormhole's).
 
-    A step is ``(sql, arguments, keys)``: each argument ``(source, keys)``, its source a
-    parameter's index (``>= 0``) or ``-1 - i`` for what step ``i`` assigned; the step's own
-    ``keys`` give what it assigns (its rows, subscripted), for the steps after it.
+    A discarded statement is one the worker sends without waiting (``nowait``, see
+    :func:`_defer_discarded_queries`) unless the function's name is used in the source; the
+    step keeps its line, which the worker's message carries. The backend runs it ahead as
+    well, and keeps its effects only when the worker then sends exactly that statement (any
+    other message fails the call, which rolls them back: ``sandbox._Ahead``).
     """
     if not isinstance(fn, ast.FunctionDef):
         return None
@@ -4386,6 +4423,7 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     for node in ast.walk(tree):
         if _binds_query(node):
             return None
+    deferrable = _may_defer(tree, fn)  # the worker sends its discarded statements without waiting
     if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
         return None
     body = fn.body
@@ -4395,8 +4433,17 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     #: what each name holds as the chain runs: a parameter (>= 0) or a step's value (< 0)
     names: dict[str, int] = {p.arg: i for i, p in enumerate(params)}
     steps: list[AheadStep] = []
-    for stmt in body[:MAX_AHEAD]:
+    tests: list[AheadTest] = []  # of the ``if`` statements since the last step
+    for stmt in body:
+        if len(steps) >= MAX_AHEAD:
+            break
         value: ast.expr | None
+        if isinstance(stmt, ast.If):
+            test = None if stmt.orelse else _ahead_test(stmt.test, names)
+            if test is None or len(tests) >= MAX_AHEAD:
+                break
+            tests.append(test)  # the body runs only where the test is true: the chain ends
+            continue
         if isinstance(stmt, ast.Assign):
             if any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
                    for target in stmt.targets for sub in ast.walk(target)):
@@ -4407,10 +4454,12 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
             value = stmt.value  # targets are assigned after the value is computed
         elif isinstance(stmt, (ast.Return, ast.For)):
             value = stmt.value if isinstance(stmt, ast.Return) else stmt.iter
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+            value = stmt.value  # a discarded result: only the call itself (see below)
         else:
             break
         keys: list[int | str] | None = []  # the literal subscripts around the call, if only
-        while value is not None:  # down to what is evaluated first
+        while value is not None and not isinstance(stmt, ast.Expr):  # down to what is first
             if isinstance(value, ast.Subscript):
                 key = _literal_key(value.slice)
                 if key is None or keys is None:
@@ -4433,12 +4482,110 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
         refs = [_ahead_ref(arg, names) for arg in passed]
         if any(ref is None for ref in refs):
             break
-        steps.append((sql.value, tuple(r for r in refs if r is not None), tuple(keys or ())))
+        # a discarded statement goes without waiting where _defer_discarded_queries makes it
+        # one (at the top of the function's body, outside try and with: all of the chain)
+        line = stmt.lineno if isinstance(stmt, ast.Expr) and deferrable else 0
+        steps.append((sql.value, tuple(r for r in refs if r is not None), tuple(keys or ()),
+                      line, tuple(tests)))
+        tests = []
+        if isinstance(stmt, ast.Expr):
+            continue  # it binds nothing: the next statement follows it
         if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
                 and isinstance(stmt.targets[0], ast.Name) and keys is not None):
             break
         names[stmt.targets[0].id] = -len(steps)  # -1 - (index of this step)
     return (len(params), tuple(steps)) if steps else None
+
+
+#: the comparison operators of a test the chain goes past, by the name the backend uses
+_AHEAD_COMPARE: dict[type[ast.cmpop], str] = {
+    ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=",
+    ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not",
+}
+
+
+def _ahead_test(node: ast.expr, names: Mapping[str, int]) -> AheadTest | None:
+    """The test of an ``if`` the chain may go past, as the backend evaluates it
+    (``sandbox._truth``), or None.
+
+    Only what evaluates the same in the backend as in the worker, with no effect but raising:
+    comparisons (``<`` ... ``not in``; ``is``/``is not`` only against ``None``, ``True`` or
+    ``False``), ``and``, ``or``, ``not``, and as operands the chain's values subscripted with
+    literals (:func:`_ahead_ref`) and literal ``None``, booleans, ints within 64 bits, finite
+    floats and short strings. The values are the parameters (decoded by wormhole's codec) and
+    rows (plain values): their comparisons and truth are Python's own, never user code.
+    Within :data:`MAX_AHEAD_TEST_NODES` nodes and :data:`MAX_AHEAD_TEST_DEPTH` levels.
+    """
+    count = [0]
+
+    def walk(node: ast.expr, depth: int, operand: bool) -> AheadTest | None:
+        count[0] += 1
+        if count[0] > MAX_AHEAD_TEST_NODES or depth > MAX_AHEAD_TEST_DEPTH:
+            return None
+        constant = _ahead_constant(node)
+        if constant is not None:
+            return constant
+        if isinstance(node, (ast.Name, ast.Subscript)):
+            ref = _ahead_ref(node, names)
+            return None if ref is None else ("ref", ref[0], ref[1])
+        if operand:  # a comparison's operand: a value, not a test
+            return None
+        if isinstance(node, ast.BoolOp):
+            parts = [walk(v, depth + 1, False) for v in node.values]
+            if any(p is None for p in parts):
+                return None
+            return ("and" if isinstance(node.op, ast.And) else "or", tuple(parts))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            inner = walk(node.operand, depth + 1, False)
+            return None if inner is None else ("not", inner)
+        if isinstance(node, ast.Compare):
+            left = walk(node.left, depth + 1, True)
+            if left is None:
+                return None
+            pairs: list[tuple[str, AheadTest]] = []
+            before = node.left
+            for op, right_node in zip(node.ops, node.comparators):
+                name = _AHEAD_COMPARE.get(type(op))
+                right = walk(right_node, depth + 1, True)
+                if name is None or right is None:
+                    return None
+                if name in ("is", "is not") and not (
+                        _singleton(before) or _singleton(right_node)):
+                    return None
+                pairs.append((name, right))
+                before = right_node
+            return ("cmp", left, tuple(pairs))
+        return None
+
+    return walk(node, 1, False)
+
+
+def _singleton(node: ast.expr) -> bool:
+    """Is ``node`` the literal ``None``, ``True`` or ``False`` (one object in every process)?"""
+    return isinstance(node, ast.Constant) and (node.value is None or type(node.value) is bool)
+
+
+def _ahead_constant(node: ast.expr) -> AheadTest | None:
+    """A literal operand of a test: ``("const", value)``, or None."""
+    negative = False
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        negative, node = True, node.operand
+    if not isinstance(node, ast.Constant):
+        return None
+    value = node.value
+    if type(value) is int:
+        value = -value if negative else value
+        return ("const", value) if -(1 << 63) <= value < 1 << 63 else None
+    if type(value) is float:
+        value = -value if negative else value
+        return ("const", value) if math.isfinite(value) else None
+    if negative:
+        return None
+    if value is None or type(value) is bool:
+        return ("const", value)
+    if type(value) is str and len(value) <= 1024:
+        return ("const", value)
+    return None
 
 
 def _literal_key(node: ast.expr) -> int | str | None:
@@ -4600,7 +4747,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5349,7 +5496,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5768,7 +5915,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -6002,7 +6149,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6512,7 +6659,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7062,7 +7209,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7440,7 +7587,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7973,6 +8120,24 @@ class WorkerExecutor:
                     raise ProtocolError(
                         f"message for call {header.get('id')!r}, expected {call_id}")
                 op = header["op"]
+                if ahead is not None and ahead.unconfirmed:
+                    # a discarded statement run ahead: the worker must send exactly it next
+                    # (or end the call with an error, which rolls it back)
+                    request, error, line = ahead.unconfirmed[0]
+                    if op == NOWAIT and (payload == request or _same(payload, request, True)):
+                        del ahead.unconfirmed[0]
+                        self.deferred += 1
+                        self.ahead += 1
+                        if error is not None and failure is None:
+                            failure = _Failed(error, line)
+                        if time.monotonic() - last_tick >= POLL_SECONDS:
+                            tick()
+                        continue
+                    if not (op == DONE and payload.startswith(b'{"err"')):
+                        raise ProtocolError(
+                            f"its {op!r} is not the statement at line {line}, which the "
+                            "function runs next and this backend ran ahead (the call's "
+                            "statements are rolled back)")
                 if pending is not None:  # is this message the statement run ahead?
                     request, answer_op, answer = pending
                     pending = None
@@ -8226,17 +8391,24 @@ class _Ahead:
     """The statements a call starts with (``call.ahead``: ``policy.ahead_statements`` and the
     call's positional arguments), each run before the worker asks for it.
 
-    :meth:`next` runs the next one and returns ``(the request the worker will send for it,
-    answer op, answer body)``, or None when the chain is over. Its arguments are the call's,
-    or values an earlier statement assigned (its rows subscripted with literal keys), taken
-    here from the same rows the worker gets; the request is encoded as the worker's
-    ``ChannelPort`` encodes it (same codec, same values). The chain stops where the function
-    would stop or could go elsewhere: a subscript that raises (no rows: ``IndexError``), a
-    statement that fails (the worker's ``query()`` raises), an argument the worker could not
-    send (the codec refuses it, the frame is over the limit: not run).
+    :meth:`next` runs the next statement the worker waits for and returns ``(the request the
+    worker will send for it, answer op, answer body)``, or None when the chain is over. Its
+    arguments are the call's, or values an earlier statement assigned (its rows subscripted
+    with literal keys), taken here from the same rows the worker gets; the request is encoded
+    as the worker's ``ChannelPort`` encodes it (same codec, same values). Before a statement,
+    the tests of the ``if`` statements the function passes on its way there are evaluated on
+    the same values (:func:`_truth`): the chain goes on only where each is false. The
+    statements whose result the function discards that come first are run too, each kept in
+    :attr:`unconfirmed` until the worker sends it (``nowait``): ``_run`` accepts nothing else
+    from the worker meanwhile, so their effects stay only if the function ran them.
+
+    The chain stops where the function would stop or could go elsewhere: a test that is true
+    or raises, a subscript that raises (no rows: ``IndexError``), a statement that fails (the
+    worker's ``query()`` raises; a discarded one is kept with its error), an argument the
+    worker could not send (the codec refuses it, the frame is over the limit: not run).
     """
 
-    __slots__ = ("port", "steps", "args", "max_frame", "values")
+    __slots__ = ("port", "steps", "args", "max_frame", "values", "unconfirmed")
 
     def __init__(self, port: QueryPort, steps: tuple[AheadStep, ...], args: list[Any],
                  max_frame: int) -> None:
@@ -8246,40 +8418,102 @@ class _Ahead:
         self.max_frame = max_frame
         #: what each step run so far assigned (read by the steps after it)
         self.values: list[Any] = []
+        #: discarded statements run ahead that the worker has not sent yet, oldest first:
+        #: ``(its nowait request, what it raised or None, its line)``
+        self.unconfirmed: list[tuple[bytes, Exception | None, int]] = []
 
     def next(self) -> tuple[bytes, str, bytes] | None:
-        index = len(self.values)
-        if index >= len(self.steps):
-            return None
-        sql, refs, keys = self.steps[index]
-        self.values.append(None)
-        try:
-            params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
-                              path) for source, path in refs]
-            request = codec.encode_query(sql, params).encode("utf-8")
-        except Exception:  # noqa: BLE001 - the function raises there: it never sends it
-            self._stop()
-            return None
-        if len(request) > self.max_frame:
-            self._stop()
-            return None
-        op, body, rows = _run_statement(self.port, sql, params)
-        if rows is None or index + 1 >= len(self.steps) or rows._wire:
-            # it failed (the worker's query() raises), or it was the last; or the worker reads
-            # some of its values from PostgreSQL's text itself (a large row set's dates and
-            # times): the next steps' arguments are taken only from values sent as they are
-            self._stop()
-        else:
+        while True:
+            index = len(self.values)
+            if index >= len(self.steps):
+                return None
+            sql, refs, keys, line, tests = self.steps[index]
+            self.values.append(None)
             try:
-                self.values[index] = _follow(rows, keys)
-            except Exception:  # noqa: BLE001 - the function raises there too: no next step
+                for test in tests:
+                    if _truth(test, self.args, self.values):
+                        raise _Taken  # the function runs that ``if``'s body: not followed
+                params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
+                                  path) for source, path in refs]
+                request = codec.encode_query(sql, params).encode("utf-8")
+            except Exception:  # noqa: BLE001 - the function raises or branches there
                 self._stop()
-        return request, op, body
+                return None
+            if line:  # the worker's ``nowait`` (worker.ChannelPort.defer)
+                request = b'%s,"line":%d}' % (request[:-1], line)
+            if len(request) > self.max_frame:
+                self._stop()
+                return None
+            if line:
+                try:
+                    self.port.query(sql, params)
+                except _FAILURES as exc:  # the call fails there once the worker gets there
+                    self.unconfirmed.append((request, exc, line))
+                    self._stop()
+                    return None
+                self.unconfirmed.append((request, None, line))
+                continue
+            op, body, rows = _run_statement(self.port, sql, params)
+            if rows is None or index + 1 >= len(self.steps) or rows._wire:
+                # it failed (the worker's query() raises), or it was the last; or the worker
+                # reads some of its values from PostgreSQL's text itself (a large row set's
+                # dates and times): the next steps' arguments are taken only from values sent
+                # as they are
+                self._stop()
+            else:
+                try:
+                    self.values[index] = _follow(rows, keys)
+                except Exception:  # noqa: BLE001 - the function raises there too: no next step
+                    self._stop()
+            return request, op, body
 
     def _stop(self) -> None:
         """No more steps; nothing kept (rows held for later steps are let go)."""
         self.steps = ()
         self.values = []
+
+
+class _Taken(Exception):
+    """A test before a statement run ahead is true: the function goes into that ``if``."""
+
+
+#: the comparisons of a test (``policy._ahead_test``): Python's own operators
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq, "!=": operator.ne, "is": operator.is_, "is not": operator.is_not,
+    "in": lambda a, b: a in b, "not in": lambda a, b: a not in b,
+}
+
+
+def _truth(test: Any, args: list[Any], values: list[Any]) -> bool:
+    """Is ``test`` (``policy._ahead_test``) true of these values? Evaluated as the worker's
+    Python evaluates the ``if`` (the same operands in the same order, ``and``/``or`` and
+    chained comparisons stopping at the same place), so it raises where the function would.
+    The values are parameters and rows: plain values whose truth and comparisons run no user
+    code."""
+    kind = test[0]
+    if kind == "cmp":
+        left = _operand(test[1], args, values)
+        for op, right_test in test[2]:
+            right = _operand(right_test, args, values)
+            if not _COMPARE[op](left, right):
+                return False
+            left = right
+        return True
+    if kind == "and":
+        return all(_truth(part, args, values) for part in test[1])
+    if kind == "or":
+        return any(_truth(part, args, values) for part in test[1])
+    if kind == "not":
+        return not _truth(test[1], args, values)
+    return bool(_operand(test, args, values))
+
+
+def _operand(test: Any, args: list[Any], values: list[Any]) -> Any:
+    if test[0] == "const":
+        return test[1]
+    source = test[1]
+    return _follow(args[source] if source >= 0 else values[-1 - source], test[2])
 
 
 def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
@@ -8289,14 +8523,20 @@ def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
     return value
 
 
-def _same(payload: bytes, request: bytes) -> bool:
+def _same(payload: bytes, request: bytes, deferred: bool = False) -> bool:
     """Is the worker's request ``payload`` the statement ``request`` (which this backend
     encoded), though not byte for byte? Decoded and encoded again here, so a worker whose
     Python writes a value differently still gets the answer, and the statement is not run
-    twice."""
+    twice. ``deferred``: a ``nowait`` request, with its line."""
     try:
-        mine = _request(payload, _REQUEST_KEYS)
-        return codec.encode_query(mine["sql"], mine["params"]).encode("utf-8") == request
+        mine = _request(payload, _DEFERRED_KEYS if deferred else _REQUEST_KEYS)
+        text = codec.encode_query(mine["sql"], mine["params"]).encode("utf-8")
+        if deferred:
+            line = mine["line"]
+            if type(line) is not int:
+                return False
+            text = b'%s,"line":%d}' % (text[:-1], line)
+        return text == request
     except Exception:  # noqa: BLE001 - malformed: served (and refused) as any request
         return False
 
@@ -8513,7 +8753,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8530,13 +8770,14 @@ In plain CPython (tests) ``plpy`` is ``wormhole.testing.PlpyShim`` over a real c
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
 
 from . import VERSION, WORKER_MODULES, codec, engine, spawn
 from .errors import DatabaseError, Interrupted, LimitExceeded
-from .rules import MAX_AHEAD
+from .rules import AHEAD_COMPARISONS, MAX_AHEAD, MAX_AHEAD_TEST_DEPTH, MAX_AHEAD_TEST_NODES
 from .spi import SpiPort
 
 TYPE_CHECKING = False
@@ -8545,7 +8786,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import policy, sandbox
-    from .rules import Ahead, AheadStep
+    from .rules import Ahead, AheadRef, AheadStep, AheadTest
 else:
     class _Sibling:
         """A sibling module imported on first use, then bound in its place: a warm in-process
@@ -8846,27 +9087,37 @@ class _Stored:
 
 def _ahead(text: object) -> Ahead | None:
     """``wormhole_functions.ahead`` as ``wormhole_install`` wrote it (``_ahead_text``), or None
-    for anything else."""
+    for anything else (the backend runs these statements: only their exact shape is taken)."""
     if type(text) is not str:
         return None
     try:
         count, raw_steps = json.loads(text)
-        if type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD:
+        if type(count) is not int or type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD:
             return None
         steps: list[AheadStep] = []
-        for sql, raw_refs, keys in raw_steps:
+        for sql, raw_refs, keys, line, raw_tests in raw_steps:
+            # what this step's arguments and tests may read: the parameters, earlier steps
+            low = -len(steps)
             refs = []
-            for source, path in raw_refs:
-                if (type(source) is not int or not -len(steps) <= source < count
-                        or not _keys(path)):
+            for raw in raw_refs:
+                ref = _ref(raw, low, count)
+                if ref is None:
                     return None
-                refs.append((source, tuple(path)))
-            if type(sql) is not str or not _keys(keys):
+                refs.append(ref)
+            if (type(sql) is not str or not _keys(keys) or type(line) is not int
+                    or not 0 <= line < 1 << 31 or type(raw_tests) is not list
+                    or len(raw_tests) > MAX_AHEAD):
                 return None
-            steps.append((sql, tuple(refs), tuple(keys)))
+            tests = []
+            for raw in raw_tests:
+                test = _test(raw, low, count, [0], 1)
+                if test is None:
+                    return None
+                tests.append(test)
+            steps.append((sql, tuple(refs), tuple(keys), line, tuple(tests)))
     except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
         return None
-    if type(count) is not int or not steps:
+    if not steps:
         return None
     return count, tuple(steps)
 
@@ -8875,10 +9126,86 @@ def _keys(path: object) -> bool:
     return type(path) is list and all(type(k) in (int, str) for k in path)
 
 
+def _ref(raw: object, low: int, count: int) -> AheadRef | None:
+    """``[source, keys]``: a parameter (``0 <= source < count``) or an earlier step."""
+    if type(raw) is not list or len(raw) != 2:
+        return None
+    source, path = raw
+    if type(source) is not int or not low <= source < count or not _keys(path):
+        return None
+    return source, tuple(path)
+
+
+_TEST_OPS = frozenset(AHEAD_COMPARISONS)
+
+
+def _test(raw: object, low: int, count: int, seen: list[int], depth: int) -> AheadTest | None:
+    """One test of ``policy._ahead_test``'s shape, within its limits, or None."""
+    seen[0] += 1
+    if (type(raw) is not list or not raw or seen[0] > MAX_AHEAD_TEST_NODES
+            or depth > MAX_AHEAD_TEST_DEPTH):
+        return None
+    kind = raw[0]
+    if kind == "ref" and len(raw) == 3:
+        ref = _ref(raw[1:], low, count)
+        return None if ref is None else ("ref", ref[0], ref[1])
+    if kind == "const" and len(raw) == 2:
+        value = raw[1]
+        if (value is None or type(value) in (bool, str)
+                or (type(value) is int and -(1 << 63) <= value < 1 << 63)
+                or (type(value) is float and math.isfinite(value))):
+            return ("const", value)
+        return None
+    if kind == "not" and len(raw) == 2:
+        inner = _test(raw[1], low, count, seen, depth + 1)
+        return None if inner is None else ("not", inner)
+    if kind in ("and", "or") and len(raw) == 2 and type(raw[1]) is list and raw[1]:
+        parts = [_test(part, low, count, seen, depth + 1) for part in raw[1]]
+        return None if any(p is None for p in parts) else (kind, tuple(parts))
+    if kind == "cmp" and len(raw) == 3 and type(raw[2]) is list and raw[2]:
+        left = _test(raw[1], low, count, seen, depth + 1)
+        if left is None or left[0] not in ("ref", "const"):
+            return None
+        pairs = []
+        before = left
+        for pair in raw[2]:
+            if type(pair) is not list or len(pair) != 2 or pair[0] not in _TEST_OPS:
+                return None
+            right = _test(pair[1], low, count, seen, depth + 1)
+            if right is None or right[0] not in ("ref", "const"):
+                return None
+            if pair[0] in ("is", "is not") and not (_singleton(before) or _singleton(right)):
+                return None
+            pairs.append((pair[0], right))
+            before = right
+        return ("cmp", left, tuple(pairs))
+    return None
+
+
+def _singleton(test: AheadTest) -> bool:
+    return test[0] == "const" and (test[1] is None or type(test[1]) is bool)
+
+
 def _ahead_text(ahead: Ahead) -> str:
     count, steps = ahead
-    return json.dumps([count, [[sql, [[source, list(path)] for source, path in refs], list(keys)]
-                               for sql, refs, keys in steps]], separators=(",", ":"))
+    return json.dumps([count, [[sql, [[source, list(path)] for source, path in refs], list(keys),
+                                line, [_test_json(t) for t in tests]]
+                               for sql, refs, keys, line, tests in steps]],
+                      separators=(",", ":"))
+
+
+def _test_json(test: AheadTest) -> list[Any]:
+    kind = test[0]
+    if kind == "ref":
+        return ["ref", test[1], list(test[2])]  # type: ignore[call-overload]
+    if kind == "const":
+        return ["const", test[1]]
+    if kind == "not":
+        return ["not", _test_json(test[1])]  # type: ignore[arg-type]
+    if kind in ("and", "or"):
+        return [kind, [_test_json(t) for t in test[1]]]  # type: ignore[attr-defined]
+    return ["cmp", _test_json(test[1]),  # type: ignore[arg-type]
+            [[op, _test_json(right)] for op, right in test[2]]]  # type: ignore[attr-defined]
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
@@ -9512,7 +9839,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9528,7 +9855,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977']):
+                for r in plpy.execute(plan, ['5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9578,7 +9905,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = 'cef59d6c9d622032015b07b58d427a044972491b99c8e8ed95dea9390e24d977'
+    _pkg.CODE_TAG = '5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

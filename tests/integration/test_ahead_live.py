@@ -4,9 +4,11 @@
 (``policy.ahead_statements``), with its checked code. In the confined worker the backend runs
 each before the worker asks for it (the first while the worker wakes up, the next after
 answering the one before, its arguments from the rows just sent) and answers the worker's
-``query`` with its result. That may change nothing a function does: each statement runs once
-per call, never when the call cannot bind its arguments or stops before it, and its effects go
-with the call's when the call fails. A sequence shows every time a statement ran (``nextval``
+``query`` with its result; statements whose result the function discards are run ahead too,
+past ``if`` statements whose test the backend finds false. That may change nothing a function
+does: each statement runs once per call, never when the call cannot bind its arguments or stops
+before it (an ``if`` whose body raises, a failed statement), and its effects go with the call's
+when the call fails. A sequence shows every time a statement ran (``nextval``
 is never rolled back). ``wh_worker()`` (a superuser's helper, for the test only) reads the
 executor's counters.
 """
@@ -30,6 +32,9 @@ def shop(db):
     db.setup_sql(
         "CREATE SEQUENCE ticket;"
         "CREATE TABLE tickets (id bigint PRIMARY KEY, who text NOT NULL);"
+        "CREATE TABLE stock (item text PRIMARY KEY, qty int NOT NULL CHECK (qty > 0));"
+        "INSERT INTO stock VALUES ('pen', 10), ('ink', 1);"
+        "CREATE TABLE sales (id bigint PRIMARY KEY, item text NOT NULL, n int NOT NULL);"
     )
     db.setup_sql(WORKER_PROBE_SQL, grant=False)
     return db
@@ -58,6 +63,16 @@ def reissue(ticket):
     return new["n"]
 
 
+@remote
+def sell(item, n):
+    stock = query("SELECT qty FROM stock WHERE item = $1", item)[0]
+    if stock["qty"] < n:
+        raise ValueError("not enough " + item)
+    query("UPDATE stock SET qty = qty - $1 WHERE item = $2", n, item)  # SELL
+    query("INSERT INTO sales VALUES (nextval('ticket'), $1, $2)", item, n)
+    return stock["qty"] - n
+
+
 def _last_value(db) -> int:
     with db.admin() as a:
         return a.execute("SELECT last_value FROM ticket").fetchone()[0]
@@ -72,11 +87,10 @@ def _tickets(db) -> list[tuple[int, str]]:
 def mode(request, shop):
     if request.param == "in-process":
         with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
-            issue.install()
-            lookup.install()
-            reissue.install()
+            for fn in (issue, lookup, reissue, sell):
+                fn.install()
         with shop.admin() as a:
-            for fn in (issue, lookup, reissue):
+            for fn in (issue, lookup, reissue, sell):
                 a.execute("SELECT wormhole_approve(%s)", (fn.hash,))
     return request.param
 
@@ -95,11 +109,16 @@ def test_install_keeps_the_statements_a_function_starts_with(shop):
         later.install()
     with shop.admin() as a:
         rows = dict(a.execute("SELECT name, ahead FROM wormhole_functions").fetchall())
+    # each step: SQL, arguments, what it assigns, its line if the function discards its
+    # result (0: the worker waits for it), the tests of the ``if`` statements before it
     assert rows == {
-        "issue": '[1,[["SELECT nextval(\'ticket\') AS n",[],[0,"n"]]]]',
-        "lookup": '[1,[["SELECT who FROM tickets WHERE id = $1",[[0,[]]],[0,"who"]]]]',
-        "reissue": '[1,[["SELECT id, who FROM tickets WHERE id = $1",[[0,[]]],[0]],'
-                   '["SELECT nextval(\'ticket\') AS n, $1::text AS who",[[-1,["who"]]],[0]]]]',
+        "issue": '[1,[["SELECT nextval(\'ticket\') AS n",[],[0,"n"],0,[]],'
+                 '["INSERT INTO tickets VALUES ($1, $2)",[[-1,[]],[0,[]]],[],3,[]]]]',
+        "lookup": '[1,[["SELECT who FROM tickets WHERE id = $1",[[0,[]]],[0,"who"],0,[]]]]',
+        "reissue": '[1,[["SELECT id, who FROM tickets WHERE id = $1",[[0,[]]],[0],0,[]],'
+                   '["SELECT nextval(\'ticket\') AS n, $1::text AS who",[[-1,["who"]]],[0],0,'
+                   '[]],["INSERT INTO tickets VALUES ($1, $2)",[[-2,["n"]],[-2,["who"]]],[],4,'
+                   '[]]]]',
         "later": None,
     }
 
@@ -120,8 +139,9 @@ def test_in_the_worker_the_statement_run_ahead_answers_its_query(shop):
         assert lookup(1) == "ada"
         after = worker_state(c, COUNTERS)
     delta = {k: after[k] - before[k] for k in COUNTERS}
-    # two calls, each with one answered query: both answered from the statement run ahead
-    assert delta == {"answered": 2, "ahead": 2, "ahead_unused": 0}
+    # two calls, each with one answered query: both answered from the statement run ahead;
+    # issue's INSERT (its result discarded) was run ahead too
+    assert delta == {"answered": 2, "ahead": 3, "ahead_unused": 0}
 
 
 def test_its_effects_go_with_a_failed_call(shop, mode):
@@ -189,6 +209,67 @@ def test_in_the_worker_a_chain_answers_every_query_it_holds(shop):
         before = worker_state(c, COUNTERS)
         assert reissue(1) == 3
         after = worker_state(c, COUNTERS)
-    # two answered statements, both run ahead (the INSERT is deferred: not answered)
+    # two answered statements, both run ahead, and the INSERT (deferred: not answered)
     assert {k: after[k] - before[k] for k in COUNTERS} == {
-        "answered": 2, "ahead": 2, "ahead_unused": 0}
+        "answered": 2, "ahead": 3, "ahead_unused": 0}
+
+
+def _stock(db) -> dict[str, int]:
+    with db.admin() as a:
+        return dict(a.execute("SELECT item, qty FROM stock").fetchall())
+
+
+def _sales(db) -> list[tuple[int, str, int]]:
+    with db.admin() as a:
+        return a.execute("SELECT id, item, n FROM sales ORDER BY id").fetchall()
+
+
+def test_writes_past_a_false_test_run_once(shop, mode):
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        assert sell("pen", 2) == 8
+        assert sell("pen", 3) == 5
+    assert _stock(shop) == {"pen": 5, "ink": 1}
+    assert _sales(shop) == [(1, "pen", 2), (2, "pen", 3)]
+    assert _last_value(shop) == 2
+
+
+def test_a_true_test_runs_nothing_after_it(shop, mode):
+    """``sell("pen", 100)``: the test is true, the function raises in the body; neither write
+    may have run, not even for a moment (the sequence would show the INSERT)."""
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        with pytest.raises(ValueError, match="not enough pen"):
+            sell("pen", 100)
+        with pytest.raises(TypeError):
+            sell("pen", "many")  # a test that raises: the function raises there too
+        assert sell("pen", 1) == 9
+    assert _stock(shop) == {"pen": 9, "ink": 1}
+    assert _sales(shop) == [(1, "pen", 1)]
+    assert _last_value(shop) == 1
+
+
+def test_a_write_that_fails_ends_the_call_at_its_line(shop, mode):
+    """``sell("ink", 1)``: the test is false, the UPDATE breaks the CHECK: the call fails with
+    its error at its line, the INSERT after it never runs, nothing is kept."""
+    with psycopg.connect(shop.dsn()) as c, wormhole.connection(c):
+        with pytest.raises(errors.IntegrityError) as info:
+            sell("ink", 1)
+        assert info.value.sqlstate == "23514"
+        frames = [f for f in traceback.extract_tb(info.value.__traceback__)
+                  if f.filename == __file__ and f.name == "sell"]
+        assert frames and "# SELL" in (frames[-1].line or "")
+        c.rollback()
+    assert _stock(shop) == {"pen": 10, "ink": 1}
+    assert _sales(shop) == []
+    with shop.admin() as a:  # nextval never ran: the INSERT after the UPDATE never did
+        assert a.execute("SELECT is_called FROM ticket").fetchone()[0] is False
+
+
+def test_in_the_worker_the_writes_are_run_ahead(shop):
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        sell("pen", 1)
+        before = worker_state(c, COUNTERS + ("deferred",))
+        assert sell("pen", 1) == 8
+        after = worker_state(c, COUNTERS + ("deferred",))
+    # the SELECT answered from the statement run ahead, both writes run ahead and confirmed
+    assert {k: after[k] - before[k] for k in COUNTERS + ("deferred",)} == {
+        "answered": 1, "ahead": 3, "ahead_unused": 0, "deferred": 2}

@@ -137,9 +137,18 @@ def _differential(source: str, *args: Any) -> tuple[list[Any] | None, list[Any],
     ahead = sandbox._Ahead(bport, steps, decoded, 1 << 24)
     pending = ahead.next()
     for sql, params in fport.log:
-        if pending is None or codec.encode_query(sql, params).encode() != pending[0]:
+        text = codec.encode_query(sql, params).encode()
+        if ahead.unconfirmed:  # (seventh session) a discarded statement run ahead
+            request = ahead.unconfirmed[0][0]
+            if request.rsplit(b',"line":', 1)[0] + b"}" != text:
+                break  # WorkerExecutor._run fails the call there, rolling it back
+            del ahead.unconfirmed[0]
+            continue
+        if pending is None or text != pending[0]:
             break
         pending = ahead.next()
+    # a call that succeeds left nothing run ahead unsent (_run would have failed it)
+    assert not ahead.unconfirmed or '"err"' in payload[:8], (ahead.unconfirmed, payload)
     return bport.log, fport.log, payload
 
 
@@ -403,7 +412,7 @@ def test_a_huge_literal_key_does_not_break_install() -> None:
     assert ahead is not None
     text = host._ahead_text(ahead)  # raised ValueError (int_max_str_digits)
     assert host._ahead(text) == ahead
-    assert ahead[1] == (("SELECT 1", (), ()),)  # the chain stops at the key it cannot keep
+    assert ahead[1] == (("SELECT 1", (), (), 0, ()),)  # it stops at the key it cannot keep
     ok = check("def f(a):\n    x = query('SELECT 1')[9223372036854775807]\n"
                "    return query('SELECT $1', x)\n", MODULES).ahead
     assert ok is not None and len(ok[1]) == 2
@@ -413,16 +422,16 @@ def test_a_huge_literal_key_does_not_break_install() -> None:
 #: texts a superuser could write into wormhole_functions.ahead: all ignored, none raises
 MALFORMED_AHEAD = [
     None, 42, b"[1,[]]", "", "not json", "null", "[]", "[1]", "[1,[]]", "[1,[],3]",
-    '{"a":1,"b":2}', '[true,[["SELECT 1",[],[]]]]', '[1.0,[["SELECT 1",[],[]]]]',
-    '[1,[["SELECT 1",[],[]]],1]', '[1,[[1,[],[]]]]', '[1,[["SELECT 1",[],[true]]]]',
-    '[1,[["SELECT 1",[],[1.5]]]]', '[1,[["SELECT 1",[[1,[]]],[]]]]',  # param 1 of 1
-    '[1,[["SELECT 1",[[-1,[]]],[]]]]',  # refers to a step before the first
-    '[1,[["SELECT 1",[],[]],["SELECT 2",[[-2,[]]],[]]]]',  # refers to itself
-    '[1,[["SELECT 1",[[true,[]]],[]]]]', '[1,[["SELECT 1",[[0,"ab"]],[]]]]',
-    '[1,[["SELECT 1",[[0,[null]]],[]]]]', '[1,[["SELECT 1",{"ab":[]},[]]]]',
-    '[1,[["SELECT 1",[],{}]]]', '[1,[["SELECT 1",[]]]]', '[1,["ab"]]', '[1,"abc"]',
-    '[1,[' + ",".join(['["SELECT 1",[],[]]'] * 9) + "]]",  # more than MAX_AHEAD
-    '[1' + "0" * 5000 + ',[["SELECT 1",[],[]]]]',  # an int past int_max_str_digits
+    '{"a":1,"b":2}', '[true,[["SELECT 1",[],[],0,[]]]]', '[1.0,[["SELECT 1",[],[],0,[]]]]',
+    '[1,[["SELECT 1",[],[],0,[]]],1]', '[1,[[1,[],[],0,[]]]]', '[1,[["SELECT 1",[],[true],0,[]]]]',
+    '[1,[["SELECT 1",[],[1.5],0,[]]]]', '[1,[["SELECT 1",[[1,[]]],[],0,[]]]]',  # param 1 of 1
+    '[1,[["SELECT 1",[[-1,[]]],[],0,[]]]]',  # refers to a step before the first
+    '[1,[["SELECT 1",[],[],0,[]],["SELECT 2",[[-2,[]]],[],0,[]]]]',  # refers to itself
+    '[1,[["SELECT 1",[[true,[]]],[],0,[]]]]', '[1,[["SELECT 1",[[0,"ab"]],[],0,[]]]]',
+    '[1,[["SELECT 1",[[0,[null]]],[],0,[]]]]', '[1,[["SELECT 1",{"ab":[]},[],0,[]]]]',
+    '[1,[["SELECT 1",[],{},0,[]]]]', '[1,[["SELECT 1",[]]]]', '[1,["ab"]]', '[1,"abc"]',
+    '[1,[' + ",".join(['["SELECT 1",[],[],0,[]]'] * 9) + "]]",  # more than MAX_AHEAD
+    '[1' + "0" * 5000 + ',[["SELECT 1",[],[],0,[]]]]',  # an int past int_max_str_digits
     # FINDING 3 (fixed): nested deeper than the recursion limit raised RecursionError
     "[" * 100_000 + "]" * 100_000,
     '[1,[["SELECT 1",[],' + "[" * 50_000 + "]" * 50_000 + "]]]",
@@ -435,9 +444,10 @@ def test_a_malformed_ahead_text_is_ignored(text: object) -> None:
 
 
 def test_a_well_formed_ahead_text_reads_back_exactly() -> None:
-    text = '[2,[["SELECT 1",[[1,[0,"k"]]],[0]],["SELECT 2",[[-1,["id"]],[0,[]]],[]]]]'
-    assert host._ahead(text) == (2, (("SELECT 1", ((1, (0, "k")),), (0,)),
-                                     ("SELECT 2", ((-1, ("id",)), (0, ())), ())))
+    text = ('[2,[["SELECT 1",[[1,[0,"k"]]],[0],0,[]],'
+            '["SELECT 2",[[-1,["id"]],[0,[]]],[],0,[]]]]')
+    assert host._ahead(text) == (2, (("SELECT 1", ((1, (0, "k")),), (0,), 0, ()),
+                                     ("SELECT 2", ((-1, ("id",)), (0, ())), (), 0, ())))
 
 
 _REQUEST = codec.encode_query("SELECT $1", [1, "a", (2,), None]).encode()
@@ -464,11 +474,11 @@ def test_only_the_same_statement_is_recognised(payload: bytes, same: bool) -> No
 
 def test_a_step_whose_argument_cannot_be_taken_runs_nothing() -> None:
     port = LogPort()
-    steps = (("SELECT 1", ((0, ("missing",)),), ()),)
+    steps = (("SELECT 1", ((0, ("missing",)),), (), 0, ()),)
     assert sandbox._Ahead(port, steps, [{"k": 1}], 1 << 20).next() is None
     assert sandbox._Ahead(port, steps, [None], 1 << 20).next() is None
     # a later step whose key the rows do not have: the first runs, the second never
-    steps2 = (("SELECT 1", (), (0,)), ("SELECT 2", ((-1, ("nope",)),), ()))
+    steps2 = (("SELECT 1", (), (0,), 0, ()), ("SELECT 2", ((-1, ("nope",)),), (), 0, ()))
     ahead = sandbox._Ahead(port, steps2, [], 1 << 20)
     assert ahead.next() is not None
     assert ahead.next() is None and ahead.next() is None
@@ -517,7 +527,7 @@ def _rogue(body: str) -> dict[str, str]:
 
 
 #: a chain of two: users[0], then SELECT $1 with its name
-CHAIN = (("SELECT * FROM users", (), (0,)), ("SELECT $1", ((-1, ("name",)),), ()))
+CHAIN = (("SELECT * FROM users", (), (0,), 0, ()), ("SELECT $1", ((-1, ("name",)),), (), 0, ()))
 S1 = codec.encode_query("SELECT * FROM users", []).encode()
 S2 = codec.encode_query("SELECT $1", ["ada"]).encode()
 
@@ -585,7 +595,7 @@ def test_a_request_equal_but_for_a_type_gets_its_own_answer(params: bytes) -> No
     asked = b'{"sql":"SELECT $1","params":' + params + b"}"
     mine = codec.decode(params)[0]
     result, port, ex = _run_rogue(f"done(cid, [ask(cid, {asked!r})])",
-                                  steps=(("SELECT $1", ((0, ()),), ()),), args=(1,))
+                                  steps=(("SELECT $1", ((0, ()),), (), 0, ()),), args=(1,))
     assert result["ok"][0][0] == "rows", result
     same = codec.encode_query("SELECT $1", [mine]) == codec.encode_query("SELECT $1", [1])
     if same:  # {"$i": "1"} is the int 1 written otherwise: the same statement, answered once
@@ -673,7 +683,7 @@ def test_a_worker_that_never_reads_its_answer_stays_interruptible() -> None:
     port.query = query_  # type: ignore[method-assign]
     big = codec.encode_query("SELECT * FROM big", []).encode()
     result, port, ex = _run_rogue(f"send('query', cid, {big!r})\ntime.sleep(60)",
-                                  steps=(("SELECT * FROM big", (), ()),), port=port,
+                                  steps=(("SELECT * FROM big", (), (), 0, ()),), port=port,
                                   check_=check)
     assert isinstance(result, _Cancel), result
     assert time.monotonic() - port.ran_at < 3.5
@@ -986,10 +996,10 @@ def test_a_first_statement_waiting_for_a_lock_is_cancelled(lab: Any) -> None:
 
 
 @pytest.mark.parametrize("sql", [
-    "UPDATE wormhole_functions SET ahead = '[1,[[\"SELECT nextval(''ticket'')\",[],[]]]]'",
+    "UPDATE wormhole_functions SET ahead = '[1,[[\"SELECT nextval(''ticket'')\",[],[],0,[]]]]'",
     "UPDATE public.wormhole_functions SET ahead = NULL",
     "INSERT INTO wormhole_functions (hash, name, source, ahead) VALUES ('x', 'f', 'def f(): pass',"
-    " '[0,[[\"SELECT 1\",[],[]]]]')",
+    " '[0,[[\"SELECT 1\",[],[],0,[]]]]')",
     "DELETE FROM wormhole_functions",
     "ALTER TABLE wormhole_functions ALTER COLUMN ahead SET DEFAULT 'x'",
 ])
@@ -1000,7 +1010,7 @@ def test_a_regular_role_cannot_write_the_ahead_column(lab: Any, sql: str) -> Non
             c.execute(sql)
     with lab.admin() as a:
         assert a.execute("SELECT ahead FROM wormhole_functions").fetchone()[0] == \
-            '[1,[["SELECT nextval(\'ticket\') AS n",[],[0,"n"]]]]'
+            '[1,[["SELECT nextval(\'ticket\') AS n",[],[0,"n"],0,[]]]]'
 
 
 @needs_worker
@@ -1011,14 +1021,14 @@ def test_a_second_install_of_the_same_source_keeps_the_checked_chain(lab: Any) -
     _install(lab, issue)
     with lab.admin() as a:
         rows = a.execute("SELECT hash, ahead FROM wormhole_functions").fetchall()
-    assert rows == [(issue.hash, '[1,[["SELECT nextval(\'ticket\') AS n",[],[0,"n"]]]]')]
+    assert rows == [(issue.hash, '[1,[["SELECT nextval(\'ticket\') AS n",[],[0,"n"],0,[]]]]')]
 
 
 @needs_worker
 @pytest.mark.parametrize("text", [
-    "not json", "[]", '[1,[["SELECT 1",[[5,[]]],[]]]]', '[1,[["SELECT 1",[],[1.5]]]]',
+    "not json", "[]", '[1,[["SELECT 1",[[5,[]]],[],0,[]]]]', '[1,[["SELECT 1",[],[1.5],0,[]]]]',
     "[" * 100_000 + "]" * 100_000,  # FINDING 3 (fixed): RecursionError escaped
-    '[1' + "0" * 5000 + ',[["SELECT 1",[],[]]]]',
+    '[1' + "0" * 5000 + ',[["SELECT 1",[],[],0,[]]]]',
 ])
 def test_a_malformed_ahead_written_by_a_superuser_is_ignored_live(lab: Any, text: str) -> None:
     _install(lab, issue)
@@ -1039,7 +1049,7 @@ def test_an_ahead_kept_with_code_that_is_no_longer_usable_is_ignored(lab: Any) -
     _install(lab, issue)
     with lab.admin() as a:
         a.execute("UPDATE wormhole_functions SET code_key = 'stale', ahead ="
-                  " '[1,[[\"SELECT nextval(''ticket''), nextval(''ticket'')\",[],[]]]]'")
+                  " '[1,[[\"SELECT nextval(''ticket''), nextval(''ticket'')\",[],[],0,[]]]]'")
     with _app(lab) as c:
         assert _exec(c, issue, "ada") == {"ok": [1, "ada"], "out": []}
         state = worker_state(c, COUNTERS)
@@ -1057,4 +1067,4 @@ def test_installing_a_function_with_a_huge_literal_key_works(lab: Any) -> None:
     with lab.admin() as a:
         ahead = a.execute("SELECT ahead FROM wormhole_functions WHERE hash = %s",
                           (digest,)).fetchone()[0]
-    assert host._ahead(ahead) == (1, (("SELECT nextval('ticket') AS n", (), ()),))
+    assert host._ahead(ahead) == (1, (("SELECT nextval('ticket') AS n", (), (), 0, ()),))

@@ -5,7 +5,8 @@ The confined worker's backend runs them, with the call's arguments, before the w
 one before. So the analysis may name a statement only when every call that binds its arguments
 runs exactly these statements, in order, before anything else: nothing before or between them
 may fail, branch or have an effect that the backend cannot evaluate itself (literal subscripts
-of the rows). The cases below are the ones it accepts and, side by side, the near misses it must
+of the rows, and the tests of ``if`` statements made of comparisons of those, which the backend
+evaluates to know the function skips their bodies). The cases below are the ones it accepts and, side by side, the near misses it must
 refuse; ``check`` stores the result in ``Checked.ahead`` for ``wormhole_install`` to keep with
 the checked code.
 """
@@ -16,7 +17,13 @@ import textwrap
 
 import pytest
 
-from wormhole.runtime.policy import CATALOGUE, MAX_AHEAD, check
+from wormhole.runtime.policy import (
+    CATALOGUE,
+    MAX_AHEAD,
+    MAX_AHEAD_TEST_DEPTH,
+    MAX_AHEAD_TEST_NODES,
+    check,
+)
 
 MODULES: dict[str, frozenset[str] | None] = {name: None for name in CATALOGUE}
 
@@ -31,7 +38,8 @@ def first(source: str) -> tuple[str, int, tuple[int, ...]] | None:
     if ahead is None:
         return None
     count, steps = ahead
-    sql, refs, _ = steps[0]
+    sql, refs, _, line, tests = steps[0]
+    assert line == 0 and tests == ()
     assert all(source >= 0 and path == () for source, path in refs), refs
     return sql, count, tuple(source for source, _ in refs)
 
@@ -39,6 +47,13 @@ def first(source: str) -> tuple[str, int, tuple[int, ...]] | None:
 def chain(source: str) -> list[object] | None:
     ahead = check(S(source), MODULES).ahead
     return None if ahead is None else list(ahead[1])
+
+
+def st(sql: str, refs: tuple[object, ...], keys: tuple[object, ...] = (), line: int = 0,
+       tests: tuple[object, ...] = ()) -> tuple[object, ...]:
+    """A step: a statement the worker waits for (``line`` 0) or one whose result the function
+    discards (its line), after ``tests`` (the ``if`` statements it passes)."""
+    return (sql, refs, keys, line, tests)
 
 
 @pytest.mark.parametrize(("source", "expected"), [
@@ -124,10 +139,20 @@ def test_the_statement_a_function_starts_with(source: str, expected: object) -> 
         x += query("SELECT $1", a)[0]["n"]
         return x
     ''',
-    # discarded: deferred instead (the worker does not wait for it)
+    # an if with an else (or elif), or whose test calls, computes or is not the chain's
     '''
     def f(a):
-        query("UPDATE t SET x = $1", a)
+        if a:
+            pass
+        else:
+            pass
+        return query("SELECT $1", a)
+    ''',
+    '''
+    def f(a):
+        if len(a) > 1:
+            pass
+        return query("SELECT $1", a)
     ''',
     # a docstring alone
     '''
@@ -291,14 +316,23 @@ def test_the_brief_functions_start_with_a_chain() -> None:
 
     order = check(demo.process_order.source, MODULES).ahead
     assert order == (2, (
-        ("SELECT * FROM orders WHERE id = $1", ((0, ()),), (0,)),
-        ("SELECT quantity FROM inventory WHERE product_id = $1", ((-1, ("product_id",)),),
-         (0,)),
+        st("SELECT * FROM orders WHERE id = $1", ((0, ()),), (0,)),
+        st("SELECT quantity FROM inventory WHERE product_id = $1", ((-1, ("product_id",)),),
+           (0,)),
+        # past `if inventory['quantity'] < order['quantity']: raise ...`, both writes, whose
+        # results the function discards (the worker sends them without waiting)
+        st("UPDATE inventory SET quantity = quantity - $1 WHERE product_id = $2",
+           ((-1, ("quantity",)), (-1, ("product_id",))), (), 15,
+           (("cmp", ("ref", -2, ("quantity",)), (("<", ("ref", -1, ("quantity",))),)),)),
+        st("INSERT INTO transactions (order_id, user_id, amount) VALUES ($1, $2, $3)",
+           ((0, ()), (1, ()), (-1, ("total",))), (), 22),
     ))
+    assert demo.process_order.source.splitlines()[14].strip() == "query("
+    assert demo.process_order.source.splitlines()[21].strip() == "query("
     summary = check(demo.get_user_summary.source, MODULES).ahead
     assert summary == (1, (
-        ("SELECT * FROM users WHERE id = $1", ((0, ()),), (0,)),
-        ("SELECT COUNT(*) FROM messages WHERE user_id = $1", ((0, ()),), (0, "count")),
+        st("SELECT * FROM users WHERE id = $1", ((0, ()),), (0,)),
+        st("SELECT COUNT(*) FROM messages WHERE user_id = $1", ((0, ()),), (0, "count")),
     ))
 
 
@@ -309,66 +343,53 @@ def test_the_brief_functions_start_with_a_chain() -> None:
          row = query("SELECT $1 AS x", a)[0]
          a = query("SELECT $1", row)[0]["y"]
          return query("SELECT $1, $2", a, row["x"])
-     ''', [("SELECT $1 AS x", ((0, ()),), (0,)),
-           ("SELECT $1", ((-1, ()),), (0, "y")),
-           ("SELECT $1, $2", ((-2, ()), (-1, ("x",))), ())]),
+     ''', [st("SELECT $1 AS x", ((0, ()),), (0,)),
+           st("SELECT $1", ((-1, ()),), (0, "y")),
+           st("SELECT $1, $2", ((-2, ()), (-1, ("x",))), ())]),
     # the chain stops after a statement whose value is not the rows and literal subscripts
     ('''
      def f(a):
          n = query("SELECT $1", a).rowcount
          return query("SELECT $1", n)
-     ''', [("SELECT $1", ((0, ()),), ())]),
+     ''', [st("SELECT $1", ((0, ()),), ())]),
     ('''
      def f(a):
          x = query("SELECT $1", a)[a]
          return query("SELECT $1", x)
-     ''', [("SELECT $1", ((0, ()),), ())]),
+     ''', [st("SELECT $1", ((0, ()),), ())]),
     ('''
      def f(a):
          x = query("SELECT $1", a)[-1]
          return query("SELECT $1", x)
-     ''', [("SELECT $1", ((0, ()),), ())]),
+     ''', [st("SELECT $1", ((0, ()),), ())]),
     # ... after one that assigns more than one plain name, and after a return or a for
     ('''
      def f(a):
          x = y = query("SELECT $1", a)[0]
          return query("SELECT $1", a)
-     ''', [("SELECT $1", ((0, ()),), (0,))]),
+     ''', [st("SELECT $1", ((0, ()),), (0,))]),
     ('''
      def f(a):
          x, = query("SELECT $1", a)
          return query("SELECT $1", a)
-     ''', [("SELECT $1", ((0, ()),), ())]),
+     ''', [st("SELECT $1", ((0, ()),), ())]),
     ('''
      def f(a):
          for r in query("SELECT $1", a):
              pass
          return query("SELECT 2")
-     ''', [("SELECT $1", ((0, ()),), ())]),
+     ''', [st("SELECT $1", ((0, ()),), ())]),
     # ... at a statement that is anything else, or whose argument is computed
     ('''
      def f(a):
          x = query("SELECT $1", a)[0]
-         if not x:
-             return None
-         return query("SELECT $1", x["v"])
-     ''', [("SELECT $1", ((0, ()),), (0,))]),
-    ('''
-     def f(a):
-         x = query("SELECT $1", a)[0]
          return query("SELECT $1", x["v"] + 1)
-     ''', [("SELECT $1", ((0, ()),), (0,))]),
+     ''', [st("SELECT $1", ((0, ()),), (0,))]),
     ('''
      def f(a):
          x = query("SELECT $1", a)[0]
          return query("SELECT $1", x[a])
-     ''', [("SELECT $1", ((0, ()),), (0,))]),
-    ('''
-     def f(a):
-         x = query("SELECT $1", a)[0]
-         query("UPDATE t SET v = $1", x["v"])
-         return 1
-     ''', [("SELECT $1", ((0, ()),), (0,))]),
+     ''', [st("SELECT $1", ((0, ()),), (0,))]),
 ])
 def test_the_chain_follows_what_the_backend_can_evaluate(source: str, expected: object) -> None:
     assert chain(source) == expected
@@ -383,7 +404,8 @@ def test_the_chain_is_bounded() -> None:
 def test_the_stored_chain_reads_back_and_anything_else_is_ignored() -> None:
     """``wormhole_functions.ahead`` holds the chain as JSON (``host._ahead_text``); the backend
     reads it back (``host._ahead``) and ignores a text that is not a well-formed chain: an
-    argument from a parameter the call does not have, or from a step not run yet."""
+    argument from a parameter the call does not have, or from a step not run yet, a test of
+    another shape than ``policy._ahead_test`` makes, or over its limits."""
     from wormhole import demo
     from wormhole.runtime import host
 
@@ -391,11 +413,201 @@ def test_the_stored_chain_reads_back_and_anything_else_is_ignored() -> None:
         ahead = check(fn.source, MODULES).ahead
         assert ahead is not None
         assert host._ahead(host._ahead_text(ahead)) == ahead
-    assert host._ahead('[1,[["SELECT $1",[[0,[]]],[]]]]') == (1, (("SELECT $1", ((0, ()),), ()),))
-    for text in [None, 3, "", "[", "{}", "[1, []]", "[1, 2]", '["1", [["S", [], []]]]',
-                 '[1,[["SELECT $1",[[1,[]]],[]]]]',       # parameter 1 of 1
-                 '[1,[["SELECT $1",[[-1,[]]],[]]]]',      # step 0 reads its own value
-                 '[1,[["S",[],[]],["T",[[-2,[]]],[]]]]',  # step 1 reads step 1
-                 '[1,[["S",[],[1.5]]]]', '[1,[["S",[[0,[null]]],[]]]]', '[1,[[1,[],[]]]]',
-                 '[1,[["S",[],[]]' + ',["S",[],[]]' * MAX_AHEAD + ']]']:
+    assert host._ahead('[1,[["SELECT $1",[[0,[]]],[],0,[]]]]') == (
+        1, (st("SELECT $1", ((0, ()),)),))
+    test = '["cmp",["ref",0,["k"]],[["<",["const",1.5]],["is not",["const",null]]]]'
+    assert host._ahead('[1,[["U",[],[],7,[["not",%s]]]]]' % test) == (1, (st(
+        "U", (), (), 7, (("not", ("cmp", ("ref", 0, ("k",)),
+                                  (("<", ("const", 1.5)), ("is not", ("const", None))))),)),))
+    deep = '["const",1]'
+    for _ in range(MAX_AHEAD_TEST_DEPTH):
+        deep = '["not",%s]' % deep
+    wide = '["and",[%s]]' % ",".join(['["const",1]'] * MAX_AHEAD_TEST_NODES)
+    for text in [None, 3, "", "[", "{}", "[1, []]", "[1, 2]", '["1", [["S", [], [], 0, []]]]',
+                 '[1,[["SELECT $1",[[0,[]]],[]]]]',            # the fifth session's shape
+                 '[1,[["SELECT $1",[[1,[]]],[],0,[]]]]',       # parameter 1 of 1
+                 '[1,[["SELECT $1",[[-1,[]]],[],0,[]]]]',      # step 0 reads its own value
+                 '[1,[["S",[],[],0,[]],["T",[[-2,[]]],[],0,[]]]]',  # step 1 reads step 1
+                 '[1,[["S",[],[1.5],0,[]]]]', '[1,[["S",[[0,[null]]],[],0,[]]]]',
+                 '[1,[[1,[],[],0,[]]]]', '[1,[["S",[],[],-1,[]]]]', '[1,[["S",[],[],2147483648,[]]]]',
+                 '[1,[["S",[],[],true,[]]]]', '[1,[["S",[],[],0,{}]]]',
+                 '[1,[["S",[],[],0,[]]' + ',["S",[],[],0,[]]' * MAX_AHEAD + ']]',
+                 # tests: unknown kinds and operators, operands that are tests, identity with
+                 # anything but None/True/False, reads of steps not run, values JSON can hold
+                 # but a test cannot, too deep, too many nodes
+                 '[1,[["S",[],[],0,[["call",["ref",0,[]]]]]]]',
+                 '[1,[["S",[],[],0,[["cmp",["ref",0,[]],[["<<",["const",1]]]]]]]]',
+                 '[1,[["S",[],[],0,[["cmp",["not",["ref",0,[]]],[["<",["const",1]]]]]]]]',
+                 '[1,[["S",[],[],0,[["cmp",["ref",0,[]],[]]]]]]',
+                 '[1,[["S",[],[],0,[["cmp",["ref",0,[]],[["is",["const",1]]]]]]]]',
+                 '[1,[["S",[],[],0,[["cmp",["ref",0,[]],[["is",["ref",0,[]]]]]]]]]',
+                 '[1,[["S",[],[],0,[["ref",-1,[]]]]]]',
+                 '[1,[["S",[],[],0,[["ref",1,[]]]]]]',
+                 '[1,[["S",[],[],0,[["const",NaN]]]]]',
+                 '[1,[["S",[],[],0,[["const",Infinity]]]]]',
+                 '[1,[["S",[],[],0,[["const",[1]]]]]]',
+                 '[1,[["S",[],[],0,[["const",{"a":1}]]]]]',
+                 '[1,[["S",[],[],0,[["const",99999999999999999999]]]]]',
+                 '[1,[["S",[],[],0,[["and",[]]]]]]',
+                 '[1,[["S",[],[],0,[%s]]]]' % deep,
+                 '[1,[["S",[],[],0,[%s]]]]' % wide,
+                 '[1,[["S",[],[],0,[' + "[" * 100000 + "]" * 100000 + ']]]]']:
         assert host._ahead(text) is None, text
+
+
+def test_discarded_statements_join_the_chain() -> None:
+    """A ``query(...)`` statement whose result the function discards binds nothing, so the
+    chain goes on after it. It keeps its line: the worker sends it without waiting
+    (``nowait``), with that line; where it cannot (the function's name is used: recursion),
+    it waits for the answer like any other (line 0)."""
+    assert chain('''
+        def f(a):
+            query("UPDATE t SET x = $1", a)
+            x = query("SELECT $1", a)[0]
+            query("DELETE FROM t WHERE x = $1", x["v"])
+            return query("SELECT 2")
+        ''') == [st("UPDATE t SET x = $1", ((0, ()),), (), 2),
+                   st("SELECT $1", ((0, ()),), (0,)),
+                   st("DELETE FROM t WHERE x = $1", ((-2, ("v",)),), (), 4),
+                   st("SELECT 2", ())]
+    assert chain('''
+        def f(a):
+            query("UPDATE t SET x = $1", a)
+            return f
+        ''') == [st("UPDATE t SET x = $1", ((0, ()),))]
+    # only the call itself: a subscript or method of a discarded result waits for it
+    assert chain('''
+        def f(a):
+            query("SELECT $1", a)[0]
+            return 1
+        ''') is None
+    assert chain('''
+        def f(a):
+            len(query("SELECT $1", a))
+            return 1
+        ''') is None
+
+
+@pytest.mark.parametrize(("test", "expected"), [
+    ('x["q"] < a', ("cmp", ("ref", -1, ("q",)), (("<", ("ref", 0, ())),))),
+    ("not x", ("not", ("ref", -1, ()))),
+    ("x", ("ref", -1, ())),
+    ('0 <= x["q"] < 10 != a', ("cmp", ("const", 0), (("<=", ("ref", -1, ("q",))),
+                                                     ("<", ("const", 10)),
+                                                     ("!=", ("ref", 0, ()))))),
+    ('x is None or a is not True and x["s"] in "abc"',
+     ("or", (("cmp", ("ref", -1, ()), (("is", ("const", None)),)),
+             ("and", (("cmp", ("ref", 0, ()), (("is not", ("const", True)),)),
+                      ("cmp", ("ref", -1, ("s",)), (("in", ("const", "abc")),))))))),
+    ('a not in x and -1.5 > x[0] >= -3 == False',
+     ("and", (("cmp", ("ref", 0, ()), (("not in", ("ref", -1, ())),)),
+              ("cmp", ("const", -1.5), ((">", ("ref", -1, (0,))), (">=", ("const", -3)),
+                                        ("==", ("const", False))))))),
+])
+def test_the_chain_goes_past_an_if_whose_test_the_backend_evaluates(
+        test: str, expected: object) -> None:
+    """The backend evaluates the test on the same values (``sandbox._truth``) and goes on only
+    where it is false: the function then skips the body, whatever it holds."""
+    steps = chain(f'''
+        def f(a):
+            x = query("SELECT $1", a)[0]
+            if {test}:
+                query("INSERT INTO log VALUES ($1)", a)
+                raise ValueError("no")
+            return query("SELECT $1", x["v"])
+        ''')
+    assert steps == [st("SELECT $1", ((0, ()),), (0,)),
+                     st("SELECT $1", ((-1, ("v",)),), (), 0, (expected,))]
+
+
+@pytest.mark.parametrize("test", [
+    "f(x)", "x.y", "x + 1 > 2", "x[a] > 1", "x is 1", "x is a", "a is not x['k']",
+    "x < b", "(x or a) < 1", "x < (1, 2)", "x < [1]", "x == b'1'", "x < 1e999",
+    "x == 2 ** 64", "-True < x", "lambda: x", "(y := x)", "x if a else a", "x < 'a' * 2",
+    "query('SELECT 1')", "not " * 9 + "x",
+    " and ".join(["x"] * 40),
+    "x == '" + "a" * 1025 + "'",
+])
+def test_an_if_whose_test_the_backend_cannot_evaluate_ends_the_chain(test: str) -> None:
+    """Calls, attributes, arithmetic, computed subscripts, identity with anything but None,
+    True and False (two equal values are not one object in both processes), names the chain
+    does not know, literals that are not plain scalars, and tests over the size limits."""
+    steps = chain(f'''
+        def f(a):
+            x = query("SELECT $1", a)[0]
+            if {test}:
+                pass
+            return query("SELECT 2")
+        ''')
+    assert steps == [st("SELECT $1", ((0, ()),), (0,))]
+
+
+def test_an_if_with_else_or_at_the_end_ends_the_chain() -> None:
+    for tail in ("if a:\n        pass\n    else:\n        pass\n",
+                 "if a:\n        pass\n    elif x:\n        pass\n",
+                 "if a:\n        pass\n"):
+        steps = chain('def f(a):\n    x = query("SELECT $1", a)[0]\n    ' + tail
+                      + '    return 1\n')
+        assert steps == [st("SELECT $1", ((0, ()),), (0,))], tail
+    # tests gather before the statement they lead to
+    assert chain('''
+        def f(a):
+            if a:
+                return 1
+            if not a:
+                return 2
+            return query("SELECT $1", a)
+        ''') == [st("SELECT $1", ((0, ()),), (), 0, (("ref", 0, ()), ("not", ("ref", 0, ()))))]
+
+
+@pytest.mark.parametrize("source", [
+    '''
+    def f(a):
+        query("UPDATE t SET x = $1", a)
+        x = query("SELECT $1", a)[0]
+        if x["n"] > 1:
+            query("DELETE FROM t")
+        query("INSERT INTO t VALUES ($1)", x["n"])
+        return x
+    ''',
+    '''
+    def f(a):
+        query("UPDATE t SET x = $1", a)
+        return f
+    ''',
+    '''
+    def f(a, b):
+        """Doc."""
+        query("SELECT 1")
+        query("SELECT $1, $2", b, a)
+        if not a:
+            return None
+        query("SELECT 3")
+    ''',
+])
+def test_the_chains_discarded_statements_are_those_the_worker_sends_without_waiting(
+        source: str) -> None:
+    """A step with a line is answered by the worker's ``nowait``, a step without one by its
+    ``query``: the chain must agree with the rewrite (``_defer_discarded_queries``) that decides
+    which the worker sends, or every call would fail (a discarded statement run ahead that the
+    worker does not send fails the call)."""
+    import ast
+
+    from wormhole.runtime.policy import _defer_discarded_queries
+
+    steps = chain(source) or []
+    tree = ast.parse(S(source))
+    fn = tree.body[0]
+    assert isinstance(fn, ast.FunctionDef)
+    _defer_discarded_queries(tree, fn)
+    deferred = {node.lineno for node in ast.walk(tree)
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "_wh_defer"}
+    lines = {step[3] for step in steps if step[3]}  # type: ignore[index]
+    assert lines <= deferred
+    plain = S(source).splitlines()
+    for step in steps:
+        if not step[3]:  # type: ignore[index]
+            # a step the worker waits for is not a statement it defers
+            assert not any(step[0] in plain[line - 1] for line in deferred)  # type: ignore[index]
+    assert steps, source

@@ -6,7 +6,10 @@ it: the first while the worker wakes up, each next one right after answering the
 its arguments taken from the rows the worker was just sent. The worker's ``query`` is answered
 from it only if the request is exactly that statement; whatever the worker asks instead is
 served as usual and ends the chain, so a wrong guess can cost a statement but never a wrong
-answer. ``MemoryPort`` is a real in-memory ``QueryPort`` that logs what it runs.
+answer. Statements whose result the function discards are run ahead too, past ``if``
+statements whose test the backend evaluates false, and kept only if the worker then sends
+exactly them: anything else fails the call (the host rolls its statements back).
+``MemoryPort`` is a real in-memory ``QueryPort`` that logs what it runs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 from worker_support import MemoryPort, make_call, never
 
 from wormhole.runtime import codec, sandbox
+from wormhole.runtime.policy import check
 
 pytestmark = pytest.mark.worker
 
@@ -26,8 +30,21 @@ def f(n):
     users = query("SELECT * FROM users")
     return [x, len(users)]
 """
+
+
+def st(sql: str, refs: tuple[object, ...], keys: tuple[object, ...] = (), line: int = 0,
+       tests: tuple[object, ...] = ()) -> tuple[object, ...]:
+    return (sql, refs, keys, line, tests)
+
+
+def steps_of(source: str) -> object:
+    ahead = check(source, {}).ahead
+    assert ahead is not None
+    return ahead[1]
+
+
 #: FIRST's chain, as policy.ahead_statements gives it (the second statement takes nothing)
-FIRST_STEPS = (("SELECT $1", ((0, ()),), (0, "value")), ("SELECT * FROM users", (), ()))
+FIRST_STEPS = (st("SELECT $1", ((0, ()),), (0, "value")), st("SELECT * FROM users", ()))
 
 CHAINED = """\
 def f(n):
@@ -35,8 +52,8 @@ def f(n):
     again = query("SELECT $1", first["name"])[0]
     return again["value"]
 """
-CHAINED_STEPS = (("SELECT * FROM users", (), (0,)),
-                 ("SELECT $1", ((-1, ("name",)),), (0,)))
+CHAINED_STEPS = (st("SELECT * FROM users", (), (0,)),
+                 st("SELECT $1", ((-1, ("name",)),), (0,)))
 
 
 def _run(ex: sandbox.WorkerExecutor, source: str, steps: object, *args: object
@@ -62,7 +79,7 @@ def test_a_later_statement_takes_its_argument_from_the_rows_before(
     # CHAINED's first row is users[0] here ("ada"): the second statement gets "ada"; with
     # n = 1 "grace"
     for n, name in ((0, "ada"), (1, "grace")):
-        payload, port = _run(executor, CHAINED, (("SELECT * FROM users", (), (n,)),
+        payload, port = _run(executor, CHAINED, (st("SELECT * FROM users", (), (n,)),
                                                  CHAINED_STEPS[1]), n)
         assert payload == {"ok": name, "out": []}
         assert port.log == [("SELECT * FROM users", []), ("SELECT $1", [name])]
@@ -72,7 +89,7 @@ def test_a_later_statement_takes_its_argument_from_the_rows_before(
 def test_a_subscript_that_raises_ends_the_chain_where_the_function_ends(
         executor: sandbox.WorkerExecutor) -> None:
     # users[5]: IndexError in the backend and in the function alike; nothing after it runs
-    payload, port = _run(executor, CHAINED, (("SELECT * FROM users", (), (5,)),
+    payload, port = _run(executor, CHAINED, (st("SELECT * FROM users", (), (5,)),
                                              CHAINED_STEPS[1]), 5)
     assert payload["err"]["type"] == "IndexError"
     assert port.log == [("SELECT * FROM users", [])]
@@ -83,7 +100,7 @@ def test_a_statement_the_worker_does_not_ask_for_never_answers_it(
         executor: sandbox.WorkerExecutor) -> None:
     # other arguments than the worker's (a wrong analysis, or a worker that lies): the worker
     # gets the answer to what it asked, the other statement was only run, the chain stops
-    wrong = (("SELECT $1", ((0, ()),), ()), ("SELECT * FROM users", (), ()))
+    wrong = (st("SELECT $1", ((0, ()),)), st("SELECT * FROM users", ()))
     payload, port = _run(executor, "def f(n):\n    return query(\"SELECT $1\", n + 1)\n",
                          wrong, 7)
     assert payload == {"ok": [{"value": 8}], "out": []}
@@ -100,7 +117,7 @@ def test_a_statements_error_is_the_answer_and_ends_the_chain(
         executor: sandbox.WorkerExecutor) -> None:
     source = ("def f(n):\n    rows = query(\"SELECT * FROM nowhere\")\n"
               "    return query(\"SELECT $1\", n)\n")
-    steps = (("SELECT * FROM nowhere", (), ()), ("SELECT $1", ((0, ()),), ()))
+    steps = (st("SELECT * FROM nowhere", ()), st("SELECT $1", ((0, ()),)))
     payload, port = _run(executor, source, steps, 1)
     assert (payload["err"]["sqlstate"], payload["err"]["tb"]) == ("42P01", [[2, "f"]])
     assert port.log == [("SELECT * FROM nowhere", [])]
@@ -111,7 +128,7 @@ def test_a_statement_the_worker_could_not_send_is_not_run() -> None:
     # a parameter the codec refuses (the worker's query() raises before sending anything), a
     # request over the frame limit (the backend would refuse it)
     port = MemoryPort()
-    step = (("SELECT $1", ((0, ()),), ()),)
+    step = (st("SELECT $1", ((0, ()),)),)
     assert sandbox._Ahead(port, step, [object()], 1 << 20).next() is None
     assert sandbox._Ahead(port, step, ["x" * 100], 50).next() is None
     assert port.log == []
@@ -129,3 +146,82 @@ def test_the_same_statement_written_differently_is_recognised() -> None:
     assert not sandbox._same(b'{"params": [1, "b"], "sql": "SELECT $1"}', request)
     assert not sandbox._same(b'{"sql": "SELECT $1"}', request)
     assert not sandbox._same(b"\xff not json", request)
+    deferred = codec.encode_query("DELETE $1", [1]).encode()[:-1] + b',"line":3}'
+    assert sandbox._same(b'{"line": 3, "params": [1], "sql": "DELETE $1"}', deferred, True)
+    assert not sandbox._same(b'{"line": 4, "params": [1], "sql": "DELETE $1"}', deferred, True)
+    assert not sandbox._same(b'{"line": "3", "params": [1], "sql": "DELETE $1"}', deferred,
+                             True)
+    assert not sandbox._same(b'{"params": [1], "sql": "DELETE $1"}', deferred, True)
+
+
+GUARDED = """\
+def f(n):
+    x = query("SELECT $1", n)[0]
+    if x["value"] > 100:
+        raise ValueError("too big")
+    query("DELETE FROM users WHERE id = $1", x["value"])
+    query("DELETE FROM users WHERE id = $1", n)
+    return n
+"""
+
+
+def test_discarded_statements_past_a_false_test_run_ahead_once(
+        executor: sandbox.WorkerExecutor) -> None:
+    steps = steps_of(GUARDED)
+    assert [step[3] for step in steps] == [0, 5, 6]  # type: ignore[attr-defined]
+    payload, port = _run(executor, GUARDED, steps, 7)
+    assert payload == {"ok": 7, "out": []}
+    assert port.log == [("SELECT $1", [7]), ("DELETE FROM users WHERE id = $1", [7]),
+                        ("DELETE FROM users WHERE id = $1", [7])]
+    assert (executor.ahead, executor.ahead_unused, executor.deferred) == (3, 0, 2)
+
+
+def test_a_true_test_ends_the_chain_before_the_if(executor: sandbox.WorkerExecutor) -> None:
+    # the function raises in the if's body: nothing after it is run, ahead or not
+    payload, port = _run(executor, GUARDED, steps_of(GUARDED), 500)
+    assert payload["err"]["type"] == "ValueError"
+    assert port.log == [("SELECT $1", [500])]
+    # a test that raises (a str compared with an int) ends it too, as it ends the function
+    payload, port = _run(executor, GUARDED, steps_of(GUARDED), "x")
+    assert payload["err"]["type"] == "TypeError"
+    assert port.log == [("SELECT $1", ["x"])]
+    assert (executor.ahead, executor.ahead_unused, executor.deferred) == (2, 0, 0)
+
+
+def test_a_discarded_statement_that_fails_ahead_fails_the_call_at_its_line(
+        executor: sandbox.WorkerExecutor) -> None:
+    source = ('def f(n):\n    query("UPSERT $1", n)\n'
+              '    query("DELETE FROM users WHERE id = $1", n)\n    return n\n')
+    steps = steps_of(source)
+    assert [step[3] for step in steps] == [2, 3]  # type: ignore[attr-defined]
+    payload, port = _run(executor, source, steps, 4)
+    assert (payload["err"]["sqlstate"], payload["err"]["tb"]) == ("42601", [[2, "f"]])
+    assert port.log == [("UPSERT $1", [4])]  # once, and nothing after it
+
+
+@pytest.mark.parametrize("source", [
+    # the worker sends another statement than the one run ahead ...
+    'def f(n):\n    query("DELETE FROM users WHERE id = $1", n + 1)\n    return n\n',
+    # ... asks for a query first, or ends the call without it
+    'def f(n):\n    return query("SELECT $1", n)\n',
+    "def f(n):\n    return n\n",
+])
+def test_a_worker_that_skips_a_statement_run_ahead_fails_the_call(
+        executor: sandbox.WorkerExecutor, source: str) -> None:
+    """A discarded statement run ahead may be a write: it is kept only if the worker sends
+    exactly it. Anything else (a wrong analysis, a lying worker) fails the call, which the host
+    then rolls back with every statement of the call."""
+    steps = (st("DELETE FROM users WHERE id = $1", ((0, ()),), (), 2),)
+    with pytest.raises(sandbox.WorkerCrashed, match="line 2"):
+        _run(executor, source, steps, 3)
+    payload, _ = _run(executor, "def f(n):\n    return n\n", (), 1)  # a new worker
+    assert payload == {"ok": 1, "out": []}
+
+
+def test_a_function_that_raises_before_a_statement_run_ahead_keeps_its_error(
+        executor: sandbox.WorkerExecutor) -> None:
+    # (its error payload makes the host roll back what was run ahead, as in-process)
+    steps = (st("DELETE FROM users WHERE id = $1", ((0, ()),), (), 2),)
+    payload, port = _run(executor, "def f(n):\n    raise KeyError(n)\n", steps, 3)
+    assert payload["err"]["type"] == "KeyError"
+    assert port.log == [("DELETE FROM users WHERE id = $1", [3])]

@@ -15,13 +15,14 @@ In plain CPython (tests) ``plpy`` is ``wormhole.testing.PlpyShim`` over a real c
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
 
 from . import VERSION, WORKER_MODULES, codec, engine, spawn
 from .errors import DatabaseError, Interrupted, LimitExceeded
-from .rules import MAX_AHEAD
+from .rules import AHEAD_COMPARISONS, MAX_AHEAD, MAX_AHEAD_TEST_DEPTH, MAX_AHEAD_TEST_NODES
 from .spi import SpiPort
 
 TYPE_CHECKING = False
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import policy, sandbox
-    from .rules import Ahead, AheadStep
+    from .rules import Ahead, AheadRef, AheadStep, AheadTest
 else:
     class _Sibling:
         """A sibling module imported on first use, then bound in its place: a warm in-process
@@ -331,27 +332,37 @@ class _Stored:
 
 def _ahead(text: object) -> Ahead | None:
     """``wormhole_functions.ahead`` as ``wormhole_install`` wrote it (``_ahead_text``), or None
-    for anything else."""
+    for anything else (the backend runs these statements: only their exact shape is taken)."""
     if type(text) is not str:
         return None
     try:
         count, raw_steps = json.loads(text)
-        if type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD:
+        if type(count) is not int or type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD:
             return None
         steps: list[AheadStep] = []
-        for sql, raw_refs, keys in raw_steps:
+        for sql, raw_refs, keys, line, raw_tests in raw_steps:
+            # what this step's arguments and tests may read: the parameters, earlier steps
+            low = -len(steps)
             refs = []
-            for source, path in raw_refs:
-                if (type(source) is not int or not -len(steps) <= source < count
-                        or not _keys(path)):
+            for raw in raw_refs:
+                ref = _ref(raw, low, count)
+                if ref is None:
                     return None
-                refs.append((source, tuple(path)))
-            if type(sql) is not str or not _keys(keys):
+                refs.append(ref)
+            if (type(sql) is not str or not _keys(keys) or type(line) is not int
+                    or not 0 <= line < 1 << 31 or type(raw_tests) is not list
+                    or len(raw_tests) > MAX_AHEAD):
                 return None
-            steps.append((sql, tuple(refs), tuple(keys)))
+            tests = []
+            for raw in raw_tests:
+                test = _test(raw, low, count, [0], 1)
+                if test is None:
+                    return None
+                tests.append(test)
+            steps.append((sql, tuple(refs), tuple(keys), line, tuple(tests)))
     except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
         return None
-    if type(count) is not int or not steps:
+    if not steps:
         return None
     return count, tuple(steps)
 
@@ -360,10 +371,86 @@ def _keys(path: object) -> bool:
     return type(path) is list and all(type(k) in (int, str) for k in path)
 
 
+def _ref(raw: object, low: int, count: int) -> AheadRef | None:
+    """``[source, keys]``: a parameter (``0 <= source < count``) or an earlier step."""
+    if type(raw) is not list or len(raw) != 2:
+        return None
+    source, path = raw
+    if type(source) is not int or not low <= source < count or not _keys(path):
+        return None
+    return source, tuple(path)
+
+
+_TEST_OPS = frozenset(AHEAD_COMPARISONS)
+
+
+def _test(raw: object, low: int, count: int, seen: list[int], depth: int) -> AheadTest | None:
+    """One test of ``policy._ahead_test``'s shape, within its limits, or None."""
+    seen[0] += 1
+    if (type(raw) is not list or not raw or seen[0] > MAX_AHEAD_TEST_NODES
+            or depth > MAX_AHEAD_TEST_DEPTH):
+        return None
+    kind = raw[0]
+    if kind == "ref" and len(raw) == 3:
+        ref = _ref(raw[1:], low, count)
+        return None if ref is None else ("ref", ref[0], ref[1])
+    if kind == "const" and len(raw) == 2:
+        value = raw[1]
+        if (value is None or type(value) in (bool, str)
+                or (type(value) is int and -(1 << 63) <= value < 1 << 63)
+                or (type(value) is float and math.isfinite(value))):
+            return ("const", value)
+        return None
+    if kind == "not" and len(raw) == 2:
+        inner = _test(raw[1], low, count, seen, depth + 1)
+        return None if inner is None else ("not", inner)
+    if kind in ("and", "or") and len(raw) == 2 and type(raw[1]) is list and raw[1]:
+        parts = [_test(part, low, count, seen, depth + 1) for part in raw[1]]
+        return None if any(p is None for p in parts) else (kind, tuple(parts))
+    if kind == "cmp" and len(raw) == 3 and type(raw[2]) is list and raw[2]:
+        left = _test(raw[1], low, count, seen, depth + 1)
+        if left is None or left[0] not in ("ref", "const"):
+            return None
+        pairs = []
+        before = left
+        for pair in raw[2]:
+            if type(pair) is not list or len(pair) != 2 or pair[0] not in _TEST_OPS:
+                return None
+            right = _test(pair[1], low, count, seen, depth + 1)
+            if right is None or right[0] not in ("ref", "const"):
+                return None
+            if pair[0] in ("is", "is not") and not (_singleton(before) or _singleton(right)):
+                return None
+            pairs.append((pair[0], right))
+            before = right
+        return ("cmp", left, tuple(pairs))
+    return None
+
+
+def _singleton(test: AheadTest) -> bool:
+    return test[0] == "const" and (test[1] is None or type(test[1]) is bool)
+
+
 def _ahead_text(ahead: Ahead) -> str:
     count, steps = ahead
-    return json.dumps([count, [[sql, [[source, list(path)] for source, path in refs], list(keys)]
-                               for sql, refs, keys in steps]], separators=(",", ":"))
+    return json.dumps([count, [[sql, [[source, list(path)] for source, path in refs], list(keys),
+                                line, [_test_json(t) for t in tests]]
+                               for sql, refs, keys, line, tests in steps]],
+                      separators=(",", ":"))
+
+
+def _test_json(test: AheadTest) -> list[Any]:
+    kind = test[0]
+    if kind == "ref":
+        return ["ref", test[1], list(test[2])]  # type: ignore[call-overload]
+    if kind == "const":
+        return ["const", test[1]]
+    if kind == "not":
+        return ["not", _test_json(test[1])]  # type: ignore[arg-type]
+    if kind in ("and", "or"):
+        return [kind, [_test_json(t) for t in test[1]]]  # type: ignore[attr-defined]
+    return ["cmp", _test_json(test[1]),  # type: ignore[arg-type]
+            [[op, _test_json(right)] for op, right in test[2]]]  # type: ignore[attr-defined]
 
 
 def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import ast
 import builtins
 import hashlib
+import math
 import re
 import types
 import unicodedata
@@ -84,6 +85,7 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     FORBIDDEN_NAMES,
     Ahead,
     AheadStep,
+    AheadTest,
     Finding,
     GETATTR,
     GLOBAL_NAMES,
@@ -94,6 +96,8 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     IPOW,
     LSHIFT,
     MAX_AHEAD,
+    MAX_AHEAD_TEST_DEPTH,
+    MAX_AHEAD_TEST_NODES,
     MAX_DEPTH,
     MAX_FINDINGS,
     MAX_NODES,
@@ -1150,6 +1154,17 @@ def _own_nodes(fn: ast.FunctionDef) -> Iterator[ast.AST]:
             stack.extend(ast.iter_child_nodes(node))
 
 
+def _may_defer(tree: ast.Module, fn: ast.FunctionDef) -> bool:
+    """What :func:`_defer_discarded_queries` requires of the source as a whole (and
+    :func:`ahead_statements` of a discarded statement it runs ahead as one the worker does
+    not wait for): ``fn``'s name used nowhere, ``query`` bound nowhere, not a generator."""
+    for node in ast.walk(tree):
+        if _binds_query(node) or (isinstance(node, ast.Name) and node.id == fn.name):
+            return False
+    return not any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await))
+                   for node in _own_nodes(fn))
+
+
 def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
     """Rewrite ``query(sql, ...)`` statements of the entry function whose result is discarded
     and whose error nothing in the function could catch into ``_wh_defer(line, sql, ...)``;
@@ -1166,10 +1181,7 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
     * never in a generator (its body runs as the consumer iterates);
     * never when ``query`` is bound anywhere in the source (the call would not be ours).
     """
-    for node in ast.walk(tree):
-        if _binds_query(node) or (isinstance(node, ast.Name) and node.id == fn.name):
-            return 0
-    if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
+    if not _may_defer(tree, fn):
         return 0
     count = 0
     bodies: list[list[ast.stmt]] = [fn.body]
@@ -1212,7 +1224,7 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     * the first statement (after a docstring) and each next one is an assignment, ``return``
       or ``for`` whose value starts by calling ``query`` (``query(...)[0]["x"]``,
       ``query(...).attr``: the subscripts, attributes and method calls around it are evaluated
-      after it);
+      after it), or a ``query(...)`` statement whose result is discarded;
     * ``query`` gets a literal SQL text and then, as arguments, only the function's parameters
       or what an earlier statement of the chain assigned, possibly subscripted with literal
       ints and strings (``order["product_id"]``): the backend evaluates those on the same
@@ -1220,16 +1232,25 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
       raises too and the chain stops;
     * a statement is followed by the next only when it assigns one plain name a value made of
       the ``query`` call and literal subscripts alone, which the backend evaluates the same way
-      (``rows[0]`` raising ``IndexError`` for no rows ends the function, and the chain);
+      (``rows[0]`` raising ``IndexError`` for no rows ends the function, and the chain), or
+      discards its result;
+    * between two statements there may be ``if`` statements without ``elif``/``else`` whose
+      test compares such values and literals (``if inventory["quantity"] <
+      order["quantity"]: raise ...``, see :func:`_ahead_test`); the backend evaluates each test
+      on the same values, and goes on only where it is false, where the function skips the
+      body and runs the next statement (a true test, or one that raises, ends the chain
+      whatever the body does);
     * the parameters are plain positional ones: no defaults or annotations (evaluated when the
       function is defined, which could fail), no ``*args``, keyword-only or ``**kwargs``, no
       decorators; the function is neither a generator nor ``async`` (its body would not run
       when it is called);
     * ``query`` is bound nowhere in the source (the call would not be wormhole's).
 
-    A step is ``(sql, arguments, keys)``: each argument ``(source, keys)``, its source a
-    parameter's index (``>= 0``) or ``-1 - i`` for what step ``i`` assigned; the step's own
-    ``keys`` give what it assigns (its rows, subscripted), for the steps after it.
+    A discarded statement is one the worker sends without waiting (``nowait``, see
+    :func:`_defer_discarded_queries`) unless the function's name is used in the source; the
+    step keeps its line, which the worker's message carries. The backend runs it ahead as
+    well, and keeps its effects only when the worker then sends exactly that statement (any
+    other message fails the call, which rolls them back: ``sandbox._Ahead``).
     """
     if not isinstance(fn, ast.FunctionDef):
         return None
@@ -1244,6 +1265,7 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     for node in ast.walk(tree):
         if _binds_query(node):
             return None
+    deferrable = _may_defer(tree, fn)  # the worker sends its discarded statements without waiting
     if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
         return None
     body = fn.body
@@ -1253,8 +1275,17 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     #: what each name holds as the chain runs: a parameter (>= 0) or a step's value (< 0)
     names: dict[str, int] = {p.arg: i for i, p in enumerate(params)}
     steps: list[AheadStep] = []
-    for stmt in body[:MAX_AHEAD]:
+    tests: list[AheadTest] = []  # of the ``if`` statements since the last step
+    for stmt in body:
+        if len(steps) >= MAX_AHEAD:
+            break
         value: ast.expr | None
+        if isinstance(stmt, ast.If):
+            test = None if stmt.orelse else _ahead_test(stmt.test, names)
+            if test is None or len(tests) >= MAX_AHEAD:
+                break
+            tests.append(test)  # the body runs only where the test is true: the chain ends
+            continue
         if isinstance(stmt, ast.Assign):
             if any(isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
                    for target in stmt.targets for sub in ast.walk(target)):
@@ -1265,10 +1296,12 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
             value = stmt.value  # targets are assigned after the value is computed
         elif isinstance(stmt, (ast.Return, ast.For)):
             value = stmt.value if isinstance(stmt, ast.Return) else stmt.iter
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+            value = stmt.value  # a discarded result: only the call itself (see below)
         else:
             break
         keys: list[int | str] | None = []  # the literal subscripts around the call, if only
-        while value is not None:  # down to what is evaluated first
+        while value is not None and not isinstance(stmt, ast.Expr):  # down to what is first
             if isinstance(value, ast.Subscript):
                 key = _literal_key(value.slice)
                 if key is None or keys is None:
@@ -1291,12 +1324,110 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
         refs = [_ahead_ref(arg, names) for arg in passed]
         if any(ref is None for ref in refs):
             break
-        steps.append((sql.value, tuple(r for r in refs if r is not None), tuple(keys or ())))
+        # a discarded statement goes without waiting where _defer_discarded_queries makes it
+        # one (at the top of the function's body, outside try and with: all of the chain)
+        line = stmt.lineno if isinstance(stmt, ast.Expr) and deferrable else 0
+        steps.append((sql.value, tuple(r for r in refs if r is not None), tuple(keys or ()),
+                      line, tuple(tests)))
+        tests = []
+        if isinstance(stmt, ast.Expr):
+            continue  # it binds nothing: the next statement follows it
         if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
                 and isinstance(stmt.targets[0], ast.Name) and keys is not None):
             break
         names[stmt.targets[0].id] = -len(steps)  # -1 - (index of this step)
     return (len(params), tuple(steps)) if steps else None
+
+
+#: the comparison operators of a test the chain goes past, by the name the backend uses
+_AHEAD_COMPARE: dict[type[ast.cmpop], str] = {
+    ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=",
+    ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not",
+}
+
+
+def _ahead_test(node: ast.expr, names: Mapping[str, int]) -> AheadTest | None:
+    """The test of an ``if`` the chain may go past, as the backend evaluates it
+    (``sandbox._truth``), or None.
+
+    Only what evaluates the same in the backend as in the worker, with no effect but raising:
+    comparisons (``<`` ... ``not in``; ``is``/``is not`` only against ``None``, ``True`` or
+    ``False``), ``and``, ``or``, ``not``, and as operands the chain's values subscripted with
+    literals (:func:`_ahead_ref`) and literal ``None``, booleans, ints within 64 bits, finite
+    floats and short strings. The values are the parameters (decoded by wormhole's codec) and
+    rows (plain values): their comparisons and truth are Python's own, never user code.
+    Within :data:`MAX_AHEAD_TEST_NODES` nodes and :data:`MAX_AHEAD_TEST_DEPTH` levels.
+    """
+    count = [0]
+
+    def walk(node: ast.expr, depth: int, operand: bool) -> AheadTest | None:
+        count[0] += 1
+        if count[0] > MAX_AHEAD_TEST_NODES or depth > MAX_AHEAD_TEST_DEPTH:
+            return None
+        constant = _ahead_constant(node)
+        if constant is not None:
+            return constant
+        if isinstance(node, (ast.Name, ast.Subscript)):
+            ref = _ahead_ref(node, names)
+            return None if ref is None else ("ref", ref[0], ref[1])
+        if operand:  # a comparison's operand: a value, not a test
+            return None
+        if isinstance(node, ast.BoolOp):
+            parts = [walk(v, depth + 1, False) for v in node.values]
+            if any(p is None for p in parts):
+                return None
+            return ("and" if isinstance(node.op, ast.And) else "or", tuple(parts))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            inner = walk(node.operand, depth + 1, False)
+            return None if inner is None else ("not", inner)
+        if isinstance(node, ast.Compare):
+            left = walk(node.left, depth + 1, True)
+            if left is None:
+                return None
+            pairs: list[tuple[str, AheadTest]] = []
+            before = node.left
+            for op, right_node in zip(node.ops, node.comparators):
+                name = _AHEAD_COMPARE.get(type(op))
+                right = walk(right_node, depth + 1, True)
+                if name is None or right is None:
+                    return None
+                if name in ("is", "is not") and not (
+                        _singleton(before) or _singleton(right_node)):
+                    return None
+                pairs.append((name, right))
+                before = right_node
+            return ("cmp", left, tuple(pairs))
+        return None
+
+    return walk(node, 1, False)
+
+
+def _singleton(node: ast.expr) -> bool:
+    """Is ``node`` the literal ``None``, ``True`` or ``False`` (one object in every process)?"""
+    return isinstance(node, ast.Constant) and (node.value is None or type(node.value) is bool)
+
+
+def _ahead_constant(node: ast.expr) -> AheadTest | None:
+    """A literal operand of a test: ``("const", value)``, or None."""
+    negative = False
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        negative, node = True, node.operand
+    if not isinstance(node, ast.Constant):
+        return None
+    value = node.value
+    if type(value) is int:
+        value = -value if negative else value
+        return ("const", value) if -(1 << 63) <= value < 1 << 63 else None
+    if type(value) is float:
+        value = -value if negative else value
+        return ("const", value) if math.isfinite(value) else None
+    if negative:
+        return None
+    if value is None or type(value) is bool:
+        return ("const", value)
+    if type(value) is str and len(value) <= 1024:
+        return ("const", value)
+    return None
 
 
 def _literal_key(node: ast.expr) -> int | str | None:

@@ -371,15 +371,31 @@ class PolicyError(Exception):
         return "\n".join(f"line {f.lineno}: {f.message}" for f in self.findings)
 
 
+#: a value the chain knows: ``(source, keys)``, its source a parameter's index (``>= 0``) or
+#: ``-1 - i`` for what step ``i`` assigned, subscripted with literal keys
+AheadRef = tuple[int, tuple[int | str, ...]]
+#: the test of an ``if`` the chain goes past (``policy._ahead_test``), as nested tuples:
+#: ``("ref", source, keys)``, ``("const", value)``, ``("cmp", left, ((op, right), ...))``,
+#: ``("and", (test, ...))``, ``("or", (test, ...))``, ``("not", test)``
+AheadTest = tuple[object, ...]
 #: one statement of a function's leading chain (``policy.ahead_statements``): ``(sql,
-#: arguments, keys)``, each argument ``(source, keys)`` with its source a parameter's index
-#: (``>= 0``) or ``-1 - i`` for what step ``i`` assigned (its rows subscripted with its keys)
-AheadStep = tuple[str, tuple[tuple[int, tuple[int | str, ...]], ...], tuple[int | str, ...]]
+#: arguments, keys, line, tests)``: its arguments are references (:data:`AheadRef`); its own
+#: ``keys`` give what it assigns (its rows, subscripted) for the steps after it; ``line`` is 0
+#: for a statement the worker waits for (``query``), else the line of a statement whose result
+#: the function discards (``nowait``); ``tests`` are the tests of the ``if`` statements before
+#: it, each of which must be false for the function to get there
+AheadStep = tuple[str, tuple[AheadRef, ...], tuple[int | str, ...], int, tuple[AheadTest, ...]]
 #: ``(positional parameters, steps)``: the statements a function starts with, whatever it is
 #: given, for a call with exactly that many positional arguments and no keywords
 Ahead = tuple[int, tuple[AheadStep, ...]]
 #: the longest chain kept
 MAX_AHEAD = 8
+#: the largest test of an ``if`` a chain goes past: nodes, and depth (``("not", ...)`` nests)
+MAX_AHEAD_TEST_NODES = 32
+MAX_AHEAD_TEST_DEPTH = 8
+#: the comparison operators a test may use (``is``/``is not`` only against None, True, False:
+#: identity of any other value differs between the backend and the worker)
+AHEAD_COMPARISONS = ("<", "<=", ">", ">=", "==", "!=", "in", "not in", "is", "is not")
 
 
 class Checked:

@@ -531,6 +531,24 @@ class WorkerExecutor:
                     raise ProtocolError(
                         f"message for call {header.get('id')!r}, expected {call_id}")
                 op = header["op"]
+                if ahead is not None and ahead.unconfirmed:
+                    # a discarded statement run ahead: the worker must send exactly it next
+                    # (or end the call with an error, which rolls it back)
+                    request, error, line = ahead.unconfirmed[0]
+                    if op == NOWAIT and (payload == request or _same(payload, request, True)):
+                        del ahead.unconfirmed[0]
+                        self.deferred += 1
+                        self.ahead += 1
+                        if error is not None and failure is None:
+                            failure = _Failed(error, line)
+                        if time.monotonic() - last_tick >= POLL_SECONDS:
+                            tick()
+                        continue
+                    if not (op == DONE and payload.startswith(b'{"err"')):
+                        raise ProtocolError(
+                            f"its {op!r} is not the statement at line {line}, which the "
+                            "function runs next and this backend ran ahead (the call's "
+                            "statements are rolled back)")
                 if pending is not None:  # is this message the statement run ahead?
                     request, answer_op, answer = pending
                     pending = None
@@ -784,17 +802,24 @@ class _Ahead:
     """The statements a call starts with (``call.ahead``: ``policy.ahead_statements`` and the
     call's positional arguments), each run before the worker asks for it.
 
-    :meth:`next` runs the next one and returns ``(the request the worker will send for it,
-    answer op, answer body)``, or None when the chain is over. Its arguments are the call's,
-    or values an earlier statement assigned (its rows subscripted with literal keys), taken
-    here from the same rows the worker gets; the request is encoded as the worker's
-    ``ChannelPort`` encodes it (same codec, same values). The chain stops where the function
-    would stop or could go elsewhere: a subscript that raises (no rows: ``IndexError``), a
-    statement that fails (the worker's ``query()`` raises), an argument the worker could not
-    send (the codec refuses it, the frame is over the limit: not run).
+    :meth:`next` runs the next statement the worker waits for and returns ``(the request the
+    worker will send for it, answer op, answer body)``, or None when the chain is over. Its
+    arguments are the call's, or values an earlier statement assigned (its rows subscripted
+    with literal keys), taken here from the same rows the worker gets; the request is encoded
+    as the worker's ``ChannelPort`` encodes it (same codec, same values). Before a statement,
+    the tests of the ``if`` statements the function passes on its way there are evaluated on
+    the same values (:func:`_truth`): the chain goes on only where each is false. The
+    statements whose result the function discards that come first are run too, each kept in
+    :attr:`unconfirmed` until the worker sends it (``nowait``): ``_run`` accepts nothing else
+    from the worker meanwhile, so their effects stay only if the function ran them.
+
+    The chain stops where the function would stop or could go elsewhere: a test that is true
+    or raises, a subscript that raises (no rows: ``IndexError``), a statement that fails (the
+    worker's ``query()`` raises; a discarded one is kept with its error), an argument the
+    worker could not send (the codec refuses it, the frame is over the limit: not run).
     """
 
-    __slots__ = ("port", "steps", "args", "max_frame", "values")
+    __slots__ = ("port", "steps", "args", "max_frame", "values", "unconfirmed")
 
     def __init__(self, port: QueryPort, steps: tuple[AheadStep, ...], args: list[Any],
                  max_frame: int) -> None:
@@ -804,40 +829,102 @@ class _Ahead:
         self.max_frame = max_frame
         #: what each step run so far assigned (read by the steps after it)
         self.values: list[Any] = []
+        #: discarded statements run ahead that the worker has not sent yet, oldest first:
+        #: ``(its nowait request, what it raised or None, its line)``
+        self.unconfirmed: list[tuple[bytes, Exception | None, int]] = []
 
     def next(self) -> tuple[bytes, str, bytes] | None:
-        index = len(self.values)
-        if index >= len(self.steps):
-            return None
-        sql, refs, keys = self.steps[index]
-        self.values.append(None)
-        try:
-            params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
-                              path) for source, path in refs]
-            request = codec.encode_query(sql, params).encode("utf-8")
-        except Exception:  # noqa: BLE001 - the function raises there: it never sends it
-            self._stop()
-            return None
-        if len(request) > self.max_frame:
-            self._stop()
-            return None
-        op, body, rows = _run_statement(self.port, sql, params)
-        if rows is None or index + 1 >= len(self.steps) or rows._wire:
-            # it failed (the worker's query() raises), or it was the last; or the worker reads
-            # some of its values from PostgreSQL's text itself (a large row set's dates and
-            # times): the next steps' arguments are taken only from values sent as they are
-            self._stop()
-        else:
+        while True:
+            index = len(self.values)
+            if index >= len(self.steps):
+                return None
+            sql, refs, keys, line, tests = self.steps[index]
+            self.values.append(None)
             try:
-                self.values[index] = _follow(rows, keys)
-            except Exception:  # noqa: BLE001 - the function raises there too: no next step
+                for test in tests:
+                    if _truth(test, self.args, self.values):
+                        raise _Taken  # the function runs that ``if``'s body: not followed
+                params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
+                                  path) for source, path in refs]
+                request = codec.encode_query(sql, params).encode("utf-8")
+            except Exception:  # noqa: BLE001 - the function raises or branches there
                 self._stop()
-        return request, op, body
+                return None
+            if line:  # the worker's ``nowait`` (worker.ChannelPort.defer)
+                request = b'%s,"line":%d}' % (request[:-1], line)
+            if len(request) > self.max_frame:
+                self._stop()
+                return None
+            if line:
+                try:
+                    self.port.query(sql, params)
+                except _FAILURES as exc:  # the call fails there once the worker gets there
+                    self.unconfirmed.append((request, exc, line))
+                    self._stop()
+                    return None
+                self.unconfirmed.append((request, None, line))
+                continue
+            op, body, rows = _run_statement(self.port, sql, params)
+            if rows is None or index + 1 >= len(self.steps) or rows._wire:
+                # it failed (the worker's query() raises), or it was the last; or the worker
+                # reads some of its values from PostgreSQL's text itself (a large row set's
+                # dates and times): the next steps' arguments are taken only from values sent
+                # as they are
+                self._stop()
+            else:
+                try:
+                    self.values[index] = _follow(rows, keys)
+                except Exception:  # noqa: BLE001 - the function raises there too: no next step
+                    self._stop()
+            return request, op, body
 
     def _stop(self) -> None:
         """No more steps; nothing kept (rows held for later steps are let go)."""
         self.steps = ()
         self.values = []
+
+
+class _Taken(Exception):
+    """A test before a statement run ahead is true: the function goes into that ``if``."""
+
+
+#: the comparisons of a test (``policy._ahead_test``): Python's own operators
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq, "!=": operator.ne, "is": operator.is_, "is not": operator.is_not,
+    "in": lambda a, b: a in b, "not in": lambda a, b: a not in b,
+}
+
+
+def _truth(test: Any, args: list[Any], values: list[Any]) -> bool:
+    """Is ``test`` (``policy._ahead_test``) true of these values? Evaluated as the worker's
+    Python evaluates the ``if`` (the same operands in the same order, ``and``/``or`` and
+    chained comparisons stopping at the same place), so it raises where the function would.
+    The values are parameters and rows: plain values whose truth and comparisons run no user
+    code."""
+    kind = test[0]
+    if kind == "cmp":
+        left = _operand(test[1], args, values)
+        for op, right_test in test[2]:
+            right = _operand(right_test, args, values)
+            if not _COMPARE[op](left, right):
+                return False
+            left = right
+        return True
+    if kind == "and":
+        return all(_truth(part, args, values) for part in test[1])
+    if kind == "or":
+        return any(_truth(part, args, values) for part in test[1])
+    if kind == "not":
+        return not _truth(test[1], args, values)
+    return bool(_operand(test, args, values))
+
+
+def _operand(test: Any, args: list[Any], values: list[Any]) -> Any:
+    if test[0] == "const":
+        return test[1]
+    source = test[1]
+    return _follow(args[source] if source >= 0 else values[-1 - source], test[2])
 
 
 def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
@@ -847,14 +934,20 @@ def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
     return value
 
 
-def _same(payload: bytes, request: bytes) -> bool:
+def _same(payload: bytes, request: bytes, deferred: bool = False) -> bool:
     """Is the worker's request ``payload`` the statement ``request`` (which this backend
     encoded), though not byte for byte? Decoded and encoded again here, so a worker whose
     Python writes a value differently still gets the answer, and the statement is not run
-    twice."""
+    twice. ``deferred``: a ``nowait`` request, with its line."""
     try:
-        mine = _request(payload, _REQUEST_KEYS)
-        return codec.encode_query(mine["sql"], mine["params"]).encode("utf-8") == request
+        mine = _request(payload, _DEFERRED_KEYS if deferred else _REQUEST_KEYS)
+        text = codec.encode_query(mine["sql"], mine["params"]).encode("utf-8")
+        if deferred:
+            line = mine["line"]
+            if type(line) is not int:
+                return False
+            text = b'%s,"line":%d}' % (text[:-1], line)
+        return text == request
     except Exception:  # noqa: BLE001 - malformed: served (and refused) as any request
         return False
 
