@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -624,6 +624,11 @@ def _enc_set(tag: str) -> Callable[[Any, int], dict[str, Any]]:
         except _EncodeFailure as f:
             f.segments.append("{element}")
             raise
+        if len(items) > 1:
+            # in the order of their text, not of the set: a set of str iterates in an order
+            # that differs between processes (hash randomisation), and the same value must
+            # be the same text everywhere (the worker's backend compares statements as text)
+            items.sort(key=_PLAIN_ENCODER.encode)
         return {tag: items}
 
     return enc
@@ -1171,12 +1176,43 @@ def _dec_t(p: object) -> tuple[Any, ...]:
     return tuple(_need_list("$t", p))
 
 
+#: the most keys of one decoded set or dict that may share one hash value
+MAX_SAME_HASH = 64
+
+
+def _hashes_spread(tag: str, p: object, keys: list[Any]) -> None:
+    """Refuse keys crafted to share one hash value. Only ``str`` hashes are randomised: ints,
+    floats, decimals and tuples of them hash the same in every process, so n keys that all
+    hash alike (``i * (2**61 - 1)``) make building a set or dict take n² probes, in C, where no
+    cancel is noticed (measured: 10,000 of them, 235 KB of arguments, 0.44 s; 64 MB, hours).
+    Equal keys (``1``, ``1.0``, ``True``) are one key: counted as they come, they stay few."""
+    if len(keys) <= MAX_SAME_HASH:
+        return
+    #: hash value -> the distinct keys seen with it (a hash value is an int below 2**61: a dict
+    #: of them cannot be flooded)
+    seen: dict[int, list[Any]] = {}
+    try:
+        for key in keys:
+            h = hash(key)
+            alike = seen.get(h)
+            if alike is None:
+                seen[h] = [key]
+            elif key not in alike:  # at most MAX_SAME_HASH comparisons
+                if len(alike) >= MAX_SAME_HASH:
+                    _bad(tag, p, f"more than {MAX_SAME_HASH} elements share one hash value")
+                alike.append(key)
+    except TypeError:
+        return  # unhashable: building it says so
+
+
 def _dec_d(p: object) -> dict[Any, Any]:
     lst = _need_list("$d", p)
     out: dict[Any, Any] = {}
     for pair in lst:
         if type(pair) is not list or len(pair) != 2:
             _bad("$d", p, "expected a list of [key, value] pairs")
+    _hashes_spread("$d", p, [pair[0] for pair in lst])
+    for pair in lst:
         try:
             out[pair[0]] = pair[1]
         except TypeError:
@@ -1186,8 +1222,10 @@ def _dec_d(p: object) -> dict[Any, Any]:
 
 def _dec_set(tag: str, make: Callable[[list[Any]], Any]) -> Callable[[object], Any]:
     def dec(p: object) -> Any:
+        items = _need_list(tag, p)
+        _hashes_spread(tag, p, items)
         try:
-            return make(_need_list(tag, p))
+            return make(items)
         except TypeError:
             _bad(tag, p, "unhashable element")
 
@@ -1350,7 +1388,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2263,7 +2301,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2732,7 +2770,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3122,11 +3160,25 @@ AheadStep = tuple[str, tuple[AheadRef, ...], tuple[int | str, ...], int, tuple[A
 #: ``(positional parameters, steps)``: the statements a function starts with, whatever it is
 #: given, for a call with exactly that many positional arguments and no keywords
 Ahead = tuple[int, tuple[AheadStep, ...]]
+#: what a function whose whole body is its chain returns (``policy.ahead_result``): ``(tests,
+#: value)``, the tests of the ``if`` statements after the last step and the returned value as
+#: nested tuples: ``("const", value)``, ``("ref", source, keys)``, ``("step",)`` (the last
+#: step's value: ``return query(...)[0]``), ``("dict", ((key, value), ...))`` with literal
+#: keys, ``("list", (value, ...))``, ``("tuple", (value, ...))``
+AheadValue = tuple[object, ...]
+AheadResult = tuple[tuple[AheadTest, ...], AheadValue]
 #: the longest chain kept
 MAX_AHEAD = 8
 #: the largest test of an ``if`` a chain goes past: nodes, and depth (``("not", ...)`` nests)
 MAX_AHEAD_TEST_NODES = 32
 MAX_AHEAD_TEST_DEPTH = 8
+#: the longest arguments (their JSON text, characters) of a call whose statements the
+#: backend runs ahead or finishes itself: what it evaluates then (tests, the result) costs at
+#: most what arguments this small can make it cost, and the worker cannot fail to decode them
+MAX_AHEAD_ARGS = 16384
+#: the largest returned value the backend builds itself (``policy.ahead_result``)
+MAX_AHEAD_VALUE_NODES = 64
+MAX_AHEAD_VALUE_DEPTH = 8
 #: the comparison operators a test may use (``is``/``is not`` only against None, True, False:
 #: identity of any other value differs between the backend and the worker)
 AHEAD_COMPARISONS = ("<", "<=", ">", ">=", "==", "!=", "in", "not in", "is", "is not")
@@ -3138,10 +3190,11 @@ class Checked:
     ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
     """
 
-    __slots__ = ("name", "code", "params", "source_hash", "ahead")
+    __slots__ = ("name", "code", "params", "source_hash", "ahead", "result")
 
     def __init__(self, name: str, code: CodeType, params: tuple[str, ...],
-                 source_hash: str, ahead: Ahead | None = None) -> None:
+                 source_hash: str, ahead: Ahead | None = None,
+                 result: AheadResult | None = None) -> None:
         self.name = name
         self.code = code
         self.params = params
@@ -3149,6 +3202,8 @@ class Checked:
         #: the statements every call starts with, as far as the source says so
         #: (``policy.ahead_statements``)
         self.ahead = ahead
+        #: what it returns when those statements are its whole body (``policy.ahead_result``)
+        self.result = result
 
     def __repr__(self) -> str:
         return f"Checked(name={self.name!r}, params={self.params!r}, hash={self.source_hash!r})"
@@ -3156,7 +3211,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -3242,8 +3297,10 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     FORBIDDEN_ATTRIBUTES,
     FORBIDDEN_NAMES,
     Ahead,
+    AheadResult,
     AheadStep,
     AheadTest,
+    AheadValue,
     Finding,
     GETATTR,
     GLOBAL_NAMES,
@@ -3256,6 +3313,8 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     MAX_AHEAD,
     MAX_AHEAD_TEST_DEPTH,
     MAX_AHEAD_TEST_NODES,
+    MAX_AHEAD_VALUE_DEPTH,
+    MAX_AHEAD_VALUE_NODES,
     MAX_DEPTH,
     MAX_FINDINGS,
     MAX_NODES,
@@ -4369,6 +4428,16 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
 
 
 def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
+    """:func:`_chain`'s first half: the chain."""
+    return _chain(tree, fn)[0]
+
+
+def ahead_result(tree: ast.Module, fn: ast.FunctionDef) -> AheadResult | None:
+    """:func:`_chain`'s second half: what ``fn`` returns when its chain is its whole body."""
+    return _chain(tree, fn)[1]
+
+
+def _chain(tree: ast.Module, fn: ast.FunctionDef) -> tuple[Ahead | None, AheadResult | None]:
     """The statements every call of ``fn`` starts with, whatever it is given, as far as its
     source says so: ``(positional parameters, steps)``, or None.
 
@@ -4409,23 +4478,31 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     step keeps its line, which the worker's message carries. The backend runs it ahead as
     well, and keeps its effects only when the worker then sends exactly that statement (any
     other message fails the call, which rolls them back: ``sandbox._Ahead``).
+
+    The second half is the function's result, when the chain is its whole body: the body ends
+    with the chain (it returns None), with a chain statement that returns the rows and literal
+    subscripts (``return query(...)[0]``), or with ``return`` of a value built from the
+    chain's values and literals alone (:func:`_ahead_value`); the tests of ``if`` statements
+    after the last statement come with it. The backend can then finish the call without the
+    worker (``sandbox.WorkerExecutor._complete``), where everything goes as the chain says.
     """
+    none: tuple[None, None] = (None, None)
     if not isinstance(fn, ast.FunctionDef):
-        return None
+        return none
     a = fn.args
     if (fn.decorator_list or fn.returns is not None
             or a.vararg is not None or a.kwarg is not None or a.kwonlyargs or a.defaults
             or a.kw_defaults):
-        return None
+        return none
     params = [*a.posonlyargs, *a.args]
     if any(p.annotation is not None for p in params):
-        return None
+        return none
     for node in ast.walk(tree):
         if _binds_query(node):
-            return None
+            return none
     deferrable = _may_defer(tree, fn)  # the worker sends its discarded statements without waiting
     if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
-        return None
+        return none
     body = fn.body
     if (len(body) > 1 and isinstance(body[0], ast.Expr)
             and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
@@ -4434,7 +4511,12 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     names: dict[str, int] = {p.arg: i for i, p in enumerate(params)}
     steps: list[AheadStep] = []
     tests: list[AheadTest] = []  # of the ``if`` statements since the last step
+    #: how the chain ended: None (the body did), or the statement it stopped at, and whether
+    #: that statement is the chain's last step, which returns its value
+    end: ast.stmt | None = None
+    returns_step = False
     for stmt in body:
+        end = stmt
         if len(steps) >= MAX_AHEAD:
             break
         value: ast.expr | None
@@ -4489,12 +4571,68 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
                       line, tuple(tests)))
         tests = []
         if isinstance(stmt, ast.Expr):
+            end = None
             continue  # it binds nothing: the next statement follows it
         if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
                 and isinstance(stmt.targets[0], ast.Name) and keys is not None):
+            returns_step = isinstance(stmt, ast.Return) and keys is not None
             break
         names[stmt.targets[0].id] = -len(steps)  # -1 - (index of this step)
-    return (len(params), tuple(steps)) if steps else None
+        end = None
+    else:
+        end = None
+    if not steps:
+        return none
+    ahead = (len(params), tuple(steps))
+    result: AheadResult | None = None
+    if returns_step:
+        result = ((), ("step",))
+    elif end is None:  # the body ends with the chain, and the tests after it
+        result = (tuple(tests), ("const", None))
+    elif isinstance(end, ast.Return):
+        returned = ("const", None) if end.value is None else _ahead_value(end.value, names)
+        if returned is not None:
+            result = (tuple(tests), returned)
+    return ahead, result
+
+
+def _ahead_value(node: ast.expr, names: Mapping[str, int]) -> AheadValue | None:
+    """A returned value the backend can build from the chain's values itself, or None: literal
+    scalars (:func:`_ahead_constant`), the chain's values subscripted with literals
+    (:func:`_ahead_ref`), and ``dict`` (literal keys), ``list`` and ``tuple`` displays of those,
+    within :data:`MAX_AHEAD_VALUE_NODES` nodes and :data:`MAX_AHEAD_VALUE_DEPTH` levels.
+    Building it runs no user code, and what it is made of is what the worker's function would
+    have returned (the same values, encoded by the same codec)."""
+    count = [0]
+
+    def walk(node: ast.expr, depth: int) -> AheadValue | None:
+        count[0] += 1
+        if count[0] > MAX_AHEAD_VALUE_NODES or depth > MAX_AHEAD_VALUE_DEPTH:
+            return None
+        constant = _ahead_constant(node)
+        if constant is not None:
+            return constant
+        if isinstance(node, (ast.Name, ast.Subscript)):
+            ref = _ahead_ref(node, names)
+            return None if ref is None else ("ref", ref[0], ref[1])
+        if isinstance(node, ast.Dict):
+            pairs = []
+            for key_node, value_node in zip(node.keys, node.values):
+                key = None if key_node is None else _ahead_constant(key_node)  # None: **spread
+                value = walk(value_node, depth + 1)
+                if key is None or value is None:
+                    return None
+                pairs.append((key[1], value))
+            return ("dict", tuple(pairs))
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [None if isinstance(e, ast.Starred) else walk(e, depth + 1)
+                     for e in node.elts]
+            if any(item is None for item in items):
+                return None
+            return ("list" if isinstance(node, ast.List) else "tuple", tuple(items))
+        return None
+
+    return walk(node, 1)
 
 
 #: the comparison operators of a test the chain goes past, by the name the backend uses
@@ -4694,7 +4832,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError(_sorted(validator.findings) or [
             Finding(1, 0, "top-level", "the source must be exactly one function definition")])
     fn = validator.function
-    ahead = ahead_statements(tree, fn)  # before the rewrites: it reads the user's statements
+    ahead, result = _chain(tree, fn)  # before the rewrites: it reads the user's statements
     _defer_discarded_queries(tree, fn)
     _Rewriter().run(tree)
     _fix_locations(tree)
@@ -4712,7 +4850,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
                                    "the function is nested too deeply to be compiled")]) from None
     digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
     return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest,
-                   ahead=ahead)
+                   ahead=ahead, result=result)
 
 
 def check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:
@@ -4747,7 +4885,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5496,7 +5634,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -5525,7 +5663,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, Protocol
 
-    from .rules import AheadStep
+    from .rules import AheadResult, AheadStep
 
     class QueryPort(Protocol):
         """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a
@@ -5611,7 +5749,7 @@ class Call:
     """One call as the host hands it to an executor."""
 
     __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
-                 "decoded", "stored", "ahead")
+                 "decoded", "stored", "ahead", "result")
 
     def __init__(
         self,
@@ -5638,6 +5776,10 @@ class Call:
         #: (``policy.ahead_statements``) and its positional arguments, which the worker's
         #: backend runs before the worker asks (``sandbox._Ahead``)
         self.ahead: tuple[tuple[AheadStep, ...], list[Any]] | None = None
+        #: what the function returns when that chain is its whole body
+        #: (``policy.ahead_result``): the backend may then finish the call itself
+        #: (``sandbox.WorkerExecutor._complete``)
+        self.result: AheadResult | None = None
 
 
 class BadArguments(DatabaseError):
@@ -5915,7 +6057,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -6149,7 +6291,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6659,7 +6801,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7209,7 +7351,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7587,7 +7729,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7629,6 +7771,7 @@ import re
 import select
 import signal
 import time
+from collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only
@@ -7636,6 +7779,10 @@ if TYPE_CHECKING:  # annotations only
     from typing import Any
 
     from .rules import AheadStep
+
+    #: a statement ``WorkerExecutor._complete`` ran: ``(QUERY, request, answer op, answer
+    #: body)`` or ``(NOWAIT, request, what it raised or None, its line)``
+    _Ran = tuple[str, bytes, Any, Any]
 
 from . import WORKER_MODULES, codec
 from .channel import (
@@ -7656,6 +7803,7 @@ from .channel import (
 from .engine import Call, Limits, QueryPort, error_payload, source_hash
 from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
 from .rows import Rows
+from .rules import MAX_AHEAD_ARGS
 from .spawn import (
     BOOT_LOADER,
     BOOTSTRAP,
@@ -7885,6 +8033,10 @@ class WorkerExecutor:
         #: and those the worker did not ask for (none, unless the analysis is wrong)
         self.ahead = 0
         self.ahead_unused = 0
+        #: calls this backend finished itself, the worker not needed (``_complete``), and
+        #: calls it started so but handed to the worker (``_complete`` could not finish)
+        self.completed = 0
+        self.handed_over = 0
         self.last_start_seconds = 0.0
         #: whether the current worker is one ``spawn.prestart`` started early
         self.adopted = False
@@ -8024,6 +8176,16 @@ class WorkerExecutor:
         """
         limits = call.limits
         early, self._early = self._early, None
+        started = time.monotonic()
+        replay = None
+        if (early is None and call.result is not None and call.ahead is not None
+                and len(call.args_json) <= MAX_AHEAD_ARGS):
+            done = self._complete(call, port, started)
+            if isinstance(done, str):
+                self.completed += 1
+                return done
+            replay = done  # the worker runs the call: what ran already answers it first
+            self.handed_over += 1
         worker = self._current(limits)
         if early is not None and not early.runs(worker, call):
             if early.worker is worker:  # another call than the one dispatched: start afresh
@@ -8031,7 +8193,7 @@ class WorkerExecutor:
                 worker = self._current(limits)
             early = None
         try:
-            return self._run(worker, call, port, check_interrupts, early)
+            return self._run(worker, call, port, check_interrupts, early, replay, started)
         except ChannelClosed:
             reason = worker.exit_reason()
             self._forget(worker)
@@ -8056,6 +8218,44 @@ class WorkerExecutor:
         worker.stop()
         self._forget(worker)
 
+    def _complete(self, call: Call, port: QueryPort, started: float
+                  ) -> str | deque[_Ran]:
+        """Finish a call whose function is its chain of statements (``call.result``) without
+        the worker: run every statement as the worker's backend would have run it ahead
+        (:meth:`_Ahead.run_all`), then build the result from the same values. The payload text
+        is the worker's, exactly (the same values, the same codec, no output: the function
+        calls nothing but ``query``).
+
+        Anything else than everything going as the chain says (a test that is true or raises,
+        a subscript or statement that fails, a result the codec refuses or over the limit)
+        returns what ran instead: the worker then runs the call, and its requests must match
+        those statements first (``_run``'s ``replay``). Where the call's statements took longer
+        than the DBA's ``timeout_ms``, it ends as a worker call would have (``LimitExceeded``).
+        """
+        assert call.ahead is not None and call.result is not None
+        steps, args = call.ahead
+        tests, returned = call.result
+        limits = call.limits
+        ahead = _Ahead(port, steps, args, _max_frame(limits))
+        ran = ahead.run_all()
+        if limits.timeout_ms > 0 and time.monotonic() - started > limits.timeout_ms / 1000.0:
+            raise LimitExceeded(
+                "timeout_ms",
+                f"the call ran longer than the DBA's limit of {limits.timeout_ms} ms "
+                "(wormhole_limits.timeout_ms)")
+        if ran:
+            try:
+                for test in tests:
+                    if _truth(test, args, ahead.values):
+                        raise _Taken
+                value = codec.encode(_build(returned, args, ahead.values), root="result")
+            except Exception:  # noqa: BLE001 - the function raises or branches: the worker
+                return ahead.ran
+            text = '{"ok":' + value + ',"out":[]}'
+            if len(text) <= limits.max_result_bytes:
+                return text
+        return ahead.ran
+
     def _run(
         self,
         worker: _Worker,
@@ -8063,6 +8263,8 @@ class WorkerExecutor:
         port: QueryPort,
         check_interrupts: Callable[[], None],
         early: _Early | None = None,
+        replay: deque[_Ran] | None = None,
+        started: float | None = None,
     ) -> str:
         limits = call.limits
         chan = worker.chan
@@ -8090,7 +8292,7 @@ class WorkerExecutor:
             worker.drain()
 
         if limits.timeout_ms > 0:
-            deadline = time.monotonic() + limits.timeout_ms / 1000.0
+            deadline = (last_tick if started is None else started) + limits.timeout_ms / 1000.0
         if early is not None:  # sent already (dispatch)
             call_id, spin = early.call_id, early.spin
             self.dispatched += 1
@@ -8099,7 +8301,9 @@ class WorkerExecutor:
         chan.spin = spin
         # the statements the function starts with, each run before the worker asks for it:
         # the first now, while the worker wakes up and gets there; the next after each answer
-        ahead = None if call.ahead is None else _Ahead(port, *call.ahead, chan.max_frame)
+        ahead = None if (call.ahead is None or replay is not None
+                         or len(call.args_json) > MAX_AHEAD_ARGS) else _Ahead(
+            port, *call.ahead, chan.max_frame)
         pending = None if ahead is None else ahead.next()
         woken = False
         recycle = False
@@ -8120,6 +8324,29 @@ class WorkerExecutor:
                     raise ProtocolError(
                         f"message for call {header.get('id')!r}, expected {call_id}")
                 op = header["op"]
+                if replay:  # the statements _complete ran: each the worker's next request
+                    kind, request, first, second = replay[0]
+                    if op == kind and (payload == request or _same(payload, request,
+                                                                   kind == NOWAIT)):
+                        replay.popleft()
+                        self.ahead += 1
+                        if kind == QUERY:
+                            self.answered += 1
+                            chan.send({"op": first, "id": call_id}, second, tick=tick)
+                        else:
+                            self.deferred += 1
+                            if first is not None and failure is None:
+                                failure = _Failed(first, second)
+                        if time.monotonic() - last_tick >= POLL_SECONDS:
+                            tick()
+                        continue
+                    if any(entry[0] == NOWAIT for entry in replay) and not (
+                            op == DONE and payload.startswith(b'{"err"')):
+                        raise ProtocolError(
+                            f"its {op!r} is not the statement the function runs next, which "
+                            "this backend ran already (the call's statements are rolled back)")
+                    replay.clear()  # reads only: served as usual from here
+                    self.ahead_unused += 1
                 if ahead is not None and ahead.unconfirmed:
                     # a discarded statement run ahead: the worker must send exactly it next
                     # (or end the call with an error, which rolls it back)
@@ -8408,7 +8635,7 @@ class _Ahead:
     worker could not send (the codec refuses it, the frame is over the limit: not run).
     """
 
-    __slots__ = ("port", "steps", "args", "max_frame", "values", "unconfirmed")
+    __slots__ = ("port", "steps", "args", "max_frame", "values", "unconfirmed", "ran")
 
     def __init__(self, port: QueryPort, steps: tuple[AheadStep, ...], args: list[Any],
                  max_frame: int) -> None:
@@ -8467,6 +8694,45 @@ class _Ahead:
                     self._stop()
             return request, op, body
 
+    def run_all(self) -> bool:
+        """Run every step now, each as :meth:`next` runs it (``WorkerExecutor._complete``):
+        whether all ran as the chain says, every value taken (the last step's too). What ran
+        is in :attr:`ran`, in order, each with the answer the worker gets if it asks (a
+        statement that fails or whose rows cannot be sent is the last)."""
+        self.ran: deque[_Ran] = deque()
+        for index, (sql, refs, keys, line, tests) in enumerate(self.steps):
+            self.values.append(None)
+            try:
+                for test in tests:
+                    if _truth(test, self.args, self.values):
+                        return False
+                params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
+                                  path) for source, path in refs]
+                request = codec.encode_query(sql, params).encode("utf-8")
+            except Exception:  # noqa: BLE001 - the function raises or branches there
+                return False
+            if line:
+                request = b'%s,"line":%d}' % (request[:-1], line)
+            if len(request) > self.max_frame:
+                return False
+            if line:
+                try:
+                    self.port.query(sql, params)
+                except _FAILURES as exc:
+                    self.ran.append((NOWAIT, request, exc, line))
+                    return False
+                self.ran.append((NOWAIT, request, None, line))
+                continue
+            op, body, rows = _run_statement(self.port, sql, params)
+            self.ran.append((QUERY, request, op, body))
+            if rows is None or rows._wire:
+                return False
+            try:
+                self.values[index] = _follow(rows, keys)
+            except Exception:  # noqa: BLE001 - the function raises there too
+                return False
+        return True
+
     def _stop(self) -> None:
         """No more steps; nothing kept (rows held for later steps are let go)."""
         self.steps = ()
@@ -8475,6 +8741,21 @@ class _Ahead:
 
 class _Taken(Exception):
     """A test before a statement run ahead is true: the function goes into that ``if``."""
+
+
+def _build(value: Any, args: list[Any], values: list[Any]) -> Any:
+    """The value ``policy._ahead_value`` describes (``("step",)``: the last step's), built
+    from the chain's values as the function's ``return`` builds it."""
+    kind = value[0]
+    if kind == "dict":
+        return {key: _build(item, args, values) for key, item in value[1]}
+    if kind == "list":
+        return [_build(item, args, values) for item in value[1]]
+    if kind == "tuple":
+        return tuple(_build(item, args, values) for item in value[1])
+    if kind == "step":
+        return values[-1]
+    return _operand(value, args, values)
 
 
 #: the comparisons of a test (``policy._ahead_test``): Python's own operators
@@ -8513,7 +8794,17 @@ def _operand(test: Any, args: list[Any], values: list[Any]) -> Any:
     if test[0] == "const":
         return test[1]
     source = test[1]
-    return _follow(args[source] if source >= 0 else values[-1 - source], test[2])
+    value = _follow(args[source] if source >= 0 else values[-1 - source], test[2])
+    if type(value) is int and value.bit_length() > _MAX_INT_BITS:
+        # comparing it with a Decimal converts it in quadratic time, in C, where nothing
+        # notices a cancel: the backend leaves such a value to the worker (the chain stops)
+        raise OverflowError("an int too large for the backend to compare")
+    return value
+
+
+#: the largest int an operand of a test may be (a ``bigint`` is 64 bits; an argument this
+#: long compares with a ``Decimal`` in well under a millisecond)
+_MAX_INT_BITS = 4096
 
 
 def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
@@ -8753,7 +9044,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -8777,7 +9068,14 @@ import time
 
 from . import VERSION, WORKER_MODULES, codec, engine, spawn
 from .errors import DatabaseError, Interrupted, LimitExceeded
-from .rules import AHEAD_COMPARISONS, MAX_AHEAD, MAX_AHEAD_TEST_DEPTH, MAX_AHEAD_TEST_NODES
+from .rules import (
+    AHEAD_COMPARISONS,
+    MAX_AHEAD,
+    MAX_AHEAD_TEST_DEPTH,
+    MAX_AHEAD_TEST_NODES,
+    MAX_AHEAD_VALUE_DEPTH,
+    MAX_AHEAD_VALUE_NODES,
+)
 from .spi import SpiPort
 
 TYPE_CHECKING = False
@@ -8786,7 +9084,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import policy, sandbox
-    from .rules import Ahead, AheadRef, AheadStep, AheadTest
+    from .rules import Ahead, AheadRef, AheadResult, AheadStep, AheadTest, AheadValue
 else:
     class _Sibling:
         """A sibling module imported on first use, then bound in its place: a warm in-process
@@ -9075,25 +9373,35 @@ class _Stored:
     checked code ``wormhole_install`` stored (marshal; same Python, same whitelist) and the
     statements its every call starts with (``policy.ahead_statements``)."""
 
-    __slots__ = ("source", "name", "code", "ahead")
+    __slots__ = ("source", "name", "code", "ahead", "result")
 
     def __init__(self, source: str, name: str, code: bytes | None,
-                 ahead: Ahead | None = None) -> None:
+                 ahead: Ahead | None = None, result: AheadResult | None = None) -> None:
         self.source = source
         self.name = name
         self.code = code
         self.ahead = ahead
+        #: what it returns when the chain is its whole body (``policy.ahead_result``)
+        self.result = result
 
 
 def _ahead(text: object) -> Ahead | None:
     """``wormhole_functions.ahead`` as ``wormhole_install`` wrote it (``_ahead_text``), or None
     for anything else (the backend runs these statements: only their exact shape is taken)."""
+    return _ahead_parts(text)[0]
+
+
+def _ahead_parts(text: object) -> tuple[Ahead | None, AheadResult | None]:
+    """:func:`_ahead`, and the function's result where the text has one (``_ahead_text``):
+    ``(None, None)`` for anything malformed, ``(chain, None)`` for a chain without it."""
+    none: tuple[None, None] = (None, None)
     if type(text) is not str:
-        return None
+        return none
     try:
-        count, raw_steps = json.loads(text)
-        if type(count) is not int or type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD:
-            return None
+        count, raw_steps, *rest = json.loads(text)
+        if (type(count) is not int or type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD
+                or len(rest) > 1):
+            return none
         steps: list[AheadStep] = []
         for sql, raw_refs, keys, line, raw_tests in raw_steps:
             # what this step's arguments and tests may read: the parameters, earlier steps
@@ -9102,24 +9410,70 @@ def _ahead(text: object) -> Ahead | None:
             for raw in raw_refs:
                 ref = _ref(raw, low, count)
                 if ref is None:
-                    return None
+                    return none
                 refs.append(ref)
             if (type(sql) is not str or not _keys(keys) or type(line) is not int
-                    or not 0 <= line < 1 << 31 or type(raw_tests) is not list
-                    or len(raw_tests) > MAX_AHEAD):
-                return None
-            tests = []
-            for raw in raw_tests:
-                test = _test(raw, low, count, [0], 1)
-                if test is None:
-                    return None
-                tests.append(test)
-            steps.append((sql, tuple(refs), tuple(keys), line, tuple(tests)))
+                    or not 0 <= line < 1 << 31):
+                return none
+            tests = _tests(raw_tests, low, count)
+            if tests is None:
+                return none
+            steps.append((sql, tuple(refs), tuple(keys), line, tests))
+        if not steps:
+            return none
+        result: AheadResult | None = None
+        if rest:
+            raw_tests, raw_value = rest[0]
+            result_tests = _tests(raw_tests, -len(steps), count)
+            value = _value(raw_value, -len(steps), count, [0], 1)
+            if (result_tests is None or value is None
+                    or (value == ("step",) and (result_tests or steps[-1][3]))):
+                return none  # ("step",): the last step's own value, one the worker waits for
+            result = (result_tests, value)
     except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
+        return none
+    return (count, tuple(steps)), result
+
+
+def _tests(raw_tests: object, low: int, count: int) -> tuple[AheadTest, ...] | None:
+    if type(raw_tests) is not list or len(raw_tests) > MAX_AHEAD:
         return None
-    if not steps:
+    tests = []
+    for raw in raw_tests:
+        test = _test(raw, low, count, [0], 1)
+        if test is None:
+            return None
+        tests.append(test)
+    return tuple(tests)
+
+
+def _value(raw: object, low: int, count: int, seen: list[int], depth: int
+           ) -> AheadValue | None:
+    """A returned value of ``policy._ahead_value``'s shape (or ``("step",)``), or None."""
+    seen[0] += 1
+    if (type(raw) is not list or not raw or seen[0] > MAX_AHEAD_VALUE_NODES
+            or depth > MAX_AHEAD_VALUE_DEPTH):
         return None
-    return count, tuple(steps)
+    kind = raw[0]
+    if kind == "step" and len(raw) == 1 and depth == 1:
+        return ("step",)
+    if kind in ("ref", "const"):
+        return _test(raw, low, count, [0], 1)
+    if kind in ("list", "tuple") and len(raw) == 2 and type(raw[1]) is list:
+        items = [_value(item, low, count, seen, depth + 1) for item in raw[1]]
+        return None if any(i is None for i in items) else (kind, tuple(items))
+    if kind == "dict" and len(raw) == 2 and type(raw[1]) is list:
+        pairs = []
+        for pair in raw[1]:
+            if type(pair) is not list or len(pair) != 2:
+                return None
+            key = _test(["const", pair[0]], low, count, [0], 1)
+            value = _value(pair[1], low, count, seen, depth + 1)
+            if key is None or value is None:
+                return None
+            pairs.append((key[1], value))
+        return ("dict", tuple(pairs))
+    return None
 
 
 def _keys(path: object) -> bool:
@@ -9186,12 +9540,25 @@ def _singleton(test: AheadTest) -> bool:
     return test[0] == "const" and (test[1] is None or type(test[1]) is bool)
 
 
-def _ahead_text(ahead: Ahead) -> str:
+def _ahead_text(ahead: Ahead, result: AheadResult | None = None) -> str:
     count, steps = ahead
-    return json.dumps([count, [[sql, [[source, list(path)] for source, path in refs], list(keys),
+    text: list[Any] = [count, [[sql, [[source, list(path)] for source, path in refs], list(keys),
                                 line, [_test_json(t) for t in tests]]
-                               for sql, refs, keys, line, tests in steps]],
-                      separators=(",", ":"))
+                               for sql, refs, keys, line, tests in steps]]
+    if result is not None:
+        text.append([[_test_json(t) for t in result[0]], _value_json(result[1])])
+    return json.dumps(text, separators=(",", ":"))
+
+
+def _value_json(value: AheadValue) -> list[Any]:
+    kind = value[0]
+    if kind in ("list", "tuple"):
+        return [kind, [_value_json(v) for v in value[1]]]  # type: ignore[attr-defined]
+    if kind == "dict":
+        return ["dict", [[k, _value_json(v)] for k, v in value[1]]]  # type: ignore[attr-defined]
+    if kind == "step":
+        return ["step"]
+    return _test_json(value)
 
 
 def _test_json(test: AheadTest) -> list[Any]:
@@ -9224,8 +9591,9 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
         usable = (code is not None and row["code_magic"] is not None
                   and bytes(row["code_magic"]) == _magic()
                   and row["code_key"] == code_key(state.modules))
+        ahead, result = _ahead_parts(row["ahead"]) if usable else (None, None)
         stored = _Stored(row["source"], row["name"], bytes(code) if usable else None,
-                         _ahead(row["ahead"]) if usable else None)
+                         ahead, result)
         if len(state.source_cache) > 1024:
             state.source_cache.clear()
         state.source_cache[function_hash] = stored
@@ -9321,7 +9689,7 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
         "   THEN 'accepted' ELSE 'accepted (already installed)' END",
         ["text", "text", "text", "name", "bytea", "bytea", "text", "text"],
     )
-    ahead = None if checked.ahead is None else _ahead_text(checked.ahead)
+    ahead = None if checked.ahead is None else _ahead_text(checked.ahead, checked.result)
     plpy.execute(plan, [checked.source_hash, checked.name, source, who,
                         marshal.dumps(checked.code), _magic(), code_key(state.modules), ahead])
     event.update(verdict="accepted", name=checked.name)
@@ -9364,8 +9732,11 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         # starts while the checks below run (sandbox.WorkerExecutor.dispatch); the worker's
         # first query then waits for the subtransaction below
         known = state.source_cache.get(function_hash)
-        if known is not None and worker.dispatch(function_hash, known.source, args_json,
-                                                 state.modules, state.cfgkey, state.limits):
+        # (a function whose chain is its whole body is not sent: the backend may finish its
+        # call without the worker, sandbox.WorkerExecutor._complete)
+        if known is not None and known.result is None and worker.dispatch(
+                function_hash, known.source, args_json, state.modules, state.cfgkey,
+                state.limits):
             try:
                 return _execute(plpy, state, function_hash, args_json, missing, SD)
             finally:
@@ -9417,6 +9788,7 @@ def _execute(plpy: Any, state: Backend, function_hash: str, args_json: str, miss
         args, kwargs = decoded
         if not kwargs and len(args) == count:
             call.ahead = (steps, args)
+            call.result = stored.result
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)
@@ -9839,7 +10211,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -9855,7 +10227,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53']):
+                for r in plpy.execute(plan, ['2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -9905,7 +10277,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '5508089b96bad0205fe96c0c67bf6755823c253fa66707c10c5018219c824b53'
+    _pkg.CODE_TAG = '2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

@@ -48,6 +48,7 @@ class Impl:
 
 IMPLS = (
     Impl("W", "wormhole, confined worker (default)", (1, 1, 1)),
+    Impl("w", "wormhole, confined worker, variants it must run", (1, 1, 1)),
     Impl("A", "wormhole, in-process (approved)", (1, 1, 1), approved_db=True),
     Impl("a", "psycopg 3, client-side", (6, 4, 12)),
     Impl("c", "psycopg 3, pipeline mode", (3, 1, 10)),
@@ -101,13 +102,16 @@ class Session(abc.ABC):
 class WormholeSession(Session):
     """``@remote`` functions called through the public API on a psycopg 3 connection."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, in_worker: bool = False) -> None:
         self.conn = psycopg.connect(conninfo, autocommit=True)
         self.calls = {
             "process_order": functions.process_order,
             "get_user_summary": functions.get_user_summary,
             "follow_chain": functions.follow_chain,
         }
+        if in_worker:  # the same logic, with one call the backend cannot finish itself
+            self.calls["process_order"] = functions.process_order_in_worker
+            self.calls["get_user_summary"] = functions.get_user_summary_in_worker
 
     def run(self, workload: str, args: Sequence[Sequence[Any]], duration: float
             ) -> tuple[list[int], float]:
@@ -382,6 +386,7 @@ class AsyncpgSession(Session):
 
 _OPENERS: dict[str, Callable[[str], Session]] = {
     "W": WormholeSession,
+    "w": lambda conninfo: WormholeSession(conninfo, in_worker=True),
     "A": WormholeSession,
     "a": Psycopg3Session,
     "c": PipelineSession,

@@ -109,11 +109,13 @@ def _pair(res: RunResults, path: str, clients: int, workload: str, impl: str, ot
 
 def targets(res: RunResults) -> list[Target]:
     out: list[Target] = []
-    modes = (("A", "in-process (approved)"), ("W", "confined worker"))
+    modes = (("A", "in-process (approved)"), ("W", "confined worker (default mode)"))
 
-    def at_most(what: str, value: float | None, limit: float, note: str = "") -> None:
+    def at_most(what: str, value: float | None, limit: float, note: str = "",
+                also: float | None = None) -> None:
+        shown = _x(value) + ("" if also is None else f" (variant it must run: {_x(also)})")
         out.append(Target(what, f"≤ {limit:g}x", value,
-                          None if value is None else value <= limit, _x(value), note))
+                          None if value is None else value <= limit, shown, note))
 
     def at_least(what: str, value: float | None, limit: float, note: str = "") -> None:
         out.append(Target(what, f"≥ {limit:g}x", value,
@@ -122,10 +124,15 @@ def targets(res: RunResults) -> list[Target]:
     for impl, mode, zero_limit, rtt_limit in (("A", modes[0][1], 1.15, 1.05),
                                               ("W", modes[1][1], 2.0, 1.1)):
         for wl in ("process_order", "get_user_summary"):
+            # the default mode finishes these calls in the backend (README): the variants the
+            # worker must run ("w") are shown beside, so the worker's own cost stays in view
+            variant = impl == "W"
             at_most(f"{mode}: {wl} p50 ÷ PL/Python, unix socket (no added latency)",
-                    _pair(res, UNIX, 1, wl, impl, LIMIT, "p50"), zero_limit)
+                    _pair(res, UNIX, 1, wl, impl, LIMIT, "p50"), zero_limit,
+                    also=_pair(res, UNIX, 1, wl, "w", LIMIT, "p50") if variant else None)
             at_most(f"{mode}: {wl} p50 ÷ PL/Python, +1 ms RTT",
-                    _pair(res, PROXY_HALF, 1, wl, impl, LIMIT, "p50"), rtt_limit)
+                    _pair(res, PROXY_HALF, 1, wl, impl, LIMIT, "p50"), rtt_limit,
+                    also=_pair(res, PROXY_HALF, 1, wl, "w", LIMIT, "p50") if variant else None)
     for path in (UNIX, PROXY_HALF):
         for wl in ("process_order", "get_user_summary"):
             value = _pair(res, path, 8, wl, "A", LIMIT, "throughput")
@@ -248,7 +255,11 @@ def render(res: RunResults) -> str:
     for impl in IMPLS:
         add(f"- **{impl.key}**) {impl.label}: RTs {'/'.join(map(str, impl.round_trips))}")
     add("\nwormhole runs as `bench_app`, a regular role holding only `wormhole_user`: in the "
-        "`bench` database its calls run in the confined worker (the default); in "
+        "`bench` database its calls run in the confined worker (the default; W: the brief's "
+        "`process_order` and `get_user_summary` are nothing but chains of statements and a "
+        "`return` of their values, which the backend finishes itself without waking the "
+        "worker, README; w: the same logic with one `int()` call, which the worker must run; "
+        "the 10-query chain is a loop, which the worker runs in both); in "
         "`bench_approved`, a clone where a DBA ran `wormhole_approve(hash)`, in-process. "
         "PL/Python and PL/pgSQL are called with one `SELECT` in autocommit (psycopg 3).\n")
 

@@ -71,6 +71,8 @@ WORKER_PROBE_SQL = (
     "                   'answered': w.answered if w else 0, 'deferred': w.deferred if w else 0,\n"
     "                   'ahead': w.ahead if w else 0,\n"
     "                   'ahead_unused': w.ahead_unused if w else 0,\n"
+    "                   'completed': w.completed if w else 0,\n"
+    "                   'handed_over': w.handed_over if w else 0,\n"
     "                   'pending': len(sp._EARLY) if sp else 0})\n"
     "$$; GRANT EXECUTE ON FUNCTION wh_worker() TO app;"
 )
@@ -80,7 +82,7 @@ def worker_state(conn: Any, keys: tuple[str, ...] = ("executor", "adopted", "sta
                                                      "pending")) -> dict[str, Any]:
     """What ``wh_worker()`` says about the backend of ``conn`` (a psycopg 3 connection):
     ``keys`` of executor, adopted, starts, pending (early workers), dispatched, answered,
-    deferred, ahead, ahead_unused (the executor's counters)."""
+    deferred, ahead, ahead_unused, completed, handed_over (the executor's counters)."""
     import json
 
     state = json.loads(conn.execute("SELECT wh_worker()").fetchone()[0])

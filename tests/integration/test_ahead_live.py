@@ -24,7 +24,7 @@ import wormhole
 from tests.helpers import WORKER_PROBE_SQL, worker_state
 from wormhole import errors, query, remote
 
-COUNTERS = ("answered", "ahead", "ahead_unused")
+COUNTERS = ("answered", "ahead", "ahead_unused", "completed")
 
 
 @pytest.fixture
@@ -52,6 +52,13 @@ def issue(who):
 @remote
 def lookup(ticket):
     who = query("SELECT who FROM tickets WHERE id = $1", ticket)[0]["who"]  # LOOKUP
+    return who
+
+
+@remote
+def lookup_aloud(ticket):
+    who = query("SELECT who FROM tickets WHERE id = $1", ticket)[0]["who"]
+    print(who)  # a call: the function is more than its chain, the worker runs it
     return who
 
 
@@ -87,10 +94,10 @@ def _tickets(db) -> list[tuple[int, str]]:
 def mode(request, shop):
     if request.param == "in-process":
         with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
-            for fn in (issue, lookup, reissue, sell):
+            for fn in (issue, lookup, lookup_aloud, reissue, sell):
                 fn.install()
         with shop.admin() as a:
-            for fn in (issue, lookup, reissue, sell):
+            for fn in (issue, lookup, lookup_aloud, reissue, sell):
                 a.execute("SELECT wormhole_approve(%s)", (fn.hash,))
     return request.param
 
@@ -112,13 +119,17 @@ def test_install_keeps_the_statements_a_function_starts_with(shop):
     # each step: SQL, arguments, what it assigns, its line if the function discards its
     # result (0: the worker waits for it), the tests of the ``if`` statements before it
     assert rows == {
+        # ... and, where the chain is the whole body, what the function returns (the tests
+        # of the ifs after the last statement, the value built from the chain's values)
         "issue": '[1,[["SELECT nextval(\'ticket\') AS n",[],[0,"n"],0,[]],'
-                 '["INSERT INTO tickets VALUES ($1, $2)",[[-1,[]],[0,[]]],[],3,[]]]]',
-        "lookup": '[1,[["SELECT who FROM tickets WHERE id = $1",[[0,[]]],[0,"who"],0,[]]]]',
+                 '["INSERT INTO tickets VALUES ($1, $2)",[[-1,[]],[0,[]]],[],3,[]]],'
+                 '[[["cmp",["ref",0,[]],[["==",["const","nobody"]]]]],["ref",-1,[]]]]',
+        "lookup": '[1,[["SELECT who FROM tickets WHERE id = $1",[[0,[]]],[0,"who"],0,[]]],'
+                  '[[],["ref",-1,[]]]]',
         "reissue": '[1,[["SELECT id, who FROM tickets WHERE id = $1",[[0,[]]],[0],0,[]],'
                    '["SELECT nextval(\'ticket\') AS n, $1::text AS who",[[-1,["who"]]],[0],0,'
                    '[]],["INSERT INTO tickets VALUES ($1, $2)",[[-2,["n"]],[-2,["who"]]],[],4,'
-                   '[]]]]',
+                   '[]]],[[],["ref",-2,["n"]]]]',
         "later": None,
     }
 
@@ -135,13 +146,34 @@ def test_in_the_worker_the_statement_run_ahead_answers_its_query(shop):
     with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
         issue("ada")
         before = worker_state(c, COUNTERS)
-        assert issue("grace") == 2
-        assert lookup(1) == "ada"
+        assert lookup_aloud(1) == "ada"
+        assert lookup_aloud(1) == "ada"
         after = worker_state(c, COUNTERS)
     delta = {k: after[k] - before[k] for k in COUNTERS}
-    # two calls, each with one answered query: both answered from the statement run ahead;
-    # issue's INSERT (its result discarded) was run ahead too
-    assert delta == {"answered": 2, "ahead": 3, "ahead_unused": 0}
+    # two calls, each with one answered query: both answered from the statement run ahead
+    assert delta == {"answered": 2, "ahead": 2, "ahead_unused": 0, "completed": 0}
+
+
+def test_a_function_that_is_its_chain_needs_no_worker(shop):
+    """issue, lookup, reissue are their chains of statements, an ``if`` and a ``return`` of
+    their values: the backend runs the statements and builds the result itself (the same
+    payload the worker would send). Where the function goes elsewhere (issue("nobody"): its
+    test is true), the worker runs it, its requests answered by what already ran."""
+    with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
+        issue("ada")
+        before = worker_state(c, COUNTERS + ("handed_over",))
+        assert issue("grace") == 2
+        assert lookup(1) == "ada"
+        assert reissue(2) == 3
+        with pytest.raises(ValueError, match="no ticket for nobody"):
+            issue("nobody")
+        after = worker_state(c, COUNTERS + ("handed_over",))
+    delta = {k: after[k] - before[k] for k in COUNTERS + ("handed_over",)}
+    # nobody's call: its SELECT answered, its INSERT confirmed, from what the backend ran
+    assert delta == {"answered": 1, "ahead": 2, "ahead_unused": 0, "completed": 3,
+                     "handed_over": 1}
+    assert _tickets(shop) == [(1, "ada"), (2, "grace"), (3, "grace")]
+    assert _last_value(shop) == 4
 
 
 def test_its_effects_go_with_a_failed_call(shop, mode):
@@ -184,7 +216,7 @@ def test_a_call_that_cannot_bind_its_arguments_runs_nothing(shop):
         assert text.startswith('{"ok":2'), text
         after = worker_state(c, COUNTERS)
     assert {k: after[k] - before[k] for k in COUNTERS} == {
-        "answered": 1, "ahead": 0, "ahead_unused": 0}
+        "answered": 1, "ahead": 0, "ahead_unused": 0, "completed": 0}
     assert _last_value(shop) == 2
 
 
@@ -207,11 +239,13 @@ def test_in_the_worker_a_chain_answers_every_query_it_holds(shop):
         issue("ada")
         reissue(1)
         before = worker_state(c, COUNTERS)
-        assert reissue(1) == 3
+        # keywords: no chain for this call, the worker asks for each statement
+        text = c.execute("SELECT wormhole_execute(%s, %s)",
+                         (reissue.hash, '[[], {"ticket": 1}]')).fetchone()[0]
+        assert text.startswith('{"ok":3'), text
         after = worker_state(c, COUNTERS)
-    # two answered statements, both run ahead, and the INSERT (deferred: not answered)
     assert {k: after[k] - before[k] for k in COUNTERS} == {
-        "answered": 2, "ahead": 3, "ahead_unused": 0}
+        "answered": 2, "ahead": 0, "ahead_unused": 0, "completed": 0}
 
 
 def _stock(db) -> dict[str, int]:
@@ -238,7 +272,7 @@ def test_a_true_test_runs_nothing_after_it(shop, mode):
     may have run, not even for a moment (the sequence would show the INSERT)."""
     with psycopg.connect(shop.dsn(), autocommit=True) as c, wormhole.connection(c):
         with pytest.raises(ValueError, match="not enough pen"):
-            sell("pen", 100)
+            sell("pen", 100)  # (the worker runs this one: the backend's test is true)
         with pytest.raises(TypeError):
             sell("pen", "many")  # a test that raises: the function raises there too
         assert sell("pen", 1) == 9
@@ -270,6 +304,7 @@ def test_in_the_worker_the_writes_are_run_ahead(shop):
         before = worker_state(c, COUNTERS + ("deferred",))
         assert sell("pen", 1) == 8
         after = worker_state(c, COUNTERS + ("deferred",))
-    # the SELECT answered from the statement run ahead, both writes run ahead and confirmed
+    # (sell returns a computed value: the worker runs it) the SELECT answered from the
+    # statement run ahead, both writes run ahead and confirmed
     assert {k: after[k] - before[k] for k in COUNTERS + ("deferred",)} == {
-        "answered": 1, "ahead": 3, "ahead_unused": 0, "deferred": 2}
+        "answered": 1, "ahead": 3, "ahead_unused": 0, "completed": 0, "deferred": 2}

@@ -91,3 +91,24 @@ def test_install_and_execute_from_sql(db, app):
     assert out == '{"ok":42,"out":[]}'
     err = app.execute("SELECT wormhole_execute(%s, %s)", (h, '[["x"],{}]')).fetchone()[0]
     assert err.startswith('{"err"') and "TypeError" in err
+
+
+@pytest.mark.parametrize("tag", ["$set", "$d"])
+def test_keys_crafted_to_share_one_hash_are_refused_at_once(db, app, tag):
+    """Arguments whose set elements or dict keys all hash alike (ints ``i * (2**61 - 1)``:
+    only ``str`` hashes are randomised) would make the backend spend n² probes decoding them,
+    in C, deaf to cancels; they are refused as malformed, at once, and change nothing."""
+    import json
+    import time
+
+    m = (1 << 61) - 1
+    keys = [i * m + 7 for i in range(1, 20_001)]
+    body = [[k, 1] for k in keys] if tag == "$d" else keys
+    args = json.dumps([[{tag: body}], {}])
+    digest = app.execute("SELECT wormhole_install(%s)", (GOOD,)).fetchone()[0]
+    before = state(db)
+    begin = time.monotonic()
+    err = sqlerr(app, "SELECT wormhole_execute(%s, %s)", (digest, args))
+    assert time.monotonic() - begin < 1.0
+    assert err.sqlstate == "WH005" and "share one hash" in str(err)
+    assert state(db) == before

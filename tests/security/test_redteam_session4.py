@@ -643,7 +643,7 @@ UNKNOWN = "ab" * 32  # well-formed, never installed: the hint says "worker", the
 
 @remote
 def doubled(x):
-    return query("SELECT $1::int * 2 AS v", x)[0]["v"]
+    return int(query("SELECT $1::int * 2 AS v", x)[0]["v"])  # (the worker runs it)
 
 
 @pytest.fixture

@@ -1121,7 +1121,7 @@ def _other_role(db: Any) -> None:
 def who_writes(v):
     query("INSERT INTO t (v) VALUES ($1)", v)
     query("INSERT INTO owned (owner, note) VALUES (current_user, 'w')")
-    return query("SELECT current_user::text AS u")[0]["u"]
+    return str(query("SELECT current_user::text AS u")[0]["u"])  # (the worker runs it)
 
 
 @needs_worker
@@ -1432,7 +1432,7 @@ def test_a_compromised_worker_cannot_wedge_a_real_backend_through_dispatch(
 def eager(n):
     query("SELECT nextval('probe')")
     query("INSERT INTO t (v) VALUES (1)")
-    return n
+    return int(n)  # (a call: the worker runs it, not the backend alone)
 
 
 REFUSED_ARGS = {

@@ -22,6 +22,8 @@ from wormhole.runtime.policy import (
     MAX_AHEAD,
     MAX_AHEAD_TEST_DEPTH,
     MAX_AHEAD_TEST_NODES,
+    MAX_AHEAD_VALUE_DEPTH,
+    MAX_AHEAD_VALUE_NODES,
     check,
 )
 
@@ -611,3 +613,106 @@ def test_the_chains_discarded_statements_are_those_the_worker_sends_without_wait
             # a step the worker waits for is not a statement it defers
             assert not any(step[0] in plain[line - 1] for line in deferred)  # type: ignore[index]
     assert steps, source
+
+
+def result(source: str) -> object:
+    return check(S(source), MODULES).result
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    # the brief's functions: a dict of literals, parameters and the chain's values
+    ('''
+     def f(user_id):
+         user = query("SELECT * FROM users WHERE id = $1", user_id)[0]
+         n = query("SELECT count(*) FROM messages WHERE user_id = $1", user_id)[0]["count"]
+         return {"username": user["username"], "message_count": n}
+     ''', ((), ("dict", (("username", ("ref", -1, ("username",))),
+                         ("message_count", ("ref", -2, ())))))),
+    # the last statement's own value; falling off the end; tests after the last statement
+    ('''
+     def f(a):
+         return query("SELECT $1", a)[0]
+     ''', ((), ("step",))),
+    ('''
+     def f(a):
+         query("UPDATE t SET x = $1", a)
+     ''', ((), ("const", None))),
+    ('''
+     def f(a):
+         x = query("SELECT $1", a)
+         if not x:
+             raise LookupError(a)
+         return [x, (a, -1), {1: None, "k": x[0]}]
+     ''', ((("not", ("ref", -1, ())),),
+           ("list", (("ref", -1, ()), ("tuple", (("ref", 0, ()), ("const", -1))),
+                     ("dict", ((1, ("const", None)), ("k", ("ref", -1, (0,))))))))),
+    ('''
+     def f(a):
+         """Doc."""
+         query("UPDATE t SET x = $1", a)
+         return
+     ''', ((), ("const", None))),
+])
+def test_a_function_that_is_its_chain_has_a_result(source: str, expected: object) -> None:
+    """The backend can then finish the call without the worker (``sandbox._complete``)."""
+    assert result(source) == expected
+
+
+@pytest.mark.parametrize("source", [
+    # something after the chain that is not a return of its values
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    print(x)\n    return x\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    y = x\n    return y\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    return x["n"] + 1\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    return str(x)\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    return {**x}\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    return [*x]\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    return {x["k"]: 1}\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    return x.get("k")\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    return {"a": 1, "b": [[[[[[[[x]]]]]]]]}\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    return [' + ", ".join(["x"] * 70) + ']\n',
+    # a statement whose value is more than its rows and literal subscripts, or a loop
+    'def f(a):\n    return query("SELECT $1", a).rowcount\n',
+    'def f(a):\n    return query("SELECT $1", a)[0].get("k")\n',
+    'def f(a):\n    for r in query("SELECT $1", a):\n        return r\n',
+    # an if that is not a test the backend evaluates, or has an else
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    if len(x):\n        pass\n    return x\n',
+    'def f(a):\n    x = query("SELECT $1", a)[0]\n    if x:\n        pass\n    else:\n'
+    '        return 1\n    return x\n',
+    # the chain's limit
+    "def f(a):\n" + "".join(f'    x{i} = query("SELECT $1", a)[0]\n' for i in range(9))
+    + "    return x0\n",
+    # no statement at all
+    "def f(a):\n    return a\n",
+])
+def test_anything_else_has_none(source: str) -> None:
+    assert check(source, MODULES).result is None
+
+
+def test_the_result_is_kept_with_the_chain_and_read_back() -> None:
+    from wormhole import demo
+    from wormhole.runtime import host
+
+    for fn in (demo.process_order, demo.get_user_summary):
+        checked = check(fn.source, MODULES)
+        assert checked.result is not None
+        text = host._ahead_text(checked.ahead, checked.result)  # type: ignore[arg-type]
+        assert host._ahead_parts(text) == (checked.ahead, checked.result)
+        assert host._ahead(text) == checked.ahead
+    chain = '[1,[["S",[[0,[]]],[0],0,[]]]'
+    assert host._ahead_parts(chain + "]") == ((1, (st("S", ((0, ()),), (0,)),)), None)
+    assert host._ahead_parts(chain + ',[[],["step"]]]')[1] == ((), ("step",))
+    assert host._ahead_parts(chain + ',[[],["dict",[[1,["ref",-1,["k"]]]]]]]')[1] == (
+        (), ("dict", ((1, ("ref", -1, ("k",))),)))
+    deep = '["const",1]'
+    for _ in range(MAX_AHEAD_VALUE_DEPTH):
+        deep = '["list",[%s]]' % deep
+    for tail in [',[]', ',[[]]', ',[[],["step"],1]', ',[[],["call"]]', ',[[],["ref",-2,[]]]',
+                 ',[[],["ref",1,[]]]', ',[[],["list",[["step"]]]]',
+                 ',[[],["dict",[[[1],["const",1]]]]]', ',[[],["dict",[["k"]]]]',
+                 ',[[],["const",NaN]]', ',[[["ref",-2,[]]],["const",1]]', ',[[],%s]' % deep,
+                 ',[[],["list",[%s]]]' % ",".join(['["const",1]'] * MAX_AHEAD_VALUE_NODES),
+                 ',[[],["step"]],[[],["step"]]']:
+        assert host._ahead_parts(chain + tail + "]") == (None, None), tail
+    # ("step",) only for a last step the worker waits for, with no test after it
+    assert host._ahead_parts('[1,[["S",[],[],3,[]]],[[],["step"]]]') == (None, None)
+    assert host._ahead_parts(chain + ',[[["const",true]],["step"]]]') == (None, None)

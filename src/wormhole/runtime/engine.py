@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, Protocol
 
-    from .rules import AheadStep
+    from .rules import AheadResult, AheadStep
 
     class QueryPort(Protocol):
         """Where ``query()`` goes: the driver client-side, SPI in a backend, the channel in a
@@ -113,7 +113,7 @@ class Call:
     """One call as the host hands it to an executor."""
 
     __slots__ = ("source_hash", "source", "args_json", "modules", "modules_key", "limits",
-                 "decoded", "stored", "ahead")
+                 "decoded", "stored", "ahead", "result")
 
     def __init__(
         self,
@@ -140,6 +140,10 @@ class Call:
         #: (``policy.ahead_statements``) and its positional arguments, which the worker's
         #: backend runs before the worker asks (``sandbox._Ahead``)
         self.ahead: tuple[tuple[AheadStep, ...], list[Any]] | None = None
+        #: what the function returns when that chain is its whole body
+        #: (``policy.ahead_result``): the backend may then finish the call itself
+        #: (``sandbox.WorkerExecutor._complete``)
+        self.result: AheadResult | None = None
 
 
 class BadArguments(DatabaseError):

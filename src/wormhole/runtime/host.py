@@ -22,7 +22,14 @@ import time
 
 from . import VERSION, WORKER_MODULES, codec, engine, spawn
 from .errors import DatabaseError, Interrupted, LimitExceeded
-from .rules import AHEAD_COMPARISONS, MAX_AHEAD, MAX_AHEAD_TEST_DEPTH, MAX_AHEAD_TEST_NODES
+from .rules import (
+    AHEAD_COMPARISONS,
+    MAX_AHEAD,
+    MAX_AHEAD_TEST_DEPTH,
+    MAX_AHEAD_TEST_NODES,
+    MAX_AHEAD_VALUE_DEPTH,
+    MAX_AHEAD_VALUE_NODES,
+)
 from .spi import SpiPort
 
 TYPE_CHECKING = False
@@ -31,7 +38,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import policy, sandbox
-    from .rules import Ahead, AheadRef, AheadStep, AheadTest
+    from .rules import Ahead, AheadRef, AheadResult, AheadStep, AheadTest, AheadValue
 else:
     class _Sibling:
         """A sibling module imported on first use, then bound in its place: a warm in-process
@@ -320,25 +327,35 @@ class _Stored:
     checked code ``wormhole_install`` stored (marshal; same Python, same whitelist) and the
     statements its every call starts with (``policy.ahead_statements``)."""
 
-    __slots__ = ("source", "name", "code", "ahead")
+    __slots__ = ("source", "name", "code", "ahead", "result")
 
     def __init__(self, source: str, name: str, code: bytes | None,
-                 ahead: Ahead | None = None) -> None:
+                 ahead: Ahead | None = None, result: AheadResult | None = None) -> None:
         self.source = source
         self.name = name
         self.code = code
         self.ahead = ahead
+        #: what it returns when the chain is its whole body (``policy.ahead_result``)
+        self.result = result
 
 
 def _ahead(text: object) -> Ahead | None:
     """``wormhole_functions.ahead`` as ``wormhole_install`` wrote it (``_ahead_text``), or None
     for anything else (the backend runs these statements: only their exact shape is taken)."""
+    return _ahead_parts(text)[0]
+
+
+def _ahead_parts(text: object) -> tuple[Ahead | None, AheadResult | None]:
+    """:func:`_ahead`, and the function's result where the text has one (``_ahead_text``):
+    ``(None, None)`` for anything malformed, ``(chain, None)`` for a chain without it."""
+    none: tuple[None, None] = (None, None)
     if type(text) is not str:
-        return None
+        return none
     try:
-        count, raw_steps = json.loads(text)
-        if type(count) is not int or type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD:
-            return None
+        count, raw_steps, *rest = json.loads(text)
+        if (type(count) is not int or type(raw_steps) is not list or len(raw_steps) > MAX_AHEAD
+                or len(rest) > 1):
+            return none
         steps: list[AheadStep] = []
         for sql, raw_refs, keys, line, raw_tests in raw_steps:
             # what this step's arguments and tests may read: the parameters, earlier steps
@@ -347,24 +364,70 @@ def _ahead(text: object) -> Ahead | None:
             for raw in raw_refs:
                 ref = _ref(raw, low, count)
                 if ref is None:
-                    return None
+                    return none
                 refs.append(ref)
             if (type(sql) is not str or not _keys(keys) or type(line) is not int
-                    or not 0 <= line < 1 << 31 or type(raw_tests) is not list
-                    or len(raw_tests) > MAX_AHEAD):
-                return None
-            tests = []
-            for raw in raw_tests:
-                test = _test(raw, low, count, [0], 1)
-                if test is None:
-                    return None
-                tests.append(test)
-            steps.append((sql, tuple(refs), tuple(keys), line, tuple(tests)))
+                    or not 0 <= line < 1 << 31):
+                return none
+            tests = _tests(raw_tests, low, count)
+            if tests is None:
+                return none
+            steps.append((sql, tuple(refs), tuple(keys), line, tests))
+        if not steps:
+            return none
+        result: AheadResult | None = None
+        if rest:
+            raw_tests, raw_value = rest[0]
+            result_tests = _tests(raw_tests, -len(steps), count)
+            value = _value(raw_value, -len(steps), count, [0], 1)
+            if (result_tests is None or value is None
+                    or (value == ("step",) and (result_tests or steps[-1][3]))):
+                return none  # ("step",): the last step's own value, one the worker waits for
+            result = (result_tests, value)
     except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
+        return none
+    return (count, tuple(steps)), result
+
+
+def _tests(raw_tests: object, low: int, count: int) -> tuple[AheadTest, ...] | None:
+    if type(raw_tests) is not list or len(raw_tests) > MAX_AHEAD:
         return None
-    if not steps:
+    tests = []
+    for raw in raw_tests:
+        test = _test(raw, low, count, [0], 1)
+        if test is None:
+            return None
+        tests.append(test)
+    return tuple(tests)
+
+
+def _value(raw: object, low: int, count: int, seen: list[int], depth: int
+           ) -> AheadValue | None:
+    """A returned value of ``policy._ahead_value``'s shape (or ``("step",)``), or None."""
+    seen[0] += 1
+    if (type(raw) is not list or not raw or seen[0] > MAX_AHEAD_VALUE_NODES
+            or depth > MAX_AHEAD_VALUE_DEPTH):
         return None
-    return count, tuple(steps)
+    kind = raw[0]
+    if kind == "step" and len(raw) == 1 and depth == 1:
+        return ("step",)
+    if kind in ("ref", "const"):
+        return _test(raw, low, count, [0], 1)
+    if kind in ("list", "tuple") and len(raw) == 2 and type(raw[1]) is list:
+        items = [_value(item, low, count, seen, depth + 1) for item in raw[1]]
+        return None if any(i is None for i in items) else (kind, tuple(items))
+    if kind == "dict" and len(raw) == 2 and type(raw[1]) is list:
+        pairs = []
+        for pair in raw[1]:
+            if type(pair) is not list or len(pair) != 2:
+                return None
+            key = _test(["const", pair[0]], low, count, [0], 1)
+            value = _value(pair[1], low, count, seen, depth + 1)
+            if key is None or value is None:
+                return None
+            pairs.append((key[1], value))
+        return ("dict", tuple(pairs))
+    return None
 
 
 def _keys(path: object) -> bool:
@@ -431,12 +494,25 @@ def _singleton(test: AheadTest) -> bool:
     return test[0] == "const" and (test[1] is None or type(test[1]) is bool)
 
 
-def _ahead_text(ahead: Ahead) -> str:
+def _ahead_text(ahead: Ahead, result: AheadResult | None = None) -> str:
     count, steps = ahead
-    return json.dumps([count, [[sql, [[source, list(path)] for source, path in refs], list(keys),
+    text: list[Any] = [count, [[sql, [[source, list(path)] for source, path in refs], list(keys),
                                 line, [_test_json(t) for t in tests]]
-                               for sql, refs, keys, line, tests in steps]],
-                      separators=(",", ":"))
+                               for sql, refs, keys, line, tests in steps]]
+    if result is not None:
+        text.append([[_test_json(t) for t in result[0]], _value_json(result[1])])
+    return json.dumps(text, separators=(",", ":"))
+
+
+def _value_json(value: AheadValue) -> list[Any]:
+    kind = value[0]
+    if kind in ("list", "tuple"):
+        return [kind, [_value_json(v) for v in value[1]]]  # type: ignore[attr-defined]
+    if kind == "dict":
+        return ["dict", [[k, _value_json(v)] for k, v in value[1]]]  # type: ignore[attr-defined]
+    if kind == "step":
+        return ["step"]
+    return _test_json(value)
 
 
 def _test_json(test: AheadTest) -> list[Any]:
@@ -469,8 +545,9 @@ def _source(plpy: Any, state: Backend, function_hash: str) -> _Stored | None:
         usable = (code is not None and row["code_magic"] is not None
                   and bytes(row["code_magic"]) == _magic()
                   and row["code_key"] == code_key(state.modules))
+        ahead, result = _ahead_parts(row["ahead"]) if usable else (None, None)
         stored = _Stored(row["source"], row["name"], bytes(code) if usable else None,
-                         _ahead(row["ahead"]) if usable else None)
+                         ahead, result)
         if len(state.source_cache) > 1024:
             state.source_cache.clear()
         state.source_cache[function_hash] = stored
@@ -566,7 +643,7 @@ def install(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str], source: o
         "   THEN 'accepted' ELSE 'accepted (already installed)' END",
         ["text", "text", "text", "name", "bytea", "bytea", "text", "text"],
     )
-    ahead = None if checked.ahead is None else _ahead_text(checked.ahead)
+    ahead = None if checked.ahead is None else _ahead_text(checked.ahead, checked.result)
     plpy.execute(plan, [checked.source_hash, checked.name, source, who,
                         marshal.dumps(checked.code), _magic(), code_key(state.modules), ahead])
     event.update(verdict="accepted", name=checked.name)
@@ -609,8 +686,11 @@ def execute(plpy: Any, GD: dict[str, Any], sources: Mapping[str, str],
         # starts while the checks below run (sandbox.WorkerExecutor.dispatch); the worker's
         # first query then waits for the subtransaction below
         known = state.source_cache.get(function_hash)
-        if known is not None and worker.dispatch(function_hash, known.source, args_json,
-                                                 state.modules, state.cfgkey, state.limits):
+        # (a function whose chain is its whole body is not sent: the backend may finish its
+        # call without the worker, sandbox.WorkerExecutor._complete)
+        if known is not None and known.result is None and worker.dispatch(
+                function_hash, known.source, args_json, state.modules, state.cfgkey,
+                state.limits):
             try:
                 return _execute(plpy, state, function_hash, args_json, missing, SD)
             finally:
@@ -662,6 +742,7 @@ def _execute(plpy: Any, state: Backend, function_hash: str, args_json: str, miss
         args, kwargs = decoded
         if not kwargs and len(args) == count:
             call.ahead = (steps, args)
+            call.result = stored.result
     port = state.port
     if port is None or port.plpy is not plpy:
         port = state.port = SpiPort(plpy, state.plans)

@@ -84,8 +84,10 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     FORBIDDEN_ATTRIBUTES,
     FORBIDDEN_NAMES,
     Ahead,
+    AheadResult,
     AheadStep,
     AheadTest,
+    AheadValue,
     Finding,
     GETATTR,
     GLOBAL_NAMES,
@@ -98,6 +100,8 @@ from .rules import (  # noqa: F401 - re-exported: the rules are part of the poli
     MAX_AHEAD,
     MAX_AHEAD_TEST_DEPTH,
     MAX_AHEAD_TEST_NODES,
+    MAX_AHEAD_VALUE_DEPTH,
+    MAX_AHEAD_VALUE_NODES,
     MAX_DEPTH,
     MAX_FINDINGS,
     MAX_NODES,
@@ -1211,6 +1215,16 @@ def _defer_discarded_queries(tree: ast.Module, fn: ast.FunctionDef) -> int:
 
 
 def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
+    """:func:`_chain`'s first half: the chain."""
+    return _chain(tree, fn)[0]
+
+
+def ahead_result(tree: ast.Module, fn: ast.FunctionDef) -> AheadResult | None:
+    """:func:`_chain`'s second half: what ``fn`` returns when its chain is its whole body."""
+    return _chain(tree, fn)[1]
+
+
+def _chain(tree: ast.Module, fn: ast.FunctionDef) -> tuple[Ahead | None, AheadResult | None]:
     """The statements every call of ``fn`` starts with, whatever it is given, as far as its
     source says so: ``(positional parameters, steps)``, or None.
 
@@ -1251,23 +1265,31 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     step keeps its line, which the worker's message carries. The backend runs it ahead as
     well, and keeps its effects only when the worker then sends exactly that statement (any
     other message fails the call, which rolls them back: ``sandbox._Ahead``).
+
+    The second half is the function's result, when the chain is its whole body: the body ends
+    with the chain (it returns None), with a chain statement that returns the rows and literal
+    subscripts (``return query(...)[0]``), or with ``return`` of a value built from the
+    chain's values and literals alone (:func:`_ahead_value`); the tests of ``if`` statements
+    after the last statement come with it. The backend can then finish the call without the
+    worker (``sandbox.WorkerExecutor._complete``), where everything goes as the chain says.
     """
+    none: tuple[None, None] = (None, None)
     if not isinstance(fn, ast.FunctionDef):
-        return None
+        return none
     a = fn.args
     if (fn.decorator_list or fn.returns is not None
             or a.vararg is not None or a.kwarg is not None or a.kwonlyargs or a.defaults
             or a.kw_defaults):
-        return None
+        return none
     params = [*a.posonlyargs, *a.args]
     if any(p.annotation is not None for p in params):
-        return None
+        return none
     for node in ast.walk(tree):
         if _binds_query(node):
-            return None
+            return none
     deferrable = _may_defer(tree, fn)  # the worker sends its discarded statements without waiting
     if any(isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) for node in _own_nodes(fn)):
-        return None
+        return none
     body = fn.body
     if (len(body) > 1 and isinstance(body[0], ast.Expr)
             and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
@@ -1276,7 +1298,12 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
     names: dict[str, int] = {p.arg: i for i, p in enumerate(params)}
     steps: list[AheadStep] = []
     tests: list[AheadTest] = []  # of the ``if`` statements since the last step
+    #: how the chain ended: None (the body did), or the statement it stopped at, and whether
+    #: that statement is the chain's last step, which returns its value
+    end: ast.stmt | None = None
+    returns_step = False
     for stmt in body:
+        end = stmt
         if len(steps) >= MAX_AHEAD:
             break
         value: ast.expr | None
@@ -1331,12 +1358,68 @@ def ahead_statements(tree: ast.Module, fn: ast.FunctionDef) -> Ahead | None:
                       line, tuple(tests)))
         tests = []
         if isinstance(stmt, ast.Expr):
+            end = None
             continue  # it binds nothing: the next statement follows it
         if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
                 and isinstance(stmt.targets[0], ast.Name) and keys is not None):
+            returns_step = isinstance(stmt, ast.Return) and keys is not None
             break
         names[stmt.targets[0].id] = -len(steps)  # -1 - (index of this step)
-    return (len(params), tuple(steps)) if steps else None
+        end = None
+    else:
+        end = None
+    if not steps:
+        return none
+    ahead = (len(params), tuple(steps))
+    result: AheadResult | None = None
+    if returns_step:
+        result = ((), ("step",))
+    elif end is None:  # the body ends with the chain, and the tests after it
+        result = (tuple(tests), ("const", None))
+    elif isinstance(end, ast.Return):
+        returned = ("const", None) if end.value is None else _ahead_value(end.value, names)
+        if returned is not None:
+            result = (tuple(tests), returned)
+    return ahead, result
+
+
+def _ahead_value(node: ast.expr, names: Mapping[str, int]) -> AheadValue | None:
+    """A returned value the backend can build from the chain's values itself, or None: literal
+    scalars (:func:`_ahead_constant`), the chain's values subscripted with literals
+    (:func:`_ahead_ref`), and ``dict`` (literal keys), ``list`` and ``tuple`` displays of those,
+    within :data:`MAX_AHEAD_VALUE_NODES` nodes and :data:`MAX_AHEAD_VALUE_DEPTH` levels.
+    Building it runs no user code, and what it is made of is what the worker's function would
+    have returned (the same values, encoded by the same codec)."""
+    count = [0]
+
+    def walk(node: ast.expr, depth: int) -> AheadValue | None:
+        count[0] += 1
+        if count[0] > MAX_AHEAD_VALUE_NODES or depth > MAX_AHEAD_VALUE_DEPTH:
+            return None
+        constant = _ahead_constant(node)
+        if constant is not None:
+            return constant
+        if isinstance(node, (ast.Name, ast.Subscript)):
+            ref = _ahead_ref(node, names)
+            return None if ref is None else ("ref", ref[0], ref[1])
+        if isinstance(node, ast.Dict):
+            pairs = []
+            for key_node, value_node in zip(node.keys, node.values):
+                key = None if key_node is None else _ahead_constant(key_node)  # None: **spread
+                value = walk(value_node, depth + 1)
+                if key is None or value is None:
+                    return None
+                pairs.append((key[1], value))
+            return ("dict", tuple(pairs))
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [None if isinstance(e, ast.Starred) else walk(e, depth + 1)
+                     for e in node.elts]
+            if any(item is None for item in items):
+                return None
+            return ("list" if isinstance(node, ast.List) else "tuple", tuple(items))
+        return None
+
+    return walk(node, 1)
 
 
 #: the comparison operators of a test the chain goes past, by the name the backend uses
@@ -1536,7 +1619,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
         raise PolicyError(_sorted(validator.findings) or [
             Finding(1, 0, "top-level", "the source must be exactly one function definition")])
     fn = validator.function
-    ahead = ahead_statements(tree, fn)  # before the rewrites: it reads the user's statements
+    ahead, result = _chain(tree, fn)  # before the rewrites: it reads the user's statements
     _defer_discarded_queries(tree, fn)
     _Rewriter().run(tree)
     _fix_locations(tree)
@@ -1554,7 +1637,7 @@ def _check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked
                                    "the function is nested too deeply to be compiled")]) from None
     digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
     return Checked(name=fn.name, code=code, params=_params(fn), source_hash=digest,
-                   ahead=ahead)
+                   ahead=ahead, result=result)
 
 
 def check(source: str, modules: Mapping[str, frozenset[str] | None]) -> Checked:

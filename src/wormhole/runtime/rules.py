@@ -388,11 +388,25 @@ AheadStep = tuple[str, tuple[AheadRef, ...], tuple[int | str, ...], int, tuple[A
 #: ``(positional parameters, steps)``: the statements a function starts with, whatever it is
 #: given, for a call with exactly that many positional arguments and no keywords
 Ahead = tuple[int, tuple[AheadStep, ...]]
+#: what a function whose whole body is its chain returns (``policy.ahead_result``): ``(tests,
+#: value)``, the tests of the ``if`` statements after the last step and the returned value as
+#: nested tuples: ``("const", value)``, ``("ref", source, keys)``, ``("step",)`` (the last
+#: step's value: ``return query(...)[0]``), ``("dict", ((key, value), ...))`` with literal
+#: keys, ``("list", (value, ...))``, ``("tuple", (value, ...))``
+AheadValue = tuple[object, ...]
+AheadResult = tuple[tuple[AheadTest, ...], AheadValue]
 #: the longest chain kept
 MAX_AHEAD = 8
 #: the largest test of an ``if`` a chain goes past: nodes, and depth (``("not", ...)`` nests)
 MAX_AHEAD_TEST_NODES = 32
 MAX_AHEAD_TEST_DEPTH = 8
+#: the longest arguments (their JSON text, characters) of a call whose statements the
+#: backend runs ahead or finishes itself: what it evaluates then (tests, the result) costs at
+#: most what arguments this small can make it cost, and the worker cannot fail to decode them
+MAX_AHEAD_ARGS = 16384
+#: the largest returned value the backend builds itself (``policy.ahead_result``)
+MAX_AHEAD_VALUE_NODES = 64
+MAX_AHEAD_VALUE_DEPTH = 8
 #: the comparison operators a test may use (``is``/``is not`` only against None, True, False:
 #: identity of any other value differs between the backend and the worker)
 AHEAD_COMPARISONS = ("<", "<=", ">", ">=", "==", "!=", "in", "not in", "is", "is not")
@@ -404,10 +418,11 @@ class Checked:
     ``exec(code, namespace.build_globals(...))`` defines the function under ``name``.
     """
 
-    __slots__ = ("name", "code", "params", "source_hash", "ahead")
+    __slots__ = ("name", "code", "params", "source_hash", "ahead", "result")
 
     def __init__(self, name: str, code: CodeType, params: tuple[str, ...],
-                 source_hash: str, ahead: Ahead | None = None) -> None:
+                 source_hash: str, ahead: Ahead | None = None,
+                 result: AheadResult | None = None) -> None:
         self.name = name
         self.code = code
         self.params = params
@@ -415,6 +430,8 @@ class Checked:
         #: the statements every call starts with, as far as the source says so
         #: (``policy.ahead_statements``)
         self.ahead = ahead
+        #: what it returns when those statements are its whole body (``policy.ahead_result``)
+        self.result = result
 
     def __repr__(self) -> str:
         return f"Checked(name={self.name!r}, params={self.params!r}, hash={self.source_hash!r})"

@@ -40,6 +40,7 @@ import re
 import select
 import signal
 import time
+from collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only
@@ -47,6 +48,10 @@ if TYPE_CHECKING:  # annotations only
     from typing import Any
 
     from .rules import AheadStep
+
+    #: a statement ``WorkerExecutor._complete`` ran: ``(QUERY, request, answer op, answer
+    #: body)`` or ``(NOWAIT, request, what it raised or None, its line)``
+    _Ran = tuple[str, bytes, Any, Any]
 
 from . import WORKER_MODULES, codec
 from .channel import (
@@ -67,6 +72,7 @@ from .channel import (
 from .engine import Call, Limits, QueryPort, error_payload, source_hash
 from .errors import QUERY_ERRORS, DatabaseError, LimitExceeded
 from .rows import Rows
+from .rules import MAX_AHEAD_ARGS
 from .spawn import (
     BOOT_LOADER,
     BOOTSTRAP,
@@ -296,6 +302,10 @@ class WorkerExecutor:
         #: and those the worker did not ask for (none, unless the analysis is wrong)
         self.ahead = 0
         self.ahead_unused = 0
+        #: calls this backend finished itself, the worker not needed (``_complete``), and
+        #: calls it started so but handed to the worker (``_complete`` could not finish)
+        self.completed = 0
+        self.handed_over = 0
         self.last_start_seconds = 0.0
         #: whether the current worker is one ``spawn.prestart`` started early
         self.adopted = False
@@ -435,6 +445,16 @@ class WorkerExecutor:
         """
         limits = call.limits
         early, self._early = self._early, None
+        started = time.monotonic()
+        replay = None
+        if (early is None and call.result is not None and call.ahead is not None
+                and len(call.args_json) <= MAX_AHEAD_ARGS):
+            done = self._complete(call, port, started)
+            if isinstance(done, str):
+                self.completed += 1
+                return done
+            replay = done  # the worker runs the call: what ran already answers it first
+            self.handed_over += 1
         worker = self._current(limits)
         if early is not None and not early.runs(worker, call):
             if early.worker is worker:  # another call than the one dispatched: start afresh
@@ -442,7 +462,7 @@ class WorkerExecutor:
                 worker = self._current(limits)
             early = None
         try:
-            return self._run(worker, call, port, check_interrupts, early)
+            return self._run(worker, call, port, check_interrupts, early, replay, started)
         except ChannelClosed:
             reason = worker.exit_reason()
             self._forget(worker)
@@ -467,6 +487,44 @@ class WorkerExecutor:
         worker.stop()
         self._forget(worker)
 
+    def _complete(self, call: Call, port: QueryPort, started: float
+                  ) -> str | deque[_Ran]:
+        """Finish a call whose function is its chain of statements (``call.result``) without
+        the worker: run every statement as the worker's backend would have run it ahead
+        (:meth:`_Ahead.run_all`), then build the result from the same values. The payload text
+        is the worker's, exactly (the same values, the same codec, no output: the function
+        calls nothing but ``query``).
+
+        Anything else than everything going as the chain says (a test that is true or raises,
+        a subscript or statement that fails, a result the codec refuses or over the limit)
+        returns what ran instead: the worker then runs the call, and its requests must match
+        those statements first (``_run``'s ``replay``). Where the call's statements took longer
+        than the DBA's ``timeout_ms``, it ends as a worker call would have (``LimitExceeded``).
+        """
+        assert call.ahead is not None and call.result is not None
+        steps, args = call.ahead
+        tests, returned = call.result
+        limits = call.limits
+        ahead = _Ahead(port, steps, args, _max_frame(limits))
+        ran = ahead.run_all()
+        if limits.timeout_ms > 0 and time.monotonic() - started > limits.timeout_ms / 1000.0:
+            raise LimitExceeded(
+                "timeout_ms",
+                f"the call ran longer than the DBA's limit of {limits.timeout_ms} ms "
+                "(wormhole_limits.timeout_ms)")
+        if ran:
+            try:
+                for test in tests:
+                    if _truth(test, args, ahead.values):
+                        raise _Taken
+                value = codec.encode(_build(returned, args, ahead.values), root="result")
+            except Exception:  # noqa: BLE001 - the function raises or branches: the worker
+                return ahead.ran
+            text = '{"ok":' + value + ',"out":[]}'
+            if len(text) <= limits.max_result_bytes:
+                return text
+        return ahead.ran
+
     def _run(
         self,
         worker: _Worker,
@@ -474,6 +532,8 @@ class WorkerExecutor:
         port: QueryPort,
         check_interrupts: Callable[[], None],
         early: _Early | None = None,
+        replay: deque[_Ran] | None = None,
+        started: float | None = None,
     ) -> str:
         limits = call.limits
         chan = worker.chan
@@ -501,7 +561,7 @@ class WorkerExecutor:
             worker.drain()
 
         if limits.timeout_ms > 0:
-            deadline = time.monotonic() + limits.timeout_ms / 1000.0
+            deadline = (last_tick if started is None else started) + limits.timeout_ms / 1000.0
         if early is not None:  # sent already (dispatch)
             call_id, spin = early.call_id, early.spin
             self.dispatched += 1
@@ -510,7 +570,9 @@ class WorkerExecutor:
         chan.spin = spin
         # the statements the function starts with, each run before the worker asks for it:
         # the first now, while the worker wakes up and gets there; the next after each answer
-        ahead = None if call.ahead is None else _Ahead(port, *call.ahead, chan.max_frame)
+        ahead = None if (call.ahead is None or replay is not None
+                         or len(call.args_json) > MAX_AHEAD_ARGS) else _Ahead(
+            port, *call.ahead, chan.max_frame)
         pending = None if ahead is None else ahead.next()
         woken = False
         recycle = False
@@ -531,6 +593,29 @@ class WorkerExecutor:
                     raise ProtocolError(
                         f"message for call {header.get('id')!r}, expected {call_id}")
                 op = header["op"]
+                if replay:  # the statements _complete ran: each the worker's next request
+                    kind, request, first, second = replay[0]
+                    if op == kind and (payload == request or _same(payload, request,
+                                                                   kind == NOWAIT)):
+                        replay.popleft()
+                        self.ahead += 1
+                        if kind == QUERY:
+                            self.answered += 1
+                            chan.send({"op": first, "id": call_id}, second, tick=tick)
+                        else:
+                            self.deferred += 1
+                            if first is not None and failure is None:
+                                failure = _Failed(first, second)
+                        if time.monotonic() - last_tick >= POLL_SECONDS:
+                            tick()
+                        continue
+                    if any(entry[0] == NOWAIT for entry in replay) and not (
+                            op == DONE and payload.startswith(b'{"err"')):
+                        raise ProtocolError(
+                            f"its {op!r} is not the statement the function runs next, which "
+                            "this backend ran already (the call's statements are rolled back)")
+                    replay.clear()  # reads only: served as usual from here
+                    self.ahead_unused += 1
                 if ahead is not None and ahead.unconfirmed:
                     # a discarded statement run ahead: the worker must send exactly it next
                     # (or end the call with an error, which rolls it back)
@@ -819,7 +904,7 @@ class _Ahead:
     worker could not send (the codec refuses it, the frame is over the limit: not run).
     """
 
-    __slots__ = ("port", "steps", "args", "max_frame", "values", "unconfirmed")
+    __slots__ = ("port", "steps", "args", "max_frame", "values", "unconfirmed", "ran")
 
     def __init__(self, port: QueryPort, steps: tuple[AheadStep, ...], args: list[Any],
                  max_frame: int) -> None:
@@ -878,6 +963,45 @@ class _Ahead:
                     self._stop()
             return request, op, body
 
+    def run_all(self) -> bool:
+        """Run every step now, each as :meth:`next` runs it (``WorkerExecutor._complete``):
+        whether all ran as the chain says, every value taken (the last step's too). What ran
+        is in :attr:`ran`, in order, each with the answer the worker gets if it asks (a
+        statement that fails or whose rows cannot be sent is the last)."""
+        self.ran: deque[_Ran] = deque()
+        for index, (sql, refs, keys, line, tests) in enumerate(self.steps):
+            self.values.append(None)
+            try:
+                for test in tests:
+                    if _truth(test, self.args, self.values):
+                        return False
+                params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
+                                  path) for source, path in refs]
+                request = codec.encode_query(sql, params).encode("utf-8")
+            except Exception:  # noqa: BLE001 - the function raises or branches there
+                return False
+            if line:
+                request = b'%s,"line":%d}' % (request[:-1], line)
+            if len(request) > self.max_frame:
+                return False
+            if line:
+                try:
+                    self.port.query(sql, params)
+                except _FAILURES as exc:
+                    self.ran.append((NOWAIT, request, exc, line))
+                    return False
+                self.ran.append((NOWAIT, request, None, line))
+                continue
+            op, body, rows = _run_statement(self.port, sql, params)
+            self.ran.append((QUERY, request, op, body))
+            if rows is None or rows._wire:
+                return False
+            try:
+                self.values[index] = _follow(rows, keys)
+            except Exception:  # noqa: BLE001 - the function raises there too
+                return False
+        return True
+
     def _stop(self) -> None:
         """No more steps; nothing kept (rows held for later steps are let go)."""
         self.steps = ()
@@ -886,6 +1010,21 @@ class _Ahead:
 
 class _Taken(Exception):
     """A test before a statement run ahead is true: the function goes into that ``if``."""
+
+
+def _build(value: Any, args: list[Any], values: list[Any]) -> Any:
+    """The value ``policy._ahead_value`` describes (``("step",)``: the last step's), built
+    from the chain's values as the function's ``return`` builds it."""
+    kind = value[0]
+    if kind == "dict":
+        return {key: _build(item, args, values) for key, item in value[1]}
+    if kind == "list":
+        return [_build(item, args, values) for item in value[1]]
+    if kind == "tuple":
+        return tuple(_build(item, args, values) for item in value[1])
+    if kind == "step":
+        return values[-1]
+    return _operand(value, args, values)
 
 
 #: the comparisons of a test (``policy._ahead_test``): Python's own operators
@@ -924,7 +1063,17 @@ def _operand(test: Any, args: list[Any], values: list[Any]) -> Any:
     if test[0] == "const":
         return test[1]
     source = test[1]
-    return _follow(args[source] if source >= 0 else values[-1 - source], test[2])
+    value = _follow(args[source] if source >= 0 else values[-1 - source], test[2])
+    if type(value) is int and value.bit_length() > _MAX_INT_BITS:
+        # comparing it with a Decimal converts it in quadratic time, in C, where nothing
+        # notices a cancel: the backend leaves such a value to the worker (the chain stops)
+        raise OverflowError("an int too large for the backend to compare")
+    return value
+
+
+#: the largest int an operand of a test may be (a ``bigint`` is 64 bits; an argument this
+#: long compares with a ``Decimal`` in well under a millisecond)
+_MAX_INT_BITS = 4096
 
 
 def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
