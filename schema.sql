@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1388,7 +1388,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2301,7 +2301,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2770,7 +2770,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3211,7 +3211,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4885,7 +4885,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5634,7 +5634,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -6057,7 +6057,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -6291,7 +6291,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6801,7 +6801,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7351,7 +7351,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7729,7 +7729,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -8332,6 +8332,8 @@ class WorkerExecutor:
                         self.ahead += 1
                         if kind == QUERY:
                             self.answered += 1
+                            if first is None:  # rows, as _run_statement answers them
+                                first, second = _rows_answer(second)
                             chan.send({"op": first, "id": call_id}, second, tick=tick)
                         else:
                             self.deferred += 1
@@ -8723,9 +8725,14 @@ class _Ahead:
                     return False
                 self.ran.append((NOWAIT, request, None, line))
                 continue
-            op, body, rows = _run_statement(self.port, sql, params)
-            self.ran.append((QUERY, request, op, body))
-            if rows is None or rows._wire:
+            try:
+                rows = self.port.query(sql, params)
+            except _FAILURES as exc:  # the worker's query() raises: its answer
+                self.ran.append((QUERY, request, QERR, _failure_body(exc)))
+                return False
+            # pickled only if the call is handed over (every value the SPI port returns pickles)
+            self.ran.append((QUERY, request, None, rows))
+            if rows._wire:
                 return False
             try:
                 self.values[index] = _follow(rows, keys)
@@ -8838,14 +8845,24 @@ def _run_statement(port: QueryPort, sql: str, params: list[Any]
     error, None)``."""
     try:
         rows = port.query(sql, params)
-        try:
-            body = _pickle(_rows_value(rows))
-        except Exception as exc:  # noqa: BLE001 - pickle's own errors (PicklingError) too
-            raise TypeError(f"a value in the result cannot be sent to the worker: {exc}") \
-                from None
     except _FAILURES as exc:
-        return QERR, json.dumps(_failure(exc)).encode("utf-8"), None
-    return ROWS, body, rows
+        return QERR, _failure_body(exc), None
+    op, body = _rows_answer(rows)
+    return op, body, (rows if op == ROWS else None)
+
+
+def _rows_answer(rows: Rows) -> tuple[str, bytes]:
+    """The answer to a ``query`` whose statement gave ``rows``: ``(rows, pickle)``, or ``(qerr,
+    a TypeError)`` for a value pickle refuses."""
+    try:
+        return ROWS, _pickle(_rows_value(rows))
+    except Exception as exc:  # noqa: BLE001 - pickle's own errors (PicklingError) too
+        error = TypeError(f"a value in the result cannot be sent to the worker: {exc}")
+        return QERR, _failure_body(error)
+
+
+def _failure_body(exc: Exception) -> bytes:
+    return json.dumps(_failure(exc)).encode("utf-8")
 
 
 class _Failed:
@@ -9044,7 +9061,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -10211,7 +10228,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -10227,7 +10244,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc']):
+                for r in plpy.execute(plan, ['7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -10277,7 +10294,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '2c927b3948c17968c1dc87525849ed22ffceb32faa1d1c67d8b8cecd1f7091dc'
+    _pkg.CODE_TAG = '7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

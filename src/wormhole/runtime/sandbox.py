@@ -601,6 +601,8 @@ class WorkerExecutor:
                         self.ahead += 1
                         if kind == QUERY:
                             self.answered += 1
+                            if first is None:  # rows, as _run_statement answers them
+                                first, second = _rows_answer(second)
                             chan.send({"op": first, "id": call_id}, second, tick=tick)
                         else:
                             self.deferred += 1
@@ -992,9 +994,14 @@ class _Ahead:
                     return False
                 self.ran.append((NOWAIT, request, None, line))
                 continue
-            op, body, rows = _run_statement(self.port, sql, params)
-            self.ran.append((QUERY, request, op, body))
-            if rows is None or rows._wire:
+            try:
+                rows = self.port.query(sql, params)
+            except _FAILURES as exc:  # the worker's query() raises: its answer
+                self.ran.append((QUERY, request, QERR, _failure_body(exc)))
+                return False
+            # pickled only if the call is handed over (every value the SPI port returns pickles)
+            self.ran.append((QUERY, request, None, rows))
+            if rows._wire:
                 return False
             try:
                 self.values[index] = _follow(rows, keys)
@@ -1107,14 +1114,24 @@ def _run_statement(port: QueryPort, sql: str, params: list[Any]
     error, None)``."""
     try:
         rows = port.query(sql, params)
-        try:
-            body = _pickle(_rows_value(rows))
-        except Exception as exc:  # noqa: BLE001 - pickle's own errors (PicklingError) too
-            raise TypeError(f"a value in the result cannot be sent to the worker: {exc}") \
-                from None
     except _FAILURES as exc:
-        return QERR, json.dumps(_failure(exc)).encode("utf-8"), None
-    return ROWS, body, rows
+        return QERR, _failure_body(exc), None
+    op, body = _rows_answer(rows)
+    return op, body, (rows if op == ROWS else None)
+
+
+def _rows_answer(rows: Rows) -> tuple[str, bytes]:
+    """The answer to a ``query`` whose statement gave ``rows``: ``(rows, pickle)``, or ``(qerr,
+    a TypeError)`` for a value pickle refuses."""
+    try:
+        return ROWS, _pickle(_rows_value(rows))
+    except Exception as exc:  # noqa: BLE001 - pickle's own errors (PicklingError) too
+        error = TypeError(f"a value in the result cannot be sent to the worker: {exc}")
+        return QERR, _failure_body(error)
+
+
+def _failure_body(exc: Exception) -> bytes:
+    return json.dumps(_failure(exc)).encode("utf-8")
 
 
 class _Failed:
