@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1388,7 +1388,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2301,7 +2301,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2770,7 +2770,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3211,7 +3211,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4609,12 +4609,9 @@ def _ahead_value(node: ast.expr, names: Mapping[str, int]) -> AheadValue | None:
         count[0] += 1
         if count[0] > MAX_AHEAD_VALUE_NODES or depth > MAX_AHEAD_VALUE_DEPTH:
             return None
-        constant = _ahead_constant(node)
-        if constant is not None:
-            return constant
-        if isinstance(node, (ast.Name, ast.Subscript)):
-            ref = _ahead_ref(node, names)
-            return None if ref is None else ("ref", ref[0], ref[1])
+        leaf = _ahead_operand(node, names)
+        if leaf is not None or isinstance(node, (ast.Constant, ast.Name, ast.Subscript)):
+            return leaf
         if isinstance(node, ast.Dict):
             pairs = []
             for key_node, value_node in zip(node.keys, node.values):
@@ -4660,14 +4657,9 @@ def _ahead_test(node: ast.expr, names: Mapping[str, int]) -> AheadTest | None:
         count[0] += 1
         if count[0] > MAX_AHEAD_TEST_NODES or depth > MAX_AHEAD_TEST_DEPTH:
             return None
-        constant = _ahead_constant(node)
-        if constant is not None:
-            return constant
-        if isinstance(node, (ast.Name, ast.Subscript)):
-            ref = _ahead_ref(node, names)
-            return None if ref is None else ("ref", ref[0], ref[1])
-        if operand:  # a comparison's operand: a value, not a test
-            return None
+        leaf = _ahead_operand(node, names)
+        if leaf is not None or operand:  # a comparison's operand: a value, not a test
+            return leaf
         if isinstance(node, ast.BoolOp):
             parts = [walk(v, depth + 1, False) for v in node.values]
             if any(p is None for p in parts):
@@ -4696,6 +4688,16 @@ def _ahead_test(node: ast.expr, names: Mapping[str, int]) -> AheadTest | None:
         return None
 
     return walk(node, 1, False)
+
+
+def _ahead_operand(node: ast.expr, names: Mapping[str, int]) -> AheadTest | None:
+    """A literal (:func:`_ahead_constant`) or one of the chain's values subscripted with
+    literals (:func:`_ahead_ref`), as ``("const", value)`` or ``("ref", source, keys)``."""
+    constant = _ahead_constant(node)
+    if constant is not None or not isinstance(node, (ast.Name, ast.Subscript)):
+        return constant
+    ref = _ahead_ref(node, names)
+    return None if ref is None else ("ref", ref[0], ref[1])
 
 
 def _singleton(node: ast.expr) -> bool:
@@ -4885,7 +4887,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5634,7 +5636,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -6057,7 +6059,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -6291,7 +6293,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6801,7 +6803,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7351,7 +7353,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7729,7 +7731,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -9061,7 +9063,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -10228,7 +10230,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -10244,7 +10246,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b']):
+                for r in plpy.execute(plan, ['86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -10294,7 +10296,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '7df4e0229e5c7e83aef5145d12ecb066699ddc23ee1bb5aefee2bd962eb32c8b'
+    _pkg.CODE_TAG = '86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

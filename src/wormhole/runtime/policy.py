@@ -1396,12 +1396,9 @@ def _ahead_value(node: ast.expr, names: Mapping[str, int]) -> AheadValue | None:
         count[0] += 1
         if count[0] > MAX_AHEAD_VALUE_NODES or depth > MAX_AHEAD_VALUE_DEPTH:
             return None
-        constant = _ahead_constant(node)
-        if constant is not None:
-            return constant
-        if isinstance(node, (ast.Name, ast.Subscript)):
-            ref = _ahead_ref(node, names)
-            return None if ref is None else ("ref", ref[0], ref[1])
+        leaf = _ahead_operand(node, names)
+        if leaf is not None or isinstance(node, (ast.Constant, ast.Name, ast.Subscript)):
+            return leaf
         if isinstance(node, ast.Dict):
             pairs = []
             for key_node, value_node in zip(node.keys, node.values):
@@ -1447,14 +1444,9 @@ def _ahead_test(node: ast.expr, names: Mapping[str, int]) -> AheadTest | None:
         count[0] += 1
         if count[0] > MAX_AHEAD_TEST_NODES or depth > MAX_AHEAD_TEST_DEPTH:
             return None
-        constant = _ahead_constant(node)
-        if constant is not None:
-            return constant
-        if isinstance(node, (ast.Name, ast.Subscript)):
-            ref = _ahead_ref(node, names)
-            return None if ref is None else ("ref", ref[0], ref[1])
-        if operand:  # a comparison's operand: a value, not a test
-            return None
+        leaf = _ahead_operand(node, names)
+        if leaf is not None or operand:  # a comparison's operand: a value, not a test
+            return leaf
         if isinstance(node, ast.BoolOp):
             parts = [walk(v, depth + 1, False) for v in node.values]
             if any(p is None for p in parts):
@@ -1483,6 +1475,16 @@ def _ahead_test(node: ast.expr, names: Mapping[str, int]) -> AheadTest | None:
         return None
 
     return walk(node, 1, False)
+
+
+def _ahead_operand(node: ast.expr, names: Mapping[str, int]) -> AheadTest | None:
+    """A literal (:func:`_ahead_constant`) or one of the chain's values subscripted with
+    literals (:func:`_ahead_ref`), as ``("const", value)`` or ``("ref", source, keys)``."""
+    constant = _ahead_constant(node)
+    if constant is not None or not isinstance(node, (ast.Name, ast.Subscript)):
+        return constant
+    ref = _ahead_ref(node, names)
+    return None if ref is None else ("ref", ref[0], ref[1])
 
 
 def _singleton(node: ast.expr) -> bool:
