@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1388,7 +1388,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2301,7 +2301,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2770,7 +2770,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3211,7 +3211,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4887,7 +4887,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5636,7 +5636,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -6059,7 +6059,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -6293,7 +6293,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6803,7 +6803,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7353,7 +7353,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7731,7 +7731,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7774,6 +7774,7 @@ import select
 import signal
 import time
 from collections import deque
+from decimal import Decimal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only
@@ -8233,27 +8234,29 @@ class WorkerExecutor:
         returns what ran instead: the worker then runs the call, and its requests must match
         those statements first (``_run``'s ``replay``). Where the call's statements took longer
         than the DBA's ``timeout_ms``, it ends as a worker call would have (``LimitExceeded``).
+        A result that may be large (over ``COMPLETE_MAX_RESULT``, ``max_result_bytes``, or a
+        16th of the worker's ``memory_mb``, by a bound taken before it is encoded: ``_fits``) is
+        left to the worker too, which builds it under its own limits.
         """
         assert call.ahead is not None and call.result is not None
         steps, args = call.ahead
         tests, returned = call.result
         limits = call.limits
         ahead = _Ahead(port, steps, args, _max_frame(limits))
-        ran = ahead.run_all()
-        if limits.timeout_ms > 0 and time.monotonic() - started > limits.timeout_ms / 1000.0:
-            raise LimitExceeded(
-                "timeout_ms",
-                f"the call ran longer than the DBA's limit of {limits.timeout_ms} ms "
-                "(wormhole_limits.timeout_ms)")
-        if ran:
+        deadline = started + limits.timeout_ms / 1000.0 if limits.timeout_ms > 0 else None
+        if ahead.run_all(deadline):
             try:
                 for test in tests:
                     if _truth(test, args, ahead.values):
                         raise _Taken
-                value = codec.encode(_build(returned, args, ahead.values), root="result")
+                value = _build(returned, args, ahead.values)
+                budget = min(COMPLETE_MAX_RESULT, limits.max_result_bytes,
+                             limits.memory_mb * 65536) - 16  # (1 MiB / 16; '{"ok":,"out":[]}')
+                if not _fits(value, budget):
+                    return ahead.ran
+                text = '{"ok":' + codec.encode(value, root="result") + ',"out":[]}'
             except Exception:  # noqa: BLE001 - the function raises or branches: the worker
                 return ahead.ran
-            text = '{"ok":' + value + ',"out":[]}'
             if len(text) <= limits.max_result_bytes:
                 return text
         return ahead.ran
@@ -8698,13 +8701,17 @@ class _Ahead:
                     self._stop()
             return request, op, body
 
-    def run_all(self) -> bool:
+    def run_all(self, deadline: float | None = None) -> bool:
         """Run every step now, each as :meth:`next` runs it (``WorkerExecutor._complete``):
         whether all ran as the chain says, every value taken (the last step's too). What ran
         is in :attr:`ran`, in order, each with the answer the worker gets if it asks (a
-        statement that fails or whose rows cannot be sent is the last)."""
+        statement that fails is the last). Past ``deadline`` (the DBA's ``timeout_ms``) no
+        further statement runs: ``LimitExceeded``, as the worker's backend would raise it."""
         self.ran: deque[_Ran] = deque()
         for index, (sql, refs, keys, line, tests) in enumerate(self.steps):
+            if deadline is not None and time.monotonic() > deadline:
+                raise LimitExceeded("timeout_ms", "the call ran longer than the DBA's limit "
+                                    "(wormhole_limits.timeout_ms)")
             self.values.append(None)
             try:
                 for test in tests:
@@ -8783,9 +8790,9 @@ def _truth(test: Any, args: list[Any], values: list[Any]) -> bool:
     code."""
     kind = test[0]
     if kind == "cmp":
-        left = _operand(test[1], args, values)
+        left = _compared(_operand(test[1], args, values))
         for op, right_test in test[2]:
-            right = _operand(right_test, args, values)
+            right = _compared(_operand(right_test, args, values))
             if not _COMPARE[op](left, right):
                 return False
             left = right
@@ -8803,17 +8810,56 @@ def _operand(test: Any, args: list[Any], values: list[Any]) -> Any:
     if test[0] == "const":
         return test[1]
     source = test[1]
-    value = _follow(args[source] if source >= 0 else values[-1 - source], test[2])
+    return _follow(args[source] if source >= 0 else values[-1 - source], test[2])
+
+
+def _compared(value: Any) -> Any:
+    """``value``, as an operand of a comparison the backend makes itself; an int wider than a
+    ``bigint`` raises (the chain stops, the worker compares): comparing one with a ``Decimal``
+    converts it, in time growing with its square, in C, where no cancel is noticed."""
     if type(value) is int and value.bit_length() > _MAX_INT_BITS:
-        # comparing it with a Decimal converts it in quadratic time, in C, where nothing
-        # notices a cancel: the backend leaves such a value to the worker (the chain stops)
-        raise OverflowError("an int too large for the backend to compare")
+        raise OverflowError("an int too wide for the backend to compare")
     return value
 
 
-#: the largest int an operand of a test may be (a ``bigint`` is 64 bits; an argument this
-#: long compares with a ``Decimal`` in well under a millisecond)
-_MAX_INT_BITS = 4096
+#: the largest int an operand of a test may be: a ``bigint``'s 64 bits (PostgreSQL returns no
+#: wider int). Wider ones compare with a ``Decimal`` by converting, each time (``a in
+#: row["numeric_array"]`` once per element: ~21 µs each at 4096 bits, ~0.09 µs at 64)
+_MAX_INT_BITS = 64
+
+#: the largest result the backend encodes itself (``WorkerExecutor._complete``), in characters
+COMPLETE_MAX_RESULT = 1 << 20
+
+
+def _fits(value: Any, budget: int) -> bool:
+    """Is ``value``'s codec text surely at most ``budget`` characters? A bound walked before
+    encoding, each reference counted again (``[x] * 63`` is 63 times ``x``'s text), stopping as
+    soon as it is passed: what the backend would spend building the text is bounded by it."""
+    left = budget
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is str:
+            left -= 6 * len(v) + 2  # each character escaped at most to \uXXXX
+        elif t is list or t is tuple or t is Rows or t is set or t is frozenset:
+            left -= 16 + len(v)
+            stack.extend(v)
+        elif t is dict:
+            left -= 2 + 2 * len(v)
+            stack.extend(v)
+            stack.extend(v.values())
+        elif t is bytes or t is bytearray:
+            left -= 16 + 2 * len(v)
+        elif t is int:
+            left -= 24 + v.bit_length() // 3
+        elif t is Decimal:
+            left -= 48 + len(v.as_tuple().digits)
+        else:  # None, bool, float, dates and times, UUID: short
+            left -= 64
+        if left < 0:
+            return False
+    return True
 
 
 def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
@@ -9063,7 +9109,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -10230,7 +10276,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -10246,7 +10292,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5']):
+                for r in plpy.execute(plan, ['b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -10296,7 +10342,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '86eed647c76569e43f99725aac697ba8f66f788a0dc226c30c8d12d356899ae5'
+    _pkg.CODE_TAG = 'b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

@@ -922,7 +922,11 @@ def test_the_backend_evaluates_a_test_as_the_worker_does(test: str) -> None:
         theirs = engine.decode_args(text, engine.Limits())[0]
         rows = _rich("SELECT 1", [])
         copy = pickle.loads(pickle.dumps(list(rows), 5))
-        assert _backend(test, mine, rows[0]) == _python(test, theirs, copy[0]), (test, args)
+        found = _backend(test, mine, rows[0])
+        # the backend may decline (an int past 64 bits: OverflowError, the chain stops and
+        # the worker decides), never find otherwise
+        assert found in (_python(test, theirs, copy[0]), ("raises", OverflowError)), (test,
+                                                                                      args)
 
 
 def test_nan_arguments_are_one_object_on_both_sides() -> None:

@@ -86,7 +86,20 @@ def test_the_backend_finds_what_python_finds(test: str, a: Any, b: Any, x: Any) 
     tree = _ahead_test(ast.parse(test, mode="eval").body, NAMES)
     if tree is None:  # over the limits: never evaluated by the backend
         return
-    assert backend(tree, [a, b], x) == python(test, [a, b], x), test
+    found = backend(tree, [a, b], x)
+    if found == ("raises", OverflowError):  # it declines an int past 64 bits: the worker decides
+        assert any(type(v) is int and v.bit_length() > 64
+                   for v in _leaves([a, b, x])), test
+        return
+    assert found == python(test, [a, b], x), test
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    return [value]
 
 
 def test_stopping_where_python_stops() -> None:

@@ -41,6 +41,7 @@ import select
 import signal
 import time
 from collections import deque
+from decimal import Decimal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only
@@ -500,27 +501,29 @@ class WorkerExecutor:
         returns what ran instead: the worker then runs the call, and its requests must match
         those statements first (``_run``'s ``replay``). Where the call's statements took longer
         than the DBA's ``timeout_ms``, it ends as a worker call would have (``LimitExceeded``).
+        A result that may be large (over ``COMPLETE_MAX_RESULT``, ``max_result_bytes``, or a
+        16th of the worker's ``memory_mb``, by a bound taken before it is encoded: ``_fits``) is
+        left to the worker too, which builds it under its own limits.
         """
         assert call.ahead is not None and call.result is not None
         steps, args = call.ahead
         tests, returned = call.result
         limits = call.limits
         ahead = _Ahead(port, steps, args, _max_frame(limits))
-        ran = ahead.run_all()
-        if limits.timeout_ms > 0 and time.monotonic() - started > limits.timeout_ms / 1000.0:
-            raise LimitExceeded(
-                "timeout_ms",
-                f"the call ran longer than the DBA's limit of {limits.timeout_ms} ms "
-                "(wormhole_limits.timeout_ms)")
-        if ran:
+        deadline = started + limits.timeout_ms / 1000.0 if limits.timeout_ms > 0 else None
+        if ahead.run_all(deadline):
             try:
                 for test in tests:
                     if _truth(test, args, ahead.values):
                         raise _Taken
-                value = codec.encode(_build(returned, args, ahead.values), root="result")
+                value = _build(returned, args, ahead.values)
+                budget = min(COMPLETE_MAX_RESULT, limits.max_result_bytes,
+                             limits.memory_mb * 65536) - 16  # (1 MiB / 16; '{"ok":,"out":[]}')
+                if not _fits(value, budget):
+                    return ahead.ran
+                text = '{"ok":' + codec.encode(value, root="result") + ',"out":[]}'
             except Exception:  # noqa: BLE001 - the function raises or branches: the worker
                 return ahead.ran
-            text = '{"ok":' + value + ',"out":[]}'
             if len(text) <= limits.max_result_bytes:
                 return text
         return ahead.ran
@@ -965,13 +968,17 @@ class _Ahead:
                     self._stop()
             return request, op, body
 
-    def run_all(self) -> bool:
+    def run_all(self, deadline: float | None = None) -> bool:
         """Run every step now, each as :meth:`next` runs it (``WorkerExecutor._complete``):
         whether all ran as the chain says, every value taken (the last step's too). What ran
         is in :attr:`ran`, in order, each with the answer the worker gets if it asks (a
-        statement that fails or whose rows cannot be sent is the last)."""
+        statement that fails is the last). Past ``deadline`` (the DBA's ``timeout_ms``) no
+        further statement runs: ``LimitExceeded``, as the worker's backend would raise it."""
         self.ran: deque[_Ran] = deque()
         for index, (sql, refs, keys, line, tests) in enumerate(self.steps):
+            if deadline is not None and time.monotonic() > deadline:
+                raise LimitExceeded("timeout_ms", "the call ran longer than the DBA's limit "
+                                    "(wormhole_limits.timeout_ms)")
             self.values.append(None)
             try:
                 for test in tests:
@@ -1050,9 +1057,9 @@ def _truth(test: Any, args: list[Any], values: list[Any]) -> bool:
     code."""
     kind = test[0]
     if kind == "cmp":
-        left = _operand(test[1], args, values)
+        left = _compared(_operand(test[1], args, values))
         for op, right_test in test[2]:
-            right = _operand(right_test, args, values)
+            right = _compared(_operand(right_test, args, values))
             if not _COMPARE[op](left, right):
                 return False
             left = right
@@ -1070,17 +1077,56 @@ def _operand(test: Any, args: list[Any], values: list[Any]) -> Any:
     if test[0] == "const":
         return test[1]
     source = test[1]
-    value = _follow(args[source] if source >= 0 else values[-1 - source], test[2])
+    return _follow(args[source] if source >= 0 else values[-1 - source], test[2])
+
+
+def _compared(value: Any) -> Any:
+    """``value``, as an operand of a comparison the backend makes itself; an int wider than a
+    ``bigint`` raises (the chain stops, the worker compares): comparing one with a ``Decimal``
+    converts it, in time growing with its square, in C, where no cancel is noticed."""
     if type(value) is int and value.bit_length() > _MAX_INT_BITS:
-        # comparing it with a Decimal converts it in quadratic time, in C, where nothing
-        # notices a cancel: the backend leaves such a value to the worker (the chain stops)
-        raise OverflowError("an int too large for the backend to compare")
+        raise OverflowError("an int too wide for the backend to compare")
     return value
 
 
-#: the largest int an operand of a test may be (a ``bigint`` is 64 bits; an argument this
-#: long compares with a ``Decimal`` in well under a millisecond)
-_MAX_INT_BITS = 4096
+#: the largest int an operand of a test may be: a ``bigint``'s 64 bits (PostgreSQL returns no
+#: wider int). Wider ones compare with a ``Decimal`` by converting, each time (``a in
+#: row["numeric_array"]`` once per element: ~21 µs each at 4096 bits, ~0.09 µs at 64)
+_MAX_INT_BITS = 64
+
+#: the largest result the backend encodes itself (``WorkerExecutor._complete``), in characters
+COMPLETE_MAX_RESULT = 1 << 20
+
+
+def _fits(value: Any, budget: int) -> bool:
+    """Is ``value``'s codec text surely at most ``budget`` characters? A bound walked before
+    encoding, each reference counted again (``[x] * 63`` is 63 times ``x``'s text), stopping as
+    soon as it is passed: what the backend would spend building the text is bounded by it."""
+    left = budget
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is str:
+            left -= 6 * len(v) + 2  # each character escaped at most to \uXXXX
+        elif t is list or t is tuple or t is Rows or t is set or t is frozenset:
+            left -= 16 + len(v)
+            stack.extend(v)
+        elif t is dict:
+            left -= 2 + 2 * len(v)
+            stack.extend(v)
+            stack.extend(v.values())
+        elif t is bytes or t is bytearray:
+            left -= 16 + 2 * len(v)
+        elif t is int:
+            left -= 24 + v.bit_length() // 3
+        elif t is Decimal:
+            left -= 48 + len(v.as_tuple().digits)
+        else:  # None, bool, float, dates and times, UUID: short
+            left -= 64
+        if left < 0:
+            return False
+    return True
 
 
 def _follow(value: Any, keys: tuple[int | str, ...]) -> Any:
