@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1388,7 +1388,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2301,7 +2301,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2770,7 +2770,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3211,7 +3211,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4887,7 +4887,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5636,7 +5636,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -6059,7 +6059,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -6293,7 +6293,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6803,7 +6803,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7353,7 +7353,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7731,7 +7731,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7772,6 +7772,7 @@ import os
 import re
 import select
 import signal
+import datetime as _dt
 import time
 from collections import deque
 from decimal import Decimal
@@ -7784,8 +7785,10 @@ if TYPE_CHECKING:  # annotations only
     from .rules import AheadStep
 
     #: a statement ``WorkerExecutor._complete`` ran: ``(QUERY, request, answer op, answer
-    #: body)`` or ``(NOWAIT, request, what it raised or None, its line)``
-    _Ran = tuple[str, bytes, Any, Any]
+    #: body)`` or ``(NOWAIT, request, what it raised or None, its line)``; the answer op is
+    #: None while the body is the rows (pickled if the call is handed over), the request
+    #: ``(sql, params, line)`` while it is not encoded yet (``_request_bytes``)
+    _Ran = tuple[str, Any, Any, Any]
 
 from . import WORKER_MODULES, codec
 from .channel import (
@@ -8331,6 +8334,8 @@ class WorkerExecutor:
                 op = header["op"]
                 if replay:  # the statements _complete ran: each the worker's next request
                     kind, request, first, second = replay[0]
+                    if type(request) is tuple:  # encoded only now that it is compared
+                        request = _request_bytes(request)
                     if op == kind and (payload == request or _same(payload, request,
                                                                    kind == NOWAIT)):
                         replay.popleft()
@@ -8719,12 +8724,15 @@ class _Ahead:
                         return False
                 params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
                                   path) for source, path in refs]
-                request = codec.encode_query(sql, params).encode("utf-8")
+                # the worker could send it (the codec takes it, as UTF-8, within the frame
+                # limit): known from the values' types, or else by encoding it
+                statement = (sql, params, line)
+                request: bytes | tuple[str, list[Any], int] = statement
+                if not _sendable(sql, params, self.max_frame):
+                    request = _request_bytes(statement)
+                    if len(request) > self.max_frame:
+                        return False
             except Exception:  # noqa: BLE001 - the function raises or branches there
-                return False
-            if line:
-                request = b'%s,"line":%d}' % (request[:-1], line)
-            if len(request) > self.max_frame:
                 return False
             if line:
                 try:
@@ -8897,6 +8905,43 @@ def _run_statement(port: QueryPort, sql: str, params: list[Any]
         return QERR, _failure_body(exc), None
     op, body = _rows_answer(rows)
     return op, body, (rows if op == ROWS else None)
+
+
+def _request_bytes(statement: tuple[str, list[Any], int]) -> bytes:
+    """The worker's request for ``(sql, params, line)``: ``query``'s, or with a line
+    ``nowait``'s (``worker.ChannelPort``)."""
+    sql, params, line = statement
+    request = codec.encode_query(sql, params).encode("utf-8")
+    return b'%s,"line":%d}' % (request[:-1], line) if line else request
+
+
+#: parameter types the codec always takes, whose text is short (bounded by ``_SHORT``)
+_SHORT_TYPES = frozenset({int, float, bool, type(None), Decimal, _dt.date, _dt.datetime,
+                          _dt.time, _dt.timedelta})
+_SHORT = 96
+
+
+def _sendable(sql: str, params: list[Any], max_frame: int) -> bool:
+    """Would the worker surely send this statement: the codec takes every value, the text is
+    valid UTF-8 (no lone surrogate) and within ``max_frame``? Known here from the types alone
+    (ints up to 64 bits, ASCII strings), without encoding; False where it cannot tell."""
+    if not sql.isascii():
+        return False
+    left = max_frame - 6 * len(sql) - 64
+    for value in params:
+        t = type(value)
+        if t is str:
+            if not value.isascii():
+                return False
+            left -= 6 * len(value) + 2  # a control character is written \u00XX
+        elif t in _SHORT_TYPES:
+            if t is int and value.bit_length() > 64 or t is Decimal and len(
+                    value.as_tuple().digits) > 64:
+                return False
+            left -= _SHORT
+        else:
+            return False
+    return left >= 0
 
 
 def _rows_answer(rows: Rows) -> tuple[str, bytes]:
@@ -9109,7 +9154,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -9205,6 +9250,8 @@ class Backend:
         self.worker: sandbox.WorkerExecutor | None = None
         #: (plpy, executor) of ``_in_process``, built on the first in-process call
         self.in_process: tuple[Any, Executor] | None = None
+        #: ``(plpy, executor, run)`` of ``_in_worker``, built once per ``plpy`` and executor
+        self.in_worker: tuple[Any, sandbox.WorkerExecutor, Executor] | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
         #: PostgreSQL's ``XactIsoLevel`` (ctypes); None outside a backend
@@ -10010,6 +10057,9 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
             WH_REENTRY,
             hint="call the other function's logic directly, or have a DBA approve both",
         )
+    cached = state.in_worker
+    if cached is not None and cached[0] is plpy and cached[1] is state.worker:
+        return cached[2]
     check = _interrupt_check(plpy, state)
     if state.worker is None:
         import sys
@@ -10038,6 +10088,7 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
         finally:
             state.worker_busy = False
 
+    state.in_worker = (plpy, worker, run)
     return run
 
 
@@ -10276,7 +10327,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -10292,7 +10343,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610']):
+                for r in plpy.execute(plan, ['14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -10342,7 +10393,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = 'b041e7f3ce2d971a9d6479abfb353d3e494205548d33dde83fbea6074d293610'
+    _pkg.CODE_TAG = '14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

@@ -94,6 +94,8 @@ class Backend:
         self.worker: sandbox.WorkerExecutor | None = None
         #: (plpy, executor) of ``_in_process``, built on the first in-process call
         self.in_process: tuple[Any, Executor] | None = None
+        #: ``(plpy, executor, run)`` of ``_in_worker``, built once per ``plpy`` and executor
+        self.in_worker: tuple[Any, sandbox.WorkerExecutor, Executor] | None = None
         self.interrupt_flag: Any = _interrupt_flag()
         self.user_ids: Any = _user_id_functions()
         #: PostgreSQL's ``XactIsoLevel`` (ctypes); None outside a backend
@@ -899,6 +901,9 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
             WH_REENTRY,
             hint="call the other function's logic directly, or have a DBA approve both",
         )
+    cached = state.in_worker
+    if cached is not None and cached[0] is plpy and cached[1] is state.worker:
+        return cached[2]
     check = _interrupt_check(plpy, state)
     if state.worker is None:
         import sys
@@ -927,6 +932,7 @@ def _in_worker(plpy: Any, state: Backend) -> Executor:
         finally:
             state.worker_busy = False
 
+    state.in_worker = (plpy, worker, run)
     return run
 
 

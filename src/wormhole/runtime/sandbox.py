@@ -39,6 +39,7 @@ import os
 import re
 import select
 import signal
+import datetime as _dt
 import time
 from collections import deque
 from decimal import Decimal
@@ -51,8 +52,10 @@ if TYPE_CHECKING:  # annotations only
     from .rules import AheadStep
 
     #: a statement ``WorkerExecutor._complete`` ran: ``(QUERY, request, answer op, answer
-    #: body)`` or ``(NOWAIT, request, what it raised or None, its line)``
-    _Ran = tuple[str, bytes, Any, Any]
+    #: body)`` or ``(NOWAIT, request, what it raised or None, its line)``; the answer op is
+    #: None while the body is the rows (pickled if the call is handed over), the request
+    #: ``(sql, params, line)`` while it is not encoded yet (``_request_bytes``)
+    _Ran = tuple[str, Any, Any, Any]
 
 from . import WORKER_MODULES, codec
 from .channel import (
@@ -598,6 +601,8 @@ class WorkerExecutor:
                 op = header["op"]
                 if replay:  # the statements _complete ran: each the worker's next request
                     kind, request, first, second = replay[0]
+                    if type(request) is tuple:  # encoded only now that it is compared
+                        request = _request_bytes(request)
                     if op == kind and (payload == request or _same(payload, request,
                                                                    kind == NOWAIT)):
                         replay.popleft()
@@ -986,12 +991,15 @@ class _Ahead:
                         return False
                 params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
                                   path) for source, path in refs]
-                request = codec.encode_query(sql, params).encode("utf-8")
+                # the worker could send it (the codec takes it, as UTF-8, within the frame
+                # limit): known from the values' types, or else by encoding it
+                statement = (sql, params, line)
+                request: bytes | tuple[str, list[Any], int] = statement
+                if not _sendable(sql, params, self.max_frame):
+                    request = _request_bytes(statement)
+                    if len(request) > self.max_frame:
+                        return False
             except Exception:  # noqa: BLE001 - the function raises or branches there
-                return False
-            if line:
-                request = b'%s,"line":%d}' % (request[:-1], line)
-            if len(request) > self.max_frame:
                 return False
             if line:
                 try:
@@ -1164,6 +1172,43 @@ def _run_statement(port: QueryPort, sql: str, params: list[Any]
         return QERR, _failure_body(exc), None
     op, body = _rows_answer(rows)
     return op, body, (rows if op == ROWS else None)
+
+
+def _request_bytes(statement: tuple[str, list[Any], int]) -> bytes:
+    """The worker's request for ``(sql, params, line)``: ``query``'s, or with a line
+    ``nowait``'s (``worker.ChannelPort``)."""
+    sql, params, line = statement
+    request = codec.encode_query(sql, params).encode("utf-8")
+    return b'%s,"line":%d}' % (request[:-1], line) if line else request
+
+
+#: parameter types the codec always takes, whose text is short (bounded by ``_SHORT``)
+_SHORT_TYPES = frozenset({int, float, bool, type(None), Decimal, _dt.date, _dt.datetime,
+                          _dt.time, _dt.timedelta})
+_SHORT = 96
+
+
+def _sendable(sql: str, params: list[Any], max_frame: int) -> bool:
+    """Would the worker surely send this statement: the codec takes every value, the text is
+    valid UTF-8 (no lone surrogate) and within ``max_frame``? Known here from the types alone
+    (ints up to 64 bits, ASCII strings), without encoding; False where it cannot tell."""
+    if not sql.isascii():
+        return False
+    left = max_frame - 6 * len(sql) - 64
+    for value in params:
+        t = type(value)
+        if t is str:
+            if not value.isascii():
+                return False
+            left -= 6 * len(value) + 2  # a control character is written \u00XX
+        elif t in _SHORT_TYPES:
+            if t is int and value.bit_length() > 64 or t is Decimal and len(
+                    value.as_tuple().digits) > 64:
+                return False
+            left -= _SHORT
+        else:
+            return False
+    return left >= 0
 
 
 def _rows_answer(rows: Rows) -> tuple[str, bytes]:
