@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -627,7 +627,9 @@ def _enc_set(tag: str) -> Callable[[Any, int], dict[str, Any]]:
         if len(items) > 1:
             # in the order of their text, not of the set: a set of str iterates in an order
             # that differs between processes (hash randomisation), and the same value must
-            # be the same text everywhere (the worker's backend compares statements as text)
+            # be the same text everywhere (the worker's backend compares statements, and the
+            # payloads of calls it finishes itself, as text). Sets nested in sets are encoded
+            # again at each level (the backend never does it for the worker: sandbox._same)
             items.sort(key=_PLAIN_ENCODER.encode)
         return {tag: items}
 
@@ -1388,7 +1390,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2301,7 +2303,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2770,7 +2772,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3211,7 +3213,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4887,7 +4889,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5636,7 +5638,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -6059,7 +6061,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -6293,7 +6295,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6803,7 +6805,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7353,7 +7355,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7731,7 +7733,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7775,7 +7777,9 @@ import signal
 import datetime as _dt
 import time
 from collections import deque
+from decimal import Context as _DecimalContext
 from decimal import Decimal
+from decimal import localcontext as _localcontext
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only
@@ -8248,9 +8252,12 @@ class WorkerExecutor:
         ahead = _Ahead(port, steps, args, _max_frame(limits))
         deadline = started + limits.timeout_ms / 1000.0 if limits.timeout_ms > 0 else None
         if ahead.run_all(deadline):
+            if deadline is not None and time.monotonic() > deadline:
+                raise LimitExceeded("timeout_ms", "the call ran longer than the DBA's limit "
+                                    "(wormhole_limits.timeout_ms)")
             try:
                 for test in tests:
-                    if _truth(test, args, ahead.values):
+                    if _holds(test, args, ahead.values):
                         raise _Taken
                 value = _build(returned, args, ahead.values)
                 budget = min(COMPLETE_MAX_RESULT, limits.max_result_bytes,
@@ -8357,7 +8364,10 @@ class WorkerExecutor:
                         raise ProtocolError(
                             f"its {op!r} is not the statement the function runs next, which "
                             "this backend ran already (the call's statements are rolled back)")
-                    replay.clear()  # reads only: served as usual from here
+                    # no discarded statement left unconfirmed: served as usual from here (a
+                    # statement run ahead that the worker did not ask for stays, as in the
+                    # chain: a worker that skips one could have run it itself)
+                    replay.clear()
                     self.ahead_unused += 1
                 if ahead is not None and ahead.unconfirmed:
                     # a discarded statement run ahead: the worker must send exactly it next
@@ -8670,7 +8680,7 @@ class _Ahead:
             self.values.append(None)
             try:
                 for test in tests:
-                    if _truth(test, self.args, self.values):
+                    if _holds(test, self.args, self.values):
                         raise _Taken  # the function runs that ``if``'s body: not followed
                 params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
                                   path) for source, path in refs]
@@ -8720,7 +8730,7 @@ class _Ahead:
             self.values.append(None)
             try:
                 for test in tests:
-                    if _truth(test, self.args, self.values):
+                    if _holds(test, self.args, self.values):
                         return False
                 params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
                                   path) for source, path in refs]
@@ -8790,6 +8800,17 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+def _holds(test: Any, args: list[Any], values: list[Any]) -> bool:
+    """:func:`_truth` under ``decimal``'s default context, the worker's (other code in this
+    backend may have changed the current one: a ``Decimal`` NaN compared with ``<`` raises
+    only while ``InvalidOperation`` is trapped)."""
+    with _localcontext(_DEFAULT_CONTEXT):
+        return _truth(test, args, values)
+
+
+_DEFAULT_CONTEXT = _DecimalContext()
+
+
 def _truth(test: Any, args: list[Any], values: list[Any]) -> bool:
     """Is ``test`` (``policy._ahead_test``) true of these values? Evaluated as the worker's
     Python evaluates the ``if`` (the same operands in the same order, ``and``/``or`` and
@@ -8798,9 +8819,11 @@ def _truth(test: Any, args: list[Any], values: list[Any]) -> bool:
     code."""
     kind = test[0]
     if kind == "cmp":
-        left = _compared(_operand(test[1], args, values))
+        left = _compared(_operand(test[1], args, values), False)
         for op, right_test in test[2]:
-            right = _compared(_operand(right_test, args, values))
+            if type(left) in _CONTAINERS:  # (``a in b < c``: b compared as a value)
+                raise _Declined("a container compared as a value")
+            right = _compared(_operand(right_test, args, values), op in ("in", "not in"))
             if not _COMPARE[op](left, right):
                 return False
             left = right
@@ -8821,13 +8844,46 @@ def _operand(test: Any, args: list[Any], values: list[Any]) -> Any:
     return _follow(args[source] if source >= 0 else values[-1 - source], test[2])
 
 
-def _compared(value: Any) -> Any:
-    """``value``, as an operand of a comparison the backend makes itself; an int wider than a
-    ``bigint`` raises (the chain stops, the worker compares): comparing one with a ``Decimal``
-    converts it, in time growing with its square, in C, where no cancel is noticed."""
-    if type(value) is int and value.bit_length() > _MAX_INT_BITS:
-        raise OverflowError("an int too wide for the backend to compare")
-    return value
+class _Declined(OverflowError):
+    """An operand the backend does not compare itself: the chain stops, the worker decides."""
+
+
+#: operands compared at a cost bounded by their type alone
+_SCALARS = frozenset({bool, float, type(None), _dt.date, _dt.datetime, _dt.time,
+                      _dt.timedelta})
+#: what may stand on the right of ``in``/``not in`` (and nowhere else)
+_CONTAINERS = frozenset({list, tuple, Rows, set, frozenset, dict})
+#: the longest str or bytes operand, and the most elements a container operand may hold
+_MAX_OPERAND_TEXT = 4096
+_MAX_OPERAND_ITEMS = 10_000
+
+
+def _compared(value: Any, container: bool) -> Any:
+    """``value``, as an operand of a comparison the backend makes itself, or ``_Declined``:
+    every comparison must cost little and be the same as in the worker, whatever the values.
+
+    Scalars only (an int of at most 64 bits: a wider one compares with a ``Decimal`` by
+    converting it, in time growing with its square, in C, where no cancel is noticed; a str
+    or bytes of at most 4096 characters; a ``Decimal`` of at most 64 digits), and, on the
+    right of ``in``, a str or a container of at most 10,000 such scalars (``dict``: its keys).
+    A test is then at most 10,000 comparisons of short values, and a call at most ~72 tests."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is int:
+        if value.bit_length() <= _MAX_INT_BITS:
+            return value
+    elif t is str or t is bytes:
+        if len(value) <= (_MAX_OPERAND_TEXT * 16 if container else _MAX_OPERAND_TEXT):
+            return value
+    elif t is Decimal:
+        if len(value.as_tuple().digits) <= 64:
+            return value
+    elif container and t in _CONTAINERS and len(value) <= _MAX_OPERAND_ITEMS:
+        for item in value:  # (a dict: its keys, which ``in`` compares)
+            _compared(item, False)
+        return value
+    raise _Declined(f"a {t.__name__} operand the backend does not compare itself")
 
 
 #: the largest int an operand of a test may be: a ``bigint``'s 64 bits (PostgreSQL returns no
@@ -8849,7 +8905,8 @@ def _fits(value: Any, budget: int) -> bool:
         v = stack.pop()
         t = type(v)
         if t is str:
-            left -= 6 * len(v) + 2  # each character escaped at most to \uXXXX
+            # each character escaped at most to \uXXXX, or to a surrogate pair of them
+            left -= (6 if v.isascii() else 12) * len(v) + 2
         elif t is list or t is tuple or t is Rows or t is set or t is frozenset:
             left -= 16 + len(v)
             stack.extend(v)
@@ -8881,7 +8938,11 @@ def _same(payload: bytes, request: bytes, deferred: bool = False) -> bool:
     """Is the worker's request ``payload`` the statement ``request`` (which this backend
     encoded), though not byte for byte? Decoded and encoded again here, so a worker whose
     Python writes a value differently still gets the answer, and the statement is not run
-    twice. ``deferred``: a ``nowait`` request, with its line."""
+    twice. ``deferred``: a ``nowait`` request, with its line. A request holding a set is never
+    taken this way: encoding one sorts its elements by their text, at each level of nesting
+    again (the codec), which the worker could make cost the backend more than its size."""
+    if b'"$set"' in payload or b'"$fset"' in payload:
+        return False
     try:
         mine = _request(payload, _DEFERRED_KEYS if deferred else _REQUEST_KEYS)
         text = codec.encode_query(mine["sql"], mine["params"]).encode("utf-8")
@@ -8927,7 +8988,7 @@ def _sendable(sql: str, params: list[Any], max_frame: int) -> bool:
     (ints up to 64 bits, ASCII strings), without encoding; False where it cannot tell."""
     if not sql.isascii():
         return False
-    left = max_frame - 6 * len(sql) - 64
+    left = max_frame - 6 * len(sql) - 64 - len(params)  # (a comma between parameters)
     for value in params:
         t = type(value)
         if t is str:
@@ -9154,7 +9215,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -10327,7 +10388,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -10343,7 +10404,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7']):
+                for r in plpy.execute(plan, ['ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -10393,7 +10454,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = '14e9a70509b6c7ab3f36d9abb9353f996b242e6114ea96e090f8e3fe910fd9b7'
+    _pkg.CODE_TAG = 'ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

@@ -602,7 +602,9 @@ def test_a_huge_jsonb_value_returned_is_the_workers(ex: Any) -> None:
             "    return 0", 'return {"doc": r["doc"], "deep": r["deep"]}')
     done, port, by_worker, worker_port, delta = _both(ex, src, port=_Json)
     assert done == by_worker and _log(port) == _log(worker_port)
-    assert delta == (1, 0)
+    # (its bound, taken before encoding, counts 12 characters for each non-ASCII one: over
+    # 1 MiB, so the worker builds it)
+    assert delta == (0, 1)
 
 
 # =================================================================================================
@@ -809,7 +811,7 @@ def test_a_hostile_result_text_live(lab: Any, name: str) -> None:
         assert bystander.execute("SELECT 1").fetchone() == (1,)
     assert (first, second) == ({"ok": [1, "ada"], "out": []}, {"ok": [2, "bob"], "out": []})
     assert _last(lab) == 2
-    if name in ("genuine", "huge-test"):
+    if name == "genuine":
         assert state["completed"] == 2, state
-    else:
+    else:  # (huge-test: a 500,000-character literal is no operand the backend compares)
         assert state["completed"] == 0, state

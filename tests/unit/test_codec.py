@@ -497,8 +497,9 @@ def test_a_query_request_is_the_codec_text_of_sql_and_params(params: list[Any]) 
 def test_a_set_is_the_same_text_in_every_process() -> None:
     """A set's elements are written in the order of their text, not of the set (``str`` hashes
     differ between processes): the worker's backend compares statements as text."""
-    assert encode({"b", "a", 3, frozenset({2, 1})}) == (
-        '{"$set":["a","b",3,{"$fset":[1,2]}]}')
+    assert encode({"b", "a", 3, Decimal("1.5")}) == '{"$set":["a","b",3,{"$n":"1.5"}]}'
+    assert encode({"b", "a", frozenset({2, 1}), (1, "x")}) == (
+        '{"$set":["a","b",{"$fset":[1,2]},{"$t":[1,"x"]}]}')
     assert encode({"x%d" % i for i in range(50)}) == encode(
         set(sorted("x%d" % i for i in range(50))))
 

@@ -129,3 +129,60 @@ def test_a_worker_that_does_not_send_what_already_ran_fails_the_call(
     with pytest.raises(sandbox.WorkerCrashed, match="ran already"):
         executor.run(call, port, never)
     assert port.log == [("DELETE FROM users WHERE id = $1", [1])]
+
+
+def test_tests_the_backend_cannot_evaluate_cheaply_are_left_to_the_worker(
+        sources: dict[str, str]) -> None:
+    """(Review of the seventh session.) A wide int inside a list compared with many decimals
+    (``[2**28000] in [[Decimal(1)], ...]``) cost the backend seconds per test, in C: operands
+    of tests are short scalars, containers of at most 10,000 of them on the right of ``in``;
+    anything else stops the chain at once and the worker decides."""
+    import time
+    from decimal import Decimal
+
+    source = ('def f(p, q):\n    query("DELETE FROM users WHERE id = $1", q)\n'
+              + "".join(f"    if p in q or p == {i}:\n        return 1\n" for i in range(8))
+              + "    return 2\n")
+    checked = check(source, {})
+    assert checked.result is not None
+    p, q = [int("f" * 7000, 16)], [[Decimal(1)]] * 640
+    call = make_call(source, p, q)
+    call.ahead, call.result = (checked.ahead[1], [p, q]), checked.result  # type: ignore[index]
+    ex = sandbox.WorkerExecutor(sources)
+    try:
+        begin = time.monotonic()
+        done = ex._complete(call, MemoryPort(), begin)
+        assert time.monotonic() - begin < 0.3
+    finally:
+        ex.close()
+    assert not isinstance(done, str)  # handed over
+
+
+def test_the_deadline_counts_the_last_statement_too(sources: dict[str, str]) -> None:
+    import time
+
+    from wormhole.runtime.errors import LimitExceeded
+
+    class Slow(MemoryPort):
+        def query(self, sql: str, params: "list[object] | tuple[object, ...]") -> object:
+            time.sleep(0.05)
+            return super().query(sql, params)
+
+    source = 'def f(n):\n    return query("SELECT $1", n)\n'
+    checked = check(source, {})
+    call = make_call(source, 1, timeout_ms=20)
+    call.ahead, call.result = (checked.ahead[1], [1]), checked.result  # type: ignore[index]
+    ex = sandbox.WorkerExecutor(sources)
+    try:
+        with pytest.raises(LimitExceeded):
+            ex._complete(call, Slow(), time.monotonic())
+    finally:
+        ex.close()
+
+
+def test_a_request_holding_a_set_is_never_reencoded_to_be_compared() -> None:
+    """Re-encoding sorts a set's elements by their text at each level of nesting: the worker
+    could make that cost the backend far more than its size."""
+    request = b'{"sql":"SELECT $1","params":[{"$set":["a","b"]}]}'
+    assert not sandbox._same(b'{"params":[{"$set":["a","b"]}],"sql":"SELECT $1"}', request)
+    assert request == request  # byte for byte it is still the statement run ahead

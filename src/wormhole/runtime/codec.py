@@ -252,7 +252,9 @@ def _enc_set(tag: str) -> Callable[[Any, int], dict[str, Any]]:
         if len(items) > 1:
             # in the order of their text, not of the set: a set of str iterates in an order
             # that differs between processes (hash randomisation), and the same value must
-            # be the same text everywhere (the worker's backend compares statements as text)
+            # be the same text everywhere (the worker's backend compares statements, and the
+            # payloads of calls it finishes itself, as text). Sets nested in sets are encoded
+            # again at each level (the backend never does it for the worker: sandbox._same)
             items.sort(key=_PLAIN_ENCODER.encode)
         return {tag: items}
 

@@ -42,7 +42,9 @@ import signal
 import datetime as _dt
 import time
 from collections import deque
+from decimal import Context as _DecimalContext
 from decimal import Decimal
+from decimal import localcontext as _localcontext
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only
@@ -515,9 +517,12 @@ class WorkerExecutor:
         ahead = _Ahead(port, steps, args, _max_frame(limits))
         deadline = started + limits.timeout_ms / 1000.0 if limits.timeout_ms > 0 else None
         if ahead.run_all(deadline):
+            if deadline is not None and time.monotonic() > deadline:
+                raise LimitExceeded("timeout_ms", "the call ran longer than the DBA's limit "
+                                    "(wormhole_limits.timeout_ms)")
             try:
                 for test in tests:
-                    if _truth(test, args, ahead.values):
+                    if _holds(test, args, ahead.values):
                         raise _Taken
                 value = _build(returned, args, ahead.values)
                 budget = min(COMPLETE_MAX_RESULT, limits.max_result_bytes,
@@ -624,7 +629,10 @@ class WorkerExecutor:
                         raise ProtocolError(
                             f"its {op!r} is not the statement the function runs next, which "
                             "this backend ran already (the call's statements are rolled back)")
-                    replay.clear()  # reads only: served as usual from here
+                    # no discarded statement left unconfirmed: served as usual from here (a
+                    # statement run ahead that the worker did not ask for stays, as in the
+                    # chain: a worker that skips one could have run it itself)
+                    replay.clear()
                     self.ahead_unused += 1
                 if ahead is not None and ahead.unconfirmed:
                     # a discarded statement run ahead: the worker must send exactly it next
@@ -937,7 +945,7 @@ class _Ahead:
             self.values.append(None)
             try:
                 for test in tests:
-                    if _truth(test, self.args, self.values):
+                    if _holds(test, self.args, self.values):
                         raise _Taken  # the function runs that ``if``'s body: not followed
                 params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
                                   path) for source, path in refs]
@@ -987,7 +995,7 @@ class _Ahead:
             self.values.append(None)
             try:
                 for test in tests:
-                    if _truth(test, self.args, self.values):
+                    if _holds(test, self.args, self.values):
                         return False
                 params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
                                   path) for source, path in refs]
@@ -1057,6 +1065,17 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+def _holds(test: Any, args: list[Any], values: list[Any]) -> bool:
+    """:func:`_truth` under ``decimal``'s default context, the worker's (other code in this
+    backend may have changed the current one: a ``Decimal`` NaN compared with ``<`` raises
+    only while ``InvalidOperation`` is trapped)."""
+    with _localcontext(_DEFAULT_CONTEXT):
+        return _truth(test, args, values)
+
+
+_DEFAULT_CONTEXT = _DecimalContext()
+
+
 def _truth(test: Any, args: list[Any], values: list[Any]) -> bool:
     """Is ``test`` (``policy._ahead_test``) true of these values? Evaluated as the worker's
     Python evaluates the ``if`` (the same operands in the same order, ``and``/``or`` and
@@ -1065,9 +1084,11 @@ def _truth(test: Any, args: list[Any], values: list[Any]) -> bool:
     code."""
     kind = test[0]
     if kind == "cmp":
-        left = _compared(_operand(test[1], args, values))
+        left = _compared(_operand(test[1], args, values), False)
         for op, right_test in test[2]:
-            right = _compared(_operand(right_test, args, values))
+            if type(left) in _CONTAINERS:  # (``a in b < c``: b compared as a value)
+                raise _Declined("a container compared as a value")
+            right = _compared(_operand(right_test, args, values), op in ("in", "not in"))
             if not _COMPARE[op](left, right):
                 return False
             left = right
@@ -1088,13 +1109,46 @@ def _operand(test: Any, args: list[Any], values: list[Any]) -> Any:
     return _follow(args[source] if source >= 0 else values[-1 - source], test[2])
 
 
-def _compared(value: Any) -> Any:
-    """``value``, as an operand of a comparison the backend makes itself; an int wider than a
-    ``bigint`` raises (the chain stops, the worker compares): comparing one with a ``Decimal``
-    converts it, in time growing with its square, in C, where no cancel is noticed."""
-    if type(value) is int and value.bit_length() > _MAX_INT_BITS:
-        raise OverflowError("an int too wide for the backend to compare")
-    return value
+class _Declined(OverflowError):
+    """An operand the backend does not compare itself: the chain stops, the worker decides."""
+
+
+#: operands compared at a cost bounded by their type alone
+_SCALARS = frozenset({bool, float, type(None), _dt.date, _dt.datetime, _dt.time,
+                      _dt.timedelta})
+#: what may stand on the right of ``in``/``not in`` (and nowhere else)
+_CONTAINERS = frozenset({list, tuple, Rows, set, frozenset, dict})
+#: the longest str or bytes operand, and the most elements a container operand may hold
+_MAX_OPERAND_TEXT = 4096
+_MAX_OPERAND_ITEMS = 10_000
+
+
+def _compared(value: Any, container: bool) -> Any:
+    """``value``, as an operand of a comparison the backend makes itself, or ``_Declined``:
+    every comparison must cost little and be the same as in the worker, whatever the values.
+
+    Scalars only (an int of at most 64 bits: a wider one compares with a ``Decimal`` by
+    converting it, in time growing with its square, in C, where no cancel is noticed; a str
+    or bytes of at most 4096 characters; a ``Decimal`` of at most 64 digits), and, on the
+    right of ``in``, a str or a container of at most 10,000 such scalars (``dict``: its keys).
+    A test is then at most 10,000 comparisons of short values, and a call at most ~72 tests."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is int:
+        if value.bit_length() <= _MAX_INT_BITS:
+            return value
+    elif t is str or t is bytes:
+        if len(value) <= (_MAX_OPERAND_TEXT * 16 if container else _MAX_OPERAND_TEXT):
+            return value
+    elif t is Decimal:
+        if len(value.as_tuple().digits) <= 64:
+            return value
+    elif container and t in _CONTAINERS and len(value) <= _MAX_OPERAND_ITEMS:
+        for item in value:  # (a dict: its keys, which ``in`` compares)
+            _compared(item, False)
+        return value
+    raise _Declined(f"a {t.__name__} operand the backend does not compare itself")
 
 
 #: the largest int an operand of a test may be: a ``bigint``'s 64 bits (PostgreSQL returns no
@@ -1116,7 +1170,8 @@ def _fits(value: Any, budget: int) -> bool:
         v = stack.pop()
         t = type(v)
         if t is str:
-            left -= 6 * len(v) + 2  # each character escaped at most to \uXXXX
+            # each character escaped at most to \uXXXX, or to a surrogate pair of them
+            left -= (6 if v.isascii() else 12) * len(v) + 2
         elif t is list or t is tuple or t is Rows or t is set or t is frozenset:
             left -= 16 + len(v)
             stack.extend(v)
@@ -1148,7 +1203,11 @@ def _same(payload: bytes, request: bytes, deferred: bool = False) -> bool:
     """Is the worker's request ``payload`` the statement ``request`` (which this backend
     encoded), though not byte for byte? Decoded and encoded again here, so a worker whose
     Python writes a value differently still gets the answer, and the statement is not run
-    twice. ``deferred``: a ``nowait`` request, with its line."""
+    twice. ``deferred``: a ``nowait`` request, with its line. A request holding a set is never
+    taken this way: encoding one sorts its elements by their text, at each level of nesting
+    again (the codec), which the worker could make cost the backend more than its size."""
+    if b'"$set"' in payload or b'"$fset"' in payload:
+        return False
     try:
         mine = _request(payload, _DEFERRED_KEYS if deferred else _REQUEST_KEYS)
         text = codec.encode_query(mine["sql"], mine["params"]).encode("utf-8")
@@ -1194,7 +1253,7 @@ def _sendable(sql: str, params: list[Any], max_frame: int) -> bool:
     (ints up to 64 bits, ASCII strings), without encoding; False where it cannot tell."""
     if not sql.isascii():
         return False
-    left = max_frame - 6 * len(sql) - 64
+    left = max_frame - 6 * len(sql) - 64 - len(params)  # (a comma between parameters)
     for value in params:
         t = type(value)
         if t is str:
