@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public._wormhole_state (
 );
 INSERT INTO public._wormhole_state VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', '__init__', $wormhole_src$"""The wormhole runtime: the code that runs next to the data.
 
 Stdlib only. ``schema.py`` embeds these modules' source text into the database, so the same
 code runs in plain CPython (tests), inside a PostgreSQL backend (plpython3u) and inside the
@@ -129,7 +129,7 @@ MODULES = (
 WORKER_MODULES = ("errors", "rows", "jsonlite", "codec", "rules", "policy", "namespace", "engine", "channel", "worker")
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'errors', $wormhole_src$"""Exceptions raised inside the runtime.
 
 These are the exceptions user code can see server-side (``DatabaseError`` from ``query()``),
 and the internal signals the host uses. The client-side tree lives in ``wormhole.errors``.
@@ -202,7 +202,7 @@ class PolicyViolation(Exception):
 QUERY_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, RecursionError, MemoryError)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'rows', $wormhole_src$"""``Rows``: what ``query()`` returns on both sides."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ class Rows(list):  # type: ignore[type-arg]
         return f"Rows({list.__repr__(self)}, rowcount={self.rowcount})"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'jsonlite', $wormhole_src$"""JSON from the C accelerator ``_json`` alone, for the runtime's own messages.
 
 ``import json`` costs a new worker ~5 ms before it can run anything: ``json.decoder`` and
 ``json.encoder`` import ``re`` (for regular expressions the C accelerator never uses), and ``re``
@@ -373,7 +373,7 @@ def loads(text: str) -> Any:
     return _LOADS.decode(text)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'codec', $wormhole_src$"""Type-preserving JSON codec for arguments, results and query rows.
 
 Why not pickle: the decode side runs on text produced by a sandboxed worker (and on the client,
 on text produced by the database), so decoding must never execute code or construct arbitrary
@@ -1390,7 +1390,7 @@ def decode(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MA
     return value
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'pgtypes', $wormhole_src$"""Type parity between PL/Python and psycopg 3, for result rows and for parameters.
 
 Why: the same ``query()`` call must return equal Python values whether the function runs on the
 client (psycopg 3, text results) or inside the database (PL/Python's SPI). PL/Python hands back
@@ -2303,7 +2303,7 @@ def to_plpy_param(value: object, typname: str) -> object:
     return to_pg_text(value)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'sqltext', $wormhole_src$"""SQL text handling: one small lexer for parameter translation and the statement guard.
 
 Why a lexer rather than regex substitution: ``$1`` and ``%`` must be rewritten only where
 PostgreSQL would see them as code, never inside string literals (``'...'``, ``E'...'``,
@@ -2772,7 +2772,7 @@ def _check_one(sql: str, st: list[tuple[str, int, int]]) -> None:
                 raise _refuse(f"{first.upper()} {name}", guarded)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'rules', $wormhole_src$"""The policy's rules as data: hook names, forbidden names, the module catalogue, findings.
 
 Split from ``policy.py`` (the checker, which needs ``ast``) so that code that only *runs*
 checked functions (``namespace``, ``engine``) never imports the parser: a backend's first call
@@ -3213,7 +3213,7 @@ class Checked:
 
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'policy', $wormhole_src$"""The policy: a fail-closed AST allow-list for the code users ship (``check()``).
 
 ``check(source, modules)`` runs at install time and again before a hash first runs in a process
 (a backend or a worker). It either returns ``Checked`` (the compiled code object) or raises
@@ -4889,7 +4889,7 @@ def node_types() -> Iterator[type[ast.AST]]:
             yield cls
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'namespace', $wormhole_src$"""The globals user code runs with (``build_globals``), fresh for every call.
 
 What a function can reach is exactly what this module hands it:
 
@@ -5638,7 +5638,7 @@ def build_globals(
     return glb
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'engine', $wormhole_src$"""Run one remote call: the code every executor shares.
 
 ``run_call`` is the whole life of a call once the host has chosen where it runs: look up (or
 check and compile) the code by hash, build a fresh namespace, decode the arguments, call the
@@ -6061,7 +6061,7 @@ def error_payload(exc: BaseException, out: _Output | None = None) -> str:
                       separators=(",", ":"))
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'spi', $wormhole_src$"""``SpiPort``: ``query()`` inside a backend, over a plpy-like object.
 
 The same class serves user code in-process and the worker's ``query`` messages, so both modes
 run SQL through one path:
@@ -6295,7 +6295,7 @@ def _message(exc: Any) -> str:
     return str(exc)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'channel', $wormhole_src$"""Framed messages over a pair of pipe file descriptors (backend <-> confined worker).
 
 A frame is::
 
@@ -6805,7 +6805,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'worker', $wormhole_src$"""The confined worker's main loop (runs inside bubblewrap, never inside a backend).
 
 ``sandbox.WorkerExecutor`` starts ``/usr/bin/python3 -I -S -B -c BOOTSTRAP`` inside bubblewrap
 with the channel on fds 0 (backend -> worker) and 1 (worker -> backend). ``BOOTSTRAP`` reads one
@@ -7355,7 +7355,7 @@ def _done(chan: Channel, call_id: int, payload: str, recycle: bool) -> None:
     chan.send(reply, data)
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'spawn', $wormhole_src$"""Start the confined worker's process: the bubblewrap command line, the bootstrap it runs, and
 an early start while a new backend is still loading the runtime.
 
 Stdlib builtins only (``os``, ``_signal``, ``sys``, ``time``): this module is imported by a new
@@ -7733,7 +7733,7 @@ def _stop(proc: _Process) -> None:
     proc.close()
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'sandbox', $wormhole_src$"""Launch and supervise the confined worker; the backend's interruptible wait loop.
 
 User code never runs inside a PostgreSQL backend unless a DBA vetted it. Everything else runs in
 a worker process that the kernel confines (bubblewrap: user, pid, network, IPC, UTS and cgroup
@@ -7786,7 +7786,7 @@ if TYPE_CHECKING:  # annotations only
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
-    from .rules import AheadStep
+    from .rules import AheadRef, AheadStep
 
     #: a statement ``WorkerExecutor._complete`` ran: ``(QUERY, request, answer op, answer
     #: body)`` or ``(NOWAIT, request, what it raised or None, its line)``; the answer op is
@@ -8677,19 +8677,12 @@ class _Ahead:
             if index >= len(self.steps):
                 return None
             sql, refs, keys, line, tests = self.steps[index]
-            self.values.append(None)
             try:
-                for test in tests:
-                    if _holds(test, self.args, self.values):
-                        raise _Taken  # the function runs that ``if``'s body: not followed
-                params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
-                                  path) for source, path in refs]
-                request = codec.encode_query(sql, params).encode("utf-8")
+                params = self._arguments(refs, tests)
+                request = _request_bytes((sql, params, line))
             except Exception:  # noqa: BLE001 - the function raises or branches there
                 self._stop()
                 return None
-            if line:  # the worker's ``nowait`` (worker.ChannelPort.defer)
-                request = b'%s,"line":%d}' % (request[:-1], line)
             if len(request) > self.max_frame:
                 self._stop()
                 return None
@@ -8727,13 +8720,8 @@ class _Ahead:
             if deadline is not None and time.monotonic() > deadline:
                 raise LimitExceeded("timeout_ms", "the call ran longer than the DBA's limit "
                                     "(wormhole_limits.timeout_ms)")
-            self.values.append(None)
             try:
-                for test in tests:
-                    if _holds(test, self.args, self.values):
-                        return False
-                params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
-                                  path) for source, path in refs]
+                params = self._arguments(refs, tests)
                 # the worker could send it (the codec takes it, as UTF-8, within the frame
                 # limit): known from the values' types, or else by encoding it
                 statement = (sql, params, line)
@@ -8766,6 +8754,16 @@ class _Ahead:
             except Exception:  # noqa: BLE001 - the function raises there too
                 return False
         return True
+
+    def _arguments(self, refs: tuple[AheadRef, ...], tests: tuple[Any, ...]) -> list[Any]:
+        """The next step's arguments, once the tests before it are false (a true one raises
+        ``_Taken``: the function runs that ``if``'s body); raises where the function would."""
+        self.values.append(None)
+        for test in tests:
+            if _holds(test, self.args, self.values):
+                raise _Taken
+        return [_follow(self.args[source] if source >= 0 else self.values[-1 - source], path)
+                for source, path in refs]
 
     def _stop(self) -> None:
         """No more steps; nothing kept (rows held for later steps are let go)."""
@@ -9215,7 +9213,7 @@ def available(
     return True, "bubblewrap starts the confined worker and a trivial call runs"
 $wormhole_src$);
 INSERT INTO public._wormhole_code (tag, module, source) VALUES
-  ('ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
+  ('994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', 'host', $wormhole_src$"""The backend side: what the SQL functions call.
 
 Each plpython3u function in schema.sql is a two-line body that looks the runtime up in ``GD``
 (loading it once per backend) and calls one function here with the real ``plpy``. Everything
@@ -10388,7 +10386,7 @@ if _key not in GD:
         'CASE WHEN code IS NULL OR magic IS DISTINCT FROM $2 THEN source END AS source '
         'FROM public._wormhole_code WHERE tag OPERATOR(pg_catalog.=) $1',
         ['pg_catalog.text', 'pg_catalog.bytea'])
-    _rows = {r['module']: r for r in plpy.execute(_plan, ['ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97', _magic])}
+    _rows = {r['module']: r for r in plpy.execute(_plan, ['994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063', _magic])}
     if '__init__' not in _rows:
         plpy.error('wormhole: the runtime is missing from public._wormhole_code',
                    hint='reinstall the schema: wormhole install --dsn ...')
@@ -10404,7 +10402,7 @@ if _key not in GD:
                 self.fetched = True
                 plan = plpy.prepare('SELECT module, source FROM public._wormhole_code '
                                     'WHERE tag OPERATOR(pg_catalog.=) $1', ['pg_catalog.text'])
-                for r in plpy.execute(plan, ['ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97']):
+                for r in plpy.execute(plan, ['994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063']):
                     self.setdefault(r['module'], r['source'])
             return dict.__getitem__(self, name)
 
@@ -10454,7 +10452,7 @@ if _key not in GD:
     exec(_codes['__init__'], _pkg.__dict__)
     _pkg.SOURCES = _sources
     _pkg.CODES = _codes
-    _pkg.CODE_TAG = 'ae52ca1f271a2c4f12875f282e3fa0157e44c3b7277e40d282fed119f6fb8a97'
+    _pkg.CODE_TAG = '994669150489a60587c961b738745776d36eda4c09ce2a6bef654ef9241ad063'
     if not any(f is _Loader for f in sys.meta_path):
         sys.meta_path.append(_Loader)
     if GD.pop('wormhole.prestart', None) is True:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # annotations only
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
-    from .rules import AheadStep
+    from .rules import AheadRef, AheadStep
 
     #: a statement ``WorkerExecutor._complete`` ran: ``(QUERY, request, answer op, answer
     #: body)`` or ``(NOWAIT, request, what it raised or None, its line)``; the answer op is
@@ -942,19 +942,12 @@ class _Ahead:
             if index >= len(self.steps):
                 return None
             sql, refs, keys, line, tests = self.steps[index]
-            self.values.append(None)
             try:
-                for test in tests:
-                    if _holds(test, self.args, self.values):
-                        raise _Taken  # the function runs that ``if``'s body: not followed
-                params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
-                                  path) for source, path in refs]
-                request = codec.encode_query(sql, params).encode("utf-8")
+                params = self._arguments(refs, tests)
+                request = _request_bytes((sql, params, line))
             except Exception:  # noqa: BLE001 - the function raises or branches there
                 self._stop()
                 return None
-            if line:  # the worker's ``nowait`` (worker.ChannelPort.defer)
-                request = b'%s,"line":%d}' % (request[:-1], line)
             if len(request) > self.max_frame:
                 self._stop()
                 return None
@@ -992,13 +985,8 @@ class _Ahead:
             if deadline is not None and time.monotonic() > deadline:
                 raise LimitExceeded("timeout_ms", "the call ran longer than the DBA's limit "
                                     "(wormhole_limits.timeout_ms)")
-            self.values.append(None)
             try:
-                for test in tests:
-                    if _holds(test, self.args, self.values):
-                        return False
-                params = [_follow(self.args[source] if source >= 0 else self.values[-1 - source],
-                                  path) for source, path in refs]
+                params = self._arguments(refs, tests)
                 # the worker could send it (the codec takes it, as UTF-8, within the frame
                 # limit): known from the values' types, or else by encoding it
                 statement = (sql, params, line)
@@ -1031,6 +1019,16 @@ class _Ahead:
             except Exception:  # noqa: BLE001 - the function raises there too
                 return False
         return True
+
+    def _arguments(self, refs: tuple[AheadRef, ...], tests: tuple[Any, ...]) -> list[Any]:
+        """The next step's arguments, once the tests before it are false (a true one raises
+        ``_Taken``: the function runs that ``if``'s body); raises where the function would."""
+        self.values.append(None)
+        for test in tests:
+            if _holds(test, self.args, self.values):
+                raise _Taken
+        return [_follow(self.args[source] if source >= 0 else self.values[-1 - source], path)
+                for source, path in refs]
 
     def _stop(self) -> None:
         """No more steps; nothing kept (rows held for later steps are let go)."""
